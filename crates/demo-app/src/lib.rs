@@ -1,0 +1,314 @@
+//! The demo app: a versioned HTTP/1.1 + HTTP/2 (h2c) + WebSocket server with failure knobs.
+//!
+//! It stands in for a real service in tests, benchmarks and `slipway demo`.
+//! Endpoints:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/` | the release id (`v1\n`), headers `x-release` and `x-instance` |
+//! | `/healthz` | `ok` (never delayed nor failed by the knobs) |
+//! | `/ws` | WebSocket echo; the text message `release?` is answered with the release id |
+//! | `/sleep?ms=N` | waits N ms, then answers like `/` |
+//! | `/status/N` | answers with status N |
+//! | `/echo` | the request body |
+//! | `/bytes?n=N` | N bytes |
+//! | `/headers` | the request headers, one per line |
+//! | `POST /drain` | marks the instance draining (the agent's drain hook); `/` then adds `x-draining: 1` |
+//!
+//! Knobs: an error rate (share of 500s), added latency, and in the binary:
+//! failing to start, ignoring SIGTERM, a slow start and a slow shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+
+pub mod ws_client;
+
+/// What one demo-app instance is and how badly it behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub release: String,
+    pub instance: String,
+    /// Share of requests (0..=1) answered with 500, health checks excepted.
+    pub error_rate: f64,
+    /// Added to every request but health checks.
+    pub latency: Duration,
+    /// After a shutdown signal: keep serving this long before closing.
+    pub shutdown_delay: Duration,
+}
+
+impl Config {
+    pub fn new(release: impl Into<String>) -> Config {
+        let release = release.into();
+        Config {
+            instance: format!("{release}-0"),
+            release,
+            error_rate: 0.0,
+            latency: Duration::ZERO,
+            shutdown_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Live state of a running app, shared by its connections.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    release_header: HeaderValue,
+    instance_header: HeaderValue,
+    draining: AtomicBool,
+    requests: AtomicU64,
+    /// Error rate in millionths, changeable while running (tests).
+    error_ppm: AtomicU64,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        Arc::new(App {
+            release_header: header(&config.release),
+            instance_header: header(&config.instance),
+            error_ppm: AtomicU64::new((config.error_rate.clamp(0.0, 1.0) * 1e6) as u64),
+            config,
+            draining: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Requests served so far (health checks included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_error_rate(&self, rate: f64) {
+        self.error_ppm
+            .store((rate.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    async fn handle(self: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let path = req.uri().path();
+        if path == "/healthz" {
+            return Ok(self.text(StatusCode::OK, "ok\n"));
+        }
+        if path == "/drain" && req.method() == Method::POST {
+            self.draining.store(true, Ordering::Relaxed);
+            return Ok(self.text(StatusCode::OK, "draining\n"));
+        }
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        let ppm = self.error_ppm.load(Ordering::Relaxed);
+        if ppm > 0 && fastrand::u64(0..1_000_000) < ppm {
+            return Ok(self.text(StatusCode::INTERNAL_SERVER_ERROR, "injected error\n"));
+        }
+        let query = |key: &str| -> Option<u64> {
+            req.uri()
+                .query()?
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        let resp = match path {
+            "/ws" => return Ok(self.websocket(req)),
+            "/sleep" => {
+                tokio::time::sleep(Duration::from_millis(query("ms").unwrap_or(0))).await;
+                self.release_reply()
+            }
+            "/bytes" => {
+                let n = query("n").unwrap_or(0).min(256 << 20) as usize;
+                self.reply(StatusCode::OK, Bytes::from(vec![b'x'; n]))
+            }
+            "/headers" => {
+                let mut out = String::new();
+                for (k, v) in req.headers() {
+                    out.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+                }
+                self.text(StatusCode::OK, &out)
+            }
+            "/echo" => match req.into_body().collect().await {
+                Ok(body) => self.reply(StatusCode::OK, body.to_bytes()),
+                Err(e) => self.text(StatusCode::BAD_REQUEST, &format!("body error: {e}\n")),
+            },
+            p if p.starts_with("/status/") => {
+                let code = p["/status/".len()..]
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .unwrap_or(StatusCode::BAD_REQUEST);
+                self.text(code, &format!("{}\n", code.as_u16()))
+            }
+            _ => self.release_reply(),
+        };
+        Ok(resp)
+    }
+
+    fn release_reply(&self) -> Response<Full<Bytes>> {
+        let mut resp = self.text(StatusCode::OK, &format!("{}\n", self.config.release));
+        if self.is_draining() {
+            resp.headers_mut().insert("x-draining", HeaderValue::from_static("1"));
+        }
+        resp
+    }
+
+    fn text(&self, status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+        self.reply(status, Bytes::copy_from_slice(body.as_bytes()))
+    }
+
+    fn reply(&self, status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert("x-release", self.release_header.clone());
+        h.insert("x-instance", self.instance_header.clone());
+        resp
+    }
+
+    fn websocket(self: Arc<App>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let is_upgrade = req
+            .headers()
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let Some(key) = key.filter(|_| is_upgrade) else {
+            return self.text(StatusCode::BAD_REQUEST, "expected a websocket upgrade\n");
+        };
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let app = self.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            app.echo(ws).await;
+        });
+        let mut resp = self.reply(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+        let h = resp.headers_mut();
+        h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        resp
+    }
+
+    async fn echo<S>(&self, mut ws: WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(t) if t.as_str() == "release?" => Message::text(self.config.release.clone()),
+                Message::Text(_) | Message::Binary(_) => msg,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then keeps serving for the
+/// configured shutdown delay, then closes connections gracefully (waiting at
+/// most 10 s for them).
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    // Connections live in this set so that dropping `serve` (a killed
+    // server in tests) drops them too.
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next() => {}
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    // Out of fds or similar: back off briefly instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let svc = hyper::service::service_fn(move |req| app.clone().handle(req));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn.into_owned());
+                connections.spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let delay = app.config.shutdown_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    connections.shutdown().await;
+}
+
+/// Binds `127.0.0.1:0`, serves `app` in the background and returns the address
+/// and a handle that stops it when dropped. For in-process tests.
+pub async fn spawn_local(app: Arc<App>) -> std::io::Result<(std::net::SocketAddr, LocalServer)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, app, async move {
+        let _ = rx.await;
+    }));
+    Ok((addr, LocalServer { stop: Some(tx), task }))
+}
+
+/// A demo app serving in the background of the current runtime.
+#[derive(Debug)]
+pub struct LocalServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalServer {
+    /// Stops accepting and waits for open connections to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Stops at once: the listener and every connection are dropped by
+    /// the time this returns.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

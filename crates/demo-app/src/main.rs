@@ -1,0 +1,126 @@
+//! `demo-app`: run one demo-app instance (see the library docs for endpoints and knobs).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use wire::HumanDuration;
+
+/// A versioned demo HTTP/1.1 + HTTP/2 + WebSocket app with failure knobs.
+///
+/// Every knob can also be set through the environment variable named in
+/// brackets, which is how the agent and the demo set them.
+#[derive(Debug, Parser)]
+#[command(name = "demo-app", version)]
+struct Args {
+    /// Port to listen on (127.0.0.1); 0 picks a free one and prints it.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, env = "DEMO_BIND", default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Release id answered on `/`.
+    #[arg(long, env = "SLIPWAY_RELEASE", default_value = "dev")]
+    release: String,
+    /// Instance id (defaults to `<release>-<port>`).
+    #[arg(long, env = "SLIPWAY_INSTANCE")]
+    instance: Option<String>,
+    /// Share of requests answered with 500 (0.0 to 1.0); health checks are spared.
+    #[arg(long, env = "DEMO_ERROR_RATE", default_value_t = 0.0)]
+    error_rate: f64,
+    /// Latency added to every request but health checks, e.g. `20ms`.
+    #[arg(long, env = "DEMO_LATENCY", default_value = "0ms")]
+    latency: HumanDuration,
+    /// Exit with status 1 right away instead of starting.
+    #[arg(long, env = "DEMO_FAIL_START", default_value_t = false)]
+    fail_start: bool,
+    /// Wait this long before listening (a slow start).
+    #[arg(long, env = "DEMO_START_DELAY", default_value = "0ms")]
+    start_delay: HumanDuration,
+    /// Ignore SIGTERM (only SIGKILL or SIGINT stop it).
+    #[arg(long, env = "DEMO_IGNORE_SIGTERM", default_value_t = false)]
+    ignore_sigterm: bool,
+    /// After SIGTERM keep serving this long before closing (a slow shutdown).
+    #[arg(long, env = "DEMO_SHUTDOWN_DELAY", default_value = "0ms")]
+    shutdown_delay: HumanDuration,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.fail_start {
+        eprintln!("demo-app {}: failing to start as asked (--fail-start)", args.release);
+        return ExitCode::from(1);
+    }
+    if !(0.0..=1.0).contains(&args.error_rate) {
+        eprintln!(
+            "demo-app: --error-rate must be between 0 and 1, got {}",
+            args.error_rate
+        );
+        return ExitCode::from(64);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("demo-app: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo-app: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    if !args.start_delay.0.is_zero() {
+        tokio::time::sleep(args.start_delay.0).await;
+    }
+    let listener = tokio::net::TcpListener::bind((args.bind, args.port)).await?;
+    let addr = listener.local_addr()?;
+    let instance = args
+        .instance
+        .unwrap_or_else(|| format!("{}-{}", args.release, addr.port()));
+    let mut config = demo_app::Config::new(args.release.clone());
+    config.instance = instance.clone();
+    config.error_rate = args.error_rate;
+    config.latency = args.latency.0;
+    config.shutdown_delay = args.shutdown_delay.0;
+    let app = demo_app::App::new(config);
+    println!(
+        "demo-app release={} instance={instance} listening on {addr}",
+        args.release
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let ignore_term = args.ignore_sigterm;
+    let shutdown = async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    if ignore_term {
+                        eprintln!("demo-app: ignoring SIGTERM as asked (--ignore-sigterm)");
+                        continue;
+                    }
+                    eprintln!("demo-app: SIGTERM, shutting down");
+                    return;
+                }
+                _ = int.recv() => {
+                    eprintln!("demo-app: SIGINT, shutting down");
+                    return;
+                }
+            }
+        }
+    };
+    demo_app::serve(listener, app, shutdown).await;
+    // Give the log line a chance to reach a pipe before exit.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    Ok(())
+}

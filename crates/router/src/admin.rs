@@ -1,0 +1,266 @@
+//! The admin API (loopback or Unix socket, bearer token): route table get/put/patch, metrics (JSON and Prometheus), drain status.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::{HeaderMap, StatusCode, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use wire::api::{ErrorBody, RouterStatus};
+use wire::metrics::{BUCKETS, Counters, bucket_upper_us};
+use wire::{Problems, RouteDiff, RouteTable};
+
+use crate::shared::{ApplyError, Shared};
+
+type AppState = Arc<Shared>;
+
+/// An admin API failure, sent as [`ErrorBody`] JSON.
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: error.to_string(),
+                message: message.into(),
+                problems: Vec::new(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> ApiError {
+        match e {
+            ApplyError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "generation_conflict", e.to_string()),
+            ApplyError::Invalid(Problems { problems }) => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                body: ErrorBody {
+                    error: "invalid_table".into(),
+                    message: format!(
+                        "the change was refused; the previous table stays in force ({} problems)",
+                        problems.len()
+                    ),
+                    problems,
+                },
+            },
+            ApplyError::Persist(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "persist_failed", e.to_string()),
+        }
+    }
+}
+
+/// Proof that the request carried the admin token.
+pub struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let given = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+            Ok(Authorized)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the admin token as 'Authorization: Bearer <token>' (see the router's token file)",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() || b.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("body is not a valid {what}: {e}"),
+        )
+    })
+}
+
+/// The admin API's routes.
+pub fn router(shared: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/routes", get(get_routes).put(put_routes).patch(patch_routes))
+        .route("/v1/metrics", get(metrics_json))
+        .route("/metrics", get(metrics_prometheus))
+        .route("/v1/drain", get(drain))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such admin endpoint; see /v1/status, /v1/routes, /v1/metrics, /metrics, /v1/drain",
+            )
+        })
+        .with_state(shared)
+}
+
+pub fn status_of(shared: &Shared) -> RouterStatus {
+    let (admin, listeners) = shared.bound.get().cloned().unwrap_or_default();
+    RouterStatus {
+        router_id: shared.router_id.clone(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        generation: shared.table.load().generation,
+        uptime_ms: shared.clock.now_ms(),
+        admin,
+        listeners,
+    }
+}
+
+async fn status(_: Authorized, State(s): State<AppState>) -> axum::Json<RouterStatus> {
+    axum::Json(status_of(&s))
+}
+
+async fn get_routes(_: Authorized, State(s): State<AppState>) -> axum::Json<RouteTable> {
+    axum::Json((*s.current()).clone())
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    expect_generation: Option<u64>,
+}
+
+async fn put_routes(
+    _: Authorized,
+    State(s): State<AppState>,
+    Query(q): Query<PutQuery>,
+    body: Bytes,
+) -> Result<axum::Json<wire::api::Applied>, ApiError> {
+    let table: RouteTable = parse_json(&body, "route table")?;
+    Ok(axum::Json(s.put(&table, q.expect_generation).await?))
+}
+
+async fn patch_routes(
+    _: Authorized,
+    State(s): State<AppState>,
+    body: Bytes,
+) -> Result<axum::Json<wire::api::Applied>, ApiError> {
+    let diff: RouteDiff = parse_json(&body, "route diff")?;
+    Ok(axum::Json(s.apply(&diff).await?))
+}
+
+async fn metrics_json(_: Authorized, State(s): State<AppState>) -> axum::Json<wire::metrics::MetricsSnapshot> {
+    axum::Json(s.metrics())
+}
+
+async fn drain(_: Authorized, State(s): State<AppState>) -> axum::Json<wire::api::DrainStatus> {
+    axum::Json(s.drain_status())
+}
+
+async fn metrics_prometheus(_: Authorized, State(s): State<AppState>) -> impl IntoResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4"
+            .parse()
+            .unwrap_or_else(|_| axum::http::HeaderValue::from_static("text/plain")),
+    );
+    (headers, prometheus_text(&s))
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn write_counters(out: &mut String, labels: &str, c: &Counters) {
+    let _ = writeln!(out, "slipway_requests_total{{{labels}}} {}", c.requests);
+    for (class, n) in [
+        ("1xx", c.responses.c1xx),
+        ("2xx", c.responses.c2xx),
+        ("3xx", c.responses.c3xx),
+        ("4xx", c.responses.c4xx),
+        ("5xx", c.responses.c5xx),
+    ] {
+        let _ = writeln!(out, "slipway_responses_total{{{labels},class=\"{class}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "slipway_upstream_failures_total{{{labels}}} {}",
+        c.upstream_failures
+    );
+    let _ = writeln!(out, "slipway_open_requests{{{labels}}} {}", c.open_requests);
+    let _ = writeln!(
+        out,
+        "slipway_upstream_connections{{{labels}}} {}",
+        c.open_upstream_connections
+    );
+    let _ = writeln!(out, "slipway_long_lived_connections{{{labels}}} {}", c.open_long_lived);
+    let _ = writeln!(out, "slipway_bytes_total{{{labels},direction=\"in\"}} {}", c.bytes_in);
+    let _ = writeln!(out, "slipway_bytes_total{{{labels},direction=\"out\"}} {}", c.bytes_out);
+    // Prometheus gets the powers of two only (exact: our buckets split at them).
+    let dense = c.latency_us.to_dense();
+    let mut cumulative = 0u64;
+    for (i, n) in dense.iter().enumerate().take(BUCKETS - 1) {
+        cumulative += n;
+        let upper = bucket_upper_us(i) + 1;
+        if upper.is_power_of_two() && upper >= 64 {
+            let _ = writeln!(
+                out,
+                "slipway_request_duration_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                upper as f64 / 1e6
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "slipway_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+        c.latency_us.count
+    );
+    let _ = writeln!(
+        out,
+        "slipway_request_duration_seconds_sum{{{labels}}} {}",
+        c.latency_us.sum_us as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "slipway_request_duration_seconds_count{{{labels}}} {}",
+        c.latency_us.count
+    );
+}
+
+/// The metrics in Prometheus text exposition format, per instance.
+pub fn prometheus_text(s: &Shared) -> String {
+    let snap = s.metrics();
+    let mut out = String::new();
+    out.push_str("# TYPE slipway_requests_total counter\n# TYPE slipway_responses_total counter\n# TYPE slipway_upstream_failures_total counter\n# TYPE slipway_open_requests gauge\n# TYPE slipway_upstream_connections gauge\n# TYPE slipway_long_lived_connections gauge\n# TYPE slipway_bytes_total counter\n# TYPE slipway_request_duration_seconds histogram\n# TYPE slipway_instance_healthy gauge\n# TYPE slipway_route_generation gauge\n");
+    let _ = writeln!(out, "slipway_route_generation {}", snap.generation);
+    for r in &snap.releases {
+        for i in &r.instances {
+            let labels = format!("release=\"{}\",instance=\"{}\"", label(&r.release), label(&i.instance));
+            write_counters(&mut out, &labels, &i.counters);
+            let _ = writeln!(out, "slipway_instance_healthy{{{labels}}} {}", i.healthy as u8);
+        }
+    }
+    write_counters(&mut out, "release=\"\",instance=\"\"", &snap.unrouted);
+    out
+}

@@ -1,0 +1,375 @@
+//! The router's validated config, built from the raw file with every problem reported at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use tokio_rustls::rustls;
+use wire::router_config::{AffinityMode, ListenerKind, RouterConfigFile};
+use wire::{HealthCheck, Problem, Problems, RouteTable};
+
+use crate::upstream::UpstreamSettings;
+
+/// Where the admin API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminListen::Tcp(a) => write!(f, "{a}"),
+            AdminListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A public listener, ready to bind.
+#[derive(Clone)]
+pub struct Listener {
+    pub name: String,
+    pub kind: ListenerKind,
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub affinity: AffinityMode,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .field("affinity", &self.affinity)
+            .finish()
+    }
+}
+
+/// A router config that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub workers: usize,
+    pub admin: AdminListen,
+    pub token_file: PathBuf,
+    pub listeners: Vec<Listener>,
+    pub cookie_name: String,
+    pub cookie_max_age: Option<Duration>,
+    pub key_header: Option<HeaderName>,
+    pub version_header: HeaderName,
+    pub upstream: Arc<UpstreamSettings>,
+    pub health: HealthCheck,
+    /// Served when the state folder holds no table yet.
+    pub initial_routes: Option<RouteTable>,
+}
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid TOML for a router config: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has {problems}")]
+    Invalid { path: PathBuf, problems: Problems },
+}
+
+impl Config {
+    /// Reads and validates a router config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RouterConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_raw(&raw, base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Validates a raw config; relative paths are taken from `base`.
+    pub fn from_raw(raw: &RouterConfigFile, base: &Path) -> Result<Config, Problems> {
+        let mut out = Vec::new();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        if raw.version != 1 {
+            out.push(Problem::new(
+                "version",
+                format!("unknown config version {}; this router reads version 1", raw.version),
+            ));
+        }
+        if raw.workers > 1024 {
+            out.push(Problem::new("workers", "must be at most 1024"));
+        }
+        let state_dir = resolve(&raw.state_dir);
+        let admin = parse_admin(&raw.admin.listen, &resolve, &mut out);
+        let token_file = raw
+            .admin
+            .token_file
+            .as_deref()
+            .map(resolve)
+            .unwrap_or_else(|| state_dir.join("admin.token"));
+
+        let mut names = std::collections::HashSet::new();
+        let mut listeners = Vec::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let at = format!("listener[{i}]");
+            if l.name.is_empty()
+                || !l
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                out.push(Problem::new(
+                    format!("{at}.name"),
+                    "must be letters, digits, '-' or '_'",
+                ));
+            } else if !names.insert(l.name.clone()) {
+                out.push(Problem::new(
+                    format!("{at}.name"),
+                    format!("duplicate listener name {:?}", l.name),
+                ));
+            }
+            let addr = match l.addr.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    out.push(Problem::new(
+                        format!("{at}.addr"),
+                        format!("{:?} is not an ip:port address", l.addr),
+                    ));
+                    None
+                }
+            };
+            let affinity = l.affinity.unwrap_or(match l.kind {
+                ListenerKind::Http => raw.affinity.mode,
+                ListenerKind::Tcp => AffinityMode::ClientIp,
+            });
+            if l.kind == ListenerKind::Tcp && matches!(affinity, AffinityMode::Cookie | AffinityMode::Header) {
+                out.push(Problem::new(
+                    format!("{at}.affinity"),
+                    "a tcp listener can only use client_ip or none affinity",
+                ));
+            }
+            if affinity == AffinityMode::Header && raw.affinity.header.is_none() {
+                out.push(Problem::new(
+                    "affinity.header",
+                    "header affinity needs the header to hash, e.g. \"x-user-id\"",
+                ));
+            }
+            let tls = match (&l.tls, l.kind) {
+                (None, _) => None,
+                (Some(_), ListenerKind::Tcp) => {
+                    out.push(Problem::new(
+                        format!("{at}.tls"),
+                        "tls is only supported on http listeners",
+                    ));
+                    None
+                }
+                (Some(t), ListenerKind::Http) => match load_tls(&resolve(&t.cert), &resolve(&t.key)) {
+                    Ok(c) => Some(c),
+                    Err(msg) => {
+                        out.push(Problem::new(format!("{at}.tls"), msg));
+                        None
+                    }
+                },
+            };
+            if let Some(addr) = addr {
+                listeners.push(Listener {
+                    name: l.name.clone(),
+                    kind: l.kind,
+                    addr,
+                    tls,
+                    affinity,
+                });
+            }
+        }
+        if raw.listeners.is_empty() {
+            out.push(Problem::new("listener", "at least one [[listener]] is needed"));
+        }
+        let c = &raw.affinity.cookie;
+        if c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            out.push(Problem::new(
+                "affinity.cookie",
+                format!("{c:?} is not a valid cookie name"),
+            ));
+        }
+        let key_header = raw
+            .affinity
+            .header
+            .as_deref()
+            .and_then(|h| match HeaderName::try_from(h) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    out.push(Problem::new("affinity.header", format!("{h:?} is not a header name")));
+                    None
+                }
+            });
+        let version_header = HeaderName::try_from(raw.client_version_header.as_str()).unwrap_or_else(|_| {
+            out.push(Problem::new(
+                "client_version_header",
+                format!("{:?} is not a header name", raw.client_version_header),
+            ));
+            HeaderName::from_static("x-client-version")
+        });
+        wire::routes::health_problems(&mut out, "health", &raw.health);
+        let u = &raw.upstream;
+        for (name, d) in [
+            ("connect_timeout", u.connect_timeout),
+            ("response_timeout", u.response_timeout),
+            ("ejection_time", u.ejection_time),
+        ] {
+            if d.0.is_zero() {
+                out.push(Problem::new(format!("upstream.{name}"), "must be more than 0"));
+            }
+        }
+        let initial_routes = raw.initial_routes.as_deref().and_then(|p| {
+            let path = resolve(p);
+            match crate::state::read_table(&path) {
+                Ok(t) => {
+                    for p in t.problems() {
+                        out.push(Problem::new(
+                            format!("initial_routes ({}): {}", path.display(), p.path),
+                            p.message,
+                        ));
+                    }
+                    Some(t)
+                }
+                Err(e) => {
+                    out.push(Problem::new("initial_routes", e.to_string()));
+                    None
+                }
+            }
+        });
+        Problems::check(out)?;
+        Ok(Config {
+            state_dir,
+            workers: raw.workers,
+            admin: admin.unwrap_or(AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)))),
+            token_file,
+            listeners,
+            cookie_name: raw.affinity.cookie.clone(),
+            cookie_max_age: raw.affinity.cookie_max_age.map(|d| d.0),
+            key_header,
+            version_header,
+            upstream: Arc::new(UpstreamSettings {
+                connect_timeout: u.connect_timeout.0,
+                response_timeout: u.response_timeout.0,
+                max_idle: u.max_idle_per_instance,
+                idle_timeout: Duration::from_secs(60),
+                eject_after_failures: u.eject_after_failures,
+                ejection_time: u.ejection_time.0,
+            }),
+            health: raw.health.clone(),
+            initial_routes,
+        })
+    }
+}
+
+fn parse_admin(listen: &str, resolve: &dyn Fn(&Path) -> PathBuf, out: &mut Vec<Problem>) -> Option<AdminListen> {
+    if let Some(path) = listen.strip_prefix("unix:") {
+        if path.is_empty() {
+            out.push(Problem::new("admin.listen", "unix: needs a socket path"));
+            return None;
+        }
+        return Some(AdminListen::Unix(resolve(Path::new(path))));
+    }
+    match listen.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(AdminListen::Tcp(a)),
+        Ok(a) => {
+            out.push(Problem::new(
+                "admin.listen",
+                format!("{a} is not a loopback address; the admin API only binds loopback or a unix socket"),
+            ));
+            None
+        }
+        Err(_) => {
+            out.push(Problem::new(
+                "admin.listen",
+                format!("{listen:?} is neither a loopback ip:port nor unix:/path"),
+            ));
+            None
+        }
+    }
+}
+
+/// Loads a PEM certificate chain and key into a rustls server config with
+/// ALPN for h2 and http/1.1.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("certificate {}: no certificate in the file", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let raw: RouterConfigFile = toml::from_str(
+            r#"
+            version = 2
+            state_dir = "s"
+            admin = { listen = "0.0.0.0:9000" }
+            client_version_header = "bad header"
+            [affinity]
+            mode = "header"
+            cookie = "a b"
+            [[listener]]
+            name = "web"
+            kind = "http"
+            addr = "localhost"
+            [[listener]]
+            name = "web"
+            kind = "tcp"
+            addr = "127.0.0.1:0"
+            affinity = "cookie"
+            tls = { cert = "missing.pem", key = "missing.key" }
+            [upstream]
+            connect_timeout = 0
+            "#,
+        )
+        .unwrap();
+        let err = Config::from_raw(&raw, Path::new("/nonexistent")).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "version",
+            "admin.listen",
+            "client_version_header",
+            "affinity.header",
+            "affinity.cookie",
+            "listener[0].addr",
+            "listener[1].name",
+            "listener[1].affinity",
+            "listener[1].tls",
+            "upstream.connect_timeout",
+        ] {
+            assert!(paths.contains(&want), "missing {want}: {err}");
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! One routed instance: its route state, health (active and passive), counters and connection pool.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use wire::{HealthCheck, RouteState, UpstreamProtocol};
+
+use crate::Clock;
+use crate::body::ReqBody;
+use crate::stats::Stats;
+
+/// Settings every upstream shares, from `[upstream]` in the router config.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub eject_after_failures: u32,
+    pub ejection_time: Duration,
+}
+
+/// Why no connection to an upstream could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} timed out after {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("handshake with {addr}: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+/// Route state plus "removed from the table", packed for an atomic.
+const REMOVED: u8 = 3;
+
+fn state_code(s: RouteState) -> u8 {
+    match s {
+        RouteState::Active => 0,
+        RouteState::Draining => 1,
+        RouteState::Down => 2,
+    }
+}
+
+/// A connection taken from the pool for one request.
+pub enum PooledConn {
+    H1(http1::SendRequest<ReqBody>),
+    /// HTTP/2 senders are shared; nothing goes back to the pool.
+    H2,
+}
+
+/// An instance of a release as the data plane sees it. Lives across table
+/// swaps for as long as the table keeps an instance with the same release,
+/// id, address and protocol.
+pub struct Upstream {
+    pub release: Arc<str>,
+    pub id: Arc<str>,
+    pub addr: SocketAddr,
+    pub protocol: UpstreamProtocol,
+    state: AtomicU8,
+    pub stats: Arc<Stats>,
+    pub health: Health,
+    health_check: Mutex<HealthCheck>,
+    settings: Arc<UpstreamSettings>,
+    clock: Clock,
+    idle: Mutex<Vec<(http1::SendRequest<ReqBody>, u64)>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upstream({}/{} {})", self.release, self.id, self.addr)
+    }
+}
+
+impl Upstream {
+    pub fn new(
+        release: Arc<str>,
+        id: Arc<str>,
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        check: HealthCheck,
+        settings: Arc<UpstreamSettings>,
+        clock: Clock,
+    ) -> Upstream {
+        Upstream {
+            release,
+            id,
+            addr,
+            protocol,
+            state: AtomicU8::new(0),
+            stats: Arc::new(Stats::default()),
+            health: Health::default(),
+            health_check: Mutex::new(check),
+            settings,
+            clock,
+            idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// State in the newest table (routing decisions use the state of the
+    /// table a request was routed with); `None` once removed from the table.
+    pub fn state(&self) -> Option<RouteState> {
+        match self.state.load(Relaxed) {
+            0 => Some(RouteState::Active),
+            1 => Some(RouteState::Draining),
+            2 => Some(RouteState::Down),
+            _ => None,
+        }
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        self.state().map_or("removed", RouteState::as_str)
+    }
+
+    /// Leaving active closes idle keep-alive connections at once (they are
+    /// between requests by definition) and stops pooling new ones.
+    pub fn set_state(&self, s: RouteState) {
+        let old = self.state.swap(state_code(s), Relaxed);
+        if s != RouteState::Active && old != state_code(s) {
+            self.close_idle();
+        }
+    }
+
+    /// Taken out of the table: no new requests; in-flight ones finish.
+    pub fn retire(&self) {
+        self.state.store(REMOVED, Relaxed);
+        self.close_idle();
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.state.load(Relaxed) == REMOVED
+    }
+
+    pub fn set_health_check(&self, check: HealthCheck) {
+        *self.health_check.lock().unwrap_or_else(|e| e.into_inner()) = check;
+    }
+
+    pub fn health_check(&self) -> HealthCheck {
+        self.health_check.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.health.is_healthy(self.clock.now_ms())
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn close_idle(&self) {
+        let drained: Vec<_> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(drained);
+        if let Ok(mut h2) = self.h2.try_lock() {
+            h2.take();
+        }
+    }
+
+    /// A connection for one request: a pooled idle one when there is one
+    /// (`reused = true`), else a new one.
+    pub async fn checkout(&self) -> Result<(PooledConn, bool), ConnectError> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => {
+                if let Some(s) = self.take_idle().await {
+                    return Ok((PooledConn::H1(s), true));
+                }
+                Ok((PooledConn::H1(self.connect_h1(false).await?), false))
+            }
+            UpstreamProtocol::H2c => {
+                let mut slot = self.h2.lock().await;
+                if let Some(s) = slot.as_ref()
+                    && !s.is_closed()
+                {
+                    return Ok((PooledConn::H2, true));
+                }
+                *slot = Some(self.connect_h2().await?);
+                Ok((PooledConn::H2, false))
+            }
+        }
+    }
+
+    /// The shared HTTP/2 sender (after a successful `checkout` of an h2c upstream).
+    pub async fn h2_sender(&self) -> Option<http2::SendRequest<ReqBody>> {
+        self.h2.lock().await.clone()
+    }
+
+    async fn take_idle(&self) -> Option<http1::SendRequest<ReqBody>> {
+        let now = self.clock.now_ms();
+        let idle_ms = self.settings.idle_timeout.as_millis() as u64;
+        loop {
+            let (mut s, at) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if s.is_closed() || now.saturating_sub(at) > idle_ms {
+                continue;
+            }
+            if !s.is_ready() && s.ready().await.is_err() {
+                continue;
+            }
+            return Some(s);
+        }
+    }
+
+    /// Gives a connection back after its response body was read to the end.
+    pub fn checkin(&self, conn: PooledConn) {
+        if let PooledConn::H1(s) = conn
+            && self.state.load(Relaxed) == 0
+            && !s.is_closed()
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.settings.max_idle {
+                idle.push((s, self.clock.now_ms()));
+            }
+        }
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, ConnectError> {
+        let addr = self.addr;
+        let after = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(after, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, after })?
+            .map_err(|source| ConnectError::Io { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A new HTTP/1.1 connection; with `upgrades` it may be taken over by a
+    /// protocol upgrade (WebSocket) and is never pooled.
+    pub async fn connect_h1(&self, upgrades: bool) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
+        let stream = self.tcp().await?;
+        let addr = self.addr;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        let stats = self.stats.clone();
+        stats.connection_opened();
+        tokio::spawn(async move {
+            if upgrades {
+                let _ = conn.with_upgrades().await;
+            } else {
+                let _ = conn.await;
+            }
+            stats.connection_closed();
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<ReqBody>, ConnectError> {
+        let stream = self.tcp().await?;
+        let addr = self.addr;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        let stats = self.stats.clone();
+        stats.connection_opened();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            stats.connection_closed();
+        });
+        Ok(sender)
+    }
+
+    /// Passive health: a request got an answer that is not a 5xx.
+    pub fn record_success(&self) {
+        self.health.success();
+    }
+
+    /// Passive health: a connect failure or a 5xx. `may_eject` is false when
+    /// this is the release's last healthy instance.
+    pub fn record_failure(&self, may_eject: bool) {
+        let s = &self.settings;
+        if s.eject_after_failures == 0 {
+            return;
+        }
+        self.health
+            .failure(self.clock.now_ms(), s.eject_after_failures, s.ejection_time, may_eject);
+    }
+}
+
+/// Health of an instance: the active checker's verdict and passive ejection.
+#[derive(Debug)]
+pub struct Health {
+    /// Verdict of the active checker; instances start healthy.
+    active_ok: AtomicBool,
+    active_streak: AtomicU32,
+    consecutive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    last_ejection_ms: AtomicU64,
+    ejection_multiplier: AtomicU32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            active_ok: AtomicBool::new(true),
+            active_streak: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            last_ejection_ms: AtomicU64::new(0),
+            ejection_multiplier: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Health {
+    pub fn is_healthy(&self, now_ms: u64) -> bool {
+        self.active_ok.load(Relaxed) && now_ms >= self.ejected_until_ms.load(Relaxed)
+    }
+
+    pub fn active_ok(&self) -> bool {
+        self.active_ok.load(Relaxed)
+    }
+
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        now_ms < self.ejected_until_ms.load(Relaxed)
+    }
+
+    fn success(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    fn failure(&self, now_ms: u64, threshold: u32, base: Duration, may_eject: bool) {
+        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if n < threshold || !may_eject {
+            return;
+        }
+        self.consecutive_failures.store(0, Relaxed);
+        let base_ms = base.as_millis() as u64;
+        // Repeated ejections within ten base periods double, up to ten times the base.
+        let recent = now_ms.saturating_sub(self.last_ejection_ms.load(Relaxed)) < base_ms * 10
+            && self.ejection_multiplier.load(Relaxed) > 0;
+        let mult = if recent {
+            (self.ejection_multiplier.load(Relaxed) * 2).min(10)
+        } else {
+            1
+        };
+        self.ejection_multiplier.store(mult, Relaxed);
+        self.last_ejection_ms.store(now_ms, Relaxed);
+        self.ejected_until_ms.store(now_ms + base_ms * mult as u64, Relaxed);
+        tracing::warn!(
+            failures = n,
+            eject_ms = base_ms * mult as u64,
+            "instance ejected after consecutive failures"
+        );
+    }
+
+    /// Feeds one active check result; returns the new verdict when it flipped.
+    pub fn active_result(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        let current = self.active_ok.load(Relaxed);
+        if ok == current {
+            self.active_streak.store(0, Relaxed);
+            return None;
+        }
+        let streak = self.active_streak.fetch_add(1, Relaxed) + 1;
+        let needed = if ok { rise } else { fall };
+        if streak >= needed {
+            self.active_ok.store(ok, Relaxed);
+            self.active_streak.store(0, Relaxed);
+            if ok {
+                // A recovered instance starts with a clean slate.
+                self.ejected_until_ms.store(0, Relaxed);
+                self.consecutive_failures.store(0, Relaxed);
+            }
+            return Some(ok);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passive_ejection_backs_off_and_respects_may_eject() {
+        let h = Health::default();
+        for _ in 0..4 {
+            h.failure(1_000, 5, Duration::from_secs(10), true);
+        }
+        assert!(h.is_healthy(1_000));
+        h.failure(1_000, 5, Duration::from_secs(10), true);
+        assert!(!h.is_healthy(1_000));
+        assert!(h.is_healthy(11_000));
+        for _ in 0..5 {
+            h.failure(12_000, 5, Duration::from_secs(10), true);
+        }
+        assert!(!h.is_healthy(31_000), "second ejection lasts twice as long");
+        assert!(h.is_healthy(32_000));
+        let last = Health::default();
+        for _ in 0..50 {
+            last.failure(1_000, 5, Duration::from_secs(10), false);
+        }
+        assert!(last.is_healthy(1_000), "the last healthy instance is never ejected");
+    }
+
+    #[test]
+    fn active_checks_need_rise_and_fall_in_a_row() {
+        let h = Health::default();
+        assert_eq!(h.active_result(false, 2, 3), None);
+        assert_eq!(h.active_result(false, 2, 3), None);
+        assert_eq!(h.active_result(true, 2, 3), None, "a success breaks the streak");
+        for _ in 0..2 {
+            assert_eq!(h.active_result(false, 2, 3), None);
+        }
+        assert_eq!(h.active_result(false, 2, 3), Some(false));
+        assert!(!h.is_healthy(0));
+        assert_eq!(h.active_result(true, 2, 3), None);
+        assert_eq!(h.active_result(true, 2, 3), Some(true));
+        assert!(h.is_healthy(0));
+    }
+}

@@ -1,0 +1,108 @@
+//! The admin API: token, routes, metrics (JSON and Prometheus), and serving the saved table after a restart.
+
+use std::time::Duration;
+
+use testkit::Client;
+use wire::{RouteDiff, RouteOp};
+
+use crate::harness::{App, Harness, release, table};
+
+#[tokio::test]
+async fn the_admin_api_wants_the_token() {
+    let h = Harness::start("").await;
+    for auth in [None, Some("Bearer wrong"), Some("Basic abc")] {
+        let mut c = Client::connect(h.admin).await.unwrap();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+        let r = c.get("/v1/routes", &headers).await.unwrap();
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert!(r.text().contains("Authorization: Bearer"), "{}", r.text());
+    }
+    let token_file = h.dir.join("state/admin.token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(h.admin_get("/v1/routes").await.status, 200);
+    assert_eq!(h.admin_get("/v1/nothing").await.status, 404);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_per_release_and_instance() {
+    let mut bad = demo_app::Config::new("v2");
+    bad.error_rate = 1.0;
+    let (v1, v2) = (App::start("v1").await, App::start_with(bad).await);
+    let h = Harness::start("[upstream]\neject_after_failures = 0\n").await;
+    h.put(&table(vec![release("v2", 0, &[&v2]), release("v1", 100, &[&v1])]))
+        .await;
+    let mut c = Client::connect(h.web).await.unwrap();
+    for _ in 0..30 {
+        assert_eq!(c.get("/", &[]).await.unwrap().status, 200);
+    }
+    let v2_cookie = {
+        h.put(&table(vec![release("v2", 100, &[&v2]), release("v1", 0, &[&v1])]))
+            .await;
+        let r = c.get("/", &[]).await.unwrap();
+        assert_eq!(r.status, 500);
+        crate::harness::set_cookie(&r).unwrap()
+    };
+    for _ in 0..9 {
+        assert_eq!(c.get("/", &[("cookie", &v2_cookie)]).await.unwrap().status, 500);
+    }
+    let m = h.metrics().await;
+    let v1m = &m.release("v1").unwrap().totals;
+    let v2m = &m.release("v2").unwrap().totals;
+    assert_eq!((v1m.requests, v1m.responses.c2xx, v1m.errors()), (30, 30, 0));
+    assert_eq!((v2m.requests, v2m.responses.c5xx, v2m.upstream_failures), (10, 10, 0));
+    assert_eq!(v1m.latency_us.count, 30);
+    assert!(v1m.latency_us.quantile_us(0.5).unwrap() > 0.0);
+    assert_eq!(m.release("v1").unwrap().instances[0].instance, "v1-0");
+
+    let prom = h.admin_get("/metrics").await;
+    assert!(prom.header("content-type").unwrap().starts_with("text/plain"));
+    let text = prom.text();
+    assert!(
+        text.contains("slipway_requests_total{release=\"v1\",instance=\"v1-0\"} 30"),
+        "{text}"
+    );
+    assert!(
+        text.contains("slipway_responses_total{release=\"v2\",instance=\"v2-0\",class=\"5xx\"} 10"),
+        "{text}"
+    );
+    assert!(text.contains("slipway_request_duration_seconds_count{release=\"v1\",instance=\"v1-0\"} 30"));
+    assert!(text.contains("le=\"+Inf\"} 30"));
+}
+
+#[tokio::test]
+async fn a_restarted_router_serves_its_saved_table_at_once() {
+    let (v1, v2) = (App::start("v1").await, App::start("v2").await);
+    let mut h = Harness::start("").await;
+    h.put(&table(vec![release("v2", 100, &[&v2]), release("v1", 0, &[&v1])]))
+        .await;
+    let r = h
+        .patch(&RouteDiff {
+            expect_generation: None,
+            ops: vec![RouteOp::SetWeight {
+                release: "v1".into(),
+                weight: 0,
+            }],
+        })
+        .await;
+    assert_eq!(r.status, 200);
+    let before = h.routes().await;
+    let cookie = crate::harness::set_cookie(&h.get("/", &[]).await).unwrap();
+    let text = crate::harness::config_text(&h.dir, "");
+    h.stop().await;
+    // Same state folder, new process-level router: same table, same generation,
+    // same cookie key (sessions survive), same token.
+    let dir = std::mem::replace(&mut h.dir, testkit::TempDir::new("unused"));
+    let token = h.token.clone();
+    let h2 = Harness::start_with_text(dir, &text).await;
+    assert_eq!(h2.token, token);
+    let after = h2.routes().await;
+    assert_eq!(after, before);
+    let r = h2.get("/", &[("cookie", &cookie)]).await;
+    assert_eq!(r.text(), "v2");
+    assert!(r.header("set-cookie").is_none(), "the session cookie is still valid");
+    let _ = Duration::ZERO;
+}

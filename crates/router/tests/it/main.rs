@@ -1,0 +1,10 @@
+//! Router integration tests: a real router on port 0 in front of real demo-app servers.
+
+mod harness;
+
+mod admin;
+mod affinity;
+mod drain_health;
+mod errors;
+mod protocols;
+mod swaps;

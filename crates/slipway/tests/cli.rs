@@ -1,0 +1,127 @@
+//! The `slipway` binary as a user runs it: `validate`, and `router` as a real process that survives its own kill -9 (static stability).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use testkit::{TempDir, wait_for};
+
+fn slipway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_slipway"))
+}
+
+#[test]
+fn validate_lists_every_problem_and_exits_64() {
+    let dir = TempDir::new("validate");
+    let bad = dir.join("router.toml");
+    std::fs::write(
+        &bad,
+        r#"
+state_dir = "s"
+admin = { listen = "0.0.0.0:1" }
+[[listener]]
+name = "web"
+kind = "http"
+addr = "nowhere"
+[upstream]
+connect_timeout = 0
+"#,
+    )
+    .unwrap();
+    let out = slipway().arg("validate").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 problems"), "{err}");
+    for want in ["admin.listen", "listener[0].addr", "upstream.connect_timeout"] {
+        assert!(err.contains(want), "{want} missing from: {err}");
+    }
+    let routes = dir.join("routes.toml");
+    std::fs::write(
+        &routes,
+        "[[release]]\nid = \"v1\"\nweight = 1\ninstance = [{ id = \"a\", addr = \"127.0.0.1:1\" }]\n",
+    )
+    .unwrap();
+    let out = slipway().arg("validate").arg(&routes).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid route table"));
+    let out = slipway()
+        .arg("validate")
+        .arg(dir.join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+fn router_status(state: &std::path::Path) -> Option<wire::api::RouterStatus> {
+    serde_json::from_slice(&std::fs::read(state.join("router.json")).ok()?).ok()
+}
+
+#[tokio::test]
+async fn a_killed_router_process_serves_its_saved_table_when_started_again() {
+    let app = demo_app::App::new(demo_app::Config::new("v1"));
+    let (app_addr, _server) = demo_app::spawn_local(app).await.unwrap();
+    let dir = TempDir::new("router-proc");
+    std::fs::write(
+        dir.join("routes.toml"),
+        format!("[[release]]\nid = \"v1\"\nweight = 100\ninstance = [{{ id = \"v1-0\", addr = \"{app_addr}\" }}]\n"),
+    )
+    .unwrap();
+    let config = dir.join("router.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\nworkers = 1\ninitial_routes = \"routes.toml\"\nadmin = { listen = \"127.0.0.1:0\" }\n\
+         [[listener]]\nname = \"web\"\nkind = \"http\"\naddr = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let spawn = || {
+        slipway()
+            .arg("router")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    let pid = first.id();
+    let status = wait_for("router up", Duration::from_secs(10), || async {
+        router_status(&state).filter(|s| s.pid == pid)
+    })
+    .await;
+    let web: std::net::SocketAddr = status.listeners[0].addr.parse().unwrap();
+    assert_eq!(testkit::get(web, "/", &[]).await.unwrap().text(), "v1");
+    // Change the table through the admin API, then kill -9 the router.
+    let token = std::fs::read_to_string(state.join("admin.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let admin: std::net::SocketAddr = status.admin.parse().unwrap();
+    let mut c = testkit::Client::connect(admin).await.unwrap();
+    let body = r#"{"ops":[{"op":"set_weight","release":"v1","weight":7}]}"#;
+    let r = c
+        .send("PATCH", "/v1/routes", &[("authorization", &auth)], body.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Started again, it serves the saved table (weight 7, same generation).
+    let mut second = spawn();
+    let pid = second.id();
+    let status2 = wait_for("router up again", Duration::from_secs(10), || async {
+        router_status(&state).filter(|s| s.pid == pid)
+    })
+    .await;
+    assert_eq!(status2.generation, status.generation + 1);
+    let web: std::net::SocketAddr = status2.listeners[0].addr.parse().unwrap();
+    assert_eq!(testkit::get(web, "/", &[]).await.unwrap().text(), "v1");
+    let admin: std::net::SocketAddr = status2.admin.parse().unwrap();
+    let mut c = testkit::Client::connect(admin).await.unwrap();
+    let t: wire::RouteTable =
+        serde_json::from_slice(&c.get("/v1/routes", &[("authorization", &auth)]).await.unwrap().body).unwrap();
+    assert_eq!(t.releases[0].weight, 7);
+    // SIGTERM stops it cleanly.
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let code = second.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+}
