@@ -12,6 +12,7 @@
 //! | `/status/N` | answers with status N |
 //! | `/echo` | the request body |
 //! | `/bytes?n=N` | N bytes |
+//! | `/stream?chunks=N&size=M` | N chunks of M bytes, chunked encoding |
 //! | `/headers` | the request headers, one per line |
 //! | `POST /drain` | marks the instance draining (the agent's drain hook); `/` then adds `x-draining: 1` |
 //!
@@ -106,22 +107,46 @@ impl App {
             .store((rate.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
     }
 
-    async fn handle(self: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    async fn handle(self: Arc<App>, req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+        if req.uri().path() == "/stream" {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let q = |key: &str| -> Option<usize> {
+                req.uri()
+                    .query()?
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            let chunks = q("chunks").unwrap_or(3).min(100_000);
+            let size = q("size").unwrap_or(10).clamp(1, 1 << 20);
+            let mut resp = Response::new(AppBody::Chunks {
+                left: chunks,
+                chunk: Bytes::from(vec![b'c'; size]),
+            });
+            resp.headers_mut().insert("x-release", self.release_header.clone());
+            return Ok(resp);
+        }
+        let resp = self.handle_inner(req).await;
+        Ok(resp.map(AppBody::Full))
+    }
+
+    async fn handle_inner(self: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let path = req.uri().path();
         if path == "/healthz" {
-            return Ok(self.text(StatusCode::OK, "ok\n"));
+            return self.text(StatusCode::OK, "ok\n");
         }
         if path == "/drain" && req.method() == Method::POST {
             self.draining.store(true, Ordering::Relaxed);
-            return Ok(self.text(StatusCode::OK, "draining\n"));
+            return self.text(StatusCode::OK, "draining\n");
         }
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
         let ppm = self.error_ppm.load(Ordering::Relaxed);
         if ppm > 0 && fastrand::u64(0..1_000_000) < ppm {
-            return Ok(self.text(StatusCode::INTERNAL_SERVER_ERROR, "injected error\n"));
+            return self.text(StatusCode::INTERNAL_SERVER_ERROR, "injected error\n");
         }
         let query = |key: &str| -> Option<u64> {
             req.uri()
@@ -131,8 +156,8 @@ impl App {
                 .parse()
                 .ok()
         };
-        let resp = match path {
-            "/ws" => return Ok(self.websocket(req)),
+        match path {
+            "/ws" => self.websocket(req),
             "/sleep" => {
                 tokio::time::sleep(Duration::from_millis(query("ms").unwrap_or(0))).await;
                 self.release_reply()
@@ -161,8 +186,7 @@ impl App {
                 self.text(code, &format!("{}\n", code.as_u16()))
             }
             _ => self.release_reply(),
-        };
-        Ok(resp)
+        }
     }
 
     fn release_reply(&self) -> Response<Full<Bytes>> {
@@ -227,6 +251,48 @@ impl App {
             if ws.send(reply).await.is_err() {
                 break;
             }
+        }
+    }
+}
+
+/// Bodies the demo app sends: whole, or a stream of equal chunks (sent
+/// with chunked encoding since its length is not known up front).
+pub enum AppBody {
+    Full(Full<Bytes>),
+    Chunks { left: usize, chunk: Bytes },
+}
+
+impl hyper::body::Body for AppBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            AppBody::Full(f) => std::pin::Pin::new(f).poll_frame(cx),
+            AppBody::Chunks { left, chunk } => {
+                if *left == 0 {
+                    return std::task::Poll::Ready(None);
+                }
+                *left -= 1;
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk.clone()))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AppBody::Full(f) => f.is_end_stream(),
+            AppBody::Chunks { left, .. } => *left == 0,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            AppBody::Full(f) => f.size_hint(),
+            AppBody::Chunks { .. } => hyper::body::SizeHint::default(),
         }
     }
 }

@@ -40,6 +40,9 @@ struct Args {
     /// Ignore SIGTERM (only SIGKILL or SIGINT stop it).
     #[arg(long, env = "DEMO_IGNORE_SIGTERM", default_value_t = false)]
     ignore_sigterm: bool,
+    /// Worker threads.
+    #[arg(long, env = "DEMO_THREADS", default_value_t = 2)]
+    threads: usize,
     /// After SIGTERM keep serving this long before closing (a slow shutdown).
     #[arg(long, env = "DEMO_SHUTDOWN_DELAY", default_value = "0ms")]
     shutdown_delay: HumanDuration,
@@ -58,11 +61,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(64);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("demo-app: cannot start the runtime: {e}");

@@ -12,13 +12,30 @@ use crate::upstream::{PooledConn, Upstream};
 
 /// A client's request body on its way to an upstream; counts bytes in.
 pub struct ReqBody {
-    inner: Incoming,
+    inner: ReqInner,
     stats: Option<Arc<Stats>>,
+}
+
+enum ReqInner {
+    /// Streamed from an HTTP/2 client.
+    Incoming(Incoming),
+    /// Read whole by the HTTP/1 path before going to an h2c upstream.
+    Full(Option<Bytes>),
 }
 
 impl ReqBody {
     pub fn new(inner: Incoming) -> ReqBody {
-        ReqBody { inner, stats: None }
+        ReqBody {
+            inner: ReqInner::Incoming(inner),
+            stats: None,
+        }
+    }
+
+    pub fn full(bytes: Bytes) -> ReqBody {
+        ReqBody {
+            inner: ReqInner::Full((!bytes.is_empty()).then_some(bytes)),
+            stats: None,
+        }
     }
 
     /// Counts the bytes against `stats` (the instance that finally gets the request).
@@ -31,9 +48,13 @@ impl Body for ReqBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, &self.stats)
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            ReqInner::Incoming(i) => Pin::new(i).poll_frame(cx),
+            ReqInner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, &this.stats)
             && let Some(data) = frame.data_ref()
         {
             stats.bytes_in(data.len() as u64);
@@ -42,11 +63,17 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            ReqInner::Incoming(i) => i.is_end_stream(),
+            ReqInner::Full(b) => b.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            ReqInner::Incoming(i) => i.size_hint(),
+            ReqInner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 

@@ -15,9 +15,11 @@ pub mod admin;
 pub mod affinity;
 pub mod body;
 pub mod config;
+pub mod h1;
 pub mod health;
 pub mod listener;
 pub mod proxy;
+pub mod route;
 pub mod shared;
 pub mod state;
 pub mod stats;
@@ -29,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 use wire::api::BoundListener;
 use wire::router_config::ListenerKind;
@@ -84,7 +85,7 @@ pub enum StartError {
 pub struct RunningRouter {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    graceful: Arc<GracefulShutdown>,
+    connections: Arc<listener::ConnTracker>,
     tasks: tokio::task::JoinSet<()>,
 }
 
@@ -116,14 +117,12 @@ impl RunningRouter {
         &self.shared.token
     }
 
-    /// Stops accepting, then lets open HTTP connections finish their current
+    /// Stops accepting, then lets open connections finish their current
     /// request (idle keep-alive connections close at once) for up to `grace`.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
-        if let Ok(g) = Arc::try_unwrap(self.graceful) {
-            let _ = tokio::time::timeout(grace, g.shutdown()).await;
-        }
+        let _ = tokio::time::timeout(grace, self.connections.wait_idle()).await;
     }
 }
 
@@ -217,14 +216,14 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
     let _ = shared.bound.set((admin_addr, bound));
     shared.start_from(initial).await?;
 
-    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = Arc::new(listener::ConnTracker::default());
     for (cfg, sock) in sockets {
         tasks.spawn(listener::accept_loop(
             shared.clone(),
             cfg,
             sock,
             stop_rx.clone(),
-            graceful.clone(),
+            connections.clone(),
         ));
     }
     let status = admin::status_of(&shared);
@@ -234,7 +233,7 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
     Ok(RunningRouter {
         shared,
         stop,
-        graceful,
+        connections,
         tasks,
     })
 }

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -15,7 +13,7 @@ use wire::router_config::{AffinityMode, ListenerKind};
 use crate::config::Listener;
 use crate::proxy::{ConnCtx, ListenerCtx};
 use crate::shared::Shared;
-use crate::table::{Choice, How, Inputs, RequestView, bucket_of};
+use crate::table::{Choice, How, Inputs, RequestView};
 
 /// Binds `addr` with the options a proxy wants (address reuse, a deep backlog).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -33,24 +31,53 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .keep_alive(true);
-    b.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
-    b
+/// Counts open client connections so shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct ConnTracker {
+    open: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
-/// Accepts on one listener until `stop` turns true. HTTP connections are
-/// registered with `graceful` so shutdown can close them between requests.
+impl ConnTracker {
+    pub fn open(self: &Arc<Self>) -> ConnGuard {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One open client connection; dropping it closes the count.
+pub struct ConnGuard(Arc<ConnTracker>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Accepts on one listener until `stop` turns true.
 pub async fn accept_loop(
     shared: Arc<Shared>,
     cfg: Listener,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
+    tracker: Arc<ConnTracker>,
 ) {
     let ctx = Arc::new(ListenerCtx {
         name: cfg.name.clone(),
@@ -58,7 +85,6 @@ pub async fn accept_loop(
         tls: cfg.tls.is_some(),
     });
     let tls = cfg.tls.clone().map(TlsAcceptor::from);
-    let builder = http_builder();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stopped(&mut stop) => return,
@@ -73,62 +99,164 @@ pub async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let guard = tracker.open();
         match cfg.kind {
             ListenerKind::Http => {
-                let conn = Arc::new(ConnCtx {
-                    peer,
-                    listener: ctx.clone(),
-                });
-                serve_http(
+                let conn = Arc::new(ConnCtx::new(peer, ctx.clone()));
+                tokio::spawn(serve_http(
                     shared.clone(),
                     conn,
                     stream,
                     tls.clone(),
-                    builder.clone(),
-                    graceful.clone(),
-                );
+                    stop.clone(),
+                    guard,
+                ));
             }
             ListenerKind::Tcp => {
-                tokio::spawn(proxy_tcp(shared.clone(), stream, peer, cfg.affinity));
+                let shared = shared.clone();
+                let affinity = cfg.affinity;
+                tokio::spawn(async move {
+                    proxy_tcp(shared, stream, peer, affinity).await;
+                    drop(guard);
+                });
             }
         }
     }
 }
 
-fn serve_http(
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one HTTP connection: HTTP/2 (prior knowledge, or ALPN "h2" on
+/// TLS) through hyper, everything else through the HTTP/1 fast path.
+async fn serve_http(
     shared: Arc<Shared>,
     conn: Arc<ConnCtx>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     tls: Option<TlsAcceptor>,
-    builder: auto::Builder<TokioExecutor>,
-    graceful: Arc<GracefulShutdown>,
+    stop: watch::Receiver<bool>,
+    _guard: ConnGuard,
 ) {
-    let svc = {
-        let conn = conn.clone();
-        hyper::service::service_fn(move |req| crate::proxy::handle(shared.clone(), conn.clone(), req))
-    };
-    tokio::spawn(async move {
-        match tls {
-            None => {
-                let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let _ = graceful.watch(c.into_owned()).await;
+    use tokio::io::AsyncReadExt;
+    match tls {
+        None => {
+            let mut buf = bytes::BytesMut::with_capacity(8192);
+            // Enough bytes to tell an HTTP/2 preface from an HTTP/1 request line.
+            loop {
+                let n = buf.len().min(H2_PREFACE.len());
+                if n > 0 && buf[..n] != H2_PREFACE[..n] {
+                    break;
+                }
+                if buf.len() >= H2_PREFACE.len() {
+                    let io = Prefixed::new(buf.freeze(), stream);
+                    return serve_h2(shared, conn, io, stop).await;
+                }
+                match tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
             }
-            Some(acceptor) => {
-                let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %conn.peer, error = %e, "tls handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
-                let c = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
-                let _ = graceful.watch(c.into_owned()).await;
+            crate::h1::serve(shared, conn, stream, buf, stop).await;
+        }
+        Some(acceptor) => {
+            let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %conn.peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(shared, conn, tls_stream, stop).await;
+            } else {
+                crate::h1::serve(shared, conn, tls_stream, bytes::BytesMut::with_capacity(8192), stop).await;
             }
         }
-    });
+    }
+}
+
+/// HTTP/2 through hyper; on `stop` it sends GOAWAY and lets open streams finish.
+async fn serve_h2<S>(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: S, mut stop: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| crate::proxy::handle(shared.clone(), conn.clone(), req));
+    let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1000)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(c);
+    tokio::select! {
+        _ = c.as_mut() => {}
+        _ = stopped(&mut stop) => {
+            c.as_mut().graceful_shutdown();
+            let _ = c.await;
+        }
+    }
+}
+
+/// A stream with some bytes already read off it, served again first.
+pub struct Prefixed<S> {
+    prefix: bytes::Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: bytes::Bytes, inner: S) -> Prefixed<S> {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 struct TcpView(std::net::IpAddr);
@@ -153,13 +281,7 @@ impl RequestView for TcpView {
 /// way to carry a reason, so a refused connection is logged and counted.
 async fn proxy_tcp(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, affinity: AffinityMode) {
     let table = shared.table.load_full();
-    let bucket = (affinity == AffinityMode::ClientIp).then(|| {
-        let ip = peer.ip().to_canonical();
-        match ip {
-            std::net::IpAddr::V4(v) => bucket_of(&v.octets()),
-            std::net::IpAddr::V6(v) => bucket_of(&v.octets()),
-        }
-    });
+    let bucket = (affinity == AffinityMode::ClientIp).then(|| crate::route::ip_bucket(peer.ip()));
     let inputs = Inputs {
         bucket,
         random: fastrand::u64(..),

@@ -1,4 +1,4 @@
-//! HTTP proxying: choose a release and instance, forward the request (retrying once where safe), pass upgrades through, and turn every failure into a response.
+//! The HTTP/2 client path (hyper): route each stream, forward it to an HTTP/1.1 or h2c upstream (retrying once where safe), and turn every failure into a response.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -8,15 +8,15 @@ use std::time::Instant;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use wire::UpstreamProtocol;
 use wire::router_config::AffinityMode;
 
 use crate::affinity::find_cookie;
 use crate::body::{Inflight, ReqBody, RespBody};
+use crate::route::{Reply, RequestFacts, decide};
 use crate::shared::Shared;
 use crate::stats::Stats;
-use crate::table::{CRelease, Choice, How, Inputs, RequestView, bucket_of};
+use crate::table::{CRelease, RequestView};
 use crate::upstream::{PooledConn, Upstream};
 
 /// The listener a connection came in on.
@@ -32,6 +32,20 @@ pub struct ListenerCtx {
 pub struct ConnCtx {
     pub peer: SocketAddr,
     pub listener: Arc<ListenerCtx>,
+    /// The peer address as an `x-forwarded-for` value, formatted once.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnCtx {
+    pub fn new(peer: SocketAddr, listener: Arc<ListenerCtx>) -> ConnCtx {
+        let forwarded_for = HeaderValue::try_from(peer.ip().to_canonical().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnCtx {
+            peer,
+            listener,
+            forwarded_for,
+        }
+    }
 }
 
 /// Serves one request; never fails (errors become responses).
@@ -58,16 +72,16 @@ fn unrouted(stats: &Stats, started: Instant, resp: Response<RespBody>) -> Respon
 
 /// A JSON error answer with an `x-slipway-error` header.
 pub fn error_response(status: StatusCode, code: &'static str, reason: &str) -> Response<RespBody> {
-    let body = serde_json::json!({ "error": code, "reason": reason }).to_string();
-    json_response(status, code, body)
+    reply_response(&Reply::new(status, code, reason))
 }
 
-fn json_response(status: StatusCode, code: &'static str, body: String) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::full(body));
-    *resp.status_mut() = status;
+/// A router-made reply as a hyper response.
+pub fn reply_response(reply: &Reply) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(reply.body.clone()));
+    *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert("x-slipway-error", HeaderValue::from_static(code));
+    h.insert("x-slipway-error", HeaderValue::from_static(reply.code));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -96,140 +110,39 @@ impl RequestView for View<'_> {
     }
 }
 
-/// Reads a client version leniently: `v1.2`, `1.2` and `1.2.3-beta` all work.
-pub fn parse_client_version(s: &str) -> Option<semver::Version> {
-    let s = s.trim().trim_start_matches(['v', 'V']);
-    if let Ok(v) = semver::Version::parse(s) {
-        return Some(v);
-    }
-    let (core, rest) = match s.find(['-', '+']) {
-        Some(i) => s.split_at(i),
-        None => (s, ""),
-    };
-    let parts: Vec<&str> = core.split('.').collect();
-    let padded = match parts.len() {
-        1 => format!("{core}.0.0{rest}"),
-        2 => format!("{core}.0{rest}"),
-        _ => return None,
-    };
-    semver::Version::parse(&padded).ok()
-}
-
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip.to_canonical() {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
-    }
-}
-
 async fn route(shared: &Arc<Shared>, conn: &ConnCtx, req: Request<Incoming>, started: Instant) -> Response<RespBody> {
-    let table = shared.table.load_full();
     let cfg = &shared.config;
-    let version = match req.headers().get(&cfg.version_header) {
-        None => None,
-        Some(v) => match v.to_str().ok().and_then(parse_client_version) {
-            Some(v) => Some(v),
-            None => {
-                let reason = format!("header {} is not a version like 1.2.3", cfg.version_header);
-                return unrouted(
-                    &shared.unrouted,
-                    started,
-                    error_response(StatusCode::BAD_REQUEST, "bad_client_version", &reason),
-                );
-            }
-        },
-    };
-    let affinity = conn.listener.affinity;
-    let uses_cookie = matches!(affinity, AffinityMode::Cookie | AffinityMode::Header);
-    let sticky = if uses_cookie {
-        find_cookie(req.headers(), &cfg.cookie_name).and_then(|v| shared.signer.verify(v))
-    } else {
-        None
-    };
-    let bucket = match affinity {
-        AffinityMode::Header => cfg
-            .key_header
-            .as_ref()
-            .and_then(|h| req.headers().get(h))
-            .map(|v| bucket_of(v.as_bytes())),
-        AffinityMode::ClientIp => Some(bucket_of(&ip_bytes(conn.peer.ip()))),
-        AffinityMode::Cookie | AffinityMode::None => None,
-    };
     let view = View {
         headers: req.headers(),
         uri: req.uri(),
         ip: conn.peer.ip(),
     };
-    let inputs = Inputs {
-        version: version.as_ref(),
-        sticky,
-        bucket,
-        random: fastrand::u64(..),
+    let facts = RequestFacts {
+        client_version: req.headers().get(&cfg.version_header).map(|v| v.as_bytes()),
+        cookie: find_cookie(req.headers(), &cfg.cookie_name),
+        key: cfg
+            .key_header
+            .as_ref()
+            .and_then(|h| req.headers().get(h))
+            .map(|v| v.as_bytes()),
     };
-    let (index, how) = match table.choose(&view, &inputs) {
-        Choice::Release { index, how } => (index, how),
-        Choice::UpgradeRequired => {
-            let resp = upgrade_required(&table.releases, version.as_ref(), cfg.version_header.as_str());
-            return unrouted(&shared.unrouted, started, resp);
-        }
-        Choice::Unavailable(reason) => {
-            return unrouted(
-                &shared.unrouted,
-                started,
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "no_release", reason),
-            );
-        }
+    let routed = match decide(shared, conn, &view, &facts) {
+        Ok(r) => r,
+        Err(reply) => return unrouted(&shared.unrouted, started, reply_response(&reply)),
     };
-    let release = &table.releases[index];
-    let set_cookie = uses_cookie && how != How::Key && sticky != Some(&*release.id);
-    let cookie = set_cookie.then(|| release.set_cookie[conn.listener.tls as usize].clone());
-    let is_sticky = how != How::Weight;
-    let Some(up) = release.pick_instance(is_sticky, None) else {
-        let reason = format!("release {} has no healthy instance", release.id);
-        return unrouted(
-            &shared.unrouted,
-            started,
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "no_instance", &reason),
-        );
-    };
-    let mut resp = if is_upgrade(req.headers()) && req.version() == Version::HTTP_11 {
-        upgrade(shared, release, up, conn, req, started, is_sticky).await
-    } else {
-        forward(shared, release, up, conn, req, started, is_sticky).await
-    };
-    if let Some(c) = cookie {
+    let mut resp = forward(
+        routed.release(),
+        routed.upstream.clone(),
+        conn,
+        req,
+        started,
+        routed.sticky(),
+    )
+    .await;
+    if let Some(c) = routed.set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     resp
-}
-
-fn upgrade_required(releases: &[CRelease], version: Option<&semver::Version>, header_name: &str) -> Response<RespBody> {
-    let served: Vec<serde_json::Value> = releases
-        .iter()
-        .filter(|r| r.state != wire::RouteState::Down)
-        .map(|r| {
-            serde_json::json!({
-                "release": &*r.id,
-                "client_versions": r.versions.as_ref().map(|v| v.to_string()),
-            })
-        })
-        .collect();
-    let v = version.map(|v| v.to_string()).unwrap_or_default();
-    let body = serde_json::json!({
-        "error": "upgrade_required",
-        "reason": format!("no release serves client version {v} (from header {header_name}); update the client"),
-        "client_version": v,
-        "served": served,
-    });
-    json_response(StatusCode::UPGRADE_REQUIRED, "upgrade_required", body.to_string())
-}
-
-fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-        })
 }
 
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -241,9 +154,17 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TRANSFER_ENCODING,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 /// Removes connection-specific headers, including those the `Connection`
 /// header names.
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names, no hashing.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(c) = h.get(header::CONNECTION) {
         let named: Vec<HeaderName> = c
             .to_str()
@@ -264,33 +185,29 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Turns the client's request into the one sent to `up`.
-fn upstream_request(
-    req: Request<Incoming>,
+/// Turns the client's request head into the one sent to `up`.
+pub fn upstream_request(
+    mut parts: http::request::Parts,
+    body: ReqBody,
     up: &Upstream,
     conn: &ConnCtx,
-    keep_upgrade: bool,
 ) -> Result<Request<ReqBody>, &'static str> {
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, keep_upgrade);
-    if keep_upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    let ip = conn.peer.ip().to_canonical().to_string();
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    strip_hop_by_hop(&mut parts.headers, false);
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let xff = match parts.headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            let ip = conn.forwarded_for.to_str().unwrap_or("unknown");
+            HeaderValue::try_from(format!("{prev}, {ip}")).ok()
+        }
+        None => Some(conn.forwarded_for.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        parts.headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        parts.headers.insert(XFF, v);
     }
-    if !parts.headers.contains_key("x-forwarded-proto") {
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    if !parts.headers.contains_key(&XFP) {
         let proto = if conn.listener.tls { "https" } else { "http" };
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        parts.headers.insert(XFP, HeaderValue::from_static(proto));
     }
     if !parts.headers.contains_key(header::HOST) {
         let host = match parts.uri.authority() {
@@ -321,7 +238,7 @@ fn upstream_request(
             parts.version = Version::HTTP_2;
         }
     }
-    Ok(Request::from_parts(parts, ReqBody::new(body)))
+    Ok(Request::from_parts(parts, body))
 }
 
 /// How one attempt to send a request failed.
@@ -400,7 +317,7 @@ async fn send_once(up: &Upstream, mut req: Request<ReqBody>) -> Result<(Response
 /// Sends to `up`; if nothing of the request got out (connect failure, or a
 /// reused connection that turned out closed), tries once more on another
 /// healthy instance of the same release (or the same one if it is the only one).
-async fn send_with_retry(
+pub async fn send_with_retry(
     release: &CRelease,
     first: Arc<Upstream>,
     req: Request<ReqBody>,
@@ -445,14 +362,13 @@ async fn send_with_retry(
     }
 }
 
-fn finish_response(mut resp: Response<Incoming>, version: Version) -> Response<Incoming> {
+pub fn finish_response(mut resp: Response<Incoming>, version: Version) -> Response<Incoming> {
     strip_hop_by_hop(resp.headers_mut(), false);
     *resp.version_mut() = version;
     resp
 }
 
 async fn forward(
-    _shared: &Arc<Shared>,
     release: &CRelease,
     up: Arc<Upstream>,
     conn: &ConnCtx,
@@ -461,7 +377,8 @@ async fn forward(
     sticky: bool,
 ) -> Response<RespBody> {
     let version = req.version();
-    let up_req = match upstream_request(req, &up, conn, false) {
+    let (parts, body) = req.into_parts();
+    let up_req = match upstream_request(parts, ReqBody::new(body), &up, conn) {
         Ok(r) => r,
         Err(reason) => {
             let stats = up.stats.clone();
@@ -495,104 +412,9 @@ async fn forward(
     }
 }
 
-/// Passes a protocol upgrade (WebSocket) through: a dedicated upstream
-/// connection, then bytes copied both ways until either side closes.
-async fn upgrade(
-    _shared: &Arc<Shared>,
-    release: &CRelease,
-    first: Arc<Upstream>,
-    conn: &ConnCtx,
-    mut req: Request<Incoming>,
-    started: Instant,
-    sticky: bool,
-) -> Response<RespBody> {
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let version = req.version();
-    let mut up_req = match upstream_request(req, &first, conn, true) {
-        Ok(r) => r,
-        Err(reason) => return error_response(StatusCode::BAD_REQUEST, "bad_request", reason),
-    };
-    let mut up = first.clone();
-    let mut sender = match up.connect_h1(true).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            up.record_failure(release.healthy_active() > 1);
-            tracing::debug!(error = %e, "upgrade connect failed, retrying on another instance");
-            None
-        }
-    };
-    if sender.is_none()
-        && let Some(second) = release.pick_instance(sticky, Some(&first))
-    {
-        up = second;
-        sender = up.connect_h1(true).await.ok();
-    }
-    let inflight = Inflight::start(up.clone());
-    let Some(mut sender) = sender else {
-        up.stats.upstream_failure();
-        up.stats.response(502, micros_since(started));
-        let why = format!("cannot connect to any instance of release {}", release.id);
-        return error_response(StatusCode::BAD_GATEWAY, "upstream_unreachable", &why);
-    };
-    up_req.body_mut().count_into(up.stats.clone());
-    let timeout = up.settings().response_timeout;
-    let mut resp = match tokio::time::timeout(timeout, sender.send_request(up_req)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            up.stats.upstream_failure();
-            up.stats.response(502, micros_since(started));
-            return error_response(StatusCode::BAD_GATEWAY, "upstream_failed", &format!("{}: {e}", up.addr));
-        }
-        Err(_) => {
-            up.stats.upstream_failure();
-            up.stats.response(504, micros_since(started));
-            let why = format!("{} sent no response within {timeout:?}", up.addr);
-            return error_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &why);
-        }
-    };
-    up.stats.response(resp.status().as_u16(), micros_since(started));
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        up.record_success();
-        return finish_response(resp, version).map(|b| RespBody::upstream(b, inflight));
-    }
-    let upstream_upgrade = hyper::upgrade::on(&mut resp);
-    let stats = up.stats.clone();
-    tokio::spawn(async move {
-        let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
-            return;
-        };
-        stats.long_lived_opened();
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Ok((to_up, to_client)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            stats.bytes_in(to_up);
-            stats.bytes_out(to_client);
-        }
-        stats.long_lived_closed();
-    });
-    drop(inflight);
-    let (mut parts, _) = resp.into_parts();
-    parts.headers.remove("keep-alive");
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    Response::from_parts(parts, RespBody::empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn client_versions_are_read_leniently() {
-        assert_eq!(parse_client_version("1.2.3"), Some(semver::Version::new(1, 2, 3)));
-        assert_eq!(parse_client_version("v2"), Some(semver::Version::new(2, 0, 0)));
-        assert_eq!(parse_client_version(" 1.4 "), Some(semver::Version::new(1, 4, 0)));
-        assert_eq!(
-            parse_client_version("1.4-beta.1"),
-            Some(semver::Version::parse("1.4.0-beta.1").unwrap())
-        );
-        assert_eq!(parse_client_version("banana"), None);
-        assert_eq!(parse_client_version("1.2.3.4"), None);
-    }
 
     #[test]
     fn hop_by_hop_headers_go_and_named_ones_too() {

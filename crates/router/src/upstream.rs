@@ -69,6 +69,7 @@ pub struct Upstream {
     settings: Arc<UpstreamSettings>,
     clock: Clock,
     idle: Mutex<Vec<(http1::SendRequest<ReqBody>, u64)>>,
+    raw_idle: Mutex<Vec<(RawConn, u64)>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
 }
 
@@ -100,6 +101,7 @@ impl Upstream {
             settings,
             clock,
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
         }
     }
@@ -151,16 +153,19 @@ impl Upstream {
     }
 
     pub fn healthy(&self) -> bool {
-        self.health.is_healthy(self.clock.now_ms())
+        self.health.is_healthy_with(&self.clock)
     }
 
     pub fn idle_connections(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + self.raw_idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     fn close_idle(&self) {
         let drained: Vec<_> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         drop(drained);
+        let raw: Vec<_> = std::mem::take(&mut *self.raw_idle.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(raw);
         if let Ok(mut h2) = self.h2.try_lock() {
             h2.take();
         }
@@ -222,6 +227,49 @@ impl Upstream {
         }
     }
 
+    /// A plain connection for the HTTP/1 fast path: a pooled one unless
+    /// `fresh`, else a new one. Connections idle for over a second are
+    /// checked for a close from the other side first.
+    pub async fn checkout_raw(&self, fresh: bool) -> Result<(RawConn, bool), ConnectError> {
+        if !fresh {
+            let now = self.clock.now_ms();
+            let idle_ms = self.settings.idle_timeout.as_millis() as u64;
+            loop {
+                let Some((c, at)) = self.raw_idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                    break;
+                };
+                let idle_for = now.saturating_sub(at);
+                if idle_for > idle_ms {
+                    continue;
+                }
+                if idle_for > 1_000 && !c.looks_open() {
+                    continue;
+                }
+                return Ok((c, true));
+            }
+        }
+        let s = self.tcp().await?;
+        self.stats.connection_opened();
+        Ok((
+            RawConn {
+                s,
+                stats: self.stats.clone(),
+            },
+            false,
+        ))
+    }
+
+    /// Gives back a connection whose last response was read to the end.
+    pub fn checkin_raw(&self, c: RawConn) {
+        if self.state.load(Relaxed) != 0 {
+            return;
+        }
+        let mut idle = self.raw_idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.settings.max_idle {
+            idle.push((c, self.clock.now_ms()));
+        }
+    }
+
     async fn tcp(&self) -> Result<TcpStream, ConnectError> {
         let addr = self.addr;
         let after = self.settings.connect_timeout;
@@ -239,6 +287,7 @@ impl Upstream {
         let stream = self.tcp().await?;
         let addr = self.addr;
         let (sender, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
@@ -289,6 +338,27 @@ impl Upstream {
     }
 }
 
+/// A plain upstream connection of the HTTP/1 fast path; counted in the
+/// instance's open connections until dropped.
+pub struct RawConn {
+    pub s: TcpStream,
+    stats: Arc<Stats>,
+}
+
+impl RawConn {
+    /// False if the peer closed it (or sent something unasked) while idle.
+    fn looks_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        self.stats.connection_closed();
+    }
+}
+
 /// Health of an instance: the active checker's verdict and passive ejection.
 #[derive(Debug)]
 pub struct Health {
@@ -317,6 +387,15 @@ impl Default for Health {
 impl Health {
     pub fn is_healthy(&self, now_ms: u64) -> bool {
         self.active_ok.load(Relaxed) && now_ms >= self.ejected_until_ms.load(Relaxed)
+    }
+
+    /// Like `is_healthy`, reading the clock only while an ejection is on.
+    pub fn is_healthy_with(&self, clock: &Clock) -> bool {
+        if !self.active_ok.load(Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Relaxed);
+        until == 0 || clock.now_ms() >= until
     }
 
     pub fn active_ok(&self) -> bool {

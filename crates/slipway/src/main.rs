@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The data plane allocates and frees small buffers per request; mimalloc
+/// does that with less CPU than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a bad command line or config (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
 /// Exit code for a failure while running.

@@ -106,3 +106,40 @@ async fn a_restarted_router_serves_its_saved_table_at_once() {
     assert!(r.header("set-cookie").is_none(), "the session cookie is still valid");
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn the_admin_api_can_listen_on_a_unix_socket() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let dir = testkit::TempDir::new("unix-admin");
+    let sock = dir.join("admin.sock");
+    let text = crate::harness::config_text(&dir, "")
+        .replace("admin = { listen = \"127.0.0.1:0\" }", &format!("admin = {{ listen = \"unix:{}\" }}", sock.display()));
+    let raw: wire::router_config::RouterConfigFile = toml::from_str(&text).unwrap();
+    let config = router::Config::from_raw(&raw, dir.path()).unwrap();
+    let r = router::start(config).await.unwrap();
+    assert_eq!(r.admin_addr(), format!("unix:{}", sock.display()));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    let get = |auth: Option<String>| {
+        let sock = sock.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            let mut req = http::Request::get("/v1/status").header("host", "admin");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let resp = sender.send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap()).await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.into_body().collect().await.unwrap().to_bytes())
+        }
+    };
+    assert_eq!(get(None).await.0, 401);
+    let (status, body) = get(Some(format!("Bearer {}", r.token()))).await;
+    assert_eq!(status, 200);
+    let st: wire::api::RouterStatus = serde_json::from_slice(&body).unwrap();
+    assert_eq!(st.listeners[0].name, "web");
+    r.shutdown(Duration::from_secs(1)).await;
+}

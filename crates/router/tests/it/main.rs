@@ -6,5 +6,6 @@ mod admin;
 mod affinity;
 mod drain_health;
 mod errors;
+mod http1;
 mod protocols;
 mod swaps;

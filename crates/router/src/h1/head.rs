@@ -1,0 +1,351 @@
+//! Parsed HTTP/1.x request and response heads as offsets into the read buffer (no per-header allocation), and message framing rules.
+
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::ops::Range;
+
+use crate::table::RequestView;
+
+pub const MAX_HEADERS: usize = 128;
+
+/// Why a head could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    Malformed,
+    TooManyHeaders,
+}
+
+/// A head whose parts are ranges of the buffer it was parsed from.
+#[derive(Debug, Default)]
+pub struct Head {
+    /// Length of the head, blank line included.
+    pub len: usize,
+    /// Request: method. Response: unused.
+    pub method: Range<usize>,
+    /// Request: target. Response: reason phrase.
+    pub target: Range<usize>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// Response status.
+    pub status: u16,
+    pub headers: Vec<(Range<usize>, Range<usize>)>,
+}
+
+fn range_of(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    start..start + part.len()
+}
+
+impl Head {
+    /// Parses a request head at the start of `buf`; `Ok(false)` if incomplete.
+    pub fn parse_request(&mut self, buf: &[u8]) -> Result<bool, HeadError> {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let n = match req.parse_with_uninit_headers(buf, &mut slots) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(false),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+            Err(_) => return Err(HeadError::Malformed),
+        };
+        let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+            return Err(HeadError::Malformed);
+        };
+        self.len = n;
+        self.method = range_of(buf, method.as_bytes());
+        self.target = range_of(buf, path.as_bytes());
+        self.minor = minor;
+        self.status = 0;
+        self.headers.clear();
+        for h in req.headers.iter() {
+            self.headers
+                .push((range_of(buf, h.name.as_bytes()), range_of(buf, h.value)));
+        }
+        Ok(true)
+    }
+
+    /// Parses a response head at the start of `buf`; `Ok(false)` if incomplete.
+    pub fn parse_response(&mut self, buf: &[u8]) -> Result<bool, HeadError> {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(false),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+            Err(_) => return Err(HeadError::Malformed),
+        };
+        let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+            return Err(HeadError::Malformed);
+        };
+        self.len = n;
+        self.method = 0..0;
+        self.target = resp.reason.map_or(0..0, |r| range_of(buf, r.as_bytes()));
+        self.minor = minor;
+        self.status = code;
+        self.headers.clear();
+        for h in resp.headers.iter() {
+            self.headers
+                .push((range_of(buf, h.name.as_bytes()), range_of(buf, h.value)));
+        }
+        Ok(true)
+    }
+
+    /// Values of every header called `name` (ASCII case-insensitive).
+    pub fn values<'s, 'b, 'n>(
+        &'s self,
+        buf: &'b [u8],
+        name: &'n str,
+    ) -> impl Iterator<Item = &'b [u8]> + use<'s, 'b, 'n> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |(_, v)| &buf[v.clone()])
+    }
+
+    pub fn value<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &buf[v.clone()])
+    }
+
+    /// Whether a comma-separated header (`Connection`) holds `token`.
+    pub fn has_token(&self, buf: &[u8], name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .any(|(_, v)| {
+                buf[v.clone()]
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
+    }
+}
+
+/// How the end of a message body is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the sender closes (responses only).
+    Close,
+}
+
+/// Why a message's framing cannot be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingError {
+    /// Both Transfer-Encoding and Content-Length (a smuggling vector).
+    Both,
+    BadLength,
+    UnsupportedCoding,
+}
+
+fn content_length(head: &Head, buf: &[u8]) -> Result<Option<u64>, FramingError> {
+    let mut found: Option<u64> = None;
+    for v in head.values(buf, "content-length") {
+        for part in v.split(|b| *b == b',') {
+            let t = part.trim_ascii();
+            if t.is_empty() || !t.iter().all(u8::is_ascii_digit) || t.len() > 18 {
+                return Err(FramingError::BadLength);
+            }
+            let n: u64 = std::str::from_utf8(t)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(FramingError::BadLength)?;
+            if found.is_some_and(|f| f != n) {
+                return Err(FramingError::BadLength);
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// The last transfer coding named, if any header names one.
+fn last_coding<'b>(head: &Head, buf: &'b [u8]) -> Option<&'b [u8]> {
+    head.values(buf, "transfer-encoding")
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .last()
+}
+
+/// Body framing of a request (RFC 9112 §6.3), refusing anything ambiguous.
+pub fn request_framing(head: &Head, buf: &[u8]) -> Result<Framing, FramingError> {
+    let has_te = head.value(buf, "transfer-encoding").is_some();
+    let cl = content_length(head, buf)?;
+    if has_te {
+        if cl.is_some() {
+            return Err(FramingError::Both);
+        }
+        // Only plain "chunked" is accepted for requests: anything else the
+        // upstream might frame differently.
+        let codings: Vec<&[u8]> = head
+            .values(buf, "transfer-encoding")
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .collect();
+        return if codings.len() == 1 && codings[0].eq_ignore_ascii_case(b"chunked") {
+            Ok(Framing::Chunked)
+        } else {
+            Err(FramingError::UnsupportedCoding)
+        };
+    }
+    Ok(match cl {
+        Some(0) | None => Framing::None,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+/// Body framing of a response to a request with method `method`.
+pub fn response_framing(head: &Head, buf: &[u8], method: &[u8]) -> Result<Framing, FramingError> {
+    let s = head.status;
+    if method == b"HEAD" || (100..200).contains(&s) || s == 204 || s == 304 {
+        return Ok(Framing::None);
+    }
+    if head.value(buf, "transfer-encoding").is_some() {
+        return Ok(match last_coding(head, buf) {
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+            _ => Framing::Close,
+        });
+    }
+    Ok(match content_length(head, buf)? {
+        Some(0) => Framing::None,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+/// Hop-by-hop headers the router never forwards as they came.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"upgrade",
+        b"proxy-authenticate",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// A request head seen through the routing interface.
+pub struct RequestHead<'a> {
+    pub head: &'a Head,
+    pub buf: &'a [u8],
+    pub ip: IpAddr,
+}
+
+impl RequestView for RequestHead<'_> {
+    fn header(&self, name: &http::HeaderName) -> Option<&str> {
+        self.head
+            .value(self.buf, name.as_str())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn cookie(&self, name: &str) -> Option<&str> {
+        find_cookie(self.head, self.buf, name)
+    }
+
+    fn query(&self, name: &str) -> Option<&str> {
+        let target = std::str::from_utf8(&self.buf[self.head.target.clone()]).ok()?;
+        let (_, query) = target.split_once('?')?;
+        query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    fn client_ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+/// The value of cookie `name` in the head's `Cookie` headers.
+pub fn find_cookie<'b>(head: &Head, buf: &'b [u8], name: &str) -> Option<&'b str> {
+    for v in head.values(buf, "cookie") {
+        let Ok(s) = std::str::from_utf8(v) else { continue };
+        for pair in s.split(';') {
+            if let Some(v) = pair.trim_start().strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+                return Some(v.trim_end());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(text: &str) -> (Head, Vec<u8>) {
+        let buf = text.as_bytes().to_vec();
+        let mut h = Head::default();
+        assert!(h.parse_request(&buf).unwrap(), "incomplete: {text}");
+        (h, buf)
+    }
+
+    #[test]
+    fn request_framing_refuses_smuggling_shapes() {
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Err(FramingError::Both));
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Err(FramingError::BadLength));
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Err(FramingError::BadLength));
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Err(FramingError::UnsupportedCoding));
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Ok(Framing::Chunked));
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Ok(Framing::Length(5)));
+        let (h, b) = req("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Ok(Framing::None));
+    }
+
+    #[test]
+    fn response_framing_follows_the_rules() {
+        let resp = |text: &str, method: &[u8]| {
+            let buf = text.as_bytes().to_vec();
+            let mut h = Head::default();
+            assert!(h.parse_response(&buf).unwrap());
+            response_framing(&h, &buf, method)
+        };
+        assert_eq!(
+            resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", b"GET"),
+            Ok(Framing::Length(3))
+        );
+        assert_eq!(
+            resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", b"HEAD"),
+            Ok(Framing::None)
+        );
+        assert_eq!(
+            resp("HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", b"GET"),
+            Ok(Framing::None)
+        );
+        assert_eq!(
+            resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"GET"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", b"GET"),
+            Ok(Framing::Close)
+        );
+        assert_eq!(resp("HTTP/1.1 200 OK\r\n\r\n", b"GET"), Ok(Framing::Close));
+    }
+
+    #[test]
+    fn views_find_headers_cookies_and_query() {
+        let (h, b) = req(
+            "GET /p?a=1&beta=yes HTTP/1.1\r\nHost: x\r\nX-Beta: 1\r\nCookie: a=b; team=qa\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+        );
+        let v = RequestHead {
+            head: &h,
+            buf: &b,
+            ip: IpAddr::from([1, 2, 3, 4]),
+        };
+        assert_eq!(v.header(&http::HeaderName::from_static("x-beta")), Some("1"));
+        assert_eq!(v.cookie("team"), Some("qa"));
+        assert_eq!(v.query("beta"), Some("yes"));
+        assert!(h.has_token(&b, "connection", "upgrade"));
+        assert!(!h.has_token(&b, "connection", "close"));
+    }
+}
