@@ -113,8 +113,10 @@ async fn the_admin_api_can_listen_on_a_unix_socket() {
     use hyper_util::rt::TokioIo;
     let dir = testkit::TempDir::new("unix-admin");
     let sock = dir.join("admin.sock");
-    let text = crate::harness::config_text(&dir, "")
-        .replace("admin = { listen = \"127.0.0.1:0\" }", &format!("admin = {{ listen = \"unix:{}\" }}", sock.display()));
+    let text = crate::harness::config_text(&dir, "").replace(
+        "admin = { listen = \"127.0.0.1:0\" }",
+        &format!("admin = {{ listen = \"unix:{}\" }}", sock.display()),
+    );
     let raw: wire::router_config::RouterConfigFile = toml::from_str(&text).unwrap();
     let config = router::Config::from_raw(&raw, dir.path()).unwrap();
     let r = router::start(config).await.unwrap();
@@ -125,13 +127,18 @@ async fn the_admin_api_can_listen_on_a_unix_socket() {
         let sock = sock.clone();
         async move {
             let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(conn);
             let mut req = http::Request::get("/v1/status").header("host", "admin");
             if let Some(a) = auth {
                 req = req.header("authorization", a);
             }
-            let resp = sender.send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap()).await.unwrap();
+            let resp = sender
+                .send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap())
+                .await
+                .unwrap();
             let status = resp.status().as_u16();
             (status, resp.into_body().collect().await.unwrap().to_bytes())
         }
