@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Query, State};
-use axum::http::{HeaderMap, StatusCode, request::Parts};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use plumbing::api::{ApiError, Authorized, HasToken, parse_json};
 use serde::Deserialize;
-use wire::api::{ErrorBody, RouterStatus};
+use wire::api::RouterStatus;
 use wire::metrics::{BUCKETS, Counters, bucket_upper_us};
 use wire::{Problems, RouteDiff, RouteTable};
 
@@ -18,91 +19,26 @@ use crate::shared::{ApplyError, Shared};
 
 type AppState = Arc<Shared>;
 
-/// An admin API failure, sent as [`ErrorBody`] JSON.
-pub struct ApiError {
-    status: StatusCode,
-    body: ErrorBody,
+impl HasToken for Shared {
+    fn admin_token(&self) -> &str {
+        &self.token
+    }
 }
 
-impl ApiError {
-    fn new(status: StatusCode, error: &str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            body: ErrorBody {
-                error: error.to_string(),
-                message: message.into(),
-                problems: Vec::new(),
-            },
+fn apply_error(e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "generation_conflict", e.to_string()),
+        ApplyError::Invalid(Problems { problems }) => {
+            let n = problems.len();
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_table",
+                format!("the change was refused; the previous table stays in force ({n} problems)"),
+            )
+            .with_problems(problems)
         }
+        ApplyError::Persist(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "persist_failed", e.to_string()),
     }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
-    }
-}
-
-impl From<ApplyError> for ApiError {
-    fn from(e: ApplyError) -> ApiError {
-        match e {
-            ApplyError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "generation_conflict", e.to_string()),
-            ApplyError::Invalid(Problems { problems }) => ApiError {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                body: ErrorBody {
-                    error: "invalid_table".into(),
-                    message: format!(
-                        "the change was refused; the previous table stays in force ({} problems)",
-                        problems.len()
-                    ),
-                    problems,
-                },
-            },
-            ApplyError::Persist(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "persist_failed", e.to_string()),
-        }
-    }
-}
-
-/// Proof that the request carried the admin token.
-pub struct Authorized;
-
-impl FromRequestParts<AppState> for Authorized {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let given = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
-            Ok(Authorized)
-        } else {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send the admin token as 'Authorization: Bearer <token>' (see the router's token file)",
-            ))
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() || b.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("body is not a valid {what}: {e}"),
-        )
-    })
 }
 
 /// The admin API's routes.
@@ -156,7 +92,9 @@ async fn put_routes(
     body: Bytes,
 ) -> Result<axum::Json<wire::api::Applied>, ApiError> {
     let table: RouteTable = parse_json(&body, "route table")?;
-    Ok(axum::Json(s.put(&table, q.expect_generation).await?))
+    Ok(axum::Json(
+        s.put(&table, q.expect_generation).await.map_err(apply_error)?,
+    ))
 }
 
 async fn patch_routes(
@@ -165,7 +103,7 @@ async fn patch_routes(
     body: Bytes,
 ) -> Result<axum::Json<wire::api::Applied>, ApiError> {
     let diff: RouteDiff = parse_json(&body, "route diff")?;
-    Ok(axum::Json(s.apply(&diff).await?))
+    Ok(axum::Json(s.apply(&diff).await.map_err(apply_error)?))
 }
 
 async fn metrics_json(_: Authorized, State(s): State<AppState>) -> axum::Json<wire::metrics::MetricsSnapshot> {

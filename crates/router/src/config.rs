@@ -13,20 +13,7 @@ use wire::{HealthCheck, Problem, Problems, RouteTable};
 use crate::upstream::UpstreamSettings;
 
 /// Where the admin API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminListen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for AdminListen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AdminListen::Tcp(a) => write!(f, "{a}"),
-            AdminListen::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
+pub use plumbing::api::Listen as AdminListen;
 
 /// A public listener, ready to bind.
 #[derive(Clone)]
@@ -111,7 +98,9 @@ impl Config {
             out.push(Problem::new("workers", "must be at most 1024"));
         }
         let state_dir = resolve(&raw.state_dir);
-        let admin = parse_admin(&raw.admin.listen, &resolve, &mut out);
+        let admin = AdminListen::parse(&raw.admin.listen, base, "admin.listen")
+            .map_err(|p| out.push(p))
+            .ok();
         let token_file = raw
             .admin
             .token_file
@@ -271,33 +260,6 @@ impl Config {
             health: raw.health.clone(),
             initial_routes,
         })
-    }
-}
-
-fn parse_admin(listen: &str, resolve: &dyn Fn(&Path) -> PathBuf, out: &mut Vec<Problem>) -> Option<AdminListen> {
-    if let Some(path) = listen.strip_prefix("unix:") {
-        if path.is_empty() {
-            out.push(Problem::new("admin.listen", "unix: needs a socket path"));
-            return None;
-        }
-        return Some(AdminListen::Unix(resolve(Path::new(path))));
-    }
-    match listen.parse::<SocketAddr>() {
-        Ok(a) if a.ip().is_loopback() => Some(AdminListen::Tcp(a)),
-        Ok(a) => {
-            out.push(Problem::new(
-                "admin.listen",
-                format!("{a} is not a loopback address; the admin API only binds loopback or a unix socket"),
-            ));
-            None
-        }
-        Err(_) => {
-            out.push(Problem::new(
-                "admin.listen",
-                format!("{listen:?} is neither a loopback ip:port nor unix:/path"),
-            ));
-            None
-        }
     }
 }
 

@@ -135,9 +135,7 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
         source,
     })?;
     let signer = affinity::CookieSigner::new(state::cookie_key(&config.state_dir)?);
-    let token = state::secret_file(&config.token_file, || {
-        state::random_bytes::<24>().map(|b| state::hex(&b))
-    })?;
+    let token = state::secret_file(&config.token_file, plumbing::fs::new_token).map_err(state::StateError::from)?;
     let saved = match state::load_table(&config.state_dir) {
         Ok(t) => t,
         Err(e) => {
@@ -176,43 +174,15 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let admin_app = admin::router(shared.clone());
-    let admin_addr = match &config.admin {
-        AdminListen::Tcp(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Admin {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            let local = l.local_addr().map_err(|source| StartError::Admin {
-                addr: addr.to_string(),
-                source,
-            })?;
-            let mut rx = stop_rx.clone();
-            tasks.spawn(async move {
-                let _ = axum::serve(l, admin_app)
-                    .with_graceful_shutdown(async move { listener::stopped(&mut rx).await })
-                    .await;
-            });
-            local.to_string()
-        }
-        AdminListen::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            let l = tokio::net::UnixListener::bind(path).map_err(|source| StartError::Admin {
-                addr: path.display().to_string(),
-                source,
-            })?;
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-            let mut rx = stop_rx.clone();
-            tasks.spawn(async move {
-                let _ = axum::serve(l, admin_app)
-                    .with_graceful_shutdown(async move { listener::stopped(&mut rx).await })
-                    .await;
-            });
-            format!("unix:{}", path.display())
-        }
-    };
+    let (admin_addr, admin_task) = plumbing::api::serve(&config.admin, admin_app, stop_rx.clone())
+        .await
+        .map_err(|source| StartError::Admin {
+            addr: config.admin.to_string(),
+            source,
+        })?;
+    tasks.spawn(async move {
+        let _ = admin_task.await;
+    });
     let _ = shared.bound.set((admin_addr, bound));
     shared.start_from(initial).await?;
 

@@ -1,13 +1,16 @@
 //! Files the router keeps: the last applied route table (written atomically), the cookie key and the admin token.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use wire::RouteTable;
 
+pub use plumbing::fs::{hex, random_bytes, secret_file, write_atomic};
+
 /// A failure reading or writing the state folder.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error(transparent)]
+    Fs(#[from] plumbing::fs::FsError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid route table: {message}")]
@@ -19,33 +22,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Writes `bytes` to `path` so that readers see the old or the new content,
-/// never a mix, and the new content survives a crash once this returns.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 pub const ROUTES_FILE: &str = "routes.json";
@@ -73,7 +49,7 @@ pub fn save_table(state_dir: &Path, table: &RouteTable) -> Result<(), StateError
         path: path.clone(),
         message: e.to_string(),
     })?;
-    write_atomic(&path, &json, 0o644)
+    Ok(write_atomic(&path, &json, 0o644)?)
 }
 
 /// The saved table, if there is one.
@@ -83,33 +59,6 @@ pub fn load_table(state_dir: &Path) -> Result<Option<RouteTable>, StateError> {
         return Ok(None);
     }
     read_table(&path).map(Some)
-}
-
-/// Random bytes from the kernel.
-pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
-    let mut buf = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads a secret file, or creates it (mode 0600) with `make()` if missing.
-pub fn secret_file(path: &Path, make: impl FnOnce() -> std::io::Result<String>) -> Result<String, StateError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(path)(e)),
-    }
-    let s = make().map_err(io(path))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    write_atomic(path, format!("{s}\n").as_bytes(), 0o600)?;
-    Ok(s)
 }
 
 /// The key that signs session cookies; kept so sessions survive restarts.
