@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use clap::builder::BoolishValueParser;
 use wire::HumanDuration;
 
 /// A versioned demo HTTP/1.1 + HTTP/2 + WebSocket app with failure knobs.
@@ -32,17 +33,26 @@ struct Args {
     #[arg(long, env = "DEMO_LATENCY", default_value = "0ms")]
     latency: HumanDuration,
     /// Exit with status 1 right away instead of starting.
-    #[arg(long, env = "DEMO_FAIL_START", default_value_t = false)]
+    #[arg(long, env = "DEMO_FAIL_START", value_parser = BoolishValueParser::new(), num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
     fail_start: bool,
     /// Wait this long before listening (a slow start).
     #[arg(long, env = "DEMO_START_DELAY", default_value = "0ms")]
     start_delay: HumanDuration,
     /// Ignore SIGTERM (only SIGKILL or SIGINT stop it).
-    #[arg(long, env = "DEMO_IGNORE_SIGTERM", default_value_t = false)]
+    #[arg(long, env = "DEMO_IGNORE_SIGTERM", value_parser = BoolishValueParser::new(), num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
     ignore_sigterm: bool,
     /// Worker threads.
     #[arg(long, env = "DEMO_THREADS", default_value_t = 2)]
     threads: usize,
+    /// Start a `sleep 3600` child (in the same process group) and write its
+    /// pid to this file: for tests that check no process is left behind.
+    #[arg(long, env = "DEMO_SPAWN_CHILD")]
+    spawn_child: Option<std::path::PathBuf>,
+    /// Print this many lines of output per second (log rotation tests).
+    #[arg(long, env = "DEMO_LOG_RATE", default_value_t = 0)]
+    log_rate: u32,
     /// After SIGTERM keep serving this long before closing (a slow shutdown).
     #[arg(long, env = "DEMO_SHUTDOWN_DELAY", default_value = "0ms")]
     shutdown_delay: HumanDuration,
@@ -85,13 +95,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// The listening socket handed over as fd 3 (`LISTEN_FDS=1` with our pid in
+/// `LISTEN_PID`), systemd style.
+#[allow(unsafe_code)]
+fn inherited_listener() -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let ours = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    if std::env::var("LISTEN_FDS").as_deref() != Ok("1") || !ours {
+        return Ok(None);
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: with LISTEN_FDS=1 and LISTEN_PID naming this process, fd 3 is a
+    // listening socket passed to us and owned by nobody else in this process.
+    let std_listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
+    std_listener.set_nonblocking(true)?;
+    Ok(Some(tokio::net::TcpListener::from_std(std_listener)?))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     if !args.start_delay.0.is_zero() {
         tokio::time::sleep(args.start_delay.0).await;
     }
-    let listener = tokio::net::TcpListener::bind((args.bind, args.port)).await?;
+    let listener = match inherited_listener()? {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind((args.bind, args.port)).await?,
+    };
     let addr = listener.local_addr()?;
+    if let Some(pidfile) = &args.spawn_child {
+        let child = std::process::Command::new("sleep").arg("3600").spawn()?;
+        std::fs::write(pidfile, child.id().to_string())?;
+    }
+    if args.log_rate > 0 {
+        let every = Duration::from_micros(1_000_000 / args.log_rate as u64);
+        let release = args.release.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                tokio::time::sleep(every).await;
+                n += 1;
+                println!("demo-app {release}: log line {n} padding padding padding padding padding padding");
+            }
+        });
+    }
     let instance = args
         .instance
         .unwrap_or_else(|| format!("{}-{}", args.release, addr.port()));

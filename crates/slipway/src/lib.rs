@@ -1,5 +1,6 @@
 //! The `slipway` command's library side: what each subcommand does, so `main.rs` only parses and dispatches.
 
+pub mod releases;
 pub mod validate;
 
 /// Sets up logging to stderr; `RUST_LOG` overrides the default level.

@@ -36,8 +36,77 @@ enum Command {
         /// The file to check (.toml or .json).
         file: PathBuf,
     },
+    /// Run the agent: starts, probes, drains and restarts app instances of several releases on this host.
+    Agent {
+        /// Agent config (TOML).
+        #[arg(long, short, env = "SLIPWAY_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Manage release folders (releases/<id>/, current, previous) under a root.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+        /// Root folder holding releases/ (the agent's root).
+        #[arg(long, global = true, env = "SLIPWAY_ROOT", default_value = ".slipway")]
+        root: PathBuf,
+    },
+    /// Show an instance's output, or every instance of a release.
+    Logs {
+        /// Instance id (v2-0) or release id (v2).
+        target: String,
+        /// Keep printing new output.
+        #[arg(long, short)]
+        follow: bool,
+        /// Lines of history to show first.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+        /// Root folder (the agent's root).
+        #[arg(long, env = "SLIPWAY_ROOT", default_value = ".slipway")]
+        root: PathBuf,
+    },
     /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Add a release from a folder (copied) or a .tar.gz/.tar.zst archive (unpacked).
+    Add {
+        /// Folder or archive.
+        source: PathBuf,
+        /// Release id, e.g. v42 or a git sha.
+        #[arg(long)]
+        id: String,
+    },
+    /// List releases with their size, running instances and current/previous marks.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove old releases, keeping the newest N (never current, previous, or one with instances).
+    Prune {
+        #[arg(long)]
+        keep: usize,
+    },
+    /// Point `current` at a release (the old one becomes `previous`), atomically.
+    SetCurrent { id: String },
+}
+
+/// Prints an error with its causes and picks the exit code.
+fn exit_with(result: anyhow::Result<()>, what: &str) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("{what}: {e:#}");
+            ExitCode::from(EX_RUNTIME)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,6 +139,38 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_USAGE)
             }
         },
+        Command::Agent { config } => {
+            slipway::init_logging("info");
+            let config = match agent::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("slipway agent: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            match agent::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("slipway agent: {e}");
+                    ExitCode::from(EX_RUNTIME)
+                }
+            }
+        }
+        Command::Release { command, root } => {
+            let result = match command {
+                ReleaseCommand::Add { source, id } => slipway::releases::add(&root, &source, &id),
+                ReleaseCommand::List { json } => slipway::releases::list(&root, json),
+                ReleaseCommand::Prune { keep } => slipway::releases::prune(&root, keep),
+                ReleaseCommand::SetCurrent { id } => slipway::releases::set_current(&root, &id),
+            };
+            exit_with(result, "slipway release")
+        }
+        Command::Logs {
+            target,
+            follow,
+            lines,
+            root,
+        } => exit_with(slipway::releases::logs(&root, &target, lines, follow), "slipway logs"),
         Command::Demo => {
             eprintln!("slipway demo: not yet — it arrives with the control plane (issue 4)");
             ExitCode::from(EX_RUNTIME)

@@ -7,6 +7,7 @@
 //! here too, so the control plane can check a table before sending it and the
 //! router refuses the same things for the same reasons.
 
+pub mod agent;
 pub mod api;
 pub mod duration;
 pub mod metrics;

@@ -556,17 +556,33 @@ fn instance_diff(ops: &mut Vec<RouteOp>, cur: &Release, target: &Release) {
 }
 
 /// Ids appear in cookies, metric labels and file names, so keep them plain.
-fn check_id(out: &mut Vec<Problem>, path: &str, id: &str) {
+/// Checks a semver range of client versions such as `">=2.0, <3"`.
+pub fn valid_version_range(range: &str) -> Result<(), String> {
+    semver::VersionReq::parse(range)
+        .map(|_| ())
+        .map_err(|e| format!("{range:?} is not a semver range: {e}"))
+}
+
+/// Ids appear in cookies, metric labels and file names, so keep them plain:
+/// 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'.
+pub fn valid_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 64 {
-        out.push(Problem::new(path, "must be 1 to 64 characters"));
+        Err("must be 1 to 64 characters".to_string())
     } else if !id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
-        out.push(Problem::new(
-            path,
-            format!("{id:?} may only hold letters, digits, '.', '_' and '-'"),
-        ));
+        Err(format!("{id:?} may only hold letters, digits, '.', '_' and '-'"))
+    } else if id.starts_with('.') {
+        Err(format!("{id:?} may not start with '.'"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_id(out: &mut Vec<Problem>, path: &str, id: &str) {
+    if let Err(msg) = valid_id(id) {
+        out.push(Problem::new(path, msg));
     }
 }
 

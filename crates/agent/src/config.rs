@@ -1,0 +1,134 @@
+//! The agent's validated config, built from the raw file with every problem listed at once.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use plumbing::api::Listen;
+use wire::agent::{AgentConfigFile, InstanceTemplate, LogSettings};
+use wire::{Problem, Problems};
+
+use crate::machine::Policy;
+
+/// An agent config that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root: PathBuf,
+    pub api: Listen,
+    pub token_file: PathBuf,
+    pub template: InstanceTemplate,
+    pub bind: IpAddr,
+    pub policy: Policy,
+    pub stop_signal: Option<nix::sys::signal::Signal>,
+    pub logs: LogSettings,
+}
+
+/// Why an agent config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid TOML for an agent config: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has {problems}")]
+    Invalid { path: PathBuf, problems: Problems },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: AgentConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Config::from_raw(&raw, path.parent().unwrap_or(Path::new("."))).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    pub fn from_raw(raw: &AgentConfigFile, base: &Path) -> Result<Config, Problems> {
+        let mut out = Vec::new();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        if raw.version != 1 {
+            out.push(Problem::new(
+                "version",
+                format!("unknown config version {}; this agent reads version 1", raw.version),
+            ));
+        }
+        let root = resolve(&raw.root);
+        let api = Listen::parse(&raw.api.listen, base, "api.listen")
+            .map_err(|p| out.push(p))
+            .ok();
+        let token_file = raw
+            .api
+            .token_file
+            .as_deref()
+            .map(resolve)
+            .unwrap_or_else(|| root.join("agent.token"));
+        let t = &raw.instance;
+        let bind = t.bind.parse::<IpAddr>().map_err(|_| {
+            out.push(Problem::new(
+                "instance.bind",
+                format!("{:?} is not an IP address", t.bind),
+            ));
+        });
+        if t.readiness.kind == wire::agent::ProbeKind::Http && !t.readiness.path.starts_with('/') {
+            out.push(Problem::new("instance.readiness.path", "must start with '/'"));
+        }
+        if let Some(p) = &t.drain.path
+            && !p.starts_with('/')
+        {
+            out.push(Problem::new("instance.drain.path", "must start with '/'"));
+        }
+        let stop_signal = crate::process::parse_signal(&t.drain.signal)
+            .map_err(|m| out.push(Problem::new("instance.drain.signal", m)));
+        let r = &t.restart;
+        if r.crash_loop_count == 0 {
+            out.push(Problem::new("instance.restart.crash_loop_count", "must be at least 1"));
+        }
+        if r.backoff.0.is_zero() {
+            out.push(Problem::new("instance.restart.backoff", "must be more than 0"));
+        }
+        if r.max_backoff < r.backoff {
+            out.push(Problem::new(
+                "instance.restart.max_backoff",
+                "must be at least the backoff",
+            ));
+        }
+        if t.readiness.start_deadline.0.is_zero() {
+            out.push(Problem::new("instance.readiness.start_deadline", "must be more than 0"));
+        }
+        for k in t.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                out.push(Problem::new(
+                    format!("instance.env.{k}"),
+                    "is not a valid variable name",
+                ));
+            }
+        }
+        if raw.logs.max_bytes < 1024 {
+            out.push(Problem::new("logs.max_bytes", "must be at least 1024"));
+        }
+        Problems::check(out)?;
+        Ok(Config {
+            root,
+            api: api.unwrap_or(Listen::Tcp(([127, 0, 0, 1], 0).into())),
+            token_file,
+            template: t.clone(),
+            bind: bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            policy: Policy {
+                start_deadline_ms: t.readiness.start_deadline.as_millis(),
+                stop_deadline_ms: t.drain.stop_deadline.as_millis(),
+                backoff_base_ms: r.backoff.as_millis(),
+                backoff_max_ms: r.max_backoff.as_millis(),
+                crash_loop_count: r.crash_loop_count,
+                crash_window_ms: r.crash_loop_window.as_millis(),
+            },
+            stop_signal: stop_signal.unwrap_or(None),
+            logs: raw.logs.clone(),
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! Starting instance processes in their own session, signalling and killing whole process groups, and telling a live process from a reused pid.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Everything needed to start one instance.
+#[derive(Debug)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub log_file: PathBuf,
+    /// A listening socket handed over as fd 3 (`LISTEN_FDS=1`).
+    pub listen_fd: Option<std::net::TcpListener>,
+}
+
+/// A process the supervisor watches: its own child, or one adopted after
+/// the agent restarted (not a child any more, so watched through /proc).
+pub enum Proc {
+    Child(tokio::process::Child),
+    Adopted { pid: u32, start_time: u64 },
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Proc::Child(c) => c.id(),
+            Proc::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// Waits until the process is gone; its exit status if known.
+    pub async fn wait(&mut self) -> Option<i32> {
+        match self {
+            Proc::Child(c) => c.wait().await.ok().and_then(|s| s.code()),
+            Proc::Adopted { pid, start_time } => {
+                while is_same_process(*pid, *start_time) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Resolves the program: a path relative to the release folder if such a
+/// file exists there, else as given (then `PATH` applies to bare names).
+pub fn resolve_program(command: &str, release_dir: &Path) -> PathBuf {
+    let in_release = release_dir.join(command);
+    if command.contains('/') && !Path::new(command).is_absolute() && in_release.exists() {
+        return in_release;
+    }
+    PathBuf::from(command)
+}
+
+/// Starts the process in a new session (so it outlives the agent and gets
+/// none of the agent's terminal signals), with stdout and stderr appended to
+/// its log file.
+pub fn spawn(launch: Launch) -> std::io::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&launch.log_file)?;
+    let log_err = log.try_clone()?;
+    let mut cmd = if launch.listen_fd.is_some() {
+        // LISTEN_PID must be the app's own pid: let a shell set it, then exec.
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c")
+            .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"")
+            .arg(&launch.program)
+            .args(&launch.args)
+            .env("LISTEN_FDS", "1");
+        c
+    } else {
+        let mut c = tokio::process::Command::new(&launch.program);
+        c.args(&launch.args);
+        c
+    };
+    cmd.current_dir(&launch.cwd)
+        .envs(&launch.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .kill_on_drop(false);
+    let fd = launch.listen_fd.as_ref().map(|l| l.as_raw_fd());
+    new_session(&mut cmd, fd);
+    let child = cmd.spawn()?;
+    drop(launch.listen_fd);
+    Ok(child)
+}
+
+/// Makes the child a session leader and, if given, puts `listen_fd` at fd 3.
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut tokio::process::Command, listen_fd: Option<i32>) {
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setsid(2) and dup2(2), which are async-signal-safe; it allocates nothing
+    // and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 onto fd 3 leaves close-on-exec off on the copy.
+            if let Some(fd) = listen_fd
+                && fd != 3
+                && libc::dup2(fd, 3) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Parses a configured signal name; `None` for "none".
+pub fn parse_signal(name: &str) -> Result<Option<Signal>, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let upper = upper.strip_prefix("SIG").unwrap_or(&upper).to_string();
+    Ok(Some(match upper.as_str() {
+        "NONE" | "" => return Ok(None),
+        "TERM" => Signal::SIGTERM,
+        "INT" => Signal::SIGINT,
+        "QUIT" => Signal::SIGQUIT,
+        "HUP" => Signal::SIGHUP,
+        "USR1" => Signal::SIGUSR1,
+        "USR2" => Signal::SIGUSR2,
+        _ => {
+            return Err(format!(
+                "{name:?} is not a signal slipway sends (SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, none)"
+            ));
+        }
+    }))
+}
+
+/// Sends `sig` to the whole process group led by `pid` (each instance is
+/// its own session and group). Errors (already gone) are ignored.
+pub fn signal_group(pid: u32, sig: Signal) {
+    let _ = killpg(Pid::from_raw(pid as i32), sig);
+}
+
+/// The kernel's start time of `pid` (clock ticks since boot, field 22 of
+/// /proc/<pid>/stat), which together with the pid names one process: a pid
+/// reused by another process has another start time.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parens: skip past the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); field 22 is index 19; zombies (Z) count as gone.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether `pid` still runs and is the process that started at `start`.
+pub fn is_same_process(pid: u32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
