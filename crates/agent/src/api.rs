@@ -77,7 +77,14 @@ async fn start(_: Authorized, State(a): State<Arc<Agent>>, body: Bytes) -> Resul
     if req.count == 0 || req.count > 256 {
         return Err(ApiError::bad_request("count must be between 1 and 256"));
     }
-    let instances = a.start(&req.release, req.count).map_err(agent_error)?;
+    if let Some(g) = &req.group
+        && let Err(e) = wire::routes::valid_id(g)
+    {
+        return Err(ApiError::bad_request(format!("group: {e}")));
+    }
+    let instances = a
+        .start(&req.release, req.count, req.group.as_deref())
+        .map_err(agent_error)?;
     Ok(axum::Json(InstanceList { instances }))
 }
 

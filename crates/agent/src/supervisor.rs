@@ -287,7 +287,12 @@ impl Agent {
     }
 
     /// Starts `count` new instances of `release`, each on its own free port.
-    pub fn start(self: &Arc<Self>, release: &str, count: u32) -> Result<Vec<InstanceInfo>, AgentError> {
+    pub fn start(
+        self: &Arc<Self>,
+        release: &str,
+        count: u32,
+        group: Option<&str>,
+    ) -> Result<Vec<InstanceInfo>, AgentError> {
         if !self.store.exists(release) {
             return Err(AgentError::NoRelease(release.to_string()));
         }
@@ -315,6 +320,7 @@ impl Agent {
             let info = InstanceInfo {
                 id: id.clone(),
                 release: release.to_string(),
+                group: group.map(str::to_string),
                 addr: addr.to_string(),
                 port: addr.port(),
                 pid: None,

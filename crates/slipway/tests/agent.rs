@@ -86,6 +86,7 @@ async fn a_killed_agent_leaves_instances_serving_and_its_successor_adopts_them_a
             &StartRequest {
                 release: "v1".into(),
                 count: 4,
+                group: None,
             },
         )
         .await

@@ -275,6 +275,9 @@ impl InstanceState {
 pub struct InstanceInfo {
     pub id: String,
     pub release: String,
+    /// Label set at start (the control plane's instance group); defaults to the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// `ip:port` it listens on.
     pub addr: String,
     pub port: u16,
@@ -302,6 +305,16 @@ pub struct StartRequest {
     pub release: String,
     #[serde(default = "one")]
     pub count: u32,
+    /// Label for the new instances (see `InstanceInfo::group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+impl InstanceInfo {
+    /// The instance's group: its label, or its release.
+    pub fn group_name(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.release)
+    }
 }
 
 /// `POST /v1/instances/stop`: by ids, or every instance of a release.

@@ -10,10 +10,12 @@
 pub mod agent;
 pub mod api;
 pub mod duration;
+pub mod judge;
 pub mod metrics;
 pub mod problem;
 pub mod router_config;
 pub mod routes;
+pub mod service;
 
 pub use duration::HumanDuration;
 pub use problem::{Problem, Problems};

@@ -89,6 +89,7 @@ impl Harness {
                 &StartRequest {
                     release: release.into(),
                     count,
+                    group: None,
                 },
             )
             .await

@@ -1,0 +1,425 @@
+//! `slipway.toml` (the service definition) and the control plane API's messages.
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{DrainSettings, InstanceTemplate, LogSettings, Readiness, RestartSettings};
+use crate::duration::HumanDuration;
+use crate::judge::{JudgeConfig, Verdict};
+use crate::router_config::{AffinityConfig, ListenerConfig};
+use crate::routes::{CohortRule, HealthCheck};
+
+/// The service definition. Relative paths are relative to the file's folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    #[serde(default = "one")]
+    pub version: u32,
+    pub service: ServiceSection,
+    /// Public listeners of the router.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub instance: InstanceSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
+    #[serde(default)]
+    pub deploy: DeploySection,
+    #[serde(default)]
+    pub logs: LogSettings,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: String,
+    /// Where slipway keeps its state (releases, logs, journal, tokens).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: std::path::PathBuf,
+    /// The control plane's admin API: loopback `ip:port` or `unix:/path`.
+    #[serde(default = "default_admin")]
+    pub admin: String,
+}
+
+fn default_state_dir() -> std::path::PathBuf {
+    ".slipway".into()
+}
+fn default_admin() -> String {
+    "127.0.0.1:0".into()
+}
+
+/// How instances start and stop (the agent's template) and how many run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSection {
+    /// Instances per release.
+    #[serde(default = "default_count")]
+    pub count: u32,
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub listen_fds: bool,
+    #[serde(default)]
+    pub readiness: Readiness,
+    #[serde(default)]
+    pub drain: DrainSettings,
+    #[serde(default)]
+    pub restart: RestartSettings,
+}
+
+fn default_count() -> u32 {
+    2
+}
+
+impl Default for InstanceSection {
+    fn default() -> Self {
+        InstanceSection {
+            count: default_count(),
+            command: String::new(),
+            args: Vec::new(),
+            env: Default::default(),
+            listen_fds: false,
+            readiness: Readiness::default(),
+            drain: DrainSettings::default(),
+            restart: RestartSettings::default(),
+        }
+    }
+}
+
+impl InstanceSection {
+    pub fn template(&self) -> InstanceTemplate {
+        InstanceTemplate {
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            bind: "127.0.0.1".into(),
+            listen_fds: self.listen_fds,
+            readiness: self.readiness.clone(),
+            drain: self.drain.clone(),
+            restart: self.restart.clone(),
+        }
+    }
+}
+
+/// Routing settings that apply live (a change to these alone needs no restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    #[serde(default)]
+    pub affinity: AffinityConfig,
+    #[serde(default = "default_version_header")]
+    pub client_version_header: String,
+    #[serde(default)]
+    pub health: HealthCheck,
+    #[serde(default, rename = "cohort")]
+    pub cohorts: Vec<CohortRule>,
+}
+
+fn default_version_header() -> String {
+    "x-client-version".into()
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            affinity: AffinityConfig::default(),
+            client_version_header: default_version_header(),
+            health: HealthCheck::default(),
+            cohorts: Vec::new(),
+        }
+    }
+}
+
+/// A deploy strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Canary,
+    Rolling,
+    BlueGreen,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Canary => "canary",
+            Strategy::Rolling => "rolling",
+            Strategy::BlueGreen => "blue_green",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.replace('-', "_").as_str() {
+            "canary" => Ok(Strategy::Canary),
+            "rolling" => Ok(Strategy::Rolling),
+            "blue_green" | "bluegreen" => Ok(Strategy::BlueGreen),
+            _ => Err(format!("unknown strategy {s:?} (canary, rolling, blue-green)")),
+        }
+    }
+}
+
+/// One canary step: a weight held for a while, then judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStep {
+    /// Percent of new sessions (0 to 100).
+    pub weight: u32,
+    pub hold: HumanDuration,
+}
+
+/// What to do when a step is still inconclusive after its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInconclusive {
+    #[default]
+    Abort,
+    Continue,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySettings {
+    #[serde(default = "default_steps")]
+    pub steps: Vec<CanaryStep>,
+    /// Start a fresh baseline of the canary's size to compare against.
+    #[serde(default)]
+    pub fresh_baseline: bool,
+    /// Canary instances (default: the service's instance count).
+    #[serde(default)]
+    pub instances: Option<u32>,
+    /// An inconclusive step is held this much longer...
+    #[serde(default = "default_extension")]
+    pub extension: HumanDuration,
+    /// ...at most this many times, then `on_inconclusive` applies.
+    #[serde(default = "default_max_extensions")]
+    pub max_extensions: u32,
+    #[serde(default)]
+    pub on_inconclusive: OnInconclusive,
+    #[serde(default)]
+    pub analysis: JudgeConfig,
+}
+
+fn default_steps() -> Vec<CanaryStep> {
+    vec![
+        CanaryStep {
+            weight: 1,
+            hold: HumanDuration::from_secs(30),
+        },
+        CanaryStep {
+            weight: 10,
+            hold: HumanDuration::from_secs(120),
+        },
+        CanaryStep {
+            weight: 50,
+            hold: HumanDuration::from_secs(120),
+        },
+    ]
+}
+fn default_extension() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+fn default_max_extensions() -> u32 {
+    3
+}
+
+impl Default for CanarySettings {
+    fn default() -> Self {
+        CanarySettings {
+            steps: default_steps(),
+            fresh_baseline: false,
+            instances: None,
+            extension: default_extension(),
+            max_extensions: default_max_extensions(),
+            on_inconclusive: OnInconclusive::Abort,
+            analysis: JudgeConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollingSettings {
+    /// New instances started beyond the target count at a time.
+    #[serde(default = "one")]
+    pub max_surge: u32,
+    /// Old instances that may be out of service at a time beyond the surge.
+    #[serde(default)]
+    pub max_unavailable: u32,
+    /// A new instance must stay ready this long before an old one drains.
+    #[serde(default = "default_bake")]
+    pub bake: HumanDuration,
+}
+
+fn default_bake() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+
+impl Default for RollingSettings {
+    fn default() -> Self {
+        RollingSettings {
+            max_surge: 1,
+            max_unavailable: 0,
+            bake: default_bake(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreenSettings {
+    /// The new set must stay ready and healthy this long before the switch.
+    #[serde(default = "default_check")]
+    pub check: HumanDuration,
+    /// The old set stays warm this long after the switch, for an instant rollback.
+    #[serde(default = "default_rollback_window")]
+    pub rollback_window: HumanDuration,
+}
+
+fn default_check() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_rollback_window() -> HumanDuration {
+    HumanDuration::from_secs(600)
+}
+
+impl Default for BlueGreenSettings {
+    fn default() -> Self {
+        BlueGreenSettings {
+            check: default_check(),
+            rollback_window: default_rollback_window(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySection {
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// After promotion the old release keeps its sessions until none has
+    /// been seen for `session_idle`, or until `drain_deadline`.
+    #[serde(default = "default_drain_deadline")]
+    pub drain_deadline: HumanDuration,
+    #[serde(default = "default_session_idle")]
+    pub session_idle: HumanDuration,
+    /// New instances must be ready within this, or the deploy aborts.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: HumanDuration,
+    #[serde(default)]
+    pub canary: CanarySettings,
+    #[serde(default)]
+    pub rolling: RollingSettings,
+    #[serde(default)]
+    pub blue_green: BlueGreenSettings,
+}
+
+fn default_drain_deadline() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+fn default_session_idle() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+fn default_start_timeout() -> HumanDuration {
+    HumanDuration::from_secs(120)
+}
+
+impl Default for DeploySection {
+    fn default() -> Self {
+        DeploySection {
+            strategy: Strategy::Canary,
+            drain_deadline: default_drain_deadline(),
+            session_idle: default_session_idle(),
+            start_timeout: default_start_timeout(),
+            canary: CanarySettings::default(),
+            rolling: RollingSettings::default(),
+            blue_green: BlueGreenSettings::default(),
+        }
+    }
+}
+
+/// `POST /v1/deploys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub release: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+}
+
+/// A release's instances as a deploy sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub release: String,
+    pub group: String,
+    pub wanted: u32,
+    pub ready: u32,
+    pub weight: u32,
+    pub state: String,
+}
+
+/// One deploy, as the API and the history show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployInfo {
+    pub id: i64,
+    pub release: String,
+    pub from: Option<String>,
+    pub strategy: Strategy,
+    /// starting, step, promoting, draining, aborting, aborted, done, ...
+    pub phase: String,
+    pub paused: bool,
+    /// Words for the current phase ("step 2 of 3: weight 10%, 40s of 2m").
+    pub detail: String,
+    /// 0..=1 over the whole deploy.
+    pub progress: f64,
+    pub step: Option<usize>,
+    pub steps: usize,
+    pub canary_weight: u32,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Why it ended, for aborted deploys.
+    pub outcome: Option<String>,
+    pub groups: Vec<GroupStatus>,
+    pub last_verdict: Option<Verdict>,
+    /// Verdicts that moved the deploy (step passed, extended, failed).
+    pub verdicts: Vec<Verdict>,
+    pub events: Vec<String>,
+}
+
+impl DeployInfo {
+    /// Finished one way or another.
+    pub fn finished(&self) -> bool {
+        self.finished_ms.is_some()
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.phase == "aborted"
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub current: Option<String>,
+    pub previous: Option<String>,
+    pub deploy: Option<DeployInfo>,
+    pub router: Option<crate::api::RouterStatus>,
+    pub instances: Vec<crate::agent::InstanceInfo>,
+    pub routes: Option<crate::routes::RouteTable>,
+}
+
+/// `GET /v1/deploys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployList {
+    pub deploys: Vec<DeployInfo>,
+}
