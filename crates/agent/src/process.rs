@@ -164,3 +164,34 @@ pub fn start_time(pid: u32) -> Option<u64> {
 pub fn is_same_process(pid: u32, start: u64) -> bool {
     start_time(pid) == Some(start)
 }
+
+/// Starts a long-lived helper process (the agent, the router, the control
+/// plane) in its own session, output appended to `log`, not waited for.
+/// Returns its pid.
+pub fn spawn_detached(program: &Path, args: &[std::ffi::OsString], log: &Path) -> std::io::Result<u32> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    detach(&mut cmd);
+    let child = cmd.spawn()?;
+    Ok(child.id())
+}
+
+#[allow(unsafe_code)]
+fn detach(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec and only calls setsid(2),
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,271 @@
+//! `slipway.toml` validated as a whole (every problem at once), and what is derived from it: the deploy plan, the agent's and the router's configs, the state layout.
+
+use std::path::{Path, PathBuf};
+
+use rollout::Plan;
+use wire::agent::AgentConfigFile;
+use wire::router_config::{AdminConfig, RouterConfigFile, UpstreamConfig};
+use wire::service::{ServiceFile, Strategy};
+use wire::{Problem, Problems};
+
+/// A service definition that passed validation.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub file: ServiceFile,
+    /// The file it came from, and its folder (relative paths start there).
+    pub path: PathBuf,
+    pub base: PathBuf,
+    pub layout: Layout,
+}
+
+/// Where everything lives under the state folder.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The agent's root: releases/, current, previous, logs/, agent/.
+    pub root: PathBuf,
+    pub router_dir: PathBuf,
+    pub control_dir: PathBuf,
+    /// Generated configs and the processes' own logs.
+    pub run_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(state_dir: &Path) -> Layout {
+        Layout {
+            root: state_dir.to_path_buf(),
+            router_dir: state_dir.join("router"),
+            control_dir: state_dir.join("control"),
+            run_dir: state_dir.join("run"),
+        }
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.control_dir.join("journal.sqlite")
+    }
+
+    pub fn control_status(&self) -> PathBuf {
+        self.control_dir.join("control.json")
+    }
+
+    pub fn control_token(&self) -> PathBuf {
+        self.control_dir.join("control.token")
+    }
+
+    pub fn agent_status(&self) -> PathBuf {
+        self.root.join("agent").join("agent.json")
+    }
+
+    pub fn agent_token(&self) -> PathBuf {
+        self.root.join("agent.token")
+    }
+
+    pub fn router_status(&self) -> PathBuf {
+        self.router_dir.join("router.json")
+    }
+
+    pub fn router_token(&self) -> PathBuf {
+        self.router_dir.join("admin.token")
+    }
+}
+
+/// Why a service definition could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid TOML for a service definition: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has {problems}")]
+    Invalid { path: PathBuf, problems: Problems },
+}
+
+impl ServiceConfig {
+    pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ServiceFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base = abs.parent().unwrap_or(Path::new(".")).to_path_buf();
+        ServiceConfig::from_file(file, &abs, &base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    pub fn from_file(file: ServiceFile, path: &Path, base: &Path) -> Result<ServiceConfig, Problems> {
+        let mut out = Vec::new();
+        if file.version != 1 {
+            out.push(Problem::new("version", format!("unknown version {}; slipway reads version 1", file.version)));
+        }
+        if let Err(e) = wire::routes::valid_id(&file.service.name) {
+            out.push(Problem::new("service.name", e));
+        }
+        if let Err(p) = plumbing::api::Listen::parse(&file.service.admin, base, "service.admin") {
+            out.push(p);
+        }
+        if file.instance.count == 0 || file.instance.count > 64 {
+            out.push(Problem::new("instance.count", "must be between 1 and 64"));
+        }
+        if file.instance.command.is_empty() {
+            out.push(Problem::new(
+                "instance.command",
+                "is needed (releases may override it in slipway.release.toml)",
+            ));
+        }
+        let d = &file.deploy;
+        let c = &d.canary;
+        if c.steps.is_empty() {
+            out.push(Problem::new("deploy.canary.steps", "at least one step is needed"));
+        }
+        let mut last = 0;
+        for (i, s) in c.steps.iter().enumerate() {
+            if s.weight == 0 || s.weight > 100 {
+                out.push(Problem::new(format!("deploy.canary.steps[{i}].weight"), "must be between 1 and 100"));
+            } else if s.weight < last {
+                out.push(Problem::new(
+                    format!("deploy.canary.steps[{i}].weight"),
+                    "weights must not go down (a session never moves backwards)",
+                ));
+            }
+            last = s.weight;
+            if s.hold.0.is_zero() {
+                out.push(Problem::new(format!("deploy.canary.steps[{i}].hold"), "must be more than 0"));
+            }
+        }
+        if c.fresh_baseline && c.steps.iter().any(|s| s.weight > 50) {
+            out.push(Problem::new(
+                "deploy.canary.fresh_baseline",
+                "with a fresh baseline, canary weights above 50% leave it no comparable traffic",
+            ));
+        }
+        if c.instances == Some(0) {
+            out.push(Problem::new("deploy.canary.instances", "must be at least 1"));
+        }
+        out.extend(c.analysis.problems("deploy.canary.analysis"));
+        if d.rolling.max_surge == 0 && d.rolling.max_unavailable == 0 {
+            out.push(Problem::new("deploy.rolling", "max_surge or max_unavailable must be above 0"));
+        }
+        if file.listeners.is_empty() {
+            out.push(Problem::new("listener", "at least one [[listener]] is needed"));
+        }
+        // The router and agent configs derived from this file must be valid too.
+        let layout = Layout::new(&resolve(base, &file.service.state_dir));
+        let cfg = ServiceConfig {
+            path: path.to_path_buf(),
+            base: base.to_path_buf(),
+            layout,
+            file,
+        };
+        if let Err(p) = router::Config::from_raw(&cfg.router_file(), &cfg.layout.run_dir) {
+            out.extend(p.problems.into_iter().map(|p| Problem::new(format!("(router) {}", p.path), p.message)));
+        }
+        if let Err(p) = agent::Config::from_raw(&cfg.agent_file(), &cfg.layout.run_dir) {
+            out.extend(p.problems.into_iter().map(|p| Problem::new(format!("(agent) {}", p.path), p.message)));
+        }
+        for (i, co) in cfg.file.routing.cohorts.iter().enumerate() {
+            // Cohorts name releases that may not exist yet; check their shape only.
+            let mut t = wire::RouteTable::default();
+            t.releases.push(wire::Release::new(co.release.clone(), 0));
+            t.cohorts.push(co.clone());
+            for p in t.problems() {
+                out.push(Problem::new(format!("routing.cohort[{i}]"), p.message));
+            }
+        }
+        Problems::check(out)?;
+        Ok(cfg)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.layout.root
+    }
+
+    /// The plan a new deploy starts with.
+    pub fn plan(&self) -> Plan {
+        let d = &self.file.deploy;
+        let count = self.file.instance.count;
+        Plan {
+            count,
+            steps: d.canary.steps.iter().map(|s| (s.weight, s.hold.as_millis())).collect(),
+            canary_count: d.canary.instances.unwrap_or(count).max(1),
+            fresh_baseline: d.canary.fresh_baseline,
+            extension_ms: d.canary.extension.as_millis(),
+            max_extensions: d.canary.max_extensions,
+            continue_when_inconclusive: d.canary.on_inconclusive == wire::service::OnInconclusive::Continue,
+            max_surge: d.rolling.max_surge,
+            max_unavailable: d.rolling.max_unavailable,
+            bake_ms: d.rolling.bake.as_millis(),
+            check_ms: d.blue_green.check.as_millis(),
+            rollback_window_ms: d.blue_green.rollback_window.as_millis(),
+            drain_deadline_ms: d.drain_deadline.as_millis(),
+            session_idle_ms: d.session_idle.as_millis(),
+            start_timeout_ms: d.start_timeout.as_millis(),
+        }
+    }
+
+    pub fn default_strategy(&self) -> Strategy {
+        self.file.deploy.strategy
+    }
+
+    /// The router's config (written to run/router.toml).
+    pub fn router_file(&self) -> RouterConfigFile {
+        let r = &self.file.routing;
+        RouterConfigFile {
+            version: 1,
+            state_dir: self.layout.router_dir.clone(),
+            workers: 0,
+            admin: AdminConfig {
+                listen: "127.0.0.1:0".into(),
+                token_file: None,
+            },
+            listeners: self
+                .file
+                .listeners
+                .iter()
+                .map(|l| {
+                    let mut l = l.clone();
+                    if let Some(t) = &mut l.tls {
+                        t.cert = resolve(&self.base, &t.cert);
+                        t.key = resolve(&self.base, &t.key);
+                    }
+                    l
+                })
+                .collect(),
+            affinity: r.affinity.clone(),
+            client_version_header: r.client_version_header.clone(),
+            upstream: UpstreamConfig::default(),
+            health: r.health.clone(),
+            initial_routes: None,
+        }
+    }
+
+    /// The agent's config (written to run/agent.toml).
+    pub fn agent_file(&self) -> AgentConfigFile {
+        let mut template = self.file.instance.template();
+        if template.command.contains('/') && !Path::new(&template.command).is_absolute() {
+            // Relative to slipway.toml, unless it names a file inside the release.
+            let candidate = self.base.join(&template.command);
+            if candidate.exists() {
+                template.command = candidate.display().to_string();
+            }
+        }
+        AgentConfigFile {
+            version: 1,
+            root: self.layout.root.clone(),
+            api: AdminConfig {
+                listen: "127.0.0.1:0".into(),
+                token_file: None,
+            },
+            instance: template,
+            logs: self.file.logs.clone(),
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}

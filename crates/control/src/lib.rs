@@ -1,0 +1,210 @@
+//! slipway's control plane: one-button deploys that survive their own crash.
+//!
+//! It runs beside an agent and a router, each its own process (started
+//! detached if missing, re-attached when running): if the control plane
+//! dies, the router keeps routing and the instances keep serving. Every
+//! 500 ms it observes the agent's instances and the router's metrics, feeds
+//! them and the operator's commands to the rollout machine (`rollout`),
+//! journals every event that changed the state in SQLite before acting, and
+//! reconciles instances and routes towards `Service::desired()`. Canary
+//! steps are judged by `judge` from router metrics. Started again, it
+//! replays the journal through the same machine and carries on.
+
+pub mod analysis;
+pub mod api;
+pub mod config;
+pub mod driver;
+pub mod journal;
+pub mod procs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plumbing::client::ApiClient;
+use tokio::sync::watch;
+
+pub use config::{ConfigError, ServiceConfig};
+pub use driver::Control;
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Proc(#[from] procs::ProcError),
+    #[error(transparent)]
+    Fs(#[from] plumbing::fs::FsError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("{0}")]
+    Client(#[from] plumbing::client::ClientError),
+    #[error("cannot listen on {addr} for the admin API: {source}")]
+    Api { addr: String, source: std::io::Error },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A control plane running in the current runtime.
+pub struct RunningControl {
+    pub control: Arc<Control>,
+    pub api_addr: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningControl").field("api", &self.api_addr).finish()
+    }
+}
+
+impl RunningControl {
+    /// Stops the loop and the API; the agent, the router and the instances keep running.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, plumbing::fs::FsError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(plumbing::fs::io_err(path))
+}
+
+/// Makes sure the agent and the router run (starting them with `exe`, the
+/// slipway binary), replays the journal, serves the API and starts the loop.
+pub async fn start(cfg: ServiceConfig, exe: PathBuf) -> Result<RunningControl, StartError> {
+    std::fs::create_dir_all(&cfg.layout.control_dir).map_err(plumbing::fs::io_err(&cfg.layout.control_dir))?;
+    let (agent, router) = {
+        let cfg = cfg.clone();
+        let exe = exe.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, procs::ProcError> {
+            Ok((procs::ensure_agent(&cfg, &exe)?, procs::ensure_router(&cfg, &exe)?))
+        })
+        .await
+        .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??
+    };
+    let agent = ApiClient::new(&agent.addr, Some(read_token(&cfg.layout.agent_token())?))?;
+    let router = ApiClient::new(&router.addr, Some(read_token(&cfg.layout.router_token())?))?;
+    let token = plumbing::fs::secret_file(&cfg.layout.control_token(), plumbing::fs::new_token)?;
+    let listen = plumbing::api::Listen::parse(&cfg.file.service.admin, &cfg.base, "service.admin")
+        .unwrap_or(plumbing::api::Listen::Tcp(([127, 0, 0, 1], 0).into()));
+    let control = Control::open(cfg.clone(), token, agent, router)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let (api_addr, api_task) = plumbing::api::serve(&listen, api::router(control.clone()), stop_rx.clone())
+        .await
+        .map_err(|source| StartError::Api {
+            addr: listen.to_string(),
+            source,
+        })?;
+    plumbing::fs::write_json(
+        &cfg.layout.control_status(),
+        &serde_json::json!({ "pid": std::process::id(), "api": api_addr }),
+    )?;
+    let looping = tokio::spawn(control_loop(control.clone(), stop_rx));
+    Ok(RunningControl {
+        control,
+        api_addr,
+        stop,
+        tasks: vec![api_task, looping],
+    })
+}
+
+async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    let mut mtime = std::fs::metadata(&c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default())
+        .and_then(|m| m.modified())
+        .ok();
+    loop {
+        c.tick().await;
+        let path = c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
+        let now = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if now != mtime {
+            mtime = now;
+            match reload(&c) {
+                Ok(r) if !r.applied.is_empty() || !r.needs_restart.is_empty() => {
+                    tracing::info!(applied = ?r.applied, needs_restart = ?r.needs_restart, "slipway.toml changed")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("slipway.toml changed but is not valid; keeping the running config: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
+}
+
+/// Reads slipway.toml again. Cohorts and deploy settings apply at once (the
+/// next deploy, the next route table); listener, affinity, health and
+/// instance changes need `slipway down` and `up`.
+pub fn reload(c: &Control) -> Result<Reloaded, ConfigError> {
+    let path = c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
+    let new = ServiceConfig::load(&path)?;
+    let mut cur = c.cfg.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = Reloaded::default();
+    let (a, b) = (&cur.file, &new.file);
+    if a.routing.cohorts != b.routing.cohorts {
+        r.applied.push("routing.cohort".into());
+    }
+    if a.deploy != b.deploy {
+        r.applied.push("deploy (from the next deploy on)".into());
+    }
+    if a.instance.count != b.instance.count {
+        r.applied.push("instance.count (from the next deploy on)".into());
+    }
+    if a.listeners != b.listeners {
+        r.needs_restart.push("listener".into());
+    }
+    if a.routing.affinity != b.routing.affinity || a.routing.client_version_header != b.routing.client_version_header || a.routing.health != b.routing.health {
+        r.needs_restart.push("routing (affinity, client_version_header, health)".into());
+    }
+    let mut a_inst = a.instance.clone();
+    a_inst.count = b.instance.count;
+    if a_inst != b.instance || a.logs != b.logs {
+        r.needs_restart.push("instance".into());
+    }
+    if a.service != b.service {
+        r.needs_restart.push("service".into());
+    }
+    // Apply what applies live; keep the rest as it runs.
+    let mut merged = cur.file.clone();
+    merged.routing.cohorts = b.routing.cohorts.clone();
+    merged.deploy = b.deploy.clone();
+    merged.instance.count = b.instance.count;
+    cur.file = merged;
+    Ok(r)
+}
+
+/// Runs the control plane until SIGTERM or SIGINT.
+pub fn run(cfg: ServiceConfig, exe: PathBuf) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    runtime.block_on(async move {
+        let running = start(cfg, exe).await?;
+        println!("slipway control plane: API on {}", running.api_addr);
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        println!("slipway control plane: stopping; the router and the instances keep serving");
+        running.shutdown().await;
+        Ok(())
+    })
+}
