@@ -175,7 +175,10 @@ pub fn spawn_detached(program: &Path, args: &[std::ffi::OsString], log: &Path) -
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
     detach(&mut cmd);
     let child = cmd.spawn()?;
     Ok(child.id())

@@ -48,7 +48,13 @@ impl Analysis {
     }
 
     /// Feeds the window since the last snapshot; returns the verdict.
-    pub fn feed(&mut self, snap: &MetricsSnapshot, spec: &AnalysisSpec, instances: &[InstanceInfo], now_ms: u64) -> Option<Verdict> {
+    pub fn feed(
+        &mut self,
+        snap: &MetricsSnapshot,
+        spec: &AnalysisSpec,
+        instances: &[InstanceInfo],
+        now_ms: u64,
+    ) -> Option<Verdict> {
         let now = counters(snap);
         if self.router_id.as_deref() != Some(snap.router_id.as_str()) {
             // First look, or the router restarted (its counters began again).

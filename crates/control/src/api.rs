@@ -30,16 +30,48 @@ fn command_error(e: CommandError) -> ApiError {
 
 /// Every route, for the router and the OpenAPI document.
 pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("get", "/v1/status", "Service status: current and previous release, the deploy, instances, routes, router."),
+    (
+        "get",
+        "/v1/status",
+        "Service status: current and previous release, the deploy, instances, routes, router.",
+    ),
     ("get", "/v1/deploys", "Deploy history, newest first (?limit=N)."),
-    ("post", "/v1/deploys", "Start a deploy: {\"release\": \"v2\", \"strategy\": \"canary\"}. 409 if one is running."),
-    ("get", "/v1/deploys/{id}", "One deploy with its phase, weights, verdicts and events."),
-    ("post", "/v1/deploy/pause", "Pause the running deploy (holds and checks stop counting)."),
+    (
+        "post",
+        "/v1/deploys",
+        "Start a deploy: {\"release\": \"v2\", \"strategy\": \"canary\"}. 409 if one is running.",
+    ),
+    (
+        "get",
+        "/v1/deploys/{id}",
+        "One deploy with its phase, weights, verdicts and events.",
+    ),
+    (
+        "post",
+        "/v1/deploy/pause",
+        "Pause the running deploy (holds and checks stop counting).",
+    ),
     ("post", "/v1/deploy/resume", "Resume the running deploy."),
-    ("post", "/v1/deploy/promote", "Promote the running deploy now, skipping the remaining steps."),
-    ("post", "/v1/deploy/abort", "Abort the running deploy: canary weight to 0 at once, canary stopped. Body {\"reason\": \"...\"} (optional)."),
-    ("post", "/v1/rollback", "Back to the previous release: a route swap while it is warm, else a fast redeploy."),
-    ("post", "/v1/config/reload", "Read slipway.toml again; route-only changes apply live."),
+    (
+        "post",
+        "/v1/deploy/promote",
+        "Promote the running deploy now, skipping the remaining steps.",
+    ),
+    (
+        "post",
+        "/v1/deploy/abort",
+        "Abort the running deploy: canary weight to 0 at once, canary stopped. Body {\"reason\": \"...\"} (optional).",
+    ),
+    (
+        "post",
+        "/v1/rollback",
+        "Back to the previous release: a route swap while it is warm, else a fast redeploy.",
+    ),
+    (
+        "post",
+        "/v1/config/reload",
+        "Read slipway.toml again; route-only changes apply live.",
+    ),
     ("get", "/v1/openapi.json", "This description."),
 ];
 
@@ -48,9 +80,18 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/deploys", get(history).post(deploy))
         .route("/v1/deploys/{id}", get(one))
-        .route("/v1/deploy/pause", post(|a: Authorized, s: State<Arc<Control>>| command(a, s, Event::Pause)))
-        .route("/v1/deploy/resume", post(|a: Authorized, s: State<Arc<Control>>| command(a, s, Event::Resume)))
-        .route("/v1/deploy/promote", post(|a: Authorized, s: State<Arc<Control>>| command(a, s, Event::Promote)))
+        .route(
+            "/v1/deploy/pause",
+            post(|a: Authorized, s: State<Arc<Control>>| command(a, s, Event::Pause)),
+        )
+        .route(
+            "/v1/deploy/resume",
+            post(|a: Authorized, s: State<Arc<Control>>| command(a, s, Event::Resume)),
+        )
+        .route(
+            "/v1/deploy/promote",
+            post(|a: Authorized, s: State<Arc<Control>>| command(a, s, Event::Promote)),
+        )
         .route("/v1/deploy/abort", post(abort))
         .route("/v1/rollback", post(rollback))
         .route("/v1/config/reload", post(reload))
@@ -74,13 +115,21 @@ async fn history(_: Authorized, State(c): State<Arc<Control>>, Query(q): Query<L
     })
 }
 
-async fn one(_: Authorized, State(c): State<Arc<Control>>, Path(id): Path<i64>) -> Result<axum::Json<DeployInfo>, ApiError> {
+async fn one(
+    _: Authorized,
+    State(c): State<Arc<Control>>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<DeployInfo>, ApiError> {
     c.deploy_info(id)
         .map(axum::Json)
         .ok_or_else(|| ApiError::not_found(format!("no deploy {id}")))
 }
 
-async fn deploy(_: Authorized, State(c): State<Arc<Control>>, body: Bytes) -> Result<(StatusCode, axum::Json<DeployInfo>), ApiError> {
+async fn deploy(
+    _: Authorized,
+    State(c): State<Arc<Control>>,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<DeployInfo>), ApiError> {
     let req: DeployRequest = parse_json(&body, "deploy request")?;
     wire::routes::valid_id(&req.release).map_err(|e| ApiError::bad_request(format!("release: {e}")))?;
     let info = c.deploy(&req.release, req.strategy).await.map_err(command_error)?;
@@ -100,19 +149,26 @@ struct AbortBody {
 }
 
 async fn abort(a: Authorized, s: State<Arc<Control>>, body: Bytes) -> Result<axum::Json<DeployInfo>, ApiError> {
-    let b: AbortBody = if body.is_empty() { AbortBody::default() } else { parse_json(&body, "abort request")? };
+    let b: AbortBody = if body.is_empty() {
+        AbortBody::default()
+    } else {
+        parse_json(&body, "abort request")?
+    };
     let reason = b.reason.unwrap_or_else(|| "aborted by hand".into());
     command(a, s, Event::Abort { reason }).await
 }
 
 async fn rollback(_: Authorized, State(c): State<Arc<Control>>) -> Result<axum::Json<ServiceStatus>, ApiError> {
     c.rollback().map_err(command_error)?;
-    Ok(axum::Json(c.status()))
+    Ok(axum::Json(c.status_now()))
 }
 
 async fn reload(_: Authorized, State(c): State<Arc<Control>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let r = crate::reload(&c).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string()))?;
-    Ok(axum::Json(serde_json::json!({ "applied": r.applied, "needs_restart": r.needs_restart })))
+    let r = crate::reload(&c)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string()))?;
+    Ok(axum::Json(
+        serde_json::json!({ "applied": r.applied, "needs_restart": r.needs_restart }),
+    ))
 }
 
 async fn openapi(_: Authorized) -> axum::Json<serde_json::Value> {
@@ -133,13 +189,15 @@ pub fn openapi_doc() -> serde_json::Value {
             }
         });
         if path.contains("{id}") {
-            op["parameters"] = serde_json::json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }]);
+            op["parameters"] =
+                serde_json::json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }]);
         }
         if *path == "/v1/deploys" && *method == "post" {
             op["requestBody"] = serde_json::json!({ "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DeployRequest" } } } });
             op["responses"]["201"] = serde_json::json!({ "description": "Deploy started" });
             op["responses"]["404"] = serde_json::json!({ "description": "No such release on the host" });
-            op["responses"]["409"] = serde_json::json!({ "description": "Refused: another deploy is running, or the release is current" });
+            op["responses"]["409"] =
+                serde_json::json!({ "description": "Refused: another deploy is running, or the release is current" });
         }
         entry[*method] = op;
     }

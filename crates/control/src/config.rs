@@ -100,7 +100,10 @@ impl ServiceConfig {
     pub fn from_file(file: ServiceFile, path: &Path, base: &Path) -> Result<ServiceConfig, Problems> {
         let mut out = Vec::new();
         if file.version != 1 {
-            out.push(Problem::new("version", format!("unknown version {}; slipway reads version 1", file.version)));
+            out.push(Problem::new(
+                "version",
+                format!("unknown version {}; slipway reads version 1", file.version),
+            ));
         }
         if let Err(e) = wire::routes::valid_id(&file.service.name) {
             out.push(Problem::new("service.name", e));
@@ -125,7 +128,10 @@ impl ServiceConfig {
         let mut last = 0;
         for (i, s) in c.steps.iter().enumerate() {
             if s.weight == 0 || s.weight > 100 {
-                out.push(Problem::new(format!("deploy.canary.steps[{i}].weight"), "must be between 1 and 100"));
+                out.push(Problem::new(
+                    format!("deploy.canary.steps[{i}].weight"),
+                    "must be between 1 and 100",
+                ));
             } else if s.weight < last {
                 out.push(Problem::new(
                     format!("deploy.canary.steps[{i}].weight"),
@@ -134,7 +140,10 @@ impl ServiceConfig {
             }
             last = s.weight;
             if s.hold.0.is_zero() {
-                out.push(Problem::new(format!("deploy.canary.steps[{i}].hold"), "must be more than 0"));
+                out.push(Problem::new(
+                    format!("deploy.canary.steps[{i}].hold"),
+                    "must be more than 0",
+                ));
             }
         }
         if c.fresh_baseline && c.steps.iter().any(|s| s.weight > 50) {
@@ -148,7 +157,10 @@ impl ServiceConfig {
         }
         out.extend(c.analysis.problems("deploy.canary.analysis"));
         if d.rolling.max_surge == 0 && d.rolling.max_unavailable == 0 {
-            out.push(Problem::new("deploy.rolling", "max_surge or max_unavailable must be above 0"));
+            out.push(Problem::new(
+                "deploy.rolling",
+                "max_surge or max_unavailable must be above 0",
+            ));
         }
         if file.listeners.is_empty() {
             out.push(Problem::new("listener", "at least one [[listener]] is needed"));
@@ -162,10 +174,18 @@ impl ServiceConfig {
             file,
         };
         if let Err(p) = router::Config::from_raw(&cfg.router_file(), &cfg.layout.run_dir) {
-            out.extend(p.problems.into_iter().map(|p| Problem::new(format!("(router) {}", p.path), p.message)));
+            out.extend(
+                p.problems
+                    .into_iter()
+                    .map(|p| Problem::new(format!("(router) {}", p.path), p.message)),
+            );
         }
         if let Err(p) = agent::Config::from_raw(&cfg.agent_file(), &cfg.layout.run_dir) {
-            out.extend(p.problems.into_iter().map(|p| Problem::new(format!("(agent) {}", p.path), p.message)));
+            out.extend(
+                p.problems
+                    .into_iter()
+                    .map(|p| Problem::new(format!("(agent) {}", p.path), p.message)),
+            );
         }
         for (i, co) in cfg.file.routing.cohorts.iter().enumerate() {
             // Cohorts name releases that may not exist yet; check their shape only.

@@ -18,7 +18,9 @@ use crate::config::ServiceConfig;
 use crate::journal::{Journal, JournalError};
 
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why a command could not be carried out.
@@ -54,6 +56,9 @@ pub struct Control {
     pub cfg: Mutex<ServiceConfig>,
     pub token: String,
     state: Mutex<Service>,
+    /// The state as of the last reconcile: what the API shows, so that a
+    /// deploy is never reported done before its routes are applied.
+    published: Mutex<Service>,
     journal: Mutex<Journal>,
     pub agent: ApiClient,
     pub router: ApiClient,
@@ -72,7 +77,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Control {
     /// Opens the journal and replays it through the machine.
-    pub fn open(cfg: ServiceConfig, token: String, agent: ApiClient, router: ApiClient) -> Result<Arc<Control>, JournalError> {
+    pub fn open(
+        cfg: ServiceConfig,
+        token: String,
+        agent: ApiClient,
+        router: ApiClient,
+    ) -> Result<Arc<Control>, JournalError> {
         let journal = Journal::open(&cfg.layout.journal())?;
         let mut state = Service::default();
         let events = journal.events()?;
@@ -87,6 +97,7 @@ impl Control {
         Ok(Arc::new(Control {
             cfg: Mutex::new(cfg),
             token,
+            published: Mutex::new(state.clone()),
             state: Mutex::new(state),
             journal: Mutex::new(journal),
             agent,
@@ -97,6 +108,11 @@ impl Control {
 
     pub fn state(&self) -> Service {
         lock(&self.state).clone()
+    }
+
+    /// The state the world has caught up with (see `published`).
+    pub fn published(&self) -> Service {
+        lock(&self.published).clone()
     }
 
     /// Applies an event; journals it before anything acts on it.
@@ -112,7 +128,11 @@ impl Control {
     }
 
     /// A deploy request: the release must exist on the host.
-    pub async fn deploy(&self, release: &str, strategy: Option<wire::service::Strategy>) -> Result<DeployInfo, CommandError> {
+    pub async fn deploy(
+        &self,
+        release: &str,
+        strategy: Option<wire::service::Strategy>,
+    ) -> Result<DeployInfo, CommandError> {
         let rels: wire::agent::ReleaseList = self
             .agent
             .get("/v1/releases")
@@ -134,7 +154,10 @@ impl Control {
         };
         self.apply(ev, unix_ms())?;
         let st = self.state();
-        let d = st.deploy.as_ref().ok_or_else(|| CommandError::NotFound("deploy vanished".into()))?;
+        let d = st
+            .deploy
+            .as_ref()
+            .ok_or_else(|| CommandError::NotFound("deploy vanished".into()))?;
         Ok(self.info(&st, d))
     }
 
@@ -192,6 +215,7 @@ impl Control {
         if lock(&self.live).agent_ok {
             self.reconcile(&st, now).await;
         }
+        *lock(&self.published) = st.clone();
         self.save_history(&st);
     }
 
@@ -259,7 +283,12 @@ impl Control {
             let mut v: Vec<&InstanceInfo> = instances
                 .iter()
                 .filter(|i| i.release == release && i.group_name() == group)
-                .filter(|i| matches!(i.state, InstanceState::Starting | InstanceState::Ready | InstanceState::Crashed))
+                .filter(|i| {
+                    matches!(
+                        i.state,
+                        InstanceState::Starting | InstanceState::Ready | InstanceState::Crashed
+                    )
+                })
                 .collect();
             v.sort_by_key(|i| instance_number(&i.id));
             v
@@ -288,7 +317,12 @@ impl Control {
                         if matches!(&e, plumbing::client::ClientError::Api { status, .. } if status.as_u16() == 404)
                             && st.active().is_some_and(|d| d.release == g.release)
                         {
-                            let _ = self.apply(Event::Abort { reason: format!("cannot start {}: {e}", g.release) }, now);
+                            let _ = self.apply(
+                                Event::Abort {
+                                    reason: format!("cannot start {}: {e}", g.release),
+                                },
+                                now,
+                            );
                         }
                     }
                 }
@@ -296,7 +330,16 @@ impl Control {
         }
         let victims: Vec<&InstanceInfo> = instances
             .iter()
-            .filter(|i| matches!(i.state, InstanceState::Starting | InstanceState::Ready | InstanceState::Crashed | InstanceState::CrashLoop | InstanceState::Failed))
+            .filter(|i| {
+                matches!(
+                    i.state,
+                    InstanceState::Starting
+                        | InstanceState::Ready
+                        | InstanceState::Crashed
+                        | InstanceState::CrashLoop
+                        | InstanceState::Failed
+                )
+            })
             .filter(|i| !keep.contains(&i.id))
             .collect();
         {
@@ -309,10 +352,18 @@ impl Control {
         }
         let victim_set: BTreeMap<String, u64> = lock(&self.live).victims.clone();
         // Routes.
-        let table = build_table(&desired, &instances, &victim_set, &lock(&self.cfg).file.routing.cohorts);
+        let (cohorts, deadline) = {
+            let c = lock(&self.cfg);
+            (c.file.routing.cohorts.clone(), c.file.deploy.drain_deadline)
+        };
+        let table = build_table(&desired, &instances, &victim_set, &cohorts, deadline);
         let unchanged = lock(&self.live).last_table.as_ref() == Some(&table);
         if !unchanged {
-            match self.router.call::<_, wire::api::Applied>(http::Method::PUT, "/v1/routes", Some(&table)).await {
+            match self
+                .router
+                .call::<_, wire::api::Applied>(http::Method::PUT, "/v1/routes", Some(&table))
+                .await
+            {
                 Ok(a) => {
                     tracing::info!(generation = a.generation, "routes applied");
                     lock(&self.live).last_table = Some(table);
@@ -323,20 +374,18 @@ impl Control {
         // Stop victims once the router has nothing open on them.
         if !victims.is_empty() && lock(&self.live).last_table.is_some() {
             let drain: Option<DrainStatus> = self.router.get("/v1/drain").await.ok();
-            let deadline = lock(&self.cfg).file.deploy.drain_deadline.as_millis();
+            // The router closes long-lived connections (WebSocket 1012) at the
+            // drain deadline; give it a few seconds past that before stopping.
+            let deadline = lock(&self.cfg).file.deploy.drain_deadline.as_millis() + 5_000;
             let mut stop = Vec::new();
             for v in &victims {
                 let since = victim_set.get(&v.id).copied().unwrap_or(now);
-                let routed = drain
-                    .as_ref()
-                    .and_then(|d| d.instance(&v.release, &v.id))
-                    .filter(|d| d.state == "active");
-                let open = drain
-                    .as_ref()
-                    .and_then(|d| d.instance(&v.release, &v.id))
-                    .map_or(0, |d| d.open_requests + d.open_long_lived);
+                let seen = drain.as_ref().and_then(|d| d.instance(&v.release, &v.id));
+                // Taken out of traffic: down, removed, or absent from the router.
+                let out = seen.is_none_or(|d| d.state == "down" || d.state == "removed");
+                let open = seen.map_or(0, |d| d.open_requests + d.open_long_lived);
                 let not_ready = v.state != InstanceState::Ready;
-                if not_ready || (routed.is_none() && open == 0) || now.saturating_sub(since) > deadline {
+                if not_ready || (out && open == 0) || now.saturating_sub(since) > deadline {
                     stop.push(v.id.clone());
                 }
             }
@@ -398,8 +447,14 @@ impl Control {
                 .groups
                 .iter()
                 .map(|g| {
-                    let route = desired.routes.iter().find(|r| r.groups.contains(&g.group) && r.release == g.release);
-                    let ready = st.groups.get(&format!("{}/{}", g.release, g.group)).map_or(0, |o| o.ready);
+                    let route = desired
+                        .routes
+                        .iter()
+                        .find(|r| r.groups.contains(&g.group) && r.release == g.release);
+                    let ready = st
+                        .groups
+                        .get(&format!("{}/{}", g.release, g.group))
+                        .map_or(0, |o| o.ready);
                     GroupStatus {
                         release: g.release.clone(),
                         group: g.group.clone(),
@@ -433,7 +488,11 @@ impl Control {
             finished_ms: d.finished_ms,
             outcome: d.outcome.clone(),
             groups,
-            last_verdict: if active { live.analysis.as_ref().and_then(|a| a.last.clone()) } else { None },
+            last_verdict: if active {
+                live.analysis.as_ref().and_then(|a| a.last.clone())
+            } else {
+                None
+            },
             verdicts: live.verdicts.get(&d.id).cloned().unwrap_or_default(),
             events: d
                 .log
@@ -444,7 +503,15 @@ impl Control {
     }
 
     pub fn status(&self) -> ServiceStatus {
-        let st = self.state();
+        self.status_of(self.published())
+    }
+
+    /// Status including commands accepted since the last turn.
+    pub fn status_now(&self) -> ServiceStatus {
+        self.status_of(self.state())
+    }
+
+    fn status_of(&self, st: Service) -> ServiceStatus {
         let live = lock(&self.live);
         let name = lock(&self.cfg).file.service.name.clone();
         let table = live.last_table.clone();
@@ -465,7 +532,7 @@ impl Control {
     pub fn history(&self, limit: usize) -> Vec<DeployInfo> {
         let mut list = lock(&self.journal).deploys(limit).unwrap_or_default();
         // The running deploy's live view replaces its saved one.
-        let st = self.state();
+        let st = self.published();
         if let Some(d) = st.active()
             && let Some(first) = list.iter_mut().find(|x| x.id == d.id)
         {
@@ -475,9 +542,11 @@ impl Control {
     }
 
     pub fn deploy_info(&self, id: i64) -> Option<DeployInfo> {
-        let st = self.state();
-        if let Some(d) = st.deploy.as_ref().filter(|d| d.id == id) {
-            return Some(self.info(&st, d));
+        // Published first; a deploy accepted since the last turn is shown as it is.
+        for st in [self.published(), self.state()] {
+            if let Some(d) = st.deploy.as_ref().filter(|d| d.id == id) {
+                return Some(self.info(&st, d));
+            }
         }
         lock(&self.journal).deploy(id).ok().flatten()
     }
@@ -491,13 +560,15 @@ fn instance_number(id: &str) -> u64 {
 pub fn observe_groups(instances: &[InstanceInfo]) -> Vec<GroupObs> {
     let mut map: BTreeMap<(String, String), GroupObs> = BTreeMap::new();
     for i in instances {
-        let g = map.entry((i.release.clone(), i.group_name().to_string())).or_insert_with(|| GroupObs {
-            release: i.release.clone(),
-            group: i.group_name().to_string(),
-            live: 0,
-            ready: 0,
-            failed: None,
-        });
+        let g = map
+            .entry((i.release.clone(), i.group_name().to_string()))
+            .or_insert_with(|| GroupObs {
+                release: i.release.clone(),
+                group: i.group_name().to_string(),
+                live: 0,
+                ready: 0,
+                failed: None,
+            });
         if agent::supervisor::is_live(i.state) && i.state != InstanceState::Draining {
             g.live += 1;
         }
@@ -513,7 +584,13 @@ pub fn observe_groups(instances: &[InstanceInfo]) -> Vec<GroupObs> {
 }
 
 /// The route table for `desired` from the instances that are ready.
-pub fn build_table(desired: &Desired, instances: &[InstanceInfo], victims: &BTreeMap<String, u64>, cohorts: &[wire::CohortRule]) -> RouteTable {
+pub fn build_table(
+    desired: &Desired,
+    instances: &[InstanceInfo],
+    victims: &BTreeMap<String, u64>,
+    cohorts: &[wire::CohortRule],
+    drain_deadline: wire::HumanDuration,
+) -> RouteTable {
     let mut t = RouteTable::default();
     for spec in &desired.routes {
         let members: Vec<&InstanceInfo> = instances
@@ -527,6 +604,7 @@ pub fn build_table(desired: &Desired, instances: &[InstanceInfo], victims: &BTre
         let mut r = Release::new(spec.release.clone(), spec.weight);
         r.state = spec.state;
         r.protocol = UpstreamProtocol::Http1;
+        r.drain_deadline = Some(drain_deadline);
         r.client_versions = members.iter().find_map(|i| i.client_versions.clone());
         let mut sorted = members.clone();
         sorted.sort_by_key(|i| instance_number(&i.id));
@@ -535,13 +613,23 @@ pub fn build_table(desired: &Desired, instances: &[InstanceInfo], victims: &BTre
             .map(|i| Instance {
                 id: i.id.clone(),
                 addr: i.addr.clone(),
-                state: if victims.contains_key(&i.id) { RouteState::Draining } else { RouteState::Active },
+                // An instance on its way out takes nothing new; in-flight requests
+                // finish, long-lived connections get until the drain deadline.
+                state: if victims.contains_key(&i.id) {
+                    RouteState::Down
+                } else {
+                    RouteState::Active
+                },
             })
             .collect();
         t.releases.push(r);
     }
     let present: BTreeSet<&str> = t.releases.iter().map(|r| r.id.as_str()).collect();
-    t.cohorts = cohorts.iter().filter(|c| present.contains(c.release.as_str())).cloned().collect();
+    t.cohorts = cohorts
+        .iter()
+        .filter(|c| present.contains(c.release.as_str()))
+        .cloned()
+        .collect();
     t
 }
 
@@ -558,16 +646,28 @@ fn describe(st: &Service, d: &Deploy, now: u64) -> (String, f64) {
                 _ => n,
             };
             (
-                format!("starting {want} instances of {} ({}/{want} ready){paused}", d.release, ready(&d.release)),
+                format!(
+                    "starting {want} instances of {} ({}/{want} ready){paused}",
+                    d.release,
+                    ready(&d.release)
+                ),
                 0.05 * ready(&d.release) as f64 / want.max(1) as f64,
             )
         }
-        Phase::Step { index, since, extensions } => {
+        Phase::Step {
+            index,
+            since,
+            extensions,
+        } => {
             let (w, hold) = d.plan.steps[*index];
             let total = hold + *extensions as u64 * d.plan.extension_ms;
             let at = d.paused_at.unwrap_or(now);
             let elapsed = at.saturating_sub(*since).min(total);
-            let ext = if *extensions > 0 { format!(", extended {extensions}x") } else { String::new() };
+            let ext = if *extensions > 0 {
+                format!(", extended {extensions}x")
+            } else {
+                String::new()
+            };
             (
                 format!(
                     "step {} of {}: {w}% of new sessions on {}, {}s of {}s{ext}{paused}",
@@ -580,16 +680,29 @@ fn describe(st: &Service, d: &Deploy, now: u64) -> (String, f64) {
                 0.05 + 0.9 * (*index as f64 + elapsed as f64 / total.max(1) as f64) / k,
             )
         }
-        Phase::Promoting => (format!("promoting: scaling {} to {n} instances ({}/{n} ready){paused}", d.release, ready(&d.release)), 0.96),
+        Phase::Promoting => (
+            format!(
+                "promoting: scaling {} to {n} instances ({}/{n} ready){paused}",
+                d.release,
+                ready(&d.release)
+            ),
+            0.96,
+        ),
         Phase::Checking { since } => {
             let left = (since + d.plan.check_ms).saturating_sub(now) / 1000;
             (
-                format!("all {n} instances of {} up; switching every new session in {left}s{paused}", d.release),
+                format!(
+                    "all {n} instances of {} up; switching every new session in {left}s{paused}",
+                    d.release
+                ),
                 0.5 + 0.5 * (now.saturating_sub(*since)) as f64 / d.plan.check_ms.max(1) as f64,
             )
         }
         Phase::Rolling { added, removed, .. } => (
-            format!("{removed}/{n} old instances replaced, {}/{added} new ready{paused}", ready(&d.release)),
+            format!(
+                "{removed}/{n} old instances replaced, {}/{added} new ready{paused}",
+                ready(&d.release)
+            ),
             (*added + *removed) as f64 / (2 * n).max(1) as f64,
         ),
         Phase::Aborting { reason } => (format!("aborting: {reason}"), 1.0),

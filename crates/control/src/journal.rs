@@ -52,14 +52,19 @@ impl Journal {
             seq: -1,
             message: e.to_string(),
         })?;
-        self.db.execute("INSERT INTO events (at_ms, body) VALUES (?1, ?2)", params![at_ms as i64, body])?;
+        self.db.execute(
+            "INSERT INTO events (at_ms, body) VALUES (?1, ?2)",
+            params![at_ms as i64, body],
+        )?;
         Ok(self.db.last_insert_rowid())
     }
 
     /// Every event in order, for replay.
     pub fn events(&self) -> Result<Vec<(Event, u64)>, JournalError> {
         let mut stmt = self.db.prepare("SELECT seq, at_ms, body FROM events ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (seq, at, body) = row?;
@@ -86,8 +91,12 @@ impl Journal {
 
     /// Deploys, newest first.
     pub fn deploys(&self, limit: usize) -> Result<Vec<DeployInfo>, JournalError> {
-        let mut stmt = self.db.prepare("SELECT id, body FROM deploys ORDER BY id DESC LIMIT ?1")?;
-        let rows = stmt.query_map(params![limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = self
+            .db
+            .prepare("SELECT id, body FROM deploys ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, body) = row?;

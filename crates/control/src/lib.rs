@@ -114,7 +114,7 @@ pub async fn start(cfg: ServiceConfig, exe: PathBuf) -> Result<RunningControl, S
 }
 
 async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
-    let mut mtime = std::fs::metadata(&c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default())
+    let mut mtime = std::fs::metadata(c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default())
         .and_then(|m| m.modified())
         .ok();
     loop {
@@ -166,8 +166,12 @@ pub fn reload(c: &Control) -> Result<Reloaded, ConfigError> {
     if a.listeners != b.listeners {
         r.needs_restart.push("listener".into());
     }
-    if a.routing.affinity != b.routing.affinity || a.routing.client_version_header != b.routing.client_version_header || a.routing.health != b.routing.health {
-        r.needs_restart.push("routing (affinity, client_version_header, health)".into());
+    if a.routing.affinity != b.routing.affinity
+        || a.routing.client_version_header != b.routing.client_version_header
+        || a.routing.health != b.routing.health
+    {
+        r.needs_restart
+            .push("routing (affinity, client_version_header, health)".into());
     }
     let mut a_inst = a.instance.clone();
     a_inst.count = b.instance.count;

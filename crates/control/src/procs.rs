@@ -95,7 +95,14 @@ pub fn ensure_agent(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcErro
     let conf = cfg.layout.run_dir.join("agent.toml");
     write_toml(&conf, &cfg.agent_file())?;
     let args = vec!["agent".into(), "--config".into(), conf.into_os_string()];
-    start("the agent", exe, args, cfg.layout.run_dir.join("agent.log"), || agent_running(cfg), None)
+    start(
+        "the agent",
+        exe,
+        args,
+        cfg.layout.run_dir.join("agent.log"),
+        || agent_running(cfg),
+        None,
+    )
 }
 
 /// The router, started if it is not running (it serves its saved table at once).
@@ -106,7 +113,14 @@ pub fn ensure_router(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcErr
     let conf = cfg.layout.run_dir.join("router.toml");
     write_toml(&conf, &cfg.router_file())?;
     let args = vec!["router".into(), "--config".into(), conf.into_os_string()];
-    start("the router", exe, args, cfg.layout.run_dir.join("router.log"), || router_running(cfg), None)
+    start(
+        "the router",
+        exe,
+        args,
+        cfg.layout.run_dir.join("router.log"),
+        || router_running(cfg),
+        None,
+    )
 }
 
 /// The control plane, started if it is not running.
@@ -115,7 +129,14 @@ pub fn ensure_control(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcEr
         return Ok(r);
     }
     let args = vec!["control".into(), "--config".into(), cfg.path.clone().into_os_string()];
-    start("the control plane", exe, args, cfg.layout.run_dir.join("control.log"), || control_running(cfg), None)
+    start(
+        "the control plane",
+        exe,
+        args,
+        cfg.layout.run_dir.join("control.log"),
+        || control_running(cfg),
+        None,
+    )
 }
 
 /// Sends SIGTERM and waits up to `grace` for the process to go, then SIGKILL.

@@ -16,7 +16,7 @@
 //! | `/headers` | the request headers, one per line |
 //! | `POST /drain` | marks the instance draining (the agent's drain hook); `/` then adds `x-draining: 1` |
 //!
-//! Knobs: an error rate (share of 500s), added latency, and in the binary:
+//! Knobs: an error rate (share of 500s; WebSocket handshakes spared), added latency, and in the binary:
 //! failing to start, ignoring SIGTERM, a slow start and a slow shutdown.
 
 use std::convert::Infallible;
@@ -36,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Message, Role};
 
+pub mod cli;
 pub mod ws_client;
 
 /// What one demo-app instance is and how badly it behaves.
@@ -145,7 +146,8 @@ impl App {
             tokio::time::sleep(self.config.latency).await;
         }
         let ppm = self.error_ppm.load(Ordering::Relaxed);
-        if ppm > 0 && fastrand::u64(0..1_000_000) < ppm {
+        // WebSocket handshakes are spared: the knob is about requests.
+        if ppm > 0 && path != "/ws" && fastrand::u64(0..1_000_000) < ppm {
             return self.text(StatusCode::INTERNAL_SERVER_ERROR, "injected error\n");
         }
         let query = |key: &str| -> Option<u64> {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod h1;
 pub mod health;
 pub mod listener;
+pub mod longlived;
 pub mod proxy;
 pub mod route;
 pub mod shared;
@@ -186,6 +187,17 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
     let _ = shared.bound.set((admin_addr, bound));
     shared.start_from(initial).await?;
 
+    {
+        let (shared, mut stop) = (shared.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => shared.long_lived.sweep(&shared.clock),
+                    _ = listener::stopped(&mut stop) => return,
+                }
+            }
+        });
+    }
     let connections = Arc::new(listener::ConnTracker::default());
     for (cfg, sock) in sockets {
         tasks.spawn(listener::accept_loop(

@@ -318,12 +318,13 @@ async fn proxy_tcp(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr,
     };
     drop(table);
     let stats = up.stats.clone();
+    let handle = shared.long_lived.register(up.clone(), false);
     stats.long_lived_opened();
     stats.connection_opened();
-    if let Ok((to_up, to_client)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        stats.bytes_in(to_up);
-        stats.bytes_out(to_client);
-    }
+    let (to_up, to_client) =
+        crate::longlived::relay(&mut client, &mut upstream, handle.cut.clone(), false, shared.clock).await;
+    stats.bytes_in(to_up);
+    stats.bytes_out(to_client);
     stats.connection_closed();
     stats.long_lived_closed();
 }

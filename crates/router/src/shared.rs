@@ -79,6 +79,8 @@ pub struct Shared {
     /// Requests that reached no release.
     pub unrouted: Stats,
     pub token: String,
+    /// Open WebSocket tunnels and TCP connections.
+    pub long_lived: Arc<crate::longlived::Registry>,
     /// Filled once the listeners are bound: admin address and listeners.
     pub bound: OnceLock<(String, Vec<BoundListener>)>,
 }
@@ -98,6 +100,7 @@ impl Shared {
             router_id: id,
             unrouted: Stats::default(),
             token,
+            long_lived: Arc::new(crate::longlived::Registry::default()),
             bound: OnceLock::new(),
         }
     }
@@ -218,6 +221,8 @@ impl Shared {
                     }
                 };
                 up.set_state(inst.state);
+                up.set_doomed(r.state == RouteState::Down || inst.state == RouteState::Down);
+                up.set_drain_deadline_ms(r.drain_deadline.map_or(u64::MAX, |d| d.as_millis()));
                 up.set_health_check(check.clone());
                 instances.push(CInstance { up, state: inst.state });
             }

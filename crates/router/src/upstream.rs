@@ -63,6 +63,9 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub protocol: UpstreamProtocol,
     state: AtomicU8,
+    /// When it went down or left the table (ms on the router clock), or 0.
+    doomed_since: AtomicU64,
+    drain_deadline_ms: AtomicU64,
     pub stats: Arc<Stats>,
     pub health: Health,
     health_check: Mutex<HealthCheck>,
@@ -95,6 +98,8 @@ impl Upstream {
             addr,
             protocol,
             state: AtomicU8::new(0),
+            doomed_since: AtomicU64::new(0),
+            drain_deadline_ms: AtomicU64::new(u64::MAX),
             stats: Arc::new(Stats::default()),
             health: Health::default(),
             health_check: Mutex::new(check),
@@ -137,7 +142,35 @@ impl Upstream {
     /// Taken out of the table: no new requests; in-flight ones finish.
     pub fn retire(&self) {
         self.state.store(REMOVED, Relaxed);
+        self.set_doomed(true);
         self.close_idle();
+    }
+
+    /// Marks the instance as down (or not): its long-lived connections are
+    /// cut once the drain deadline has passed since.
+    pub fn set_doomed(&self, doomed: bool) {
+        if doomed {
+            let _ = self
+                .doomed_since
+                .compare_exchange(0, self.clock.now_ms().max(1), Relaxed, Relaxed);
+        } else {
+            self.doomed_since.store(0, Relaxed);
+        }
+    }
+
+    pub fn doomed_since(&self) -> Option<u64> {
+        match self.doomed_since.load(Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub fn set_drain_deadline_ms(&self, ms: u64) {
+        self.drain_deadline_ms.store(ms, Relaxed);
+    }
+
+    pub fn drain_deadline_ms(&self) -> u64 {
+        self.drain_deadline_ms.load(Relaxed)
     }
 
     pub fn is_removed(&self) -> bool {

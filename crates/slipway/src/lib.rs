@@ -1,5 +1,7 @@
 //! The `slipway` command's library side: what each subcommand does, so `main.rs` only parses and dispatches.
 
+pub mod demo;
+pub mod ops;
 pub mod releases;
 pub mod validate;
 

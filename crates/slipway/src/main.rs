@@ -64,8 +64,84 @@ enum Command {
         #[arg(long, env = "SLIPWAY_ROOT", default_value = ".slipway")]
         root: PathBuf,
     },
+    /// Start what is missing of agent, router and control plane (each its own process).
+    Up {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Stop the instances, then the control plane, the router and the agent.
+    Down {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Run the control plane in the foreground (`slipway up` runs it in the background).
+    Control {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Deploy a release (added with `slipway release add`) and follow it; exits 1 if it was aborted.
+    Deploy {
+        release: String,
+        /// canary, rolling or blue-green (default: [deploy] strategy).
+        #[arg(long)]
+        strategy: Option<wire::service::Strategy>,
+        /// Start it and return at once.
+        #[arg(long)]
+        detach: bool,
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// The current release, the running deploy with its verdict, routes and instances.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Past deploys with their outcome and verdicts.
+    History {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Promote the running deploy now, skipping its remaining steps.
+    Promote {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Abort the running deploy: canary out of traffic at once, baseline untouched.
+    Abort {
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Pause the running deploy (holds and checks stop counting).
+    Pause {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Resume a paused deploy.
+    Resume {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Go back to the previous release: a route swap while it is warm, else a fast redeploy.
+    Rollback {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
     /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
     Demo,
+    /// Run the demo app (what the demo's instances are).
+    #[command(hide = true)]
+    DemoApp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +166,29 @@ enum ReleaseCommand {
     },
     /// Point `current` at a release (the old one becomes `previous`), atomically.
     SetCurrent { id: String },
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// Loads slipway.toml (exit 64 with every problem if it is wrong), then runs `f`.
+fn with_config(
+    path: &std::path::Path,
+    what: &str,
+    f: impl FnOnce(control::ServiceConfig) -> anyhow::Result<()>,
+) -> ExitCode {
+    match slipway::ops::load(path) {
+        Ok(cfg) => exit_with(f(cfg), what),
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
 }
 
 /// Prints an error with its causes and picks the exit code.
@@ -171,9 +270,98 @@ fn main() -> ExitCode {
             lines,
             root,
         } => exit_with(slipway::releases::logs(&root, &target, lines, follow), "slipway logs"),
+        Command::DemoApp { args } => demo_app::cli::main(std::iter::once("demo-app".into()).chain(args)),
         Command::Demo => {
-            eprintln!("slipway demo: not yet — it arrives with the control plane (issue 4)");
-            ExitCode::from(EX_RUNTIME)
+            slipway::init_logging("warn");
+            match block_on(async {
+                tokio::select! {
+                    r = slipway::demo::run() => r,
+                    _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaning up")),
+                }
+            }) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("slipway demo: finished, but not as expected (see above)");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("slipway demo: {e:#}");
+                    ExitCode::from(EX_RUNTIME)
+                }
+            }
         }
+        Command::Control { config } => {
+            slipway::init_logging("info");
+            let cfg = match slipway::ops::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("slipway control: {e:#}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            let exe = match slipway::ops::exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("slipway control: {e:#}");
+                    return ExitCode::from(EX_RUNTIME);
+                }
+            };
+            match control::run(cfg, exe) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("slipway control: {e}");
+                    ExitCode::from(EX_RUNTIME)
+                }
+            }
+        }
+        Command::Up { config } => with_config(&config, "slipway up", |cfg| slipway::ops::up(&cfg)),
+        Command::Down { config } => with_config(&config, "slipway down", |cfg| block_on(slipway::ops::down(&cfg))),
+        Command::Deploy {
+            release,
+            strategy,
+            detach,
+            config,
+        } => {
+            let cfg = match slipway::ops::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("slipway deploy: {e:#}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            match block_on(slipway::ops::deploy(&cfg, &release, strategy, detach)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("slipway deploy: {e:#}");
+                    ExitCode::from(EX_RUNTIME)
+                }
+            }
+        }
+        Command::Status { json, config } => with_config(&config, "slipway status", |cfg| {
+            block_on(slipway::ops::status(&cfg, json))
+        }),
+        Command::History { json, limit, config } => with_config(&config, "slipway history", |cfg| {
+            block_on(slipway::ops::history(&cfg, json, limit))
+        }),
+        Command::Promote { config } => with_config(&config, "slipway promote", |cfg| {
+            block_on(slipway::ops::command(&cfg, "promote", None))
+        }),
+        Command::Abort { reason, config } => with_config(&config, "slipway abort", |cfg| {
+            block_on(slipway::ops::command(
+                &cfg,
+                "abort",
+                reason.or(Some("aborted by hand".into())),
+            ))
+        }),
+        Command::Pause { config } => with_config(&config, "slipway pause", |cfg| {
+            block_on(slipway::ops::command(&cfg, "pause", None))
+        }),
+        Command::Resume { config } => with_config(&config, "slipway resume", |cfg| {
+            block_on(slipway::ops::command(&cfg, "resume", None))
+        }),
+        Command::Rollback { config } => with_config(&config, "slipway rollback", |cfg| {
+            block_on(slipway::ops::rollback(&cfg))
+        }),
     }
 }

@@ -9,6 +9,7 @@ use wire::{Problems, RouteTable};
 pub enum Kind {
     RouterConfig,
     RouteTable,
+    Service,
 }
 
 impl Kind {
@@ -16,6 +17,7 @@ impl Kind {
         match self {
             Kind::RouterConfig => "router config",
             Kind::RouteTable => "route table",
+            Kind::Service => "service definition",
         }
     }
 }
@@ -36,7 +38,7 @@ pub enum ValidateError {
     #[error("{path}: {0}", path = .1)]
     Router(router::ConfigError, String),
     #[error(
-        "{path}: cannot tell what kind of config this is (a router config has state_dir and [admin]; a route table has [[release]])"
+        "{path}: cannot tell what kind of config this is (slipway.toml has [service]; a router config has state_dir and [admin]; a route table has [[release]])"
     )]
     Unknown { path: String },
 }
@@ -64,6 +66,20 @@ pub fn validate(path: &Path) -> Result<Kind, ValidateError> {
             message: format!("not valid TOML: {e}"),
         })?
     };
+    if value.contains_key("service") {
+        control::ServiceConfig::load(path).map_err(|e| match e {
+            control::ConfigError::Invalid { problems, .. } => ValidateError::Invalid {
+                path: shown.clone(),
+                kind: Kind::Service,
+                problems,
+            },
+            other => ValidateError::Syntax {
+                path: shown.clone(),
+                message: other.to_string(),
+            },
+        })?;
+        return Ok(Kind::Service);
+    }
     if value.contains_key("state_dir") || value.contains_key("admin") || value.contains_key("listener") {
         router::Config::load(path).map_err(|e| match e {
             router::ConfigError::Invalid { problems, .. } => ValidateError::Invalid {

@@ -17,7 +17,7 @@ pub enum Direction {
 
 /// What a metric measures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MetricKind {
     /// Share of requests answered with 5xx (the router's own included).
     ErrorRate {
@@ -62,9 +62,9 @@ fn default_detect_increase() -> f64 {
     0.5
 }
 
-/// One metric the judge compares.
+/// One metric the judge compares. (Flattened with its kind, so unknown keys
+/// cannot be refused by serde here.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MetricConfig {
     pub name: String,
     #[serde(flatten)]
@@ -246,10 +246,14 @@ pub struct MetricVerdict {
     pub critical: bool,
     /// The reason in words and numbers.
     pub reason: String,
-    /// Baseline and canary values (a rate, or a latency in ms).
+    /// Baseline and canary values (a rate, or a latency in ms); NaN (null
+    /// in JSON) while there is no data.
+    #[serde(deserialize_with = "null_as_nan")]
     pub baseline: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub canary: f64,
     /// Canary relative to baseline (1.2 = 20% higher); NaN if undefined.
+    #[serde(deserialize_with = "null_as_nan")]
     pub effect: f64,
     /// Evidence against "the canary is within tolerance", as odds (the
     /// mixture likelihood ratio); fail when it reaches `bound`.
@@ -261,6 +265,11 @@ pub struct MetricVerdict {
     /// decision needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more_canary_requests: Option<u64>,
+}
+
+/// JSON has no NaN: serde_json writes it as null; read null back as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The overall verdict of one analysis.

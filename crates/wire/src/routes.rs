@@ -88,6 +88,11 @@ pub struct Release {
     /// router's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// Long-lived connections (WebSocket, TCP) on an instance of this release
+    /// that goes down or leaves the table are closed this long after, with a
+    /// going-away signal (WebSocket close 1012). Absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<HumanDuration>,
     #[serde(default, rename = "instance")]
     pub instances: Vec<Instance>,
 }
@@ -101,6 +106,7 @@ impl Release {
             client_versions: None,
             protocol: UpstreamProtocol::Http1,
             health: None,
+            drain_deadline: None,
             instances: Vec::new(),
         }
     }
@@ -124,6 +130,7 @@ impl Release {
             && self.client_versions == other.client_versions
             && self.protocol == other.protocol
             && self.health == other.health
+            && self.drain_deadline == other.drain_deadline
     }
 }
 

@@ -854,6 +854,11 @@ where
         open: Open,
     ) -> Next {
         use std::io::Write;
+        // Read from the request head before the buffer moves on.
+        let ws = self
+            .head
+            .value(&self.buf, "upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
         let ub: &[u8] = &self.ubuf;
         let rh = &self.rhead;
         self.resp.clear();
@@ -888,13 +893,15 @@ where
         }
         self.buf.clear();
         drop(open);
+        let handle = self.shared.long_lived.register(up.clone(), ws);
         let stats = up.stats.clone();
         stats.long_lived_opened();
-        if let Ok((to_up, to_client)) = tokio::io::copy_bidirectional(&mut self.io, &mut us.s).await {
-            stats.bytes_in(to_up);
-            stats.bytes_out(to_client);
-        }
+        let (to_up, to_client) =
+            crate::longlived::relay(&mut self.io, &mut us.s, handle.cut.clone(), ws, self.shared.clock).await;
+        stats.bytes_in(to_up);
+        stats.bytes_out(to_client);
         stats.long_lived_closed();
+        drop(handle);
         Next::Close
     }
 

@@ -225,3 +225,54 @@ async fn raw_tcp_listeners_proxy_bytes_with_client_ip_affinity() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn websockets_get_1012_at_the_drain_deadline_of_a_downed_instance_and_not_before() {
+    let (v1, v2) = (App::start("v1").await, App::start("v2").await);
+    let h = Harness::start("").await;
+    let mut t = table(vec![release("v2", 0, &[&v2]), release("v1", 100, &[&v1])]);
+    t.releases[1].drain_deadline = Some(wire::HumanDuration::from_millis(600));
+    h.put(&t).await;
+    let mut ws = demo_app::ws_client::WsClient::connect(h.web, &[]).await.unwrap();
+    assert_eq!(ws.release().await.unwrap(), "v1");
+    // Draining keeps long-lived connections: no cut.
+    t.releases[1].state = wire::RouteState::Draining;
+    t.releases[1].weight = 0;
+    t.releases[0].weight = 100;
+    h.put(&t).await;
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    assert_eq!(ws.round_trip("still there").await.unwrap(), "still there");
+    // Down: the connection lives until the deadline, then gets 1012.
+    t.releases[1].state = wire::RouteState::Down;
+    h.put(&t).await;
+    let downed = std::time::Instant::now();
+    assert_eq!(
+        ws.round_trip("before the deadline").await.unwrap(),
+        "before the deadline"
+    );
+    let closed = loop {
+        match ws.round_trip("ping").await {
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(e) => break e,
+        }
+        assert!(downed.elapsed() < std::time::Duration::from_secs(5), "never cut");
+    };
+    let took = downed.elapsed();
+    assert!(
+        matches!(closed, demo_app::ws_client::WsError::Closed { code: 1012, .. }),
+        "expected a 1012 close, got {closed:?}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(550),
+        "cut before the deadline: {took:?}"
+    );
+    // A reconnect lands on the release the session belongs to now.
+    let mut again = demo_app::ws_client::WsClient::connect(h.web, &[]).await.unwrap();
+    assert_eq!(again.release().await.unwrap(), "v2");
+    testkit::wait_for(
+        "long-lived count back to 0",
+        std::time::Duration::from_secs(5),
+        || async { (h.drain().await.instance("v1", "v1-0")?.open_long_lived == 0).then_some(()) },
+    )
+    .await;
+}

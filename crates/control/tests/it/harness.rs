@@ -1,0 +1,188 @@
+//! A service on a temp folder: agent and router as real processes, the control plane in-process (or as a process), load through the router.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use control::{RunningControl, ServiceConfig};
+use plumbing::client::ApiClient;
+use testkit::TempDir;
+use wire::service::{DeployInfo, DeployRequest, ServiceStatus, Strategy};
+
+pub struct Fixture {
+    pub dir: TempDir,
+    pub cfg: ServiceConfig,
+    pub control: Option<RunningControl>,
+    pub api: Option<ApiClient>,
+}
+
+pub fn service_toml(dir: &TempDir, extra: &str) -> String {
+    format!(
+        r#"
+[service]
+name = "test"
+state_dir = "state"
+
+[[listener]]
+name = "web"
+kind = "http"
+addr = "127.0.0.1:0"
+
+[instance]
+count = 3
+command = "{demo}"
+readiness = {{ kind = "http", path = "/healthz", start_deadline = "20s" }}
+drain = {{ signal = "SIGTERM", stop_deadline = "5s" }}
+
+[deploy]
+drain_deadline = "4s"
+session_idle = "2s"
+
+[deploy.canary]
+instances = 2
+steps = [{{ weight = 10, hold = "3s" }}, {{ weight = 50, hold = "3s" }}]
+extension = "1s"
+max_extensions = 0
+on_inconclusive = "continue"
+
+[deploy.canary.analysis]
+metrics = [
+  {{ name = "error_rate", kind = "error_rate", absolute_tolerance = 0.01, critical = true }},
+  {{ name = "latency_p50", kind = "latency", quantile = 0.5, critical = true }},
+]
+
+[deploy.rolling]
+max_surge = 1
+bake = "500ms"
+
+[deploy.blue_green]
+check = "1s"
+rollback_window = "60s"
+{extra}
+"#,
+        demo = testkit::workspace_bin("demo-app").display()
+    )
+    .replace("{dir}", &dir.path().display().to_string())
+}
+
+impl Fixture {
+    /// Writes slipway.toml and the releases v1..v3 (v3 fails 40% of requests).
+    pub fn new(extra: &str) -> Fixture {
+        let dir = TempDir::new("control");
+        let path = dir.join("slipway.toml");
+        std::fs::write(&path, service_toml(&dir, extra)).unwrap();
+        let cfg = ServiceConfig::load(&path).expect("test service config is valid");
+        let store = agent::releases::ReleaseStore::new(cfg.state_dir());
+        for (id, manifest) in [
+            ("v1", ""),
+            ("v2", ""),
+            ("v3", "[start.env]\nDEMO_ERROR_RATE = \"0.4\"\n"),
+            ("v4", ""),
+        ] {
+            let src = dir.join(format!("src-{id}"));
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::write(src.join("slipway.release.toml"), manifest).unwrap();
+            store.add(&src, id).unwrap();
+        }
+        Fixture {
+            dir,
+            cfg,
+            control: None,
+            api: None,
+        }
+    }
+
+    /// Starts the control plane in-process (agent and router as processes).
+    pub async fn start(&mut self) {
+        let running = control::start(self.cfg.clone(), testkit::workspace_bin("slipway"))
+            .await
+            .expect("control starts");
+        self.api = Some(ApiClient::new(&running.api_addr, Some(running.control.token.clone())).unwrap());
+        self.control = Some(running);
+    }
+
+    pub async fn stop_control(&mut self) {
+        if let Some(c) = self.control.take() {
+            c.shutdown().await;
+        }
+    }
+
+    pub fn api(&self) -> &ApiClient {
+        self.api.as_ref().expect("control plane running")
+    }
+
+    /// The router's public listener.
+    pub fn web(&self) -> SocketAddr {
+        let st: wire::api::RouterStatus =
+            serde_json::from_slice(&std::fs::read(self.cfg.layout.router_status()).unwrap()).unwrap();
+        st.listeners[0].addr.parse().unwrap()
+    }
+
+    pub async fn deploy(&self, release: &str, strategy: Option<Strategy>) -> DeployInfo {
+        self.api()
+            .post(
+                "/v1/deploys",
+                &DeployRequest {
+                    release: release.into(),
+                    strategy,
+                },
+            )
+            .await
+            .expect("deploy accepted")
+    }
+
+    pub async fn wait_deploy(&self, id: i64, limit: Duration) -> DeployInfo {
+        testkit::wait_for(&format!("deploy {id} to finish"), limit, || async {
+            let d: DeployInfo = self.api().get(&format!("/v1/deploys/{id}")).await.ok()?;
+            d.finished().then_some(d)
+        })
+        .await
+    }
+
+    pub async fn status(&self) -> ServiceStatus {
+        self.api().get("/v1/status").await.unwrap()
+    }
+
+    /// The router's current table.
+    pub async fn routes(&self) -> wire::RouteTable {
+        self.status().await.routes.unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.cfg.state_dir().to_path_buf()
+    }
+}
+
+impl Drop for Fixture {
+    /// Leaves no process behind: instances, router, agent (and a control plane process).
+    fn drop(&mut self) {
+        if let Ok(list) = agent::supervisor::saved_instances(self.cfg.state_dir()) {
+            for i in list {
+                if let Some(pid) = i.pid {
+                    agent::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        for r in [
+            control::procs::control_running(&self.cfg),
+            control::procs::router_running(&self.cfg),
+            control::procs::agent_running(&self.cfg),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if r.pid != std::process::id() {
+                control::procs::stop(r.pid, Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Load for tests: 150 requests/s, 20 users with sessions of 10 requests, 4 WebSockets.
+pub fn load(web: SocketAddr) -> loadgen::Load {
+    let mut c = loadgen::LoadConfig::new(web, 150.0);
+    c.users = 20;
+    c.session_requests = Some(10);
+    c.websockets = 4;
+    loadgen::Load::start(c)
+}

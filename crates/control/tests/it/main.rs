@@ -1,0 +1,6 @@
+//! Control plane end-to-end tests: real agent and router processes, real demo-app instances, load through the router.
+
+mod harness;
+
+mod deploys;
+mod restart;

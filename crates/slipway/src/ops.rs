@@ -1,0 +1,339 @@
+//! `slipway up|down|deploy|status|history|promote|abort|pause|resume|rollback`: the operator's side, talking to the control plane's API.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use control::ServiceConfig;
+use control::procs;
+use plumbing::client::ApiClient;
+use wire::service::{DeployInfo, DeployList, DeployRequest, ServiceStatus, Strategy};
+
+/// Loads slipway.toml (every problem listed if it is wrong).
+pub fn load(path: &Path) -> anyhow::Result<ServiceConfig> {
+    Ok(ServiceConfig::load(path)?)
+}
+
+/// The slipway binary, to start the helpers with.
+pub fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the slipway binary")
+}
+
+/// Starts whatever of agent, router and control plane is not running.
+pub fn up(cfg: &ServiceConfig) -> anyhow::Result<()> {
+    let exe = exe()?;
+    std::fs::create_dir_all(cfg.state_dir()).with_context(|| format!("cannot create {}", cfg.state_dir().display()))?;
+    let agent = procs::ensure_agent(cfg, &exe)?;
+    println!("agent          pid {:<7} API {}", agent.pid, agent.addr);
+    let router = procs::ensure_router(cfg, &exe)?;
+    println!("router         pid {:<7} admin {}", router.pid, router.addr);
+    let control = procs::ensure_control(cfg, &exe)?;
+    println!("control plane  pid {:<7} API {}", control.pid, control.addr);
+    if let Ok(v) = std::fs::read(cfg.layout.router_status())
+        && let Ok(st) = serde_json::from_slice::<wire::api::RouterStatus>(&v)
+    {
+        for l in st.listeners {
+            println!(
+                "listener {:<6} {}://{}",
+                l.name,
+                if l.tls { "https" } else { "http" },
+                l.addr
+            );
+        }
+    }
+    println!(
+        "state in {} (logs: {}/run/*.log); next: `slipway release add <dir> --id v1` then `slipway deploy v1`",
+        cfg.state_dir().display(),
+        cfg.state_dir().display()
+    );
+    Ok(())
+}
+
+/// Stops instances, then the control plane, the router and the agent.
+pub async fn down(cfg: &ServiceConfig) -> anyhow::Result<()> {
+    if let Some(a) = procs::agent_running(cfg) {
+        let token = std::fs::read_to_string(cfg.layout.agent_token()).unwrap_or_default();
+        let api = ApiClient::new(&a.addr, Some(token.trim().to_string()))?;
+        if let Some(c) = procs::control_running(cfg) {
+            procs::stop(c.pid, Duration::from_secs(5));
+            println!("control plane stopped");
+        }
+        let list: wire::agent::InstanceList = api.get("/v1/instances").await.unwrap_or_default();
+        let ids: Vec<String> = list
+            .instances
+            .iter()
+            .filter(|i| agent::supervisor::is_live(i.state))
+            .map(|i| i.id.clone())
+            .collect();
+        if !ids.is_empty() {
+            let req = wire::agent::StopRequest {
+                ids: ids.clone(),
+                ..Default::default()
+            };
+            let _: wire::agent::InstanceList = api.post("/v1/instances/stop", &req).await?;
+            for _ in 0..300 {
+                let l: wire::agent::InstanceList = api.get("/v1/instances").await.unwrap_or_default();
+                if !l
+                    .instances
+                    .iter()
+                    .any(|i| agent::supervisor::is_live(i.state) || i.state == wire::agent::InstanceState::Draining)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!("{} instances stopped", ids.len());
+        }
+        procs::stop(a.pid, Duration::from_secs(5));
+        println!("agent stopped");
+    } else if let Some(c) = procs::control_running(cfg) {
+        procs::stop(c.pid, Duration::from_secs(5));
+        println!("control plane stopped");
+    }
+    if let Some(r) = procs::router_running(cfg) {
+        procs::stop(r.pid, Duration::from_secs(35));
+        println!("router stopped");
+    }
+    Ok(())
+}
+
+/// A client of the running control plane.
+pub fn control_client(cfg: &ServiceConfig) -> anyhow::Result<ApiClient> {
+    let running = procs::control_running(cfg).with_context(|| {
+        format!(
+            "no control plane runs for {} (start it with `slipway up`)",
+            cfg.path.display()
+        )
+    })?;
+    let token = std::fs::read_to_string(cfg.layout.control_token()).context("cannot read the control plane's token")?;
+    Ok(ApiClient::new(&running.addr, Some(token.trim().to_string()))?)
+}
+
+fn verdict_line(d: &DeployInfo) -> Option<String> {
+    d.last_verdict
+        .as_ref()
+        .map(|v| format!("verdict {}: {}", v.outcome.as_str(), v.reason))
+}
+
+fn group_line(d: &DeployInfo) -> String {
+    d.groups
+        .iter()
+        .map(|g| format!("{} {}/{} ready {}% {}", g.group, g.ready, g.wanted, g.weight, g.state))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Starts a deploy and, unless `detach`, follows it to the end. Returns
+/// whether it ended promoted.
+pub async fn deploy(
+    cfg: &ServiceConfig,
+    release: &str,
+    strategy: Option<Strategy>,
+    detach: bool,
+) -> anyhow::Result<bool> {
+    let api = control_client(cfg)?;
+    let d: DeployInfo = api
+        .post(
+            "/v1/deploys",
+            &DeployRequest {
+                release: release.to_string(),
+                strategy,
+            },
+        )
+        .await?;
+    println!(
+        "deploy {} started: {} {} over {}",
+        d.id,
+        d.strategy.as_str(),
+        d.release,
+        d.from.as_deref().unwrap_or("nothing")
+    );
+    if detach {
+        println!("follow it with `slipway status`");
+        return Ok(true);
+    }
+    follow(&api, d.id).await
+}
+
+/// Shows a deploy's progress until it ends.
+pub async fn follow(api: &ApiClient, id: i64) -> anyhow::Result<bool> {
+    let tty = std::io::stdout().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(1000);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let mut seen_events = 0;
+    let mut last_line = String::new();
+    loop {
+        let d: DeployInfo = api.get(&format!("/v1/deploys/{id}")).await?;
+        for e in d.events.iter().skip(seen_events) {
+            match &bar {
+                Some(b) => b.println(format!("  {e}")),
+                None => println!("  {e}"),
+            }
+        }
+        seen_events = d.events.len();
+        let line = format!("{} | {}", d.detail, group_line(&d));
+        match &bar {
+            Some(b) => {
+                b.set_position((d.progress * 1000.0) as u64);
+                let v = verdict_line(&d).map(|v| format!(" | {v}")).unwrap_or_default();
+                b.set_message(format!("{line}{v}"));
+            }
+            None => {
+                if line != last_line {
+                    println!("{line}");
+                    if let Some(v) = verdict_line(&d) {
+                        println!("  {v}");
+                    }
+                }
+            }
+        }
+        last_line = line;
+        if d.finished() {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            if d.aborted() {
+                println!("deploy {id} ABORTED: {}", d.outcome.unwrap_or_default());
+                for v in &d.verdicts {
+                    println!("  verdict {}: {}", v.outcome.as_str(), v.reason);
+                }
+                return Ok(false);
+            }
+            println!("deploy {id} done: {} is the current release", d.release);
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
+    let s: ServiceStatus = control_client(cfg)?.get("/v1/status").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "service {}: current {} (previous {})",
+        s.service,
+        s.current.as_deref().unwrap_or("none"),
+        s.previous.as_deref().unwrap_or("none")
+    )?;
+    if let Some(d) = &s.deploy {
+        writeln!(
+            out,
+            "deploy {} {} of {} ({}): {}",
+            d.id,
+            d.strategy.as_str(),
+            d.release,
+            d.phase,
+            d.detail
+        )?;
+        if !d.groups.is_empty() {
+            writeln!(out, "  groups: {}", group_line(d))?;
+        }
+        if let Some(v) = &d.last_verdict {
+            writeln!(out, "  verdict {}: {}", v.outcome.as_str(), v.reason)?;
+            for m in &v.metrics {
+                writeln!(out, "    {:<12} {:<12} {}", m.name, m.outcome.as_str(), m.reason)?;
+            }
+        }
+    }
+    if let Some(r) = &s.routes {
+        writeln!(
+            out,
+            "routes (generation {}):",
+            s.router.as_ref().map_or(0, |r| r.generation)
+        )?;
+        for rel in &r.releases {
+            writeln!(
+                out,
+                "  {:<12} {:>3}% {:<9} {} instances",
+                rel.id,
+                rel.weight,
+                rel.state.as_str(),
+                rel.instances.len()
+            )?;
+        }
+    }
+    writeln!(out, "instances:")?;
+    for i in &s.instances {
+        writeln!(
+            out,
+            "  {:<14} {:<10} {:<22} pid {:<8} {:<10} restarts {}",
+            i.id,
+            i.group_name(),
+            i.addr,
+            i.pid.map_or("-".to_string(), |p| p.to_string()),
+            i.state.as_str(),
+            i.restarts
+        )?;
+    }
+    Ok(())
+}
+
+pub async fn history(cfg: &ServiceConfig, json: bool, limit: usize) -> anyhow::Result<()> {
+    let l: DeployList = control_client(cfg)?.get(&format!("/v1/deploys?limit={limit}")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&l)?);
+        return Ok(());
+    }
+    for d in l.deploys {
+        let took = d
+            .finished_ms
+            .map(|f| format!("{}s", f.saturating_sub(d.started_ms) / 1000))
+            .unwrap_or_else(|| "running".into());
+        println!(
+            "#{:<4} {:<10} {:<8} over {:<8} {:<9} {:<8} {}",
+            d.id,
+            d.strategy.as_str(),
+            d.release,
+            d.from.as_deref().unwrap_or("-"),
+            d.phase,
+            took,
+            d.outcome.unwrap_or_default()
+        );
+        for v in &d.verdicts {
+            println!("      verdict {}: {}", v.outcome.as_str(), v.reason);
+        }
+    }
+    Ok(())
+}
+
+/// pause, resume, promote, abort.
+pub async fn command(cfg: &ServiceConfig, what: &str, reason: Option<String>) -> anyhow::Result<()> {
+    let api = control_client(cfg)?;
+    let path = format!("/v1/deploy/{what}");
+    let d: DeployInfo = match reason {
+        Some(r) => api.post(&path, &serde_json::json!({ "reason": r })).await?,
+        None => api.post(&path, &serde_json::json!({})).await?,
+    };
+    println!("deploy {}: {} ({})", d.id, d.phase, d.detail);
+    Ok(())
+}
+
+pub async fn rollback(cfg: &ServiceConfig) -> anyhow::Result<()> {
+    let api = control_client(cfg)?;
+    let s: ServiceStatus = api.post("/v1/rollback", &serde_json::json!({})).await?;
+    match &s.deploy {
+        Some(d) if !d.finished() => {
+            println!("{} is no longer warm: redeploying it (deploy {})", d.release, d.id);
+            follow(&api, d.id).await?;
+        }
+        _ => println!(
+            "rolled back: current {} (route swap)",
+            s.current.as_deref().unwrap_or("none")
+        ),
+    }
+    Ok(())
+}

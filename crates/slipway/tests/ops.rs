@@ -1,0 +1,105 @@
+//! `slipway up`, `deploy`, `status`, `abort`, `history`, `down` as an operator runs them, with real processes.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use testkit::TempDir;
+
+fn slipway(dir: &TempDir) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    c.current_dir(dir.path()).env("NO_COLOR", "1");
+    c
+}
+
+fn run(dir: &TempDir, args: &[&str]) -> (i32, String, String) {
+    let out = slipway(dir).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn an_operator_session_from_up_to_down() {
+    let dir = TempDir::new("ops");
+    let demo = testkit::workspace_bin("demo-app");
+    std::fs::write(
+        dir.join("slipway.toml"),
+        format!(
+            r#"
+[service]
+name = "shop"
+
+[[listener]]
+name = "web"
+kind = "http"
+addr = "127.0.0.1:0"
+
+[instance]
+count = 2
+command = "{}"
+
+[deploy.canary]
+instances = 1
+steps = [{{ weight = 10, hold = "30s" }}]
+"#,
+            demo.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&dir, &["validate", "slipway.toml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("valid service definition"));
+    for id in ["v1", "v2"] {
+        std::fs::create_dir_all(dir.join(id)).unwrap();
+        let (code, _, err) = run(&dir, &["release", "add", id, "--id", id]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&dir, &["up"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("control plane") && out.contains("listener web"), "{out}");
+    let (code, out, err) = run(&dir, &["deploy", "v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deploy 1 done: v1 is the current release"), "{out}");
+    // A second deploy while one runs is refused with the reason.
+    let mut follower = slipway(&dir)
+        .args(["deploy", "v2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = run(&dir, &["status", "--json"]);
+        if out.contains("\"phase\": \"step\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "canary never reached its step: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _, err) = run(&dir, &["deploy", "v1", "--detach"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("only one deploy") || err.contains("already the current"),
+        "{err}"
+    );
+    let (code, out, err) = run(&dir, &["abort", "--reason", "changed my mind"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let status = follower.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "an aborted deploy exits 1");
+    let (code, out, _) = run(&dir, &["history"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("aborted") && out.contains("changed my mind"), "{out}");
+    let (code, out, _) = run(&dir, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("current v1"), "{out}");
+    let (code, out, err) = run(&dir, &["down"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("router stopped") && out.contains("agent stopped"), "{out}");
+    let (code, _, err) = run(&dir, &["status"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("slipway up"), "{err}");
+}
