@@ -19,7 +19,13 @@ struct Row {
 
 fn bin_dir() -> PathBuf {
     // target/release/examples/deploy_under_load -> target/release
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn service_toml(demo: &Path) -> String {
@@ -96,8 +102,7 @@ async fn settle(api: &plumbing::client::ApiClient, release: &str, limit: Duratio
     let end = Instant::now() + limit;
     while Instant::now() < end {
         let s: wire::service::ServiceStatus = api.get("/v1/status").await.unwrap();
-        if s
-            .instances
+        if s.instances
             .iter()
             .filter(|i| agent::supervisor::is_live(i.state) || i.state == wire::agent::InstanceState::Draining)
             .all(|i| i.release == release)
@@ -120,7 +125,11 @@ fn start_demo(demo: &Path, release: &str, port: u16) -> Child {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_port(port: u16) {
@@ -165,7 +174,15 @@ async fn nginx_run(demo: &Path, rate: f64, websockets: usize, dir: &Path) -> Opt
     }
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_conf(dir, listen, &ports)).unwrap();
-    let mut nginx = Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    let mut nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
     wait_port(listen).await;
     let mut cfg = LoadConfig::new(SocketAddr::from(([127, 0, 0, 1], listen)), rate);
     cfg.users = 100;
@@ -176,12 +193,21 @@ async fn nginx_run(demo: &Path, rate: f64, websockets: usize, dir: &Path) -> Opt
     let before = load.report();
     for round in 2..=4 {
         let new_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-        let new_apps: Vec<Child> = new_ports.iter().map(|p| start_demo(demo, &format!("v{round}"), *p)).collect();
+        let new_apps: Vec<Child> = new_ports
+            .iter()
+            .map(|p| start_demo(demo, &format!("v{round}"), *p))
+            .collect();
         for p in &new_ports {
             wait_port(*p).await;
         }
         std::fs::write(&conf, nginx_conf(dir, listen, &new_ports)).unwrap();
-        let _ = Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir).args(["-s", "reload"]).status();
+        let _ = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .args(["-s", "reload"])
+            .status();
         tokio::time::sleep(Duration::from_secs(5)).await;
         for mut a in apps.drain(..) {
             let _ = Command::new("kill").arg("-TERM").arg(a.id().to_string()).status();
@@ -221,14 +247,23 @@ async fn main() {
     let bins = bin_dir();
     let slipway = bins.join("slipway");
     let demo = bins.join("demo-app");
-    assert!(slipway.exists() && demo.exists(), "build first: cargo build --release -p slipway -p demo-app");
+    assert!(
+        slipway.exists() && demo.exists(),
+        "build first: cargo build --release -p slipway -p demo-app"
+    );
     let dir = std::env::temp_dir().join(format!("slipway-dul-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("slipway.toml"), service_toml(&demo)).unwrap();
     let cfg = control::ServiceConfig::load(&dir.join("slipway.toml")).unwrap();
     let store = agent::releases::ReleaseStore::new(cfg.state_dir());
-    for (id, m) in [("v1", ""), ("v2", ""), ("v3", ""), ("v4", ""), ("bad", "[start.env]\nDEMO_ERROR_RATE = \"0.3\"\n")] {
+    for (id, m) in [
+        ("v1", ""),
+        ("v2", ""),
+        ("v3", ""),
+        ("v4", ""),
+        ("bad", "[start.env]\nDEMO_ERROR_RATE = \"0.3\"\n"),
+    ] {
         let src = dir.join(format!("src-{id}"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("slipway.release.toml"), m).unwrap();
@@ -237,7 +272,8 @@ async fn main() {
     let running = control::start(cfg.clone(), slipway).await.expect("control plane");
     let api = plumbing::client::ApiClient::new(&running.api_addr, Some(running.control.token.clone())).unwrap();
     let web: SocketAddr = {
-        let st: wire::api::RouterStatus = serde_json::from_slice(&std::fs::read(cfg.layout.router_status()).unwrap()).unwrap();
+        let st: wire::api::RouterStatus =
+            serde_json::from_slice(&std::fs::read(cfg.layout.router_status()).unwrap()).unwrap();
         st.listeners[0].addr.parse().unwrap()
     };
     run_deploy(&api, "v1", Strategy::Canary).await;
@@ -271,8 +307,19 @@ async fn main() {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
         let r = load.report().since(&before);
-        let note = format!("{} in {:.0} s{}", d.phase, t.elapsed().as_secs_f64(), d.outcome.map(|o| format!(" ({})", o.chars().take(60).collect::<String>())).unwrap_or_default());
-        rows.push(Row { name: name.into(), r, note });
+        let note = format!(
+            "{} in {:.0} s{}",
+            d.phase,
+            t.elapsed().as_secs_f64(),
+            d.outcome
+                .map(|o| format!(" ({})", o.chars().take(60).collect::<String>()))
+                .unwrap_or_default()
+        );
+        rows.push(Row {
+            name: name.into(),
+            r,
+            note,
+        });
     }
     let before = load.report();
     let t = Instant::now();
@@ -293,19 +340,31 @@ async fn main() {
             }
         }
     }
-    for r in [control::procs::router_running(&cfg), control::procs::agent_running(&cfg)].into_iter().flatten() {
+    for r in [
+        control::procs::router_running(&cfg),
+        control::procs::agent_running(&cfg),
+    ]
+    .into_iter()
+    .flatten()
+    {
         control::procs::stop(r.pid, Duration::from_secs(3));
     }
     if let Some(row) = nginx_run(&demo, rate, websockets, &dir).await {
         rows.push(row);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("| phase | requests | failed | of which injected by the bad release | WebSockets dropped | WebSockets closed with 1012 | p99 ms | p99 vs steady | notes |");
+    println!(
+        "| phase | requests | failed | of which injected by the bad release | WebSockets dropped | WebSockets closed with 1012 | p99 ms | p99 vs steady | notes |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let sp99 = steady.p99_ms().max(0.001);
     for row in &rows {
         let r = &row.r;
-        let injected = if row.name.contains("bad") { r.statuses.get(&500).copied().unwrap_or(0) } else { 0 };
+        let injected = if row.name.contains("bad") {
+            r.statuses.get(&500).copied().unwrap_or(0)
+        } else {
+            0
+        };
         println!(
             "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
             row.name,
@@ -319,5 +378,8 @@ async fn main() {
             row.note
         );
     }
-    eprintln!("total: {} requests, {} failed, errors {:?}", total.sent, total.failed, total.errors);
+    eprintln!(
+        "total: {} requests, {} failed, errors {:?}",
+        total.sent, total.failed, total.errors
+    );
 }
