@@ -56,40 +56,86 @@ impl Listen {
     }
 }
 
-/// Binds `listen` and serves `app` until `stop` turns true. Returns the
-/// bound address (`ip:port` or `unix:/path`) and the serving task. A unix
-/// socket is created with mode 0600.
-pub async fn serve(
-    listen: &Listen,
-    app: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+/// A bound admin socket (kept as a std listener so it can be duplicated and
+/// handed over to another process).
+#[derive(Debug)]
+pub enum Bound {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+impl Bound {
+    /// Binds `listen`; a unix socket is created with mode 0600.
+    pub fn bind(listen: &Listen) -> std::io::Result<Bound> {
+        match listen {
+            Listen::Tcp(addr) => Ok(Bound::Tcp(std::net::TcpListener::bind(addr)?)),
+            Listen::Unix(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let _ = std::fs::remove_file(path);
+                let l = std::os::unix::net::UnixListener::bind(path)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                Ok(Bound::Unix(l, path.clone()))
+            }
+        }
+    }
+
+    /// `ip:port` or `unix:/path`.
+    pub fn addr(&self) -> std::io::Result<String> {
+        match self {
+            Bound::Tcp(l) => Ok(l.local_addr()?.to_string()),
+            Bound::Unix(_, p) => Ok(format!("unix:{}", p.display())),
+        }
+    }
+
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> std::io::Result<Bound> {
+        Ok(match self {
+            Bound::Tcp(l) => Bound::Tcp(l.try_clone()?),
+            Bound::Unix(l, p) => Bound::Unix(l.try_clone()?, p.clone()),
+        })
+    }
+
+    /// The socket as a plain descriptor (to hand over to another process).
+    pub fn into_owned_fd(self) -> std::os::fd::OwnedFd {
+        match self {
+            Bound::Tcp(l) => l.into(),
+            Bound::Unix(l, _) => l.into(),
+        }
+    }
+}
+
+/// Serves `app` on a bound socket until `stop` turns true.
+pub fn serve_bound(bound: Bound, app: axum::Router, mut stop: watch::Receiver<bool>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let until_stop = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    match listen {
-        Listen::Tcp(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await?;
-            let bound = l.local_addr()?.to_string();
-            let task = tokio::spawn(async move {
+    Ok(match bound {
+        Bound::Tcp(l) => {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tokio::spawn(async move {
                 let _ = axum::serve(l, app).with_graceful_shutdown(until_stop).await;
-            });
-            Ok((bound, task))
+            })
         }
-        Listen::Unix(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let _ = std::fs::remove_file(path);
-            let l = tokio::net::UnixListener::bind(path)?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            let task = tokio::spawn(async move {
+        Bound::Unix(l, _) => {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::UnixListener::from_std(l)?;
+            tokio::spawn(async move {
                 let _ = axum::serve(l, app).with_graceful_shutdown(until_stop).await;
-            });
-            Ok((format!("unix:{}", path.display()), task))
+            })
         }
-    }
+    })
+}
+
+/// Binds `listen` and serves `app` until `stop` turns true. Returns the
+/// bound address (`ip:port` or `unix:/path`) and the serving task.
+pub async fn serve(listen: &Listen, app: axum::Router, stop: watch::Receiver<bool>) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+    let bound = Bound::bind(listen)?;
+    let addr = bound.addr()?;
+    Ok((addr, serve_bound(bound, app, stop)?))
 }
 
 /// State of an API that is protected by a bearer token.

@@ -1,5 +1,6 @@
-//! Service plumbing shared by every slipway process: atomic files and secrets (`fs`), admin API listeners and token checks (`api`), and the client that calls those APIs (`client`).
+//! Service plumbing shared by every slipway process: atomic files and secrets (`fs`), admin API listeners and token checks (`api`), the client that calls those APIs (`client`), and sockets passed between processes (`fds`).
 
 pub mod api;
 pub mod client;
+pub mod fds;
 pub mod fs;

@@ -49,11 +49,12 @@ pub fn router(shared: AppState) -> Router {
         .route("/v1/metrics", get(metrics_json))
         .route("/metrics", get(metrics_prometheus))
         .route("/v1/drain", get(drain))
+        .route("/v1/upgrade", axum::routing::post(upgrade))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such admin endpoint; see /v1/status, /v1/routes, /v1/metrics, /metrics, /v1/drain",
+                "no such admin endpoint; see /v1/status, /v1/routes, /v1/metrics, /metrics, /v1/drain, /v1/upgrade",
             )
         })
         .with_state(shared)
@@ -61,6 +62,7 @@ pub fn router(shared: AppState) -> Router {
 
 pub fn status_of(shared: &Shared) -> RouterStatus {
     let (admin, listeners) = shared.bound.get().cloned().unwrap_or_default();
+    let (ws, tcp) = shared.long_lived.counts();
     RouterStatus {
         router_id: shared.router_id.clone(),
         pid: std::process::id(),
@@ -69,6 +71,9 @@ pub fn status_of(shared: &Shared) -> RouterStatus {
         uptime_ms: shared.clock.now_ms(),
         admin,
         listeners,
+        open_websockets: ws as u64,
+        open_tcp: tcp as u64,
+        took_over_from: shared.took_over_from.get().copied(),
     }
 }
 
@@ -108,6 +113,42 @@ async fn patch_routes(
 
 async fn metrics_json(_: Authorized, State(s): State<AppState>) -> axum::Json<wire::metrics::MetricsSnapshot> {
     axum::Json(s.metrics())
+}
+
+/// Replaces this router process with a new one (see `handover`); answers
+/// once the new process serves, or with the reason it could not.
+async fn upgrade(
+    _: Authorized,
+    State(s): State<AppState>,
+    body: Bytes,
+) -> Result<axum::Json<wire::api::Upgraded>, ApiError> {
+    use crate::handover::UpgradeError;
+    let req: wire::api::UpgradeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        parse_json(&body, "upgrade request")?
+    };
+    let fail = |e: UpgradeError| {
+        let status = match e {
+            UpgradeError::Busy | UpgradeError::HandedOver(_) => StatusCode::CONFLICT,
+            UpgradeError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            UpgradeError::NoConfigFile | UpgradeError::Binary { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        let message = format!("{e}; this router keeps serving");
+        ApiError::new(status, e.code(), message)
+    };
+    if s.upgrading.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(fail(UpgradeError::Busy));
+    }
+    let tx = s.upgrades.get().ok_or(UpgradeError::Unavailable).map_err(fail)?;
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    tx.send((req, reply)).await.map_err(|_| fail(UpgradeError::Unavailable))?;
+    match outcome.await {
+        Ok(Ok(done)) => Ok(axum::Json(done)),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(_) => Err(fail(UpgradeError::Unavailable)),
+    }
 }
 
 async fn drain(_: Authorized, State(s): State<AppState>) -> axum::Json<wire::api::DrainStatus> {

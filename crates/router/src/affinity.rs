@@ -21,6 +21,11 @@ impl CookieSigner {
         CookieSigner { key }
     }
 
+    /// The key, for handing over to a new router process.
+    pub fn key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
     fn mac(&self, release: &str) -> [u8; 16] {
         let mut hasher = blake3::Hasher::new_keyed(&self.key);
         hasher.update(b"slipway release cookie\0");

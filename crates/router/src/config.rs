@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 use tokio_rustls::rustls;
 use wire::router_config::{AffinityMode, ListenerKind, RouterConfigFile};
-use wire::{HealthCheck, Problem, Problems, RouteTable};
+use wire::{Deadline, HealthCheck, Problem, Problems, RouteTable};
 
 use crate::upstream::UpstreamSettings;
 
@@ -23,6 +23,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub affinity: AffinityMode,
+    /// How long long-lived connections may stay once the router leaves.
+    pub drain_deadline: Deadline,
 }
 
 impl std::fmt::Debug for Listener {
@@ -33,6 +35,7 @@ impl std::fmt::Debug for Listener {
             .field("addr", &self.addr)
             .field("tls", &self.tls.is_some())
             .field("affinity", &self.affinity)
+            .field("drain_deadline", &self.drain_deadline)
             .finish()
     }
 }
@@ -40,6 +43,8 @@ impl std::fmt::Debug for Listener {
 /// A router config that passed validation.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file this config was read from; a self-upgrade hands it to the new process.
+    pub config_path: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub workers: usize,
     pub admin: AdminListen,
@@ -78,10 +83,12 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_raw(&raw, base).map_err(|problems| ConfigError::Invalid {
+        let mut config = Config::from_raw(&raw, base).map_err(|problems| ConfigError::Invalid {
             path: path.to_path_buf(),
             problems,
-        })
+        })?;
+        config.config_path = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(config)
     }
 
     /// Validates a raw config; relative paths are taken from `base`.
@@ -178,6 +185,7 @@ impl Config {
                     addr,
                     tls,
                     affinity,
+                    drain_deadline: l.drain_deadline,
                 });
             }
         }
@@ -240,6 +248,7 @@ impl Config {
         });
         Problems::check(out)?;
         Ok(Config {
+            config_path: None,
             state_dir,
             workers: raw.workers,
             admin: admin.unwrap_or(AdminListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)))),

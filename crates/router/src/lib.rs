@@ -16,6 +16,7 @@ pub mod affinity;
 pub mod body;
 pub mod config;
 pub mod h1;
+pub mod handover;
 pub mod health;
 pub mod listener;
 pub mod longlived;
@@ -32,11 +33,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-use wire::api::BoundListener;
+use tokio::sync::{mpsc, watch};
+use wire::api::{BoundListener, UpgradeRequest, Upgraded};
 use wire::router_config::ListenerKind;
 
 pub use config::{AdminListen, Config, ConfigError};
+pub use handover::{Inherited, UpgradeError};
 pub use shared::{ApplyError, Shared};
 
 /// Milliseconds since the router started; the only clock the data plane reads.
@@ -80,6 +82,8 @@ pub enum StartError {
     Table(#[from] ApplyError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Takeover(#[from] handover::TakeoverError),
 }
 
 /// A router serving in the current tokio runtime.
@@ -88,6 +92,13 @@ pub struct RunningRouter {
     stop: watch::Sender<bool>,
     connections: Arc<listener::ConnTracker>,
     tasks: tokio::task::JoinSet<()>,
+    /// Duplicates of the listening sockets, for a self-upgrade.
+    sockets: handover::Sockets,
+    upgrades: mpsc::Receiver<handover::UpgradeJob>,
+    /// Published to the admin API once [`serve`](Self::serve) takes requests.
+    upgrade_tx: Option<mpsc::Sender<handover::UpgradeJob>>,
+    /// Dropping it ends the long-lived connection sweeper.
+    _sweeper: watch::Sender<()>,
 }
 
 impl std::fmt::Debug for RunningRouter {
@@ -96,6 +107,15 @@ impl std::fmt::Debug for RunningRouter {
             .field("status", &admin::status_of(&self.shared))
             .finish()
     }
+}
+
+/// Why the router stopped serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A new process took the sockets over.
+    HandedOver(Upgraded),
 }
 
 impl RunningRouter {
@@ -118,49 +138,184 @@ impl RunningRouter {
         &self.shared.token
     }
 
-    /// Stops accepting, then lets open connections finish their current
-    /// request (idle keep-alive connections close at once) for up to `grace`.
-    pub async fn shutdown(mut self, grace: Duration) {
+    /// Open client connections.
+    pub fn open_connections(&self) -> usize {
+        self.connections.count()
+    }
+
+    /// Starts a new router process from `req.binary` (default: this binary)
+    /// and hands it the sockets and state. On success the new process
+    /// serves and this one should [`leave`](Self::leave); on failure this
+    /// one keeps serving as before.
+    pub async fn upgrade(&self, req: UpgradeRequest) -> Result<Upgraded, UpgradeError> {
+        let mut done = handover::hand_over(&self.shared, &self.sockets, req).await?;
+        done.old_connections = self.connections.count() as u64;
+        tracing::info!(
+            new_pid = done.new_pid,
+            took_ms = done.took_ms,
+            open = done.old_connections,
+            "handed the sockets over to the new router; leaving"
+        );
+        Ok(done)
+    }
+
+    /// Serves until SIGTERM/SIGINT or a successful self-upgrade (admin API
+    /// or SIGUSR2), then leaves: see [`leave`](Self::leave).
+    pub async fn serve(mut self, grace: Duration) -> Exit {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        let mut usr2 = signal(SignalKind::user_defined2()).ok();
+        if let Some(tx) = self.upgrade_tx.take() {
+            let _ = self.shared.upgrades.set(tx);
+        }
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        let exit = loop {
+            let (req, reply) = tokio::select! {
+                _ = recv(&mut term) => {
+                    tracing::info!("SIGTERM: stopping; open requests get {grace:?} to finish");
+                    break Exit::Signal;
+                }
+                _ = recv(&mut int) => {
+                    tracing::info!("SIGINT: stopping; open requests get {grace:?} to finish");
+                    break Exit::Signal;
+                }
+                _ = recv(&mut usr2) => {
+                    tracing::info!("SIGUSR2: upgrading to a new router process");
+                    (UpgradeRequest::default(), None)
+                }
+                job = self.upgrades.recv() => match job {
+                    Some((req, reply)) => (req, Some(reply)),
+                    None => std::future::pending().await,
+                },
+            };
+            self.shared.upgrading.store(true, std::sync::atomic::Ordering::Relaxed);
+            let result = self.upgrade(req).await;
+            self.shared.upgrading.store(false, std::sync::atomic::Ordering::Relaxed);
+            let done = match &result {
+                Ok(u) => Some(u.clone()),
+                Err(e) => {
+                    tracing::error!(error = %e, "upgrade failed; this router keeps serving");
+                    None
+                }
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+            if let Some(u) = done {
+                break Exit::HandedOver(u);
+            }
+        };
+        // Anything still queued is refused with the reason.
+        self.upgrades.close();
+        while let Ok((_, reply)) = self.upgrades.try_recv() {
+            let _ = reply.send(Err(match &exit {
+                Exit::HandedOver(u) => UpgradeError::HandedOver(u.new_pid),
+                Exit::Signal => UpgradeError::Unavailable,
+            }));
+        }
+        self.leave(grace).await;
+        exit
+    }
+
+    /// Stops accepting and lets open connections finish: in-flight requests
+    /// complete (for up to `grace`), idle keep-alive connections close
+    /// between requests, HTTP/2 connections get a two-phase GOAWAY, and
+    /// WebSocket/TCP connections stay until their listener's drain deadline,
+    /// then get a 1012 close.
+    pub async fn leave(mut self, grace: Duration) {
+        self.shared.long_lived.start_leaving(self.shared.clock.now_ms());
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
-        let _ = tokio::time::timeout(grace, self.connections.wait_idle()).await;
+        drop(std::mem::take(&mut self.sockets));
+        // Long-lived connections are cut at their deadline (plus a moment
+        // for the close handshake); unlimited ones are waited for.
+        let mut limit = Some(grace);
+        for l in &self.shared.config.listeners {
+            limit = match (limit, l.drain_deadline.duration()) {
+                (Some(g), Some(d)) => Some(g.max(d + Duration::from_secs(5))),
+                _ => None,
+            };
+        }
+        match limit {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, self.connections.wait_idle()).await;
+            }
+            None => self.connections.wait_idle().await,
+        }
+    }
+
+    /// Same as [`leave`](Self::leave).
+    pub async fn shutdown(self, grace: Duration) {
+        self.leave(grace).await;
     }
 }
 
 /// Binds every listener and the admin API, serves the saved (or initial)
 /// route table, and returns once the router accepts connections.
 pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
+    start_with(config, Inherited::default()).await
+}
+
+/// Like [`start`], but serves on inherited sockets where they fit the
+/// config (binding the rest) and starts from inherited state when given.
+pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningRouter, StartError> {
     let clock = Clock::new();
     std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
         path: config.state_dir.clone(),
         source,
     })?;
-    let signer = affinity::CookieSigner::new(state::cookie_key(&config.state_dir)?);
+    let key = match inherited.cookie_key {
+        Some(k) => k,
+        None => state::cookie_key(&config.state_dir)?,
+    };
+    let signer = affinity::CookieSigner::new(key);
     let token = state::secret_file(&config.token_file, plumbing::fs::new_token).map_err(state::StateError::from)?;
-    let saved = match state::load_table(&config.state_dir) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "saved route table unreadable; starting from the initial routes");
-            None
+    let initial = match inherited.table.take() {
+        Some(t) => t,
+        None => {
+            let saved = match state::load_table(&config.state_dir) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "saved route table unreadable; starting from the initial routes");
+                    None
+                }
+            };
+            saved.or_else(|| config.initial_routes.clone()).unwrap_or_default()
         }
     };
-    let initial = saved.or_else(|| config.initial_routes.clone()).unwrap_or_default();
     let shared = Arc::new(Shared::new(config.clone(), signer, token, clock));
+    if let Some(pid) = inherited.from_pid {
+        let _ = shared.took_over_from.set(pid);
+    }
 
-    // Bind everything before serving anything, so a bad address fails the start.
+    // Bind (or take over) everything before serving anything, so a bad
+    // address fails the start.
     let mut bound = Vec::new();
     let mut sockets = Vec::new();
+    let mut keep = handover::Sockets::default();
     for l in &config.listeners {
-        let sock = listener::bind(l.addr).map_err(|source| StartError::Bind {
+        let bind_err = |source| StartError::Bind {
             name: l.name.clone(),
             addr: l.addr,
             source,
-        })?;
-        let addr = sock.local_addr().map_err(|source| StartError::Bind {
-            name: l.name.clone(),
-            addr: l.addr,
-            source,
-        })?;
+        };
+        let std_listener = match inherited.take_listener(&l.name, l.addr) {
+            Some(s) => s,
+            None => listener::bind_std(l.addr).map_err(bind_err)?,
+        };
+        let addr = std_listener.local_addr().map_err(bind_err)?;
+        let dup = std::os::fd::OwnedFd::from(std_listener.try_clone().map_err(bind_err)?);
+        keep.listeners.push((l.name.clone(), addr.to_string(), dup));
+        std_listener.set_nonblocking(true).map_err(bind_err)?;
+        let sock = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
         bound.push(BoundListener {
             name: l.name.clone(),
             kind: match l.kind {
@@ -172,28 +327,44 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
         });
         sockets.push((l.clone(), sock));
     }
+    for (name, l) in inherited.listeners.drain(..) {
+        tracing::warn!(
+            listener = name.as_deref().unwrap_or("?"),
+            addr = ?l.local_addr().ok(),
+            "an inherited socket fits no listener in the config; it is closed"
+        );
+    }
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let admin_app = admin::router(shared.clone());
-    let (admin_addr, admin_task) = plumbing::api::serve(&config.admin, admin_app, stop_rx.clone())
-        .await
-        .map_err(|source| StartError::Admin {
-            addr: config.admin.to_string(),
-            source,
-        })?;
+    let admin_err = |source| StartError::Admin {
+        addr: config.admin.to_string(),
+        source,
+    };
+    let admin_bound = match inherited.take_admin(&config.admin) {
+        Some(b) => b,
+        None => plumbing::api::Bound::bind(&config.admin).map_err(admin_err)?,
+    };
+    let admin_addr = admin_bound.addr().map_err(admin_err)?;
+    let admin_dup = admin_bound.try_clone().map_err(admin_err)?;
+    keep.admin = Some((admin_addr.clone(), admin_dup.into_owned_fd()));
+    let admin_task = plumbing::api::serve_bound(admin_bound, admin::router(shared.clone()), stop_rx.clone())
+        .map_err(admin_err)?;
     tasks.spawn(async move {
         let _ = admin_task.await;
     });
     let _ = shared.bound.set((admin_addr, bound));
     shared.start_from(initial).await?;
+    shared.restore_health(&inherited.health);
+    let (upgrade_tx, upgrades) = mpsc::channel(4);
 
+    let (sweeper, mut sweeper_rx) = watch::channel(());
     {
-        let (shared, mut stop) = (shared.clone(), stop_rx.clone());
-        tasks.spawn(async move {
+        let shared = shared.clone();
+        tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => shared.long_lived.sweep(&shared.clock),
-                    _ = listener::stopped(&mut stop) => return,
+                    r = sweeper_rx.changed() => if r.is_err() { return },
                 }
             }
         });
@@ -217,16 +388,40 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
         stop,
         connections,
         tasks,
+        sockets: keep,
+        upgrades,
+        upgrade_tx: Some(upgrade_tx),
+        _sweeper: sweeper,
     })
 }
 
-/// Runs the router until SIGTERM or SIGINT, on its own runtime with the
-/// configured number of worker threads; then drains for up to 30 s.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Runs the router until SIGTERM or SIGINT (or a self-upgrade hands it
+/// over), on its own runtime with the configured number of worker threads;
+/// then leaves, giving requests up to 30 s.
+///
+/// With `takeover`, it first takes the sockets and state over from the old
+/// router waiting on that Unix socket, and tells it once it serves.
+/// Otherwise it serves sockets systemd passed (socket activation) where
+/// they fit, and binds the rest.
+pub fn run(config: Config, takeover: Option<PathBuf>) -> Result<Exit, StartError> {
     let workers = if config.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         config.workers
+    };
+    let mut takeover = match takeover {
+        Some(path) => Some(handover::Takeover::connect(&path)?),
+        None => None,
+    };
+    let inherited = match takeover.as_mut() {
+        Some(t) => match t.inherited() {
+            Ok(i) => i,
+            Err(e) => {
+                t.failed(&e.to_string());
+                return Err(e.into());
+            }
+        },
+        None => Inherited::from_systemd(),
     };
     let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -236,9 +431,26 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .enable_all()
             .build()
     }
-    .map_err(StartError::Runtime)?;
+    .map_err(StartError::Runtime);
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(t) = &takeover {
+                t.failed(&e.to_string());
+            }
+            return Err(e);
+        }
+    };
     runtime.block_on(async move {
-        let router = start(config).await?;
+        let router = match start_with(config, inherited).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(t) = &takeover {
+                    t.failed(&e.to_string());
+                }
+                return Err(e);
+            }
+        };
         let status = admin::status_of(router.shared());
         for l in &status.listeners {
             let scheme = match (l.kind.as_str(), l.tls) {
@@ -254,21 +466,25 @@ pub fn run(config: Config) -> Result<(), StartError> {
             router.shared().config.token_file.display(),
             status.generation
         );
-        wait_for_signal().await;
-        println!("slipway router: stopping; open requests get up to 30s to finish");
-        router.shutdown(Duration::from_secs(30)).await;
-        Ok(())
+        if let Some(t) = takeover.take() {
+            let from = t.handover.from_pid;
+            if let Err(e) = t.ready(status.generation) {
+                // The old router gave up on us (timeout) and keeps serving.
+                tracing::error!(error = %e, "the old router is gone from the handover; leaving");
+                router.leave(Duration::from_secs(1)).await;
+                return Err(StartError::Takeover(handover::TakeoverError::Protocol(e)));
+            }
+            println!("slipway router: took over from pid {from} (pid {})", std::process::id());
+        }
+        plumbing::fds::sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        let exit = router.serve(Duration::from_secs(30)).await;
+        match &exit {
+            Exit::Signal => println!("slipway router: stopped"),
+            Exit::HandedOver(u) => println!(
+                "slipway router: handed over to pid {}; finished its open connections",
+                u.new_pid
+            ),
+        }
+        Ok(exit)
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -15,15 +15,15 @@ use crate::proxy::{ConnCtx, ListenerCtx};
 use crate::shared::Shared;
 use crate::table::{Choice, How, Inputs, RequestView};
 
-/// Binds `addr` with the options a proxy wants (address reuse, a deep backlog).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds `addr` with the options a proxy wants (address reuse, a deep
+/// backlog); blocking, close-on-exec.
+pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -83,6 +83,7 @@ pub async fn accept_loop(
         name: cfg.name.clone(),
         affinity: cfg.affinity,
         tls: cfg.tls.is_some(),
+        drain_deadline_ms: cfg.drain_deadline.as_millis(),
     });
     let tls = cfg.tls.clone().map(TlsAcceptor::from);
     loop {
@@ -115,8 +116,9 @@ pub async fn accept_loop(
             ListenerKind::Tcp => {
                 let shared = shared.clone();
                 let affinity = cfg.affinity;
+                let deadline = ctx.drain_deadline_ms;
                 tokio::spawn(async move {
-                    proxy_tcp(shared, stream, peer, affinity).await;
+                    proxy_tcp(shared, stream, peer, affinity, deadline).await;
                     drop(guard);
                 });
             }
@@ -279,7 +281,13 @@ impl RequestView for TcpView {
 /// Proxies one raw TCP connection to an instance chosen by client-IP bucket
 /// (or weight), retrying the connect once on another instance. TCP has no
 /// way to carry a reason, so a refused connection is logged and counted.
-async fn proxy_tcp(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, affinity: AffinityMode) {
+async fn proxy_tcp(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    affinity: AffinityMode,
+    leave_deadline_ms: u64,
+) {
     let table = shared.table.load_full();
     let bucket = (affinity == AffinityMode::ClientIp).then(|| crate::route::ip_bucket(peer.ip()));
     let inputs = Inputs {
@@ -318,7 +326,7 @@ async fn proxy_tcp(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr,
     };
     drop(table);
     let stats = up.stats.clone();
-    let handle = shared.long_lived.register(up.clone(), false);
+    let handle = shared.long_lived.register(up.clone(), false, leave_deadline_ms);
     stats.long_lived_opened();
     stats.connection_opened();
     let (to_up, to_client) =

@@ -24,6 +24,8 @@ struct Entry {
     up: Arc<Upstream>,
     cut: watch::Sender<Option<Cut>>,
     ws: bool,
+    /// Its listener's drain deadline (ms, `u64::MAX` for unlimited).
+    leave_deadline_ms: u64,
 }
 
 /// Every open long-lived connection.
@@ -31,6 +33,8 @@ struct Entry {
 pub struct Registry {
     next: AtomicU64,
     conns: Mutex<HashMap<u64, Entry>>,
+    /// When the router started leaving (ms on its clock, at least 1), or 0.
+    leaving_since: AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -57,13 +61,20 @@ impl Drop for Handle {
 }
 
 impl Registry {
-    pub fn register(self: &Arc<Self>, up: Arc<Upstream>, ws: bool) -> Handle {
+    /// Registers a connection to `up` accepted on a listener whose drain
+    /// deadline is `leave_deadline_ms`.
+    pub fn register(self: &Arc<Self>, up: Arc<Upstream>, ws: bool, leave_deadline_ms: u64) -> Handle {
         let id = self.next.fetch_add(1, Relaxed);
         let (tx, rx) = watch::channel(None);
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Entry { up, cut: tx, ws });
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Entry {
+                up,
+                cut: tx,
+                ws,
+                leave_deadline_ms,
+            },
+        );
         Handle {
             reg: self.clone(),
             id,
@@ -86,10 +97,42 @@ impl Registry {
         (ws, c.len() - ws)
     }
 
+    /// WebSockets and TCP connections open per instance (keyed by the
+    /// upstream's address in memory).
+    pub fn counts_by_upstream(&self) -> HashMap<usize, (u64, u64)> {
+        let mut out: HashMap<usize, (u64, u64)> = HashMap::new();
+        for e in self.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let c = out.entry(Arc::as_ptr(&e.up) as usize).or_default();
+            if e.ws {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+        out
+    }
+
+    /// The router is leaving (shutting down or handing over): from now on
+    /// each connection is cut once its listener's drain deadline has passed.
+    pub fn start_leaving(&self, now_ms: u64) {
+        let _ = self
+            .leaving_since
+            .compare_exchange(0, now_ms.max(1), Relaxed, Relaxed);
+    }
+
+    pub fn leaving_since(&self) -> Option<u64> {
+        match self.leaving_since.load(Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
     /// Cuts connections whose instance has been out of the table (or down)
-    /// for longer than its release's drain deadline.
+    /// for longer than its release's drain deadline, and, once the router is
+    /// leaving, those past their listener's drain deadline.
     pub fn sweep(&self, clock: &Clock) {
         let now = clock.now_ms();
+        let leaving = self.leaving_since();
         for e in self.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
             if e.cut.borrow().is_some() {
                 continue;
@@ -98,6 +141,10 @@ impl Registry {
                 && now.saturating_sub(since) >= e.up.drain_deadline_ms()
             {
                 let _ = e.cut.send(Some(Cut::Drained));
+            } else if let Some(since) = leaving
+                && now.saturating_sub(since) >= e.leave_deadline_ms
+            {
+                let _ = e.cut.send(Some(Cut::RouterLeaving));
             }
         }
     }

@@ -25,6 +25,8 @@ pub struct ListenerCtx {
     pub name: String,
     pub affinity: AffinityMode,
     pub tls: bool,
+    /// The listener's drain deadline in ms (`u64::MAX`: unlimited).
+    pub drain_deadline_ms: u64,
 }
 
 /// One client connection.

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use wire::api::{Applied, BoundListener, DrainStatus, InstanceDrain};
+use wire::api::{Applied, BoundListener, DrainStatus, HandoverHealth, InstanceDrain};
 use wire::metrics::{Counters, InstanceMetrics, MetricsSnapshot, ReleaseMetrics};
 use wire::{Problem, Problems, RouteDiff, RouteState, RouteTable};
 
@@ -83,6 +83,12 @@ pub struct Shared {
     pub long_lived: Arc<crate::longlived::Registry>,
     /// Filled once the listeners are bound: admin address and listeners.
     pub bound: OnceLock<(String, Vec<BoundListener>)>,
+    /// Where upgrade requests go (to the loop that owns the sockets).
+    pub upgrades: OnceLock<tokio::sync::mpsc::Sender<crate::handover::UpgradeJob>>,
+    /// The process this router took its sockets over from.
+    pub took_over_from: OnceLock<u32>,
+    /// A self-upgrade is under way.
+    pub upgrading: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -102,6 +108,9 @@ impl Shared {
             token,
             long_lived: Arc::new(crate::longlived::Registry::default()),
             bound: OnceLock::new(),
+            upgrades: OnceLock::new(),
+            took_over_from: OnceLock::new(),
+            upgrading: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -338,16 +347,52 @@ impl Shared {
         }
     }
 
+    /// Health verdicts of the instances in the table, for a handover.
+    pub fn health_states(&self) -> Vec<HandoverHealth> {
+        let now = self.clock.now_ms();
+        self.registry()
+            .live
+            .values()
+            .map(|u| HandoverHealth {
+                release: u.release.to_string(),
+                instance: u.id.to_string(),
+                addr: u.addr.to_string(),
+                active_ok: u.health.active_ok(),
+                ejected_ms_left: u.health.ejected_ms_left(now),
+            })
+            .collect()
+    }
+
+    /// Takes over the health verdicts of the router this one replaces, for
+    /// instances with the same release, id and address.
+    pub fn restore_health(&self, states: &[HandoverHealth]) {
+        let now = self.clock.now_ms();
+        let reg = self.registry();
+        for h in states {
+            let key: Key = (Arc::from(h.release.as_str()), Arc::from(h.instance.as_str()));
+            if let Some(u) = reg.live.get(&key)
+                && u.addr.to_string() == h.addr
+            {
+                u.health.restore(h.active_ok, now, h.ejected_ms_left);
+            }
+        }
+    }
+
     /// Per-instance drain progress, removed-but-busy instances included.
     pub fn drain_status(&self) -> DrainStatus {
         let Everything {
             table, upstreams: ups, ..
         } = self.all_upstreams();
+        let long_lived = self.long_lived.counts_by_upstream();
         let instances = ups
             .iter()
             .map(|u| {
                 let open_requests = u.stats.open_requests();
                 let open_long_lived = u.stats.open_long_lived();
+                let (open_websockets, open_tcp) = long_lived
+                    .get(&(Arc::as_ptr(u) as usize))
+                    .copied()
+                    .unwrap_or_default();
                 InstanceDrain {
                     release: u.release.to_string(),
                     instance: u.id.to_string(),
@@ -358,6 +403,8 @@ impl Shared {
                     open_upstream_connections: u.stats.open_connections(),
                     idle_upstream_connections: u.idle_connections() as u64,
                     open_long_lived,
+                    open_websockets,
+                    open_tcp,
                     drained: u.state() != Some(RouteState::Active) && open_requests == 0 && open_long_lived == 0,
                 }
             })

@@ -65,19 +65,21 @@ pub fn load_table(state_dir: &Path) -> Result<Option<RouteTable>, StateError> {
 pub fn cookie_key(state_dir: &Path) -> Result<[u8; 32], StateError> {
     let path = state_dir.join(COOKIE_KEY_FILE);
     let text = secret_file(&path, || random_bytes::<32>().map(|b| hex(&b)))?;
+    parse_key(&text).ok_or_else(|| StateError::Io {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "expected 64 hex digits"),
+    })
+}
+
+/// A 32-byte key from 64 hex digits.
+pub fn parse_key(text: &str) -> Option<[u8; 32]> {
     let mut key = [0u8; 32];
     let ok = text.len() == 64
         && key
             .iter_mut()
             .enumerate()
             .all(|(i, k)| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map(|v| *k = v).is_ok());
-    if !ok {
-        return Err(StateError::Io {
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "expected 64 hex digits"),
-        });
-    }
-    Ok(key)
+    ok.then_some(key)
 }
 
 #[cfg(test)]

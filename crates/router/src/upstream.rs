@@ -435,6 +435,22 @@ impl Health {
         self.active_ok.load(Relaxed)
     }
 
+    /// Passive ejection still to run at `now_ms`, in ms.
+    pub fn ejected_ms_left(&self, now_ms: u64) -> u64 {
+        self.ejected_until_ms.load(Relaxed).saturating_sub(now_ms)
+    }
+
+    /// Takes over the verdicts another router process reached.
+    pub fn restore(&self, active_ok: bool, now_ms: u64, ejected_ms_left: u64) {
+        self.active_ok.store(active_ok, Relaxed);
+        self.active_streak.store(0, Relaxed);
+        if ejected_ms_left > 0 {
+            self.ejected_until_ms.store(now_ms + ejected_ms_left, Relaxed);
+            self.last_ejection_ms.store(now_ms, Relaxed);
+            self.ejection_multiplier.store(1, Relaxed);
+        }
+    }
+
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         now_ms < self.ejected_until_ms.load(Relaxed)
     }

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod ops;
 pub mod releases;
+pub mod routerctl;
 pub mod validate;
 
 /// Sets up logging to stderr; `RUST_LOG` overrides the default level.

@@ -25,11 +25,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the router (the data plane) from a router config file.
+    /// Run the router (the data plane) from a router config file, or upgrade a running one.
     Router {
+        #[command(subcommand)]
+        command: Option<RouterCommand>,
         /// Router config (TOML).
-        #[arg(long, short, env = "SLIPWAY_ROUTER_CONFIG")]
-        config: PathBuf,
+        #[arg(long, short, global = true, env = "SLIPWAY_ROUTER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Take the sockets over from the old router waiting on this Unix
+        /// socket (what a self-upgrade starts the new binary with).
+        #[arg(long, hide = true)]
+        takeover: Option<PathBuf>,
     },
     /// Check a config file (router config or route table) and print every problem in it.
     Validate {
@@ -145,6 +151,21 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum RouterCommand {
+    /// Replace the running router with a new binary without dropping a connection: the new
+    /// process takes the listening sockets over, and the old one finishes its open requests
+    /// (WebSockets until the listener's drain_deadline) and exits. Same as SIGUSR2.
+    Upgrade {
+        /// The new binary (default: the one the router runs from).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// How long the new process gets to report ready.
+        #[arg(long, default_value = "10s")]
+        timeout: wire::HumanDuration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ReleaseCommand {
     /// Add a release from a folder (copied) or a .tar.gz/.tar.zst archive (unpacked).
     Add {
@@ -211,17 +232,34 @@ fn exit_with(result: anyhow::Result<()>, what: &str) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Router { config } => {
+        Command::Router {
+            command,
+            config,
+            takeover,
+        } => {
+            let Some(config) = config else {
+                eprintln!("slipway router: --config FILE (or SLIPWAY_ROUTER_CONFIG) is required");
+                return ExitCode::from(EX_USAGE);
+            };
+            if let Some(RouterCommand::Upgrade { binary, timeout }) = command {
+                return exit_with(
+                    block_on(slipway::routerctl::upgrade(&config, binary, timeout)),
+                    "slipway router upgrade",
+                );
+            }
             slipway::init_logging("info");
             let config = match router::Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
+                    if let Some(sock) = &takeover {
+                        router::handover::report_failure(sock, &e.to_string());
+                    }
                     eprintln!("slipway router: {e}");
                     return ExitCode::from(EX_USAGE);
                 }
             };
-            match router::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
+            match router::run(config, takeover) {
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("slipway router: {e}");
                     ExitCode::from(EX_RUNTIME)

@@ -43,6 +43,15 @@ pub struct RouterStatus {
     /// Admin address (`ip:port` or `unix:/path`).
     pub admin: String,
     pub listeners: Vec<BoundListener>,
+    /// WebSocket tunnels open now.
+    #[serde(default)]
+    pub open_websockets: u64,
+    /// Raw TCP connections open now.
+    #[serde(default)]
+    pub open_tcp: u64,
+    /// Pid of the process this router took its sockets over from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over_from: Option<u32>,
 }
 
 /// Drain progress of one instance, including instances already removed from
@@ -59,6 +68,11 @@ pub struct InstanceDrain {
     pub open_upstream_connections: u64,
     pub idle_upstream_connections: u64,
     pub open_long_lived: u64,
+    /// Of the long-lived connections: WebSocket tunnels and raw TCP connections.
+    #[serde(default)]
+    pub open_websockets: u64,
+    #[serde(default)]
+    pub open_tcp: u64,
     /// Not active and nothing open any more: safe to stop.
     pub drained: bool,
 }
@@ -76,4 +90,81 @@ impl DrainStatus {
             .iter()
             .find(|i| i.release == release && i.instance == instance)
     }
+}
+
+/// `POST /v1/upgrade`: replace the router process with a new binary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// The new binary; defaults to the one this router runs from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<std::path::PathBuf>,
+    /// How long the new process gets to report ready (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<crate::HumanDuration>,
+}
+
+/// Answer to a successful upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgraded {
+    pub old_pid: u32,
+    pub new_pid: u32,
+    pub binary: String,
+    pub new_version: String,
+    pub generation: u64,
+    /// From the request to the new process reporting ready.
+    pub took_ms: u64,
+    /// Open connections the old process keeps serving until they finish
+    /// (long-lived ones until the listener's drain deadline).
+    pub old_connections: u64,
+}
+
+/// Health of one instance as the old router saw it at handover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverHealth {
+    pub release: String,
+    pub instance: String,
+    pub addr: String,
+    pub active_ok: bool,
+    /// Passive ejection still to run, in ms (0: not ejected).
+    pub ejected_ms_left: u64,
+}
+
+/// One listening socket in a handover; `fd` indexes the descriptors sent
+/// with the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverSocket {
+    pub name: String,
+    pub addr: String,
+    pub fd: usize,
+}
+
+/// What an old router hands a new one, with the listening sockets attached
+/// (SCM_RIGHTS) in the order `fd` indexes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handover {
+    /// Format of this message; 1.
+    pub format: u32,
+    pub from_pid: u32,
+    pub from_version: String,
+    /// The table in force, generation included.
+    pub table: crate::RouteTable,
+    /// The key that signs session cookies, hex.
+    pub cookie_key: String,
+    pub listeners: Vec<HandoverSocket>,
+    /// The admin API socket (`name` is "admin").
+    pub admin: Option<HandoverSocket>,
+    pub health: Vec<HandoverHealth>,
+}
+
+/// What a new router says during a handover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum TakeoverMsg {
+    /// Connected and waiting for the sockets.
+    Hello { pid: u32, version: String },
+    /// Serving on the handed-over sockets.
+    Ready { pid: u32, generation: u64 },
+    /// Cannot take over; the old process must keep serving.
+    Failed { pid: u32, error: String },
 }

@@ -114,6 +114,79 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
     }
 }
 
+/// How long a drain may last: a duration (`0` closes at once) or `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Deadline {
+    After(HumanDuration),
+    Unlimited,
+}
+
+impl Deadline {
+    /// Milliseconds, `u64::MAX` for unlimited.
+    pub fn as_millis(self) -> u64 {
+        match self {
+            Deadline::After(d) => d.as_millis(),
+            Deadline::Unlimited => u64::MAX,
+        }
+    }
+
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Deadline::After(d) => Some(d.0),
+            Deadline::Unlimited => None,
+        }
+    }
+}
+
+impl fmt::Display for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Deadline::After(d) => d.fmt(f),
+            Deadline::Unlimited => f.write_str("unlimited"),
+        }
+    }
+}
+
+impl FromStr for Deadline {
+    type Err = DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "unlimited" | "never" => Ok(Deadline::Unlimited),
+            other => other.parse().map(Deadline::After),
+        }
+    }
+}
+
+impl serde::Serialize for Deadline {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Deadline {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Deadline;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", a number of milliseconds, or \"unlimited\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Deadline, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Deadline, E> {
+                Ok(Deadline::After(HumanDuration::from_millis(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Deadline, E> {
+                u64::try_from(v)
+                    .map(|ms| Deadline::After(HumanDuration::from_millis(ms)))
+                    .map_err(|_| E::custom("a deadline cannot be negative"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +214,22 @@ mod tests {
             let e = s.parse::<HumanDuration>().unwrap_err();
             assert!(e.to_string().contains(&format!("{s:?}")));
         }
+    }
+
+    #[test]
+    fn deadlines_read_durations_zero_and_unlimited() {
+        let v: Vec<Deadline> = serde_json::from_str(r#"["30s", 0, "unlimited"]"#).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                Deadline::After(HumanDuration::from_secs(30)),
+                Deadline::After(HumanDuration::from_millis(0)),
+                Deadline::Unlimited
+            ]
+        );
+        assert_eq!(Deadline::Unlimited.as_millis(), u64::MAX);
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"["30s","0ms","unlimited"]"#);
+        assert!("soon".parse::<Deadline>().is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod router_config;
 pub mod routes;
 pub mod service;
 
-pub use duration::HumanDuration;
+pub use duration::{Deadline, HumanDuration};
 pub use problem::{Problem, Problems};
 pub use routes::{
     CohortRule, HealthCheck, HealthKind, Instance, Release, RouteDiff, RouteOp, RouteState, RouteTable,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::duration::HumanDuration;
+use crate::duration::{Deadline, HumanDuration};
 use crate::routes::HealthCheck;
 
 /// `slipway router --config FILE`. Relative paths are relative to the file's folder.
@@ -92,6 +92,19 @@ pub struct ListenerConfig {
     /// Defaults to `[affinity] mode` for HTTP and `client_ip` for TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<AffinityMode>,
+    /// When the router leaves (shutdown or self-upgrade), how long its
+    /// WebSockets and TCP connections may stay before they are closed with a
+    /// going-away signal (WebSocket close 1012): a duration, `0` for at once,
+    /// or `"unlimited"`.
+    #[serde(default = "default_listener_drain")]
+    pub drain_deadline: Deadline,
+}
+
+/// Default listener drain deadline.
+pub const LISTENER_DRAIN_DEFAULT: Deadline = Deadline::After(HumanDuration::from_secs(30));
+
+fn default_listener_drain() -> Deadline {
+    LISTENER_DRAIN_DEFAULT
 }
 
 /// PEM certificate chain and private key for a TLS listener.

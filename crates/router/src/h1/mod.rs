@@ -42,6 +42,11 @@ const DISCARD_LIMIT: u64 = 64 * 1024;
 const BRIDGE_BODY_LIMIT: u64 = 16 << 20;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// When the router leaves, how long an idle keep-alive connection is kept
+/// for a request that may already be on its way (answered with
+/// `Connection: close`) before it is closed. Closing at once would race
+/// with such a request, which the client would see as a failure.
+const LEAVE_LINGER: Duration = Duration::from_secs(2);
 
 /// What to do with the client connection after one exchange.
 enum Next {
@@ -200,6 +205,7 @@ where
 
     /// Reads until a full request head is in `buf`. `None`: close quietly.
     async fn read_head(&mut self) -> Result<Option<()>, Reply> {
+        let mut lingering = false;
         loop {
             if !self.buf.is_empty() {
                 match self.head.parse_request(&self.buf) {
@@ -229,11 +235,13 @@ where
                 }
             }
             let idle = self.buf.is_empty();
-            if idle && self.stopping() {
-                return Ok(None);
+            if idle && self.stopping() && !lingering {
+                lingering = true;
+                self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
+            } else if !lingering || !idle {
+                let limit = if idle { IDLE_TIMEOUT } else { HEADER_TIMEOUT };
+                self.sleep.as_mut().reset(tokio::time::Instant::now() + limit);
             }
-            let limit = if idle { IDLE_TIMEOUT } else { HEADER_TIMEOUT };
-            self.sleep.as_mut().reset(tokio::time::Instant::now() + limit);
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(8192);
             }
@@ -249,7 +257,10 @@ where
                     }
                     return Err(Reply::new(StatusCode::REQUEST_TIMEOUT, "head_timeout", "request head not received in time"));
                 }
-                _ = crate::listener::stopped(&mut self.stop), if idle => return Ok(None),
+                _ = crate::listener::stopped(&mut self.stop), if idle && !lingering => {
+                    lingering = true;
+                    self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
+                }
             }
         }
     }
@@ -893,7 +904,10 @@ where
         }
         self.buf.clear();
         drop(open);
-        let handle = self.shared.long_lived.register(up.clone(), ws);
+        let handle = self
+            .shared
+            .long_lived
+            .register(up.clone(), ws, self.ctx.listener.drain_deadline_ms);
         let stats = up.stats.clone();
         stats.long_lived_opened();
         let (to_up, to_client) =
