@@ -56,6 +56,17 @@ struct Args {
     /// After SIGTERM keep serving this long before closing (a slow shutdown).
     #[arg(long, env = "DEMO_SHUTDOWN_DELAY", default_value = "0ms")]
     shutdown_delay: HumanDuration,
+    /// Instead of serving, be a client: hold WebSocket sessions to this
+    /// address (a router) that reconnect at once, with their session cookie,
+    /// after a 1012 "service restart"; print every event.
+    #[arg(long, value_name = "ADDR")]
+    ws_client: Option<std::net::SocketAddr>,
+    /// With --ws-client: how many sessions.
+    #[arg(long, default_value_t = 1, requires = "ws_client")]
+    sessions: usize,
+    /// With --ws-client: how long to hold them (until Ctrl-C if absent).
+    #[arg(long = "for", value_name = "DURATION", requires = "ws_client")]
+    hold_for: Option<HumanDuration>,
 }
 
 /// Runs the demo app with these command-line arguments (the first is the program name).
@@ -90,6 +101,16 @@ pub fn main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = args.ws_client {
+        return match runtime.block_on(ws_clients(addr, args.sessions, args.hold_for.map(|d| d.0))) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("demo-app: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -113,6 +134,65 @@ fn inherited_listener() -> anyhow::Result<Option<tokio::net::TcpListener>> {
     let std_listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
     std_listener.set_nonblocking(true)?;
     Ok(Some(tokio::net::TcpListener::from_std(std_listener)?))
+}
+
+/// `--ws-client`: holds `n` reconnecting sessions and prints what happens
+/// to them. True when no session saw an error.
+async fn ws_clients(addr: std::net::SocketAddr, n: usize, hold: Option<Duration>) -> anyhow::Result<bool> {
+    use crate::ws_client::ReconnectingWs;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut logs = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..n.max(1) {
+        let s = ReconnectingWs::new(addr, Duration::from_secs(1));
+        logs.push(s.log());
+        tasks.push(tokio::spawn(s.run(stop_rx.clone())));
+    }
+    let start = std::time::Instant::now();
+    let mut seen = vec![(0usize, 0usize, 0usize, 0usize); logs.len()];
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let stamp = |t: std::time::Instant| t.duration_since(start).as_secs_f64();
+    loop {
+        let done = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => hold.is_some_and(|h| start.elapsed() >= h),
+            _ = int.recv() => true,
+        };
+        for (i, log) in logs.iter().enumerate() {
+            let l = log.lock().unwrap_or_else(|e| e.into_inner());
+            let (c, x, m, e) = &mut seen[i];
+            for (t, r) in &l.connects[*c..] {
+                let verb = if *c == 0 { "connected" } else { "reconnected" };
+                println!("{:8.3}s session {i}: {verb} to {r}", stamp(*t));
+            }
+            for (t, code, why) in &l.closes[*x..] {
+                println!("{:8.3}s session {i}: server closed with {code} ({why})", stamp(*t));
+            }
+            for (t, text) in &l.notices[*m..] {
+                println!("{:8.3}s session {i}: notice from the app: {text}", stamp(*t));
+            }
+            for (t, err) in &l.errors[*e..] {
+                println!("{:8.3}s session {i}: ERROR {err}", stamp(*t));
+            }
+            *c = l.connects.len();
+            *x = l.closes.len();
+            *m = l.notices.len();
+            *e = l.errors.len();
+        }
+        if done {
+            break;
+        }
+    }
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let errors: usize = logs.iter().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).errors.len()).sum();
+    let reconnects: usize = logs
+        .iter()
+        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).connects.len().saturating_sub(1))
+        .sum();
+    println!("{} sessions, {reconnects} reconnects, {errors} errors", logs.len());
+    Ok(errors == 0)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

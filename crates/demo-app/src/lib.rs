@@ -14,7 +14,7 @@
 //! | `/bytes?n=N` | N bytes |
 //! | `/stream?chunks=N&size=M` | N chunks of M bytes, chunked encoding |
 //! | `/headers` | the request headers, one per line |
-//! | `POST /drain` | marks the instance draining (the agent's drain hook); `/` then adds `x-draining: 1` |
+//! | `POST /drain` | marks the instance draining (the agent's drain hook): `/` then adds `x-draining: 1`, and open WebSockets get the text message "server restarting soon" |
 //!
 //! Knobs: an error rate (share of 500s; WebSocket handshakes spared), added latency, and in the binary:
 //! failing to start, ignoring SIGTERM, a slow start and a slow shutdown.
@@ -65,6 +65,14 @@ impl Config {
     }
 }
 
+/// Resolves once the instance drains (never holds the watch lock across an await).
+async fn drained(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}
+
+/// Text sent to every open WebSocket when the instance starts draining.
+pub const DRAIN_NOTICE: &str = "server restarting soon";
+
 /// Live state of a running app, shared by its connections.
 #[derive(Debug)]
 pub struct App {
@@ -72,6 +80,8 @@ pub struct App {
     release_header: HeaderValue,
     instance_header: HeaderValue,
     draining: AtomicBool,
+    /// Turns true on `POST /drain`; open WebSockets are told.
+    drain_signal: tokio::sync::watch::Sender<bool>,
     requests: AtomicU64,
     /// Error rate in millionths, changeable while running (tests).
     error_ppm: AtomicU64,
@@ -86,6 +96,7 @@ impl App {
             error_ppm: AtomicU64::new((config.error_rate.clamp(0.0, 1.0) * 1e6) as u64),
             config,
             draining: AtomicBool::new(false),
+            drain_signal: tokio::sync::watch::channel(false).0,
             requests: AtomicU64::new(0),
         })
     }
@@ -140,6 +151,7 @@ impl App {
         }
         if path == "/drain" && req.method() == Method::POST {
             self.draining.store(true, Ordering::Relaxed);
+            self.drain_signal.send_replace(true);
             return self.text(StatusCode::OK, "draining\n");
         }
         if !self.config.latency.is_zero() {
@@ -243,7 +255,23 @@ impl App {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        while let Some(Ok(msg)) = ws.next().await {
+        let mut drain = self.drain_signal.subscribe();
+        let mut told = false;
+        loop {
+            let msg = tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(m)) => m,
+                    _ => break,
+                },
+                _ = drained(&mut drain), if !told => {
+                    // What a game server does at drain start: warn its players.
+                    told = true;
+                    if ws.send(Message::text(DRAIN_NOTICE)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let reply = match msg {
                 Message::Text(t) if t.as_str() == "release?" => Message::text(self.config.release.clone()),
                 Message::Text(_) | Message::Binary(_) => msg,

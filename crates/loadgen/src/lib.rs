@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use wire::metrics::{BUCKETS, Histogram, bucket_index};
@@ -31,6 +31,11 @@ pub struct LoadConfig {
     /// A user starts a new session (drops its cookie) after this many
     /// requests; None keeps one session for the whole run.
     pub session_requests: Option<u32>,
+    /// Speak HTTP/2 (prior knowledge, h2c) instead of HTTP/1.1. A request
+    /// the server refused unprocessed (GOAWAY past it, or REFUSED_STREAM) is
+    /// retried once on a new connection, as RFC 9113 §8.7 allows; such
+    /// retries are counted in `retried`.
+    pub http2: bool,
 }
 
 impl LoadConfig {
@@ -44,6 +49,7 @@ impl LoadConfig {
             websockets: 0,
             timeout: Duration::from_secs(10),
             session_requests: None,
+            http2: false,
         }
     }
 }
@@ -61,6 +67,8 @@ struct Shared {
     ws_dropped: AtomicU64,
     ws_closed_1012: AtomicU64,
     ws_echoes: AtomicU64,
+    ws_releases: Mutex<BTreeMap<String, u64>>,
+    retried: AtomicU64,
 }
 
 /// Counts so far.
@@ -81,6 +89,10 @@ pub struct Report {
     /// WebSockets closed by the server with 1012 (service restart).
     pub ws_closed_1012: u64,
     pub ws_echoes: u64,
+    /// WebSocket connections (reconnects included) per release that answered.
+    pub ws_releases: BTreeMap<String, u64>,
+    /// HTTP/2 requests the server refused unprocessed and that were retried.
+    pub retried: u64,
     pub elapsed: Duration,
 }
 
@@ -117,6 +129,12 @@ impl Report {
             ws_dropped: self.ws_dropped - earlier.ws_dropped,
             ws_closed_1012: self.ws_closed_1012 - earlier.ws_closed_1012,
             ws_echoes: self.ws_echoes - earlier.ws_echoes,
+            ws_releases: self
+                .ws_releases
+                .iter()
+                .map(|(k, v)| (k.clone(), v - earlier.ws_releases.get(k).copied().unwrap_or(0)))
+                .collect(),
+            retried: self.retried - earlier.retried,
             elapsed: self.elapsed.saturating_sub(earlier.elapsed),
         }
     }
@@ -185,32 +203,19 @@ impl Load {
             ws_dropped: s.ws_dropped.load(Relaxed),
             ws_closed_1012: s.ws_closed_1012.load(Relaxed),
             ws_echoes: s.ws_echoes.load(Relaxed),
+            ws_releases: s.ws_releases.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            retried: s.retried.load(Relaxed),
             elapsed: self.started.elapsed(),
         }
     }
 
     /// Stops sending; waits for requests in flight.
-    pub async fn stop(self) -> Report {
+    pub async fn stop(mut self) -> Report {
         let _ = self.stop.send(true);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
-        let s = &self.shared;
-        let dense = s.latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Report {
-            sent: s.sent.load(Relaxed),
-            ok: s.ok.load(Relaxed),
-            failed: s.failed.load(Relaxed),
-            statuses: s.statuses.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            errors: s.errors.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            releases: s.releases.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            latency: Histogram::from_dense(&dense, 0),
-            ws_open: s.ws_open.load(Relaxed),
-            ws_dropped: s.ws_dropped.load(Relaxed),
-            ws_closed_1012: s.ws_closed_1012.load(Relaxed),
-            ws_echoes: s.ws_echoes.load(Relaxed),
-            elapsed: self.started.elapsed(),
-        }
+        self.report()
     }
 }
 
@@ -222,16 +227,38 @@ fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
     *m.lock().unwrap_or_else(|e| e.into_inner()).entry(k).or_insert(0) += 1;
 }
 
-async fn connect(addr: SocketAddr) -> Result<http1::SendRequest<Empty<Bytes>>, String> {
+/// A client connection of either protocol.
+enum Conn {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::H1(s) => s.is_closed(),
+            Conn::H2(s) => s.is_closed(),
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, h2: bool) -> Result<Conn, String> {
     let s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     let _ = s.set_nodelay(true);
+    if h2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        return Ok(Conn::H2(sender));
+    }
     let (sender, conn) = http1::handshake(TokioIo::new(s))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
-    Ok(sender)
+    Ok(Conn::H1(sender))
 }
 
 async fn user(
@@ -242,7 +269,7 @@ async fn user(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut conn: Option<http1::SendRequest<Empty<Bytes>>> = None;
+    let mut conn: Option<Conn> = None;
     let mut cookie: Option<String> = None;
     let mut in_session = 0u32;
     let mut due = first;
@@ -257,7 +284,17 @@ async fn user(
             cookie = None;
             in_session = 1;
         }
-        let r = tokio::time::timeout(cfg.timeout, send(&cfg, keepalive, &mut conn, &cookie)).await;
+        let r = tokio::time::timeout(cfg.timeout, async {
+            match send(&cfg, keepalive, &mut conn, &cookie).await {
+                Err(Failure::Unprocessed(_)) if cfg.http2 => {
+                    shared.retried.fetch_add(1, Relaxed);
+                    conn = None;
+                    send(&cfg, keepalive, &mut conn, &cookie).await
+                }
+                other => other,
+            }
+        })
+        .await;
         let elapsed_us = due.elapsed().as_micros() as u64;
         shared.latency.lock().unwrap_or_else(|e| e.into_inner())[bucket_index(elapsed_us)] += 1;
         match r {
@@ -278,7 +315,7 @@ async fn user(
             Ok(Err(e)) => {
                 conn = None;
                 shared.failed.fetch_add(1, Relaxed);
-                bump(&shared.errors, e);
+                bump(&shared.errors, e.to_string());
             }
             Err(_) => {
                 conn = None;
@@ -294,26 +331,87 @@ async fn user(
     }
 }
 
+/// Why a request got no usable answer.
+#[derive(Debug)]
+enum Failure {
+    /// The server said it did not process the request (HTTP/2 GOAWAY past
+    /// its stream, or REFUSED_STREAM): safe to send again.
+    Unprocessed(String),
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unprocessed(m) | Failure::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Failure {
+        Failure::Other(m)
+    }
+}
+
+/// True when an HTTP/2 error says the request was never processed.
+fn unprocessed(e: &hyper::Error) -> bool {
+    if e.is_canceled() {
+        return true;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2e.is_go_away() && h2e.is_remote());
+        }
+        src = s.source();
+    }
+    false
+}
+
+type Answer = (u16, Option<String>, Option<String>);
+
 async fn send(
     cfg: &LoadConfig,
     keepalive: bool,
-    conn: &mut Option<http1::SendRequest<Empty<Bytes>>>,
+    conn: &mut Option<Conn>,
     cookie: &Option<String>,
-) -> Result<(u16, Option<String>, Option<String>), String> {
-    let mut sender = match conn.take() {
-        Some(s) if !s.is_closed() => s,
-        _ => connect(cfg.target).await?,
+) -> Result<Answer, Failure> {
+    let c = match conn.take() {
+        Some(c) if !c.is_closed() => c,
+        _ => connect(cfg.target, cfg.http2).await?,
     };
-    sender.ready().await.map_err(|e| format!("connection: {e}"))?;
-    let mut req = http::Request::get(cfg.path.as_str()).header(http::header::HOST, cfg.target.to_string());
+    let mut req = http::Request::get(cfg.path.as_str());
+    if cfg.http2 {
+        req = req.uri(format!("http://{}{}", cfg.target, cfg.path));
+    } else {
+        req = req.header(http::header::HOST, cfg.target.to_string());
+        if !keepalive {
+            req = req.header(http::header::CONNECTION, "close");
+        }
+    }
     if let Some(c) = cookie {
         req = req.header(http::header::COOKIE, c.as_str());
     }
-    if !keepalive {
-        req = req.header(http::header::CONNECTION, "close");
-    }
     let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let (resp, c) = match c {
+        Conn::H1(mut sender) => {
+            sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+            let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            (resp, Conn::H1(sender))
+        }
+        Conn::H2(mut sender) => {
+            if let Err(e) = sender.ready().await {
+                return Err(Failure::Unprocessed(format!("connection: {e}")));
+            }
+            let resp = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(e) if unprocessed(&e) => return Err(Failure::Unprocessed(format!("request: {e}"))),
+                Err(e) => return Err(Failure::Other(format!("request: {e}"))),
+            };
+            (resp, Conn::H2(sender))
+        }
+    };
     let status = resp.status().as_u16();
     let set_cookie = resp
         .headers()
@@ -338,19 +436,34 @@ async fn send(
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
     if let Some(w) = why {
-        return Err(format!("{status} {w}: {}", String::from_utf8_lossy(&body)));
+        return Err(Failure::Other(format!("{status} {w}: {}", String::from_utf8_lossy(&body))));
     }
     if keepalive {
-        *conn = Some(sender);
+        *conn = Some(c);
     }
     Ok((status, set_cookie, release))
 }
 
 async fn websocket(target: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     use demo_app::ws_client::{WsClient, WsError};
+    let mut cookie: Option<String> = None;
     loop {
-        let mut ws = match WsClient::connect(target, &[]).await {
-            Ok(ws) => ws,
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+        let connected = match WsClient::connect(target, &headers).await {
+            Ok(mut ws) => match ws.release().await {
+                Ok(release) => Ok((ws, release)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let mut ws = match connected {
+            Ok((mut ws, release)) => {
+                if let Some(c) = ws.set_cookie.take() {
+                    cookie = Some(c);
+                }
+                bump(&shared.ws_releases, release);
+                ws
+            }
             Err(_) => {
                 shared.ws_dropped.fetch_add(1, Relaxed);
                 tokio::select! {
