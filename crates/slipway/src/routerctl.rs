@@ -9,7 +9,8 @@ use wire::api::{RouterStatus, UpgradeRequest, Upgraded};
 
 /// The admin client of the router that runs from the config at `path`.
 pub fn router_client(path: &Path) -> anyhow::Result<(router::Config, RouterStatus, ApiClient)> {
-    let config = router::Config::load(path)?;
+    let config = router::Config::load(path)
+        .map_err(|e| anyhow::anyhow!("{e}\nthe running router was not touched; fix the config first"))?;
     let status_file = config.state_dir.join(router::state::STATUS_FILE);
     let text = std::fs::read_to_string(&status_file).with_context(|| {
         format!(

@@ -7,5 +7,6 @@ mod affinity;
 mod drain_health;
 mod errors;
 mod http1;
+mod leave;
 mod protocols;
 mod swaps;
