@@ -411,3 +411,75 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_and_says_why() {
     })
     .await;
 }
+
+/// Starts `slipway router` the way systemd socket activation does: the
+/// listening socket as fd 3 with LISTEN_FDS=1 and LISTEN_PID set.
+fn start_activated(dir: &TempDir, listener: &std::net::TcpListener) -> tokio::process::Child {
+    agent::process::spawn(agent::process::Launch {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_slipway")),
+        args: vec![
+            "router".into(),
+            "--config".into(),
+            dir.join("router.toml").display().to_string(),
+        ],
+        env: Default::default(),
+        cwd: dir.path().to_path_buf(),
+        log_file: dir.join("router.log"),
+        listen_fd: Some(listener.try_clone().unwrap()),
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_socket_activation_a_crashed_router_restarts_from_its_table_and_queued_clients_are_served() {
+    let dir = TempDir::new("upgrade-activation");
+    let (v1, _s1) = demo("v1").await;
+    // The socket systemd would hold across restarts of the service.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let web = socket.local_addr().unwrap();
+    std::fs::write(
+        dir.join("router.toml"),
+        format!(
+            r#"
+state_dir = "state"
+admin = {{ listen = "127.0.0.1:0" }}
+health = {{ kind = "none" }}
+[[listener]]
+name = "web"
+kind = "http"
+addr = "{web}"
+"#
+        ),
+    )
+    .unwrap();
+    let mut first = start_activated(&dir, &socket);
+    let first_pid = first.id().unwrap();
+    let procs = RouterProcs {
+        dir: dir.path().to_path_buf(),
+        first: Command::new("true").spawn().unwrap(),
+        pids: vec![first_pid],
+    };
+    testkit::wait_for("the activated router to serve", Duration::from_secs(20), || async {
+        procs.status().filter(|s| s.pid == first_pid).map(|_| ())
+    })
+    .await;
+    assert_eq!(procs.web(), web, "it serves the socket it was given");
+    procs.put_routes(&table(&[("v1", 100, "active", v1)])).await;
+    assert_eq!(testkit::get(web, "/", &[]).await.unwrap().text(), "v1");
+
+    // Crash. The socket stays open (systemd holds it), so a client that
+    // connects now waits in the accept queue instead of being refused.
+    first.kill().await.unwrap();
+    let _ = first.wait().await;
+    let waiting = tokio::spawn(async move { testkit::get(web, "/", &[]).await.map(|r| r.text()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = start_activated(&dir, &socket);
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the queued client is answered")
+        .unwrap()
+        .expect("no error");
+    assert_eq!(answer, "v1", "the restarted router serves its saved table");
+    let _ = second.kill().await;
+    drop(procs);
+}
