@@ -1,4 +1,4 @@
-//! The agent API (loopback or unix socket, bearer token): list, start and stop instances; list releases and switch `current`.
+//! The agent API (loopback or unix socket, bearer token): list, start, notify (drain hook) and stop instances; list releases and switch `current`.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use plumbing::api::{ApiError, Authorized, HasToken, parse_json};
 use serde::{Deserialize, Serialize};
-use wire::agent::{InstanceInfo, InstanceList, ReleaseList, StartRequest, StopRequest};
+use wire::agent::{InstanceInfo, InstanceList, NotifyDrainRequest, ReleaseList, StartRequest, StopRequest};
 
 use crate::supervisor::{Agent, AgentError};
 
@@ -40,6 +40,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/instances", get(list).post(start))
         .route("/v1/instances/stop", post(stop))
+        .route("/v1/instances/notify-drain", post(notify_drain))
         .route("/v1/instances/{id}", get(one))
         .route("/v1/releases", get(releases))
         .route("/v1/releases/current", post(set_current))
@@ -96,6 +97,16 @@ async fn stop(_: Authorized, State(a): State<Arc<Agent>>, body: Bytes) -> Result
     let instances = a
         .stop(&req.ids, req.release.as_deref(), req.deadline.map(|d| d.as_millis()))
         .map_err(agent_error)?;
+    Ok(axum::Json(InstanceList { instances }))
+}
+
+async fn notify_drain(
+    _: Authorized,
+    State(a): State<Arc<Agent>>,
+    body: Bytes,
+) -> Result<axum::Json<InstanceList>, ApiError> {
+    let req: NotifyDrainRequest = parse_json(&body, "notify-drain request")?;
+    let instances = a.notify_drain(&req.ids).await.map_err(agent_error)?;
     Ok(axum::Json(InstanceList { instances }))
 }
 

@@ -331,6 +331,7 @@ impl Agent {
                 note: None,
                 last_output: Vec::new(),
                 client_versions: manifest.client_versions.clone(),
+                drain_notified: false,
             };
             let (tx, rx) = mpsc::unbounded_channel();
             self.lock().slots.insert(
@@ -367,6 +368,41 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), l);
+    }
+
+    /// Calls the drain hook of each instance that is running and was not told
+    /// yet, without stopping it: a game server can warn its players and save
+    /// their state while the router's drain deadline runs.
+    pub async fn notify_drain(&self, ids: &[String]) -> Result<Vec<InstanceInfo>, AgentError> {
+        let mut todo = Vec::new();
+        {
+            let mut inner = self.lock();
+            for id in ids {
+                let slot = inner
+                    .slots
+                    .get_mut(id)
+                    .ok_or_else(|| AgentError::NoInstance(id.clone()))?;
+                if is_live(slot.info.state) && !slot.info.drain_notified {
+                    slot.info.drain_notified = true;
+                    todo.push((id.clone(), slot.info.addr.clone()));
+                }
+            }
+        }
+        if let Some(path) = self.config.template.drain.path.clone() {
+            let calls = todo.iter().map(|(id, addr)| {
+                let path = path.clone();
+                async move {
+                    let Ok(addr) = addr.parse::<SocketAddr>() else { return };
+                    match crate::probe::notify_drain(addr, &path).await {
+                        Ok(code) => tracing::info!(instance = %id, status = code, "drain hook called at drain start"),
+                        Err(e) => tracing::warn!(instance = %id, error = %e, "drain hook failed"),
+                    }
+                }
+            });
+            futures_util::future::join_all(calls).await;
+        }
+        self.save();
+        Ok(ids.iter().filter_map(|id| self.get(id)).collect())
     }
 
     /// Drains and stops instances: by id, or every live instance of a release.
@@ -497,6 +533,7 @@ impl Agent {
                     // Delivered before the stop signal, which may make the app
                     // stop accepting connections.
                     if let (Some(path), Some(info)) = (self.config.template.drain.path.clone(), self.get(id))
+                        && !info.drain_notified
                         && let Ok(addr) = info.addr.parse::<SocketAddr>()
                     {
                         match crate::probe::notify_drain(addr, &path).await {

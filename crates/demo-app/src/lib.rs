@@ -150,7 +150,9 @@ impl App {
             return self.text(StatusCode::OK, "ok\n");
         }
         if path == "/drain" && req.method() == Method::POST {
-            self.draining.store(true, Ordering::Relaxed);
+            if !self.draining.swap(true, Ordering::Relaxed) {
+                eprintln!("demo-app {}: drain hook called; warning open WebSockets", self.config.instance);
+            }
             self.drain_signal.send_replace(true);
             return self.text(StatusCode::OK, "draining\n");
         }

@@ -297,6 +297,9 @@ pub struct InstanceInfo {
     /// Client versions its release declares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_versions: Option<String>,
+    /// Its drain hook has been called (it was told it is leaving).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain_notified: bool,
 }
 
 /// `POST /v1/instances`.
@@ -327,6 +330,15 @@ pub struct StopRequest {
     /// Overrides the configured stop deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<HumanDuration>,
+}
+
+/// `POST /v1/instances/notify-drain`: call the drain hook of these
+/// instances now, while they keep running (the router has stopped sending
+/// them new sessions; their open ones go on until a deadline).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyDrainRequest {
+    pub ids: Vec<String>,
 }
 
 /// `GET /v1/instances` and answers to start/stop.

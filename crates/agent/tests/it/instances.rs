@@ -299,3 +299,47 @@ async fn a_restarted_agent_re_adopts_running_instances_and_never_a_reused_pid() 
     let _ = decoy.kill();
     let _ = decoy.wait();
 }
+
+#[tokio::test]
+async fn notify_drain_warns_open_websockets_at_drain_start_and_the_stop_does_not_repeat_it() {
+    let h = Harness::start_with(|c| c.instance.drain.path = Some("/drain".into())).await;
+    h.add_release("game", "");
+    let i = &h.start_instances("game", 1).await[0];
+    let ready = h.wait_state(&i.id, InstanceState::Ready, Duration::from_secs(10)).await;
+    let mut player = demo_app::ws_client::WsClient::connect(addr(&ready), &[]).await.unwrap();
+    assert_eq!(player.release().await.unwrap(), "game");
+    let told: wire::agent::InstanceList = h
+        .api
+        .post(
+            "/v1/instances/notify-drain",
+            &wire::agent::NotifyDrainRequest { ids: vec![i.id.clone()] },
+        )
+        .await
+        .unwrap();
+    assert!(told.instances[0].drain_notified);
+    assert_eq!(told.instances[0].state, InstanceState::Ready, "told, not stopped");
+    // The player got the app's warning and is still connected.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while player.notices == 0 {
+        // round_trip skips notices and counts them.
+        assert_eq!(player.round_trip("still here").await.unwrap(), "still here");
+        assert!(Instant::now() < deadline, "the warning never reached the player");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unknown: Result<wire::agent::InstanceList, _> = h
+        .api
+        .post(
+            "/v1/instances/notify-drain",
+            &wire::agent::NotifyDrainRequest { ids: vec!["nope-9".into()] },
+        )
+        .await;
+    assert!(unknown.unwrap_err().to_string().contains("no instance nope-9"));
+    h.stop(StopRequest {
+        ids: vec![i.id.clone()],
+        ..Default::default()
+    })
+    .await;
+    h.wait_state(&i.id, InstanceState::Stopped, Duration::from_secs(10)).await;
+    let log = std::fs::read_to_string(agent::logs::log_path(&h.root(), &i.id)).unwrap();
+    assert_eq!(log.matches("drain hook called").count(), 1, "the hook runs once: {log}");
+}
