@@ -351,6 +351,32 @@ impl Control {
             }
         }
         let victim_set: BTreeMap<String, u64> = lock(&self.live).victims.clone();
+        // Drain start: instances that take no new sessions from now on (on
+        // their way out, or in a draining release) hear it at once through
+        // their drain hook, while the drain deadline runs.
+        let draining: BTreeSet<&str> = desired
+            .routes
+            .iter()
+            .filter(|r| r.state != RouteState::Active)
+            .map(|r| r.release.as_str())
+            .collect();
+        let leaving: Vec<String> = instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Ready && !i.drain_notified)
+            .filter(|i| victim_set.contains_key(&i.id) || draining.contains(i.release.as_str()))
+            .map(|i| i.id.clone())
+            .collect();
+        if !leaving.is_empty() {
+            let req = wire::agent::NotifyDrainRequest { ids: leaving.clone() };
+            match self
+                .agent
+                .post::<_, InstanceList>("/v1/instances/notify-drain", &req)
+                .await
+            {
+                Ok(_) => tracing::info!(instances = ?leaving, "drain started; instances told through their drain hook"),
+                Err(e) => tracing::warn!(error = %e, "cannot notify draining instances"),
+            }
+        }
         // Routes.
         let (cohorts, deadline) = {
             let c = lock(&self.cfg);
@@ -604,7 +630,11 @@ pub fn build_table(
         let mut r = Release::new(spec.release.clone(), spec.weight);
         r.state = spec.state;
         r.protocol = UpstreamProtocol::Http1;
-        r.drain_deadline = Some(drain_deadline);
+        r.drain_deadline = Some(if spec.drain_now {
+            wire::HumanDuration::from_millis(0)
+        } else {
+            drain_deadline
+        });
         r.client_versions = members.iter().find_map(|i| i.client_versions.clone());
         let mut sorted = members.clone();
         sorted.sort_by_key(|i| instance_number(&i.id));

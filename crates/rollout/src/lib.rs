@@ -113,6 +113,10 @@ pub struct Retiring {
     /// Taken out of traffic; its instances are being stopped.
     pub stopping: bool,
     pub idle_ms: u64,
+    /// Stopped because its sessions' deadline passed: their connections were
+    /// given their time already, so they are closed at once.
+    #[serde(default)]
+    pub out_of_time: bool,
 }
 
 /// Where a deploy is.
@@ -235,6 +239,8 @@ pub struct RouteSpec {
     pub groups: Vec<String>,
     pub weight: u32,
     pub state: RouteState,
+    /// Close its long-lived connections now rather than after the drain deadline.
+    pub drain_now: bool,
 }
 
 /// What the current analysis compares.
@@ -477,6 +483,7 @@ impl Service {
                     since: now,
                     stopping: true,
                     idle_ms: 0,
+                    out_of_time: false,
                 });
                 self.current = Some(prev.clone());
                 self.previous = Some(current.clone());
@@ -536,6 +543,7 @@ impl Service {
                 mode,
                 since: now,
                 idle_ms: 0,
+                out_of_time: false,
             });
             self.previous = Some(f);
         }
@@ -774,7 +782,10 @@ impl Service {
         self.retiring.retain_mut(|r| {
             if !r.stopping {
                 r.stopping = match r.mode {
-                    RetireMode::Sessions { idle_ms, deadline } => r.idle_ms >= idle_ms || now >= deadline,
+                    RetireMode::Sessions { idle_ms, deadline } => {
+                        r.out_of_time = r.idle_ms < idle_ms && now >= deadline;
+                        r.idle_ms >= idle_ms || now >= deadline
+                    }
                     RetireMode::Window { until } => now >= until,
                     RetireMode::Immediate => true,
                 };
@@ -813,6 +824,7 @@ impl Service {
                 groups: vec![to.clone()],
                 weight,
                 state,
+                drain_now: false,
             });
             if let (Some(from), Some(g)) = (&d.from, d.fresh_group())
                 && !matches!(d.phase, Phase::Aborting { .. })
@@ -871,6 +883,7 @@ impl Service {
                 groups,
                 weight,
                 state: RouteState::Active,
+                drain_now: false,
             });
         }
         for r in self.retiring.iter().rev() {
@@ -880,6 +893,7 @@ impl Service {
                     groups: vec![r.release.clone()],
                     weight: 0,
                     state: RouteState::Down,
+                    drain_now: r.out_of_time,
                 });
             } else {
                 out.groups.push(GroupSpec {
@@ -892,6 +906,7 @@ impl Service {
                     groups: vec![r.release.clone()],
                     weight: 0,
                     state: RouteState::Draining,
+                    drain_now: false,
                 });
             }
         }

@@ -512,3 +512,42 @@ fn random_worlds_and_operators_with_crash_and_replay_at_every_step() {
         );
     }
 }
+
+#[test]
+fn sessions_cut_by_the_drain_deadline_are_closed_at_once_but_quiet_ones_get_the_router_deadline() {
+    for quiet in [false, true] {
+        let (mut s, mut w, mut now) = (Service::default(), World::new(), 0);
+        deploy(&mut s, "v1", Strategy::Canary, now);
+        run(&mut s, &mut w, &mut now, 3, None);
+        deploy(&mut s, "v2", Strategy::Canary, now);
+        run(&mut s, &mut w, &mut now, 45, Some(Outcome::Pass));
+        assert_eq!(s.current.as_deref(), Some("v2"));
+        if quiet {
+            s.on(
+                &Event::Idle {
+                    release: "v1".into(),
+                    idle_ms: 11_000,
+                },
+                now,
+            )
+            .unwrap();
+        }
+        // Second by second until v1 is taken down.
+        let mut down = None;
+        for _ in 0..130 {
+            if let Some(r) = s
+                .desired()
+                .routes
+                .iter()
+                .find(|r| r.release == "v1" && r.state == RouteState::Down)
+            {
+                down = Some(r.drain_now);
+                break;
+            }
+            run(&mut s, &mut w, &mut now, 1, None);
+        }
+        // Its players were told at drain start and had the whole deadline:
+        // no second wait. Quiet releases have (almost) nobody left to cut.
+        assert_eq!(down, Some(!quiet), "quiet = {quiet}");
+    }
+}
