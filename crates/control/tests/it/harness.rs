@@ -68,9 +68,14 @@ rollback_window = "60s"
 impl Fixture {
     /// Writes slipway.toml and the releases v1..v3 (v3 fails 40% of requests).
     pub fn new(extra: &str) -> Fixture {
+        Fixture::new_with(extra, |t| t)
+    }
+
+    /// Like `new`, with the service file passed through `edit` first.
+    pub fn new_with(extra: &str, edit: impl FnOnce(String) -> String) -> Fixture {
         let dir = TempDir::new("control");
         let path = dir.join("slipway.toml");
-        std::fs::write(&path, service_toml(&dir, extra)).unwrap();
+        std::fs::write(&path, edit(service_toml(&dir, extra))).unwrap();
         let cfg = ServiceConfig::load(&path).expect("test service config is valid");
         let store = agent::releases::ReleaseStore::new(cfg.state_dir());
         for (id, manifest) in [

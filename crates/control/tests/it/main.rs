@@ -3,4 +3,5 @@
 mod harness;
 
 mod deploys;
+mod longlived;
 mod restart;
