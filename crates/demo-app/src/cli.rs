@@ -186,10 +186,19 @@ async fn ws_clients(addr: std::net::SocketAddr, n: usize, hold: Option<Duration>
     for t in tasks {
         let _ = t.await;
     }
-    let errors: usize = logs.iter().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).errors.len()).sum();
+    let errors: usize = logs
+        .iter()
+        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).errors.len())
+        .sum();
     let reconnects: usize = logs
         .iter()
-        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).connects.len().saturating_sub(1))
+        .map(|l| {
+            l.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .connects
+                .len()
+                .saturating_sub(1)
+        })
         .sum();
     println!("{} sessions, {reconnects} reconnects, {errors} errors", logs.len());
     Ok(errors == 0)

@@ -151,7 +151,10 @@ impl App {
         }
         if path == "/drain" && req.method() == Method::POST {
             if !self.draining.swap(true, Ordering::Relaxed) {
-                eprintln!("demo-app {}: drain hook called; warning open WebSockets", self.config.instance);
+                eprintln!(
+                    "demo-app {}: drain hook called; warning open WebSockets",
+                    self.config.instance
+                );
             }
             self.drain_signal.send_replace(true);
             return self.text(StatusCode::OK, "draining\n");

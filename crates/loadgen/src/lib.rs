@@ -436,7 +436,10 @@ async fn send(
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
     if let Some(w) = why {
-        return Err(Failure::Other(format!("{status} {w}: {}", String::from_utf8_lossy(&body))));
+        return Err(Failure::Other(format!(
+            "{status} {w}: {}",
+            String::from_utf8_lossy(&body)
+        )));
     }
     if keepalive {
         *conn = Some(c);

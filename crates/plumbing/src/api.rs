@@ -108,7 +108,11 @@ impl Bound {
 }
 
 /// Serves `app` on a bound socket until `stop` turns true.
-pub fn serve_bound(bound: Bound, app: axum::Router, mut stop: watch::Receiver<bool>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn serve_bound(
+    bound: Bound,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let until_stop = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
@@ -132,7 +136,11 @@ pub fn serve_bound(bound: Bound, app: axum::Router, mut stop: watch::Receiver<bo
 
 /// Binds `listen` and serves `app` until `stop` turns true. Returns the
 /// bound address (`ip:port` or `unix:/path`) and the serving task.
-pub async fn serve(listen: &Listen, app: axum::Router, stop: watch::Receiver<bool>) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    listen: &Listen,
+    app: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
     let bound = Bound::bind(listen)?;
     let addr = bound.addr()?;
     Ok((addr, serve_bound(bound, app, stop)?))

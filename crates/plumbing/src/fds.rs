@@ -65,7 +65,13 @@ pub fn send_msg<T: serde::Serialize>(sock: &UnixStream, msg: &T, fds: &[RawFd]) 
         vec![ControlMessage::ScmRights(fds)]
     };
     let sent = loop {
-        match sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(&frame)], &cmsgs, MsgFlags::empty(), None) {
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&frame)],
+            &cmsgs,
+            MsgFlags::empty(),
+            None,
+        ) {
             Ok(n) => break n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(nix_io(e).into()),

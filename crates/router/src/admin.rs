@@ -143,7 +143,9 @@ async fn upgrade(
     }
     let tx = s.upgrades.get().ok_or(UpgradeError::Unavailable).map_err(fail)?;
     let (reply, outcome) = tokio::sync::oneshot::channel();
-    tx.send((req, reply)).await.map_err(|_| fail(UpgradeError::Unavailable))?;
+    tx.send((req, reply))
+        .await
+        .map_err(|_| fail(UpgradeError::Unavailable))?;
     match outcome.await {
         Ok(Ok(done)) => Ok(axum::Json(done)),
         Ok(Err(e)) => Err(fail(e)),

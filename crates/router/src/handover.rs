@@ -270,7 +270,12 @@ fn talk(
         match listener.accept() {
             Ok((s, _)) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(source) => return Err(UpgradeError::Protocol { pid, source: source.into() }),
+            Err(source) => {
+                return Err(UpgradeError::Protocol {
+                    pid,
+                    source: source.into(),
+                });
+            }
         }
         if let Some(e) = exited(child) {
             return Err(e);
@@ -282,12 +287,20 @@ fn talk(
     };
     let proto = |source: FdError| UpgradeError::Protocol { pid, source };
     stream.set_nonblocking(false).map_err(|e| proto(e.into()))?;
-    let remaining = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let remaining = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
     let recv = |stream: &UnixStream| -> Result<TakeoverMsg, UpgradeError> {
-        stream.set_read_timeout(Some(remaining())).map_err(|e| proto(e.into()))?;
+        stream
+            .set_read_timeout(Some(remaining()))
+            .map_err(|e| proto(e.into()))?;
         match recv_msg::<TakeoverMsg>(stream) {
             Ok((m, _)) => Ok(m),
-            Err(FdError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(FdError::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
                 Err(UpgradeError::Timeout { pid, after: timeout })
             }
             Err(e) => Err(proto(e)),
@@ -302,7 +315,9 @@ fn talk(
         }
         TakeoverMsg::Failed { error, .. } => return Err(UpgradeError::Refused { pid, error }),
         TakeoverMsg::Ready { .. } => {
-            return Err(proto(FdError::Io(std::io::Error::other("ready before it got the sockets"))));
+            return Err(proto(FdError::Io(std::io::Error::other(
+                "ready before it got the sockets",
+            ))));
         }
     };
     let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();

@@ -347,8 +347,8 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<Runn
     let admin_addr = admin_bound.addr().map_err(admin_err)?;
     let admin_dup = admin_bound.try_clone().map_err(admin_err)?;
     keep.admin = Some((admin_addr.clone(), admin_dup.into_owned_fd()));
-    let admin_task = plumbing::api::serve_bound(admin_bound, admin::router(shared.clone()), stop_rx.clone())
-        .map_err(admin_err)?;
+    let admin_task =
+        plumbing::api::serve_bound(admin_bound, admin::router(shared.clone()), stop_rx.clone()).map_err(admin_err)?;
     tasks.spawn(async move {
         let _ = admin_task.await;
     });

@@ -115,9 +115,7 @@ impl Registry {
     /// The router is leaving (shutting down or handing over): from now on
     /// each connection is cut once its listener's drain deadline has passed.
     pub fn start_leaving(&self, now_ms: u64) {
-        let _ = self
-            .leaving_since
-            .compare_exchange(0, now_ms.max(1), Relaxed, Relaxed);
+        let _ = self.leaving_since.compare_exchange(0, now_ms.max(1), Relaxed, Relaxed);
     }
 
     pub fn leaving_since(&self) -> Option<u64> {

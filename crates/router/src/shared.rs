@@ -389,10 +389,8 @@ impl Shared {
             .map(|u| {
                 let open_requests = u.stats.open_requests();
                 let open_long_lived = u.stats.open_long_lived();
-                let (open_websockets, open_tcp) = long_lived
-                    .get(&(Arc::as_ptr(u) as usize))
-                    .copied()
-                    .unwrap_or_default();
+                let (open_websockets, open_tcp) =
+                    long_lived.get(&(Arc::as_ptr(u) as usize)).copied().unwrap_or_default();
                 InstanceDrain {
                     release: u.release.to_string(),
                     instance: u.id.to_string(),

@@ -136,9 +136,15 @@ http {{ access_log off;
                 )
                 .unwrap();
                 children.push(
-                    quiet(Command::new("nginx").arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir))
-                        .spawn()
-                        .expect("start nginx"),
+                    quiet(
+                        Command::new("nginx")
+                            .arg("-c")
+                            .arg(dir.join("nginx.conf"))
+                            .arg("-p")
+                            .arg(&dir),
+                    )
+                    .spawn()
+                    .expect("start nginx"),
                 );
                 (p1, p2)
             }
@@ -208,10 +214,16 @@ http {{ access_log off;
                 self.pids.push(done.new_pid);
             }
             Proxy::Nginx => {
-                let ok = quiet(Command::new("nginx").arg("-c").arg(self.dir.join("nginx.conf")).arg("-p").arg(&self.dir))
-                    .args(["-s", "reload"])
-                    .status()
-                    .expect("nginx -s reload");
+                let ok = quiet(
+                    Command::new("nginx")
+                        .arg("-c")
+                        .arg(self.dir.join("nginx.conf"))
+                        .arg("-p")
+                        .arg(&self.dir),
+                )
+                .args(["-s", "reload"])
+                .status()
+                .expect("nginx -s reload");
                 assert!(ok.success());
             }
             Proxy::Haproxy => {
@@ -231,9 +243,15 @@ http {{ access_log off;
         }
         if self.proxy == Proxy::Nginx {
             // The master stops its workers (a SIGKILL would orphan them).
-            let _ = quiet(Command::new("nginx").arg("-c").arg(self.dir.join("nginx.conf")).arg("-p").arg(&self.dir))
-                .args(["-s", "stop"])
-                .status();
+            let _ = quiet(
+                Command::new("nginx")
+                    .arg("-c")
+                    .arg(self.dir.join("nginx.conf"))
+                    .arg("-p")
+                    .arg(&self.dir),
+            )
+            .args(["-s", "stop"])
+            .status();
             for c in &mut self.children {
                 for _ in 0..200 {
                     if c.try_wait().ok().flatten().is_some() {
@@ -264,14 +282,25 @@ fn haproxy_pids(dir: &Path) -> Vec<u32> {
 /// their listeners over the stats socket (`expose-fd listeners`).
 fn haproxy(dir: &Path, old: Option<&[String]>) -> Child {
     let mut c = Command::new("haproxy");
-    c.arg("-D").arg("-f").arg(dir.join("haproxy.cfg")).arg("-p").arg(dir.join("haproxy.pid"));
+    c.arg("-D")
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        .arg("-p")
+        .arg(dir.join("haproxy.pid"));
     if let Some(old) = old {
         c.arg("-x").arg(dir.join("admin.sock")).arg("-sf").args(old);
     }
     quiet(&mut c).spawn().expect("start haproxy")
 }
 
-async fn scenario(proxy: Proxy, dir: &Path, upstreams: &[u16], reloads: usize, rate: f64, websockets: usize) -> Outcome {
+async fn scenario(
+    proxy: Proxy,
+    dir: &Path,
+    upstreams: &[u16],
+    reloads: usize,
+    rate: f64,
+    websockets: usize,
+) -> Outcome {
     let mut p = Running::start(proxy, dir, upstreams).await;
     let mut h1 = LoadConfig::new(p.h1, rate);
     h1.users = 60;
@@ -342,9 +371,14 @@ async fn main() {
     let mut apps: Vec<Child> = ports
         .iter()
         .map(|p| {
-            quiet(Command::new(&demo).env("PORT", p.to_string()).env("SLIPWAY_RELEASE", "v1").env("DEMO_THREADS", "1"))
-                .spawn()
-                .expect("start demo-app")
+            quiet(
+                Command::new(&demo)
+                    .env("PORT", p.to_string())
+                    .env("SLIPWAY_RELEASE", "v1")
+                    .env("DEMO_THREADS", "1"),
+            )
+            .spawn()
+            .expect("start demo-app")
         })
         .collect();
     for p in ports {

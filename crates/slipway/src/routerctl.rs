@@ -45,7 +45,9 @@ pub async fn upgrade(path: &Path, binary: Option<PathBuf>, timeout: wire::HumanD
     println!(
         "upgrading the router (pid {}) to {}; waiting up to {timeout} for the new process",
         status.pid,
-        binary.as_ref().map_or("the binary it runs from".to_string(), |b| b.display().to_string())
+        binary
+            .as_ref()
+            .map_or("the binary it runs from".to_string(), |b| b.display().to_string())
     );
     let req = UpgradeRequest {
         binary,

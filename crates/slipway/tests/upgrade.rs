@@ -175,7 +175,10 @@ async fn fifty_self_upgrades_under_http1_and_http2_load_fail_no_request() {
         let done = router.upgrade().await;
         assert_eq!(done.old_pid, before, "upgrade {i}");
         assert_ne!(done.new_pid, before);
-        assert_eq!(done.generation, generation, "the table (and its generation) is handed over");
+        assert_eq!(
+            done.generation, generation,
+            "the table (and its generation) is handed over"
+        );
         took.push(done.took_ms);
         let s = router.status().unwrap();
         assert_eq!(s.pid, done.new_pid);
@@ -189,18 +192,21 @@ async fn fifty_self_upgrades_under_http1_and_http2_load_fail_no_request() {
     took.sort_unstable();
     eprintln!(
         "50 upgrades: median {} ms, max {} ms; http/1.1 {} sent {} failed {:?}; http/2 {} sent {} failed {} retried {:?}",
-        took[25],
-        took[49],
-        r1.sent,
-        r1.failed,
-        r1.errors,
-        r2.sent,
-        r2.failed,
-        r2.retried,
-        r2.errors
+        took[25], took[49], r1.sent, r1.failed, r1.errors, r2.sent, r2.failed, r2.retried, r2.errors
     );
-    assert!(r1.sent > 2_500 && r2.sent > 1_200, "the load ran: {} {}", r1.sent, r2.sent);
-    assert_eq!(r1.failed, 0, "http/1.1 failures: {:?}\n{}", r1.errors, log_of(dir.path()));
+    assert!(
+        r1.sent > 2_500 && r2.sent > 1_200,
+        "the load ran: {} {}",
+        r1.sent,
+        r2.sent
+    );
+    assert_eq!(
+        r1.failed,
+        0,
+        "http/1.1 failures: {:?}\n{}",
+        r1.errors,
+        log_of(dir.path())
+    );
     assert_eq!(r2.failed, 0, "http/2 failures: {:?}\n{}", r2.errors, log_of(dir.path()));
     assert_eq!(r1.ok, r1.sent);
     assert_eq!(r2.ok, r2.sent);
@@ -221,7 +227,9 @@ async fn websockets_ride_through_route_changes_and_upgrades_and_reconnect_to_the
     let (v1, _s1) = demo("v1").await;
     let (v2, _s2) = demo("v2").await;
     let mut router = start_router(&dir, "1s").await;
-    router.put_routes(&table(&[("v1", 100, "active", v1), ("v2", 0, "active", v2)])).await;
+    router
+        .put_routes(&table(&[("v1", 100, "active", v1), ("v2", 0, "active", v2)]))
+        .await;
     let web = router.web();
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -313,7 +321,12 @@ async fn websockets_ride_through_route_changes_and_upgrades_and_reconnect_to_the
     for l in &logs {
         let l = l.lock().unwrap();
         assert!(l.errors.is_empty(), "session errors: {:?}", l.errors);
-        assert_eq!(l.closes.len(), 6, "five upgrades and one drain, nothing else: {:?}", l.closes);
+        assert_eq!(
+            l.closes.len(),
+            6,
+            "five upgrades and one drain, nothing else: {:?}",
+            l.closes
+        );
     }
 }
 
@@ -336,8 +349,18 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_and_says_why() {
         std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let cases: Vec<(Option<PathBuf>, &str, u16, &str)> = vec![
-        (Some("/nonexistent/slipway".into()), "1s", 422, "new binary /nonexistent/slipway"),
-        (Some("/bin/false".into()), "5s", 502, "exited with exit status: 1 before it was ready"),
+        (
+            Some("/nonexistent/slipway".into()),
+            "1s",
+            422,
+            "new binary /nonexistent/slipway",
+        ),
+        (
+            Some("/bin/false".into()),
+            "5s",
+            502,
+            "exited with exit status: 1 before it was ready",
+        ),
         (Some(hang.clone()), "1s", 502, "did not report ready within 1s"),
     ];
     for (binary, timeout, status, says) in cases {
@@ -358,7 +381,10 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_and_says_why() {
         serves().await;
     }
     // The hanging binary was stopped, not left behind.
-    let out = Command::new("pgrep").args(["-f", &hang.display().to_string()]).output().unwrap();
+    let out = Command::new("pgrep")
+        .args(["-f", &hang.display().to_string()])
+        .output()
+        .unwrap();
     assert!(out.stdout.is_empty(), "the timed-out process is still there");
 
     // A config the new process cannot use: the old one keeps serving and
@@ -373,7 +399,10 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_and_says_why() {
         .unwrap();
     let text = String::from_utf8_lossy(&answer).to_string();
     assert_eq!(code.as_u16(), 502, "{text}");
-    assert!(text.contains("could not take over") && text.contains("bogus_key"), "{text}");
+    assert!(
+        text.contains("could not take over") && text.contains("bogus_key"),
+        "{text}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["router", "upgrade", "--config"])
         .arg(dir.join("router.toml"))
@@ -381,7 +410,10 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_and_says_why() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0));
-    assert!(stderr.contains("bogus_key") && stderr.contains("not touched"), "{stderr}");
+    assert!(
+        stderr.contains("bogus_key") && stderr.contains("not touched"),
+        "{stderr}"
+    );
     assert_eq!(router.status().unwrap().pid, pid);
     serves().await;
     std::fs::write(dir.join("router.toml"), &good).unwrap();
@@ -393,8 +425,16 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_and_says_why() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("router upgraded: pid {pid} -> pid")), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("router upgraded: pid {pid} -> pid")),
+        "{stdout}"
+    );
     let second = router.status().unwrap().pid;
     router.pids.push(second);
     assert_ne!(second, pid);

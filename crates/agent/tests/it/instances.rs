@@ -312,7 +312,9 @@ async fn notify_drain_warns_open_websockets_at_drain_start_and_the_stop_does_not
         .api
         .post(
             "/v1/instances/notify-drain",
-            &wire::agent::NotifyDrainRequest { ids: vec![i.id.clone()] },
+            &wire::agent::NotifyDrainRequest {
+                ids: vec![i.id.clone()],
+            },
         )
         .await
         .unwrap();
@@ -330,7 +332,9 @@ async fn notify_drain_warns_open_websockets_at_drain_start_and_the_stop_does_not
         .api
         .post(
             "/v1/instances/notify-drain",
-            &wire::agent::NotifyDrainRequest { ids: vec!["nope-9".into()] },
+            &wire::agent::NotifyDrainRequest {
+                ids: vec!["nope-9".into()],
+            },
         )
         .await;
     assert!(unknown.unwrap_err().to_string().contains("no instance nope-9"));
@@ -339,7 +343,8 @@ async fn notify_drain_warns_open_websockets_at_drain_start_and_the_stop_does_not
         ..Default::default()
     })
     .await;
-    h.wait_state(&i.id, InstanceState::Stopped, Duration::from_secs(10)).await;
+    h.wait_state(&i.id, InstanceState::Stopped, Duration::from_secs(10))
+        .await;
     let log = std::fs::read_to_string(agent::logs::log_path(&h.root(), &i.id)).unwrap();
     assert_eq!(log.matches("drain hook called").count(), 1, "the hook runs once: {log}");
 }

@@ -8,6 +8,13 @@ use wire::service::{DeployInfo, Strategy};
 
 use crate::harness::Fixture;
 
+/// A player's log, its own "leave now" switch, and its task.
+type Player = (
+    Arc<Mutex<SessionLog>>,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_stay_on_v1_until_they_leave_or_the_30s_deadline_then_reconnect_to_v2() {
     let mut f = Fixture::new_with("", |t| {
@@ -28,8 +35,7 @@ async fn players_stay_on_v1_until_they_leave_or_the_30s_deadline_then_reconnect_
 
     // 200 players on v1, and web traffic whose sessions last 10 requests.
     let (stop_all, stop_rx) = tokio::sync::watch::channel(false);
-    let mut players: Vec<(Arc<Mutex<SessionLog>>, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
-        Vec::new();
+    let mut players: Vec<Player> = Vec::new();
     for _ in 0..200 {
         let s = ReconnectingWs::new(web, Duration::from_secs(1));
         let log = s.log();
@@ -63,12 +69,16 @@ async fn players_stay_on_v1_until_they_leave_or_the_30s_deadline_then_reconnect_
     let promoted_seen = Instant::now();
     assert_eq!(promoted.outcome.as_deref(), Some("promoted"), "{promoted:?}");
     // Drain start: every player hears it from the app, and stays.
-    testkit::wait_for("the drain warning to reach every player", Duration::from_secs(10), || async {
-        players
-            .iter()
-            .all(|(l, ..)| !l.lock().unwrap().notices.is_empty())
-            .then_some(())
-    })
+    testkit::wait_for(
+        "the drain warning to reach every player",
+        Duration::from_secs(10),
+        || async {
+            players
+                .iter()
+                .all(|(l, ..)| !l.lock().unwrap().notices.is_empty())
+                .then_some(())
+        },
+    )
     .await;
     let before_leaving = load.report();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -78,7 +88,11 @@ async fn players_stay_on_v1_until_they_leave_or_the_30s_deadline_then_reconnect_
     for (l, ..) in &players {
         let l = l.lock().unwrap();
         assert_eq!(l.release(), Some("v1"));
-        assert!(l.closes.is_empty(), "a player was cut before the deadline: {:?}", l.closes);
+        assert!(
+            l.closes.is_empty(),
+            "a player was cut before the deadline: {:?}",
+            l.closes
+        );
     }
     // A quarter of the players leave on their own, cleanly.
     for (_, leave, _) in players.iter().take(50) {
@@ -114,5 +128,8 @@ async fn players_stay_on_v1_until_they_leave_or_the_30s_deadline_then_reconnect_
     }
     let r = load.stop().await;
     assert_eq!(r.failed, 0, "web requests failed: {:?} {:?}", r.statuses, r.errors);
-    assert!(moved < Duration::from_secs(45), "players moved {moved:?} after promotion");
+    assert!(
+        moved < Duration::from_secs(45),
+        "players moved {moved:?} after promotion"
+    );
 }

@@ -84,7 +84,10 @@ async fn an_idle_keepalive_connection_gets_its_next_request_answered_while_the_r
         c.is_closed().then_some(())
     })
     .await;
-    tokio::time::timeout(Duration::from_secs(10), leaving).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leaving)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(tokio::net::TcpStream::connect(h.web).await.is_err());
 }
 
@@ -106,7 +109,13 @@ async fn a_listener_deadline_of_zero_cuts_websockets_at_once_when_the_router_lea
         }
         assert!(left.elapsed() < Duration::from_secs(3), "never cut");
     };
-    assert!(matches!(closed, demo_app::ws_client::WsError::Closed { code: 1012, .. }), "{closed:?}");
+    assert!(
+        matches!(closed, demo_app::ws_client::WsError::Closed { code: 1012, .. }),
+        "{closed:?}"
+    );
     assert!(left.elapsed() < Duration::from_secs(1), "took {:?}", left.elapsed());
-    tokio::time::timeout(Duration::from_secs(10), leaving).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leaving)
+        .await
+        .unwrap()
+        .unwrap();
 }
