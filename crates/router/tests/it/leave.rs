@@ -34,6 +34,11 @@ async fn websockets_stay_until_the_listener_deadline_when_the_router_leaves_then
     let drain = h.drain().await;
     let i = drain.instance("v1", "v1-0").unwrap();
     assert_eq!((i.open_websockets, i.open_tcp, i.open_long_lived), (1, 0, 1));
+    let prom = h.admin_get("/metrics").await.text();
+    assert!(
+        prom.contains("slipway_open_websockets 1\n") && prom.contains("slipway_open_tcp_connections 0\n"),
+        "{prom}"
+    );
 
     let router = h.router.take().unwrap();
     let left = Instant::now();
@@ -118,4 +123,55 @@ async fn a_listener_deadline_of_zero_cuts_websockets_at_once_when_the_router_lea
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Reads one HTTP/2 frame: (type, flags, stream, payload).
+async fn read_frame(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 9];
+    s.read_exact(&mut h).await.ok()?;
+    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((h[3], h[4], stream, payload))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_a_two_phase_goaway_when_the_router_leaves() {
+    use tokio::io::AsyncWriteExt;
+    let mut h = Harness::start("").await;
+    let mut s = tokio::net::TcpStream::connect(h.web).await.unwrap();
+    // Preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let leaving = tokio::spawn(h.router.take().unwrap().leave(Duration::from_secs(5)));
+    let mut goaways = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while goaways.len() < 2 {
+        assert!(Instant::now() < deadline, "GOAWAY frames seen: {goaways:?}");
+        let Some((kind, flags, _, payload)) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s))
+            .await
+            .unwrap()
+        else {
+            break;
+        };
+        match kind {
+            // SETTINGS: acknowledge.
+            4 if flags & 1 == 0 => s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap(),
+            // PING: answer it, which lets the second GOAWAY come.
+            6 if flags & 1 == 0 => {
+                let mut pong = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                pong.extend_from_slice(&payload);
+                s.write_all(&pong).await.unwrap();
+            }
+            7 => goaways.push(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff),
+            _ => {}
+        }
+    }
+    // First "stop opening streams, the ones on their way still count",
+    // then the real last stream id once the ping round trip proved the
+    // client has seen the first.
+    assert_eq!(goaways, vec![0x7fff_ffff, 0], "two-phase GOAWAY");
+    tokio::time::timeout(Duration::from_secs(10), leaving).await.unwrap().unwrap();
 }
