@@ -173,5 +173,8 @@ async fn http2_clients_get_a_two_phase_goaway_when_the_router_leaves() {
     // then the real last stream id once the ping round trip proved the
     // client has seen the first.
     assert_eq!(goaways, vec![0x7fff_ffff, 0], "two-phase GOAWAY");
-    tokio::time::timeout(Duration::from_secs(10), leaving).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leaving)
+        .await
+        .unwrap()
+        .unwrap();
 }
