@@ -1,0 +1,453 @@
+//! The background crawler: upgrades cold records below a target version in keyset batches, resumable, throttled, pausable.
+//!
+//! A crawl is keyed by `(kind, target)` and its state lives in the store:
+//! the cursor `(last_active, key)` of the last record it looked at is saved
+//! in the same transaction as the batch's writes, so a crawler killed at any
+//! point resumes exactly after the last committed batch, and no record is
+//! upgraded twice or skipped. Only records that existed when the crawl
+//! started (`id <= max_id`) and that no server touched since
+//! (`last_active <= started_at`) are in scope, so a crawl always ends, and
+//! records a server holds (a live lease) are left to that server.
+//!
+//! [`BatchSizer`] and [`RateLimiter`] are pure: time is passed in.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, ScanQuery};
+use crate::envelope::{Expect, Write};
+use crate::store::Store;
+use crate::{Error, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrawlStatus {
+    Running,
+    Paused,
+    Done,
+}
+
+impl CrawlStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrawlStatus::Running => "running",
+            CrawlStatus::Paused => "paused",
+            CrawlStatus::Done => "done",
+        }
+    }
+}
+
+impl std::str::FromStr for CrawlStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "running" => Ok(CrawlStatus::Running),
+            "paused" => Ok(CrawlStatus::Paused),
+            "done" => Ok(CrawlStatus::Done),
+            _ => Err(format!("unknown crawl status '{s}'")),
+        }
+    }
+}
+
+/// A crawl's persisted state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrawlState {
+    pub kind: String,
+    pub target: u32,
+    pub status: CrawlStatus,
+    pub pause_requested: bool,
+    pub started_at: i64,
+    pub max_id: i64,
+    pub cursor_active: i64,
+    pub cursor_key: String,
+    /// Records below the target when the crawl started.
+    pub total: u64,
+    pub scanned: u64,
+    pub upgraded: u64,
+    pub skipped_leased: u64,
+    pub conflicts: u64,
+    pub failed: u64,
+    pub batch_size: u32,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl CrawlState {
+    /// Records still to look at (an estimate: servers upgrade some meanwhile).
+    pub fn remaining(&self) -> u64 {
+        self.total.saturating_sub(self.scanned)
+    }
+}
+
+/// Adapts the batch size so a batch takes about `target` time.
+#[derive(Debug, Clone)]
+pub struct BatchSizer {
+    target: Duration,
+    min: usize,
+    max: usize,
+    size: usize,
+}
+
+impl BatchSizer {
+    pub fn new(target: Duration, min: usize, max: usize, start: usize) -> BatchSizer {
+        BatchSizer {
+            target,
+            min: min.max(1),
+            max: max.max(min.max(1)),
+            size: start.clamp(min.max(1), max.max(min.max(1))),
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Learns from a batch of `n` records that took `took`: moves halfway
+    /// to the size that would have hit the target, at most doubling.
+    pub fn observe(&mut self, n: usize, took: Duration) {
+        if n == 0 {
+            return;
+        }
+        let per = took.as_secs_f64().max(1e-9) / n as f64;
+        let ideal = (self.target.as_secs_f64() / per).max(1.0);
+        let next = ((self.size as f64 + ideal) / 2.0).min(self.size as f64 * 2.0);
+        self.size = (next.round() as usize).clamp(self.min, self.max);
+    }
+}
+
+/// Limits records per second; `wait` says how long to sleep before the next batch.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    per_sec: Option<f64>,
+    next: Duration,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: Option<f64>) -> RateLimiter {
+        RateLimiter {
+            per_sec: per_sec.filter(|r| *r > 0.0),
+            next: Duration::ZERO,
+        }
+    }
+
+    /// Accounts `n` records done at `now` (time since the crawler began).
+    pub fn wait(&mut self, n: usize, now: Duration) -> Duration {
+        let Some(rate) = self.per_sec else {
+            return Duration::ZERO;
+        };
+        self.next = self.next.max(now) + Duration::from_secs_f64(n as f64 / rate);
+        self.next.saturating_sub(now)
+    }
+}
+
+/// Time left at `per_sec`, if known.
+pub fn eta(remaining: u64, per_sec: f64) -> Option<Duration> {
+    (per_sec > 0.0).then(|| Duration::from_secs_f64(remaining as f64 / per_sec))
+}
+
+/// How a crawl runs.
+#[derive(Debug, Clone)]
+pub struct CrawlOptions {
+    /// Aim for batches that take this long (the lock and memory window).
+    pub batch_time: Duration,
+    pub min_batch: usize,
+    pub max_batch: usize,
+    pub first_batch: usize,
+    /// Records per second at most (`None`: as fast as the store goes).
+    pub rate: Option<f64>,
+    /// Recorded as the writer of upgraded records.
+    pub writer: String,
+    /// How often a paused crawler looks whether it may go on.
+    pub pause_poll: Duration,
+}
+
+impl Default for CrawlOptions {
+    fn default() -> Self {
+        CrawlOptions {
+            batch_time: Duration::from_millis(200),
+            min_batch: 10,
+            max_batch: 5000,
+            first_batch: 100,
+            rate: None,
+            writer: "crawler".into(),
+            pause_poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What a progress callback sees after every batch.
+#[derive(Debug, Clone)]
+pub struct Progress<'a> {
+    pub state: &'a CrawlState,
+    /// Records looked at per second by this process.
+    pub per_sec: f64,
+    pub eta: Option<Duration>,
+    pub resumed: bool,
+}
+
+/// Starts (or resumes) the crawl of `kind` to `target` and runs it until it
+/// is done or `stop` is set (then it stays resumable).
+pub fn run<B: Backend>(
+    store: &Store<B>,
+    kind: &str,
+    target: u32,
+    opts: &CrawlOptions,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress<'_>),
+) -> Result<CrawlState, Error> {
+    let ks = store.schema().kind(kind)?;
+    if target < ks.first() || target > ks.head() {
+        return Err(Error::UnknownVersion {
+            kind: kind.into(),
+            version: target,
+            first: ks.first(),
+            head: ks.head(),
+        });
+    }
+    let gate = store.gate(kind)?;
+    if ks.write_target(target, gate)? != target {
+        return Err(Error::Schema(vec![format!(
+            "cannot crawl {kind} to version {target}: the write gate is {} and a live release could not read it",
+            gate.unwrap_or(0)
+        )]));
+    }
+    let backend = store.backend();
+    let (mut state, resumed) = match backend.crawl(kind, target)? {
+        Some(s) if s.status != CrawlStatus::Done => (s, true),
+        _ => {
+            let now = store.now();
+            let max_id = backend.max_id(kind)?;
+            let s = CrawlState {
+                kind: kind.into(),
+                target,
+                status: CrawlStatus::Running,
+                pause_requested: false,
+                started_at: now,
+                max_id,
+                cursor_active: i64::MIN,
+                cursor_key: String::new(),
+                total: backend.count_below(kind, target, max_id)?,
+                scanned: 0,
+                upgraded: 0,
+                skipped_leased: 0,
+                conflicts: 0,
+                failed: 0,
+                batch_size: opts.first_batch as u32,
+                updated_at: now,
+                finished_at: None,
+            };
+            backend.put_crawl(&s)?;
+            (s, false)
+        }
+    };
+    let mut sizer = BatchSizer::new(opts.batch_time, opts.min_batch, opts.max_batch, state.batch_size as usize);
+    let mut limiter = RateLimiter::new(opts.rate);
+    let began = Instant::now();
+    let scanned_at_start = state.scanned;
+    let min_reader = ks.min_reader(target);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(state);
+        }
+        let asked = backend.crawl(kind, target)?.map(|s| s.pause_requested).unwrap_or(false);
+        if asked != (state.status == CrawlStatus::Paused) {
+            state.status = if asked { CrawlStatus::Paused } else { CrawlStatus::Running };
+            state.pause_requested = asked;
+            state.updated_at = store.now();
+            backend.write_batch(&[], Some(&state))?;
+            progress(&Progress {
+                state: &state,
+                per_sec: 0.0,
+                eta: None,
+                resumed,
+            });
+        }
+        if state.status == CrawlStatus::Paused {
+            std::thread::sleep(opts.pause_poll);
+            continue;
+        }
+        let batch_began = Instant::now();
+        let rows = backend.scan(&ScanQuery {
+            kind,
+            below: target,
+            max_id: state.max_id,
+            active_before: state.started_at,
+            after: (state.cursor_active, &state.cursor_key),
+            limit: sizer.size(),
+        })?;
+        let Some(last) = rows.last() else {
+            state.status = CrawlStatus::Done;
+            state.finished_at = Some(store.now());
+            state.updated_at = store.now();
+            backend.write_batch(&[], Some(&state))?;
+            progress(&Progress {
+                state: &state,
+                per_sec: 0.0,
+                eta: Some(Duration::ZERO),
+                resumed,
+            });
+            return Ok(state);
+        };
+        let (cursor_active, cursor_key) = (last.last_active, last.key.clone());
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        let leased = backend.leased(kind, &keys, store.now())?;
+        let mut writes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if leased.contains(&row.key) {
+                state.skipped_leased += 1;
+                continue;
+            }
+            match upgrade_row(store, row, target) {
+                Ok(payload) => writes.push(Write {
+                    kind: row.kind.clone(),
+                    key: row.key.clone(),
+                    version: target,
+                    min_reader,
+                    format: row.format,
+                    payload,
+                    writer: opts.writer.clone(),
+                    expect: Expect::Etag(row.etag),
+                    last_active: None,
+                    reader: None,
+                }),
+                Err(e) => {
+                    state.failed += 1;
+                    tracing::warn!(kind, key = %row.key, error = %e, "cannot upgrade a record; left as it is");
+                }
+            }
+        }
+        state.scanned += rows.len() as u64;
+        state.cursor_active = cursor_active;
+        state.cursor_key = cursor_key;
+        state.batch_size = sizer.size() as u32;
+        state.updated_at = store.now();
+        let results = backend.write_batch(&writes, Some(&state))?;
+        let mut conflicted = Vec::new();
+        for (w, r) in writes.iter().zip(&results) {
+            match r {
+                Some(_) => state.upgraded += 1,
+                None => conflicted.push(w.key.clone()),
+            }
+        }
+        // A server wrote these since the scan; it wrote at its own version,
+        // so only a record still below the target is tried again.
+        for key in conflicted {
+            state.conflicts += 1;
+            if retry_one(store, kind, &key, target, min_reader, &opts.writer)? {
+                state.upgraded += 1;
+            }
+        }
+        sizer.observe(rows.len(), batch_began.elapsed());
+        let per_sec = (state.scanned - scanned_at_start) as f64 / began.elapsed().as_secs_f64().max(1e-3);
+        progress(&Progress {
+            state: &state,
+            per_sec,
+            eta: eta(state.remaining(), per_sec),
+            resumed,
+        });
+        let wait = limiter.wait(rows.len(), began.elapsed());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+fn upgrade_row<B: Backend>(store: &Store<B>, row: &crate::Stored, target: u32) -> Result<Vec<u8>, Error> {
+    let view = store.view(row, target)?;
+    row.format.encode(&view.value).map_err(Error::Type)
+}
+
+fn retry_one<B: Backend>(
+    store: &Store<B>,
+    kind: &str,
+    key: &str,
+    target: u32,
+    min_reader: u32,
+    writer: &str,
+) -> Result<bool, Error> {
+    for _ in 0..5 {
+        let Some(row) = store.backend().get(kind, key)? else {
+            return Ok(false);
+        };
+        if row.version >= target {
+            return Ok(false);
+        }
+        let payload = upgrade_row(store, &row, target)?;
+        let w = Write {
+            kind: kind.into(),
+            key: key.into(),
+            version: target,
+            min_reader,
+            format: row.format,
+            payload,
+            writer: writer.into(),
+            expect: Expect::Etag(row.etag),
+            last_active: None,
+            reader: None,
+        };
+        if store.backend().write(&w)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Asks a running crawl to pause or go on (`slipway records crawl --pause`).
+pub fn request_pause<B: Backend>(backend: &B, kind: &str, target: u32, pause: bool) -> Result<(), Error> {
+    if backend.request_pause(kind, target, pause)? {
+        Ok(())
+    } else {
+        Err(Error::Schema(vec![format!("no crawl of {kind} to version {target}")]))
+    }
+}
+
+/// Milliseconds now, for callers that report crawl ages.
+pub fn age_ms(state: &CrawlState) -> i64 {
+    now_ms() - state.updated_at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_size_converges_on_the_target_time() {
+        let mut s = BatchSizer::new(Duration::from_millis(200), 10, 10_000, 100);
+        // 0.1 ms per record → 2,000 records per 200 ms.
+        for _ in 0..20 {
+            let n = s.size();
+            s.observe(n, Duration::from_micros(100) * n as u32);
+        }
+        assert!((1900..=2100).contains(&s.size()), "{}", s.size());
+        // The store slows down 10×: the size follows.
+        for _ in 0..20 {
+            let n = s.size();
+            s.observe(n, Duration::from_millis(1) * n as u32);
+        }
+        assert!((190..=210).contains(&s.size()), "{}", s.size());
+        s.observe(200, Duration::from_secs(100));
+        assert!(s.size() >= 10);
+    }
+
+    #[test]
+    fn the_rate_limiter_spaces_batches_to_the_rate() {
+        let mut r = RateLimiter::new(Some(1000.0));
+        let mut now = Duration::ZERO;
+        let mut done = 0;
+        while now < Duration::from_secs(10) {
+            done += 100;
+            now += r.wait(100, now) + Duration::from_millis(1);
+        }
+        // About 10,000 records in 10 s, not more.
+        assert!((9_000..=10_100).contains(&done), "{done}");
+        assert_eq!(RateLimiter::new(None).wait(1_000_000, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn eta_is_remaining_over_rate() {
+        assert_eq!(eta(1000, 100.0), Some(Duration::from_secs(10)));
+        assert_eq!(eta(1000, 0.0), None);
+    }
+}
