@@ -242,7 +242,12 @@ pub fn run<B: Backend>(
             (s, false)
         }
     };
-    let mut sizer = BatchSizer::new(opts.batch_time, opts.min_batch, opts.max_batch, state.batch_size as usize);
+    let mut sizer = BatchSizer::new(
+        opts.batch_time,
+        opts.min_batch,
+        opts.max_batch,
+        state.batch_size as usize,
+    );
     let mut limiter = RateLimiter::new(opts.rate);
     let began = Instant::now();
     let scanned_at_start = state.scanned;
@@ -253,10 +258,14 @@ pub fn run<B: Backend>(
         }
         let asked = backend.crawl(kind, target)?.map(|s| s.pause_requested).unwrap_or(false);
         if asked != (state.status == CrawlStatus::Paused) {
-            state.status = if asked { CrawlStatus::Paused } else { CrawlStatus::Running };
+            state.status = if asked {
+                CrawlStatus::Paused
+            } else {
+                CrawlStatus::Running
+            };
             state.pause_requested = asked;
             state.updated_at = store.now();
-            backend.write_batch(&[], Some(&state))?;
+            backend.write_batch(&[], Some(&mut state))?;
             progress(&Progress {
                 state: &state,
                 per_sec: 0.0,
@@ -281,7 +290,7 @@ pub fn run<B: Backend>(
             state.status = CrawlStatus::Done;
             state.finished_at = Some(store.now());
             state.updated_at = store.now();
-            backend.write_batch(&[], Some(&state))?;
+            backend.write_batch(&[], Some(&mut state))?;
             progress(&Progress {
                 state: &state,
                 per_sec: 0.0,
@@ -323,14 +332,13 @@ pub fn run<B: Backend>(
         state.cursor_key = cursor_key;
         state.batch_size = sizer.size() as u32;
         state.updated_at = store.now();
-        let results = backend.write_batch(&writes, Some(&state))?;
-        let mut conflicted = Vec::new();
-        for (w, r) in writes.iter().zip(&results) {
-            match r {
-                Some(_) => state.upgraded += 1,
-                None => conflicted.push(w.key.clone()),
-            }
-        }
+        let results = backend.write_batch(&writes, Some(&mut state))?;
+        let conflicted: Vec<String> = writes
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .map(|(w, _)| w.key.clone())
+            .collect();
         // A server wrote these since the scan; it wrote at its own version,
         // so only a record still below the target is tried again.
         for key in conflicted {

@@ -159,7 +159,10 @@ impl Parser {
     }
     fn cmp(&mut self) -> Result<Expr, String> {
         let left = self.sum()?;
-        if let Some(op) = self.peek_op().filter(|o| ["==", "!=", "<", "<=", ">", ">="].contains(o)) {
+        if let Some(op) = self
+            .peek_op()
+            .filter(|o| ["==", "!=", "<", "<=", ">", ">="].contains(o))
+        {
             self.pos += 1;
             let right = self.sum()?;
             return Ok(Expr::Binary(op, Box::new(left), Box::new(right)));
@@ -255,7 +258,9 @@ fn truthy(v: &Value) -> bool {
 }
 
 fn float(f: f64) -> Result<Value, String> {
-    Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("{f} is not a finite number"))
+    Number::from_f64(f)
+        .map(Value::Number)
+        .ok_or_else(|| format!("{f} is not a finite number"))
 }
 
 fn arith(op: &str, a: &Value, b: &Value) -> Result<Value, String> {
@@ -386,7 +391,10 @@ mod tests {
         assert_eq!(run("hp / 4", &r).unwrap(), json!(10));
         assert_eq!(run("-(hp - 50)", &r).unwrap(), json!(10));
         assert_eq!(run("lower(name) + '#' + str(len(bag))", &r).unwrap(), json!("ann#3"));
-        assert_eq!(run("if(hp >= 40 && !missing, 'alive', 'dead')", &r).unwrap(), json!("alive"));
+        assert_eq!(
+            run("if(hp >= 40 && !missing, 'alive', 'dead')", &r).unwrap(),
+            json!("alive")
+        );
         assert_eq!(run("missing ?? 5", &r).unwrap(), json!(5));
         assert_eq!(run("max(hp, 100)", &r).unwrap(), json!(100));
         assert_eq!(run("round(2.5) + floor(2.5)", &r).unwrap(), json!(5));

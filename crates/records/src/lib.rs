@@ -35,7 +35,12 @@ pub enum Error {
     #[error("unknown record kind '{0}'")]
     UnknownKind(String),
     #[error("{kind} has no version {version} (versions {first} to {head} are known)")]
-    UnknownVersion { kind: String, version: u32, first: u32, head: u32 },
+    UnknownVersion {
+        kind: String,
+        version: u32,
+        first: u32,
+        head: u32,
+    },
     #[error("no upgrader from {kind} version {from} to the next")]
     NoUpgrader { kind: String, from: u32 },
     #[error("no downgrader from {kind} version {from} to the one before")]
@@ -44,16 +49,32 @@ pub enum Error {
         "{kind}: the write gate is {gate} (what every live release reads), version {at} is not readable at {gate}, \
          and there is no downgrader from version {missing}; add one or wait for the old release to go"
     )]
-    NoDowngraderForGate { kind: String, gate: u32, at: u32, missing: u32 },
+    NoDowngraderForGate {
+        kind: String,
+        gate: u32,
+        at: u32,
+        missing: u32,
+    },
     #[error("{kind}: the write gate {gate} is below the oldest version {first}")]
     GateTooLow { kind: String, gate: u32, first: u32 },
     #[error("{kind} version {from} → {to}: {message}")]
-    Step { kind: String, from: u32, to: u32, message: String },
+    Step {
+        kind: String,
+        from: u32,
+        to: u32,
+        message: String,
+    },
     #[error(
         "{kind}/{key} is stored at version {stored}, which needs code that knows at least version {min_reader}; \
          this code knows version {reader}, so it refuses to read or overwrite it"
     )]
-    TooNew { kind: String, key: String, stored: u32, min_reader: u32, reader: u32 },
+    TooNew {
+        kind: String,
+        key: String,
+        stored: u32,
+        min_reader: u32,
+        reader: u32,
+    },
     #[error("{kind}/{key}: the stored payload does not decode: {message}")]
     Decode { kind: String, key: String, message: String },
     #[error("{kind}/{key} changed since it was read (etag {etag}); read it again and retry")]

@@ -155,12 +155,18 @@ impl KindSchema {
         }
         for &v in self.downs.keys() {
             if v <= self.first || v > self.head {
-                out.push(format!("{}: downgrader from version {v}, which has no version below it", self.kind));
+                out.push(format!(
+                    "{}: downgrader from version {v}, which has no version below it",
+                    self.kind
+                ));
             }
         }
         for (&v, &r) in &self.readable_by {
             if v > self.head || r < self.first {
-                out.push(format!("{}: readable_by for version {v} (reader {r}) is out of range", self.kind));
+                out.push(format!(
+                    "{}: readable_by for version {v} (reader {r}) is out of range",
+                    self.kind
+                ));
             }
         }
         out
@@ -171,7 +177,11 @@ impl KindSchema {
         if from < self.first || to < self.first || from > self.head || to > self.head {
             return Err(Error::UnknownVersion {
                 kind: self.kind.clone(),
-                version: if from < self.first || from > self.head { from } else { to },
+                version: if from < self.first || from > self.head {
+                    from
+                } else {
+                    to
+                },
                 first: self.first,
                 head: self.head,
             });
@@ -227,7 +237,7 @@ impl KindSchema {
     /// The version a writer whose code knows `at` must write, given the
     /// write gate (the highest version every live release can read): `at`
     /// itself if the gate allows it or every live reader can read it, else
-    /// the gate (reached by downgrading).
+    /// the newest older version they can read (reached by downgrading).
     pub fn write_target(&self, at: u32, gate: Option<u32>) -> Result<u32, Error> {
         match gate {
             None => Ok(at),
@@ -238,7 +248,9 @@ impl KindSchema {
                 first: self.first,
             }),
             Some(g) => {
-                for v in (g + 1..=at).rev() {
+                // Walk down to the newest version every live reader can read.
+                let mut v = at;
+                while self.min_reader(v) > g {
                     if !self.has_downgrader(v) {
                         return Err(Error::NoDowngraderForGate {
                             kind: self.kind.clone(),
@@ -247,8 +259,9 @@ impl KindSchema {
                             missing: v,
                         });
                     }
+                    v -= 1;
                 }
-                Ok(g)
+                Ok(v)
             }
         }
     }
@@ -325,15 +338,32 @@ mod tests {
         let k = player();
         assert_eq!(k.write_target(3, None).unwrap(), 3);
         assert_eq!(k.write_target(3, Some(3)).unwrap(), 3);
-        assert_eq!(k.write_target(3, Some(2)).unwrap(), 2, "3 is not readable by 2: downgrade");
-        assert_eq!(k.write_target(2, Some(1)).unwrap(), 2, "2 is readable by 1: no downgrade");
-        let err = k.write_target(3, Some(1)).unwrap_err().to_string();
-        assert!(err.contains("no downgrader from version 2"), "{err}");
+        assert_eq!(
+            k.write_target(3, Some(2)).unwrap(),
+            2,
+            "3 is not readable by 2: downgrade"
+        );
+        assert_eq!(
+            k.write_target(2, Some(1)).unwrap(),
+            2,
+            "2 is readable by 1: no downgrade"
+        );
+        assert_eq!(
+            k.write_target(3, Some(1)).unwrap(),
+            2,
+            "down to the newest version 1 can read"
+        );
+        let strict = KindSchema::new("s", 1).up(1, |_| Ok(())).up(2, |_| Ok(()));
+        let err = strict.write_target(3, Some(1)).unwrap_err().to_string();
+        assert!(err.contains("no downgrader from version 3"), "{err}");
     }
 
     #[test]
     fn gaps_in_a_chain_are_refused_with_every_problem() {
-        let k = KindSchema::new("x", 1).up(1, |_| Ok(())).up(3, |_| Ok(())).down(7, |_| Ok(()));
+        let k = KindSchema::new("x", 1)
+            .up(1, |_| Ok(()))
+            .up(3, |_| Ok(()))
+            .down(7, |_| Ok(()));
         let err = Schema::new().with(k).unwrap_err().to_string();
         assert!(err.contains("no upgrader from version 2 to 3"), "{err}");
         assert!(err.contains("downgrader from version 8"), "{err}");

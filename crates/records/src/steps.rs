@@ -26,10 +26,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::Error;
 use crate::expr::{self, Expr};
 use crate::schema::{FieldType, KindSchema, Schema, StepFn};
 use crate::values;
-use crate::Error;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,9 +104,8 @@ impl Op {
         } else if let Some(p) = &raw.remove {
             Op::Remove(p.clone())
         } else if let Some(p) = &raw.convert {
-            let ty: FieldType = serde_json::from_value(Value::String(to()?)).map_err(|_| {
-                "convert 'to' must be one of string, int, float, bool, array, object".to_string()
-            })?;
+            let ty: FieldType = serde_json::from_value(Value::String(to()?))
+                .map_err(|_| "convert 'to' must be one of string, int, float, bool, array, object".to_string())?;
             Op::Convert(p.clone(), ty)
         } else {
             let p = raw.set.clone().unwrap_or_default();
@@ -171,7 +170,11 @@ fn chain(ops: Vec<Op>) -> StepFn {
 fn compile_ops(raw: &[RawOp], at: &str, problems: &mut Vec<String>) -> Vec<Op> {
     raw.iter()
         .enumerate()
-        .filter_map(|(i, r)| Op::compile(r).map_err(|e| problems.push(format!("{at} step {}: {e}", i + 1))).ok())
+        .filter_map(|(i, r)| {
+            Op::compile(r)
+                .map_err(|e| problems.push(format!("{at} step {}: {e}", i + 1)))
+                .ok()
+        })
         .collect()
 }
 

@@ -78,7 +78,10 @@ pub struct Store<B> {
 
 impl<B> std::fmt::Debug for Store<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("writer", &self.writer).field("format", &self.format).finish()
+        f.debug_struct("Store")
+            .field("writer", &self.writer)
+            .field("format", &self.format)
+            .finish()
     }
 }
 
@@ -416,7 +419,9 @@ impl<B: Backend> Store<B> {
     /// the records of its online players; the crawler leaves them alone).
     pub fn lease(&self, kind: &str, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
         let now = self.now();
-        Ok(self.backend.lease(kind, key, holder, now + ttl.as_millis() as i64, now)?)
+        Ok(self
+            .backend
+            .lease(kind, key, holder, now + ttl.as_millis() as i64, now)?)
     }
 
     pub fn unlease(&self, kind: &str, key: &str, holder: &str) -> Result<(), Error> {

@@ -19,7 +19,8 @@ pub fn remove(root: &mut Value, path: &str) -> Option<Value> {
 }
 
 fn get_mut<'a>(root: &'a mut Value, path: &str) -> Option<&'a mut Value> {
-    path.split('.').try_fold(root, |v, part| v.as_object_mut()?.get_mut(part))
+    path.split('.')
+        .try_fold(root, |v, part| v.as_object_mut()?.get_mut(part))
 }
 
 /// Sets `path` to `value`, creating missing objects on the way; refuses to
@@ -59,14 +60,18 @@ pub fn convert(v: &Value, to: FieldType) -> Result<Value, String> {
             (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
             _ => return Err(format!("{n} is not a whole number")),
         },
-        (FieldType::Int, Value::String(s)) => {
-            Value::from(s.trim().parse::<i64>().map_err(|_| format!("'{s}' is not a whole number"))?)
-        }
+        (FieldType::Int, Value::String(s)) => Value::from(
+            s.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("'{s}' is not a whole number"))?,
+        ),
         (FieldType::Int, Value::Bool(b)) => Value::from(*b as i64),
         (FieldType::Float, Value::Number(n)) => Value::from(n.as_f64().unwrap_or(0.0)),
         (FieldType::Float, Value::String(s)) => {
             let f: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
-            serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("'{s}' is not finite"))?
+            serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .ok_or_else(|| format!("'{s}' is not finite"))?
         }
         (FieldType::Bool, Value::Bool(b)) => Value::Bool(*b),
         (FieldType::Bool, Value::Number(n)) => Value::Bool(n.as_f64() != Some(0.0)),

@@ -164,3 +164,37 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     }
     path
 }
+
+/// A fresh, empty PostgreSQL database on the throwaway server `scripts/test`
+/// starts (URL in `SLIPWAY_TEST_PG`); returns its URL. Panics with what to do
+/// when the server is not there: these tests are never skipped.
+pub fn pg_database(tag: &str) -> String {
+    let admin = std::env::var("SLIPWAY_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "SLIPWAY_TEST_PG is not set: run the suite with ./scripts/test, which starts a throwaway PostgreSQL \
+             (or set SLIPWAY_TEST_PG=postgres://user@127.0.0.1:PORT/postgres yourself)"
+        )
+    });
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "t_{}_{}_{}",
+        tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut c = postgres::Client::connect(&admin, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL at {admin}: {e}"));
+    // Concurrent CREATE DATABASE copies of the template conflict: retry.
+    let mut tries = 0;
+    while let Err(e) = c.batch_execute(&format!("CREATE DATABASE {name}")) {
+        tries += 1;
+        if tries > 50 {
+            panic!("cannot create database {name}: {e:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20 * tries));
+    }
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("SLIPWAY_TEST_PG must end in /DATABASE: {admin}"),
+    }
+}

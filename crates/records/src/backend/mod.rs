@@ -15,10 +15,21 @@ use crate::envelope::{Stored, Write};
 pub enum StorageError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] ::postgres::Error),
     #[error("{0}")]
     Other(String),
+}
+
+/// A PostgreSQL error with the server's message (its `Display` says only "db error").
+pub fn pg_message(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// Where the coldest-first scan of a crawl is.
@@ -53,8 +64,10 @@ pub trait Backend: Send + Sync {
     fn write(&self, w: &Write) -> Result<Option<i64>, StorageError> {
         Ok(self.write_batch(std::slice::from_ref(w), None)?.pop().flatten())
     }
-    /// Several writes and (optionally) a crawl's progress in one transaction.
-    fn write_batch(&self, ws: &[Write], crawl: Option<&CrawlState>) -> Result<Vec<Option<i64>>, StorageError>;
+    /// Several writes and (optionally) a crawl's progress in one
+    /// transaction; the writes that succeed are added to `crawl.upgraded`
+    /// before it is saved, so the count survives a kill exactly.
+    fn write_batch(&self, ws: &[Write], crawl: Option<&mut CrawlState>) -> Result<Vec<Option<i64>>, StorageError>;
     fn scan(&self, q: &ScanQuery<'_>) -> Result<Vec<Stored>, StorageError>;
     /// Records of a kind in id order after `after_id` (for verify and bulk reads).
     fn page(&self, kind: &str, after_id: i64, limit: usize) -> Result<Vec<Stored>, StorageError>;
@@ -91,9 +104,14 @@ pub fn open(url: &str) -> Result<AnyBackend, StorageError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(AnyBackend::Postgres(PgBackend::open(url)?))
     } else {
-        let path = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path = url
+            .strip_prefix("sqlite://")
+            .or(url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
         if path.is_empty() {
-            return Err(StorageError::Other("empty database path; use sqlite:PATH or postgres://...".into()));
+            return Err(StorageError::Other(
+                "empty database path; use sqlite:PATH or postgres://...".into(),
+            ));
         }
         Ok(AnyBackend::Sqlite(SqliteBackend::open(std::path::Path::new(path))?))
     }
@@ -112,7 +130,7 @@ impl Backend for AnyBackend {
     fn get(&self, kind: &str, key: &str) -> Result<Option<Stored>, StorageError> {
         delegate!(self, b => b.get(kind, key))
     }
-    fn write_batch(&self, ws: &[Write], crawl: Option<&CrawlState>) -> Result<Vec<Option<i64>>, StorageError> {
+    fn write_batch(&self, ws: &[Write], crawl: Option<&mut CrawlState>) -> Result<Vec<Option<i64>>, StorageError> {
         delegate!(self, b => b.write_batch(ws, crawl))
     }
     fn scan(&self, q: &ScanQuery<'_>) -> Result<Vec<Stored>, StorageError> {
@@ -168,7 +186,7 @@ pub(crate) mod sql {
     /// CAS update; `?9` = new last_active or NULL to keep, `?10` = the writer's reader version or NULL.
     pub const UPDATE: &str = "UPDATE records SET version = ?3, min_reader = ?4, format = ?5, payload = ?6, \
         etag = etag + 1, last_active = COALESCE(?9, last_active), writer = ?8 \
-        WHERE kind = ?1 AND key = ?2 AND etag = ?7 AND (?10 IS NULL OR version <= ?10 OR min_reader <= ?10) \
+        WHERE kind = ?1 AND key = ?2 AND etag = ?7 AND (CAST(?10 AS BIGINT) IS NULL OR version <= ?10 OR min_reader <= ?10) \
         RETURNING etag";
     pub const SCAN: &str = "SELECT id, kind, key, version, min_reader, format, payload, etag, last_active, writer \
         FROM records WHERE kind = ?1 AND last_active <= ?2 AND (last_active > ?3 OR (last_active = ?3 AND key > ?4)) \
@@ -177,7 +195,8 @@ pub(crate) mod sql {
         FROM records WHERE kind = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
     pub const MAX_ID: &str = "SELECT COALESCE(MAX(id), 0) FROM records WHERE kind = ?1";
     pub const COUNT_BELOW: &str = "SELECT COUNT(*) FROM records WHERE kind = ?1 AND version < ?2 AND id <= ?3";
-    pub const COUNTS: &str = "SELECT kind, version, COUNT(*) FROM records GROUP BY kind, version ORDER BY kind, version";
+    pub const COUNTS: &str =
+        "SELECT kind, version, COUNT(*) FROM records GROUP BY kind, version ORDER BY kind, version";
     pub const LEASE: &str = "INSERT INTO record_leases (kind, key, holder, expires) VALUES (?1, ?2, ?3, ?4) \
         ON CONFLICT (kind, key) DO UPDATE SET holder = excluded.holder, expires = excluded.expires \
         WHERE record_leases.holder = excluded.holder OR record_leases.expires <= ?5";

@@ -155,7 +155,7 @@ impl Backend for PgBackend {
         Ok(self.rows(sql::GET, &[&kind, &key])?.first().map(stored))
     }
 
-    fn write_batch(&self, ws: &[Write], crawl: Option<&CrawlState>) -> Result<Vec<Option<i64>>, StorageError> {
+    fn write_batch(&self, ws: &[Write], crawl: Option<&mut CrawlState>) -> Result<Vec<Option<i64>>, StorageError> {
         self.with(|c| {
             let insert = c.st(sql::INSERT)?;
             let update = c.st(sql::UPDATE)?;
@@ -169,7 +169,16 @@ impl Backend for PgBackend {
                         let at = w.last_active.unwrap_or(0);
                         let n = tx.execute(
                             &insert,
-                            &[&w.kind, &w.key, &version, &min_reader, &format, &w.payload, &at, &w.writer],
+                            &[
+                                &w.kind,
+                                &w.key,
+                                &version,
+                                &min_reader,
+                                &format,
+                                &w.payload,
+                                &at,
+                                &w.writer,
+                            ],
                         )?;
                         (n == 1).then_some(1)
                     }
@@ -195,6 +204,7 @@ impl Backend for PgBackend {
                 });
             }
             if let Some(s) = crawl {
+                s.upgraded += out.iter().filter(|r| r.is_some()).count() as u64;
                 tx.execute(
                     &progress,
                     &[
@@ -236,7 +246,11 @@ impl Backend for PgBackend {
     }
 
     fn page(&self, kind: &str, after_id: i64, limit: usize) -> Result<Vec<Stored>, StorageError> {
-        Ok(self.rows(sql::PAGE, &[&kind, &after_id, &(limit as i64)])?.iter().map(stored).collect())
+        Ok(self
+            .rows(sql::PAGE, &[&kind, &after_id, &(limit as i64)])?
+            .iter()
+            .map(stored)
+            .collect())
     }
 
     fn max_id(&self, kind: &str) -> Result<i64, StorageError> {
@@ -295,7 +309,10 @@ impl Backend for PgBackend {
     }
 
     fn crawl(&self, kind: &str, target: u32) -> Result<Option<CrawlState>, StorageError> {
-        let q = format!("SELECT {} FROM record_crawls WHERE kind = ?1 AND target = ?2", sql::CRAWL_COLS);
+        let q = format!(
+            "SELECT {} FROM record_crawls WHERE kind = ?1 AND target = ?2",
+            sql::CRAWL_COLS
+        );
         Ok(self.rows(&q, &[&kind, &(target as i64)])?.first().map(crawl_row))
     }
 

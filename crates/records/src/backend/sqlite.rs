@@ -157,14 +157,19 @@ fn write_one(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<Option<i64>, S
 
 impl Backend for SqliteBackend {
     fn get(&self, kind: &str, key: &str) -> Result<Option<Stored>, StorageError> {
-        self.with(|c| Ok(c.prepare_cached(sql::GET)?.query_row(params![kind, key], stored).optional()?))
+        self.with(|c| {
+            Ok(c.prepare_cached(sql::GET)?
+                .query_row(params![kind, key], stored)
+                .optional()?)
+        })
     }
 
-    fn write_batch(&self, ws: &[Write], crawl: Option<&CrawlState>) -> Result<Vec<Option<i64>>, StorageError> {
+    fn write_batch(&self, ws: &[Write], crawl: Option<&mut CrawlState>) -> Result<Vec<Option<i64>>, StorageError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let out = ws.iter().map(|w| write_one(&tx, w)).collect::<Result<Vec<_>, _>>()?;
             if let Some(s) = crawl {
+                s.upgraded += out.iter().filter(|r| r.is_some()).count() as u64;
                 tx.prepare_cached(sql::SAVE_PROGRESS)?.execute(params![
                     s.kind,
                     s.target as i64,
@@ -241,7 +246,11 @@ impl Backend for SqliteBackend {
     }
 
     fn lease(&self, kind: &str, key: &str, holder: &str, until: i64, now: i64) -> Result<bool, StorageError> {
-        self.with(|c| Ok(c.prepare_cached(sql::LEASE)?.execute(params![kind, key, holder, until, now])? == 1))
+        self.with(|c| {
+            Ok(c.prepare_cached(sql::LEASE)?
+                .execute(params![kind, key, holder, until, now])?
+                == 1)
+        })
     }
 
     fn unlease(&self, kind: &str, key: &str, holder: &str) -> Result<(), StorageError> {
@@ -288,8 +297,13 @@ impl Backend for SqliteBackend {
 
     fn crawl(&self, kind: &str, target: u32) -> Result<Option<CrawlState>, StorageError> {
         self.with(|c| {
-            let q = format!("SELECT {} FROM record_crawls WHERE kind = ?1 AND target = ?2", sql::CRAWL_COLS);
-            Ok(c.prepare_cached(&q)?.query_row(params![kind, target as i64], crawl_row).optional()?)
+            let q = format!(
+                "SELECT {} FROM record_crawls WHERE kind = ?1 AND target = ?2",
+                sql::CRAWL_COLS
+            );
+            Ok(c.prepare_cached(&q)?
+                .query_row(params![kind, target as i64], crawl_row)
+                .optional()?)
         })
     }
 

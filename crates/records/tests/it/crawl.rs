@@ -1,0 +1,177 @@
+//! The crawler: coldest first, leases respected, pause and resume, a stopped crawl resumes where it was.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use records::Backend;
+use records::crawl::{self, CrawlOptions, CrawlStatus};
+
+use crate::model::{Db, PlayerV1, PlayerV3, both};
+
+fn fill(db: &Db, n: usize) {
+    for i in 0..n {
+        // Older players were active longer ago: p0000 is the coldest.
+        let s = db.store("v1").with_clock(move || 1_000_000 + i as i64);
+        s.create(
+            &format!("p{i:04}"),
+            PlayerV1 {
+                name: format!("n{i}"),
+                gold: i as i64,
+                hp: 1,
+            },
+        )
+        .unwrap();
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_crawler_goes_coldest_first_and_leaves_leased_records_to_their_server() {
+    for db in both("crawl_leases") {
+        fill(&db, 300);
+        let store = db.store("crawler");
+        store
+            .lease("player", "p0007", "server-1", Duration::from_secs(60))
+            .unwrap();
+        let opts = CrawlOptions {
+            first_batch: 50,
+            min_batch: 50,
+            max_batch: 50,
+            ..CrawlOptions::default()
+        };
+        let mut cursors = Vec::new();
+        let stop = AtomicBool::new(false);
+        let state = crawl::run(&store, "player", 3, &opts, &stop, &mut |p| {
+            cursors.push(p.state.cursor_key.clone());
+        })
+        .unwrap();
+        assert_eq!(state.status, CrawlStatus::Done);
+        assert_eq!(
+            (state.total, state.scanned, state.upgraded, state.skipped_leased),
+            (300, 300, 299, 1)
+        );
+        assert_eq!(&cursors[..3], &["p0049", "p0099", "p0149"], "coldest first, in batches");
+        let p7 = store.backend().get("player", "p0007").unwrap().unwrap();
+        assert_eq!(p7.version, 1, "a leased record is its server's");
+        let p8 = store.backend().get("player", "p0008").unwrap().unwrap();
+        assert_eq!(
+            (p8.version, p8.last_active, p8.writer.as_str()),
+            (3, 1_000_008, "crawler")
+        );
+        assert_eq!(store.get::<PlayerV3>("p0008").unwrap().unwrap().value.gold, 8);
+    }
+}
+
+#[test]
+fn a_paused_crawl_stops_between_batches_and_resumes() {
+    for db in both("crawl_pause") {
+        fill(&db, 400);
+        let store = Arc::new(db.store("crawler"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let runner = {
+            let (store, seen, stop) = (store.clone(), seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let opts = CrawlOptions {
+                    first_batch: 20,
+                    max_batch: 20,
+                    rate: Some(400.0),
+                    pause_poll: Duration::from_millis(20),
+                    ..CrawlOptions::default()
+                };
+                crawl::run(&*store, "player", 2, &opts, &stop, &mut |p| {
+                    seen.lock().unwrap().push((p.state.status, p.state.scanned, p.eta));
+                })
+            })
+        };
+        wait_for("a few batches", || seen.lock().unwrap().len() >= 3);
+        crawl::request_pause(store.backend(), "player", 2, true).unwrap();
+        wait_for("the pause", || {
+            store.backend().crawl("player", 2).unwrap().unwrap().status == CrawlStatus::Paused
+        });
+        let at_pause = store.backend().crawl("player", 2).unwrap().unwrap().scanned;
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            store.backend().crawl("player", 2).unwrap().unwrap().scanned,
+            at_pause,
+            "no batch while paused"
+        );
+        assert!(at_pause < 400);
+        crawl::request_pause(store.backend(), "player", 2, false).unwrap();
+        let state = runner.join().unwrap().unwrap();
+        assert_eq!((state.status, state.upgraded), (CrawlStatus::Done, 400));
+        let seen = seen.lock().unwrap();
+        assert!(seen.iter().any(|(s, _, _)| *s == CrawlStatus::Paused));
+        assert!(
+            seen.iter().any(|(_, _, eta)| eta.is_some_and(|e| e > Duration::ZERO)),
+            "an ETA while running"
+        );
+    }
+}
+
+#[test]
+fn a_stopped_crawl_resumes_from_its_cursor_without_redoing_a_record() {
+    for db in both("crawl_resume") {
+        fill(&db, 250);
+        let store = db.store("crawler");
+        let stop = AtomicBool::new(false);
+        let opts = CrawlOptions {
+            first_batch: 30,
+            min_batch: 30,
+            max_batch: 30,
+            ..CrawlOptions::default()
+        };
+        let first = crawl::run(&store, "player", 3, &opts, &stop, &mut |p| {
+            if p.state.scanned >= 90 {
+                stop.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        assert_eq!((first.status, first.upgraded), (CrawlStatus::Running, 90));
+        let etag_before = store.backend().get("player", "p0000").unwrap().unwrap().etag;
+        stop.store(false, Ordering::Relaxed);
+        let mut resumed = false;
+        let done = crawl::run(&store, "player", 3, &opts, &stop, &mut |p| resumed |= p.resumed).unwrap();
+        assert!(resumed);
+        assert_eq!(
+            (done.status, done.upgraded, done.scanned, done.total),
+            (CrawlStatus::Done, 250, 250, 250)
+        );
+        assert_eq!(
+            store.backend().get("player", "p0000").unwrap().unwrap().etag,
+            etag_before,
+            "not redone"
+        );
+        assert_eq!(store.backend().count_below("player", 3, i64::MAX).unwrap(), 0);
+        // Records created after the crawl started are not its business.
+        let late = crawl::run(&store, "player", 3, &opts, &stop, &mut |_| {}).unwrap();
+        assert_eq!(late.total, 0);
+    }
+}
+
+#[test]
+fn a_crawl_beyond_the_write_gate_is_refused() {
+    let db = Db::sqlite();
+    fill(&db, 3);
+    let store = db.store("crawler");
+    store.set_gate("player", Some(2)).unwrap();
+    let err = crawl::run(
+        &store,
+        "player",
+        3,
+        &CrawlOptions::default(),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("the write gate is 2"), "{err}");
+}

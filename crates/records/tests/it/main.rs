@@ -1,0 +1,7 @@
+//! Integration tests of the records layer against a real SQLite file and a real PostgreSQL.
+
+mod concurrent;
+mod crawl;
+mod model;
+mod props;
+mod store;
