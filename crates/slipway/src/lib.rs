@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod ops;
+pub mod records;
 pub mod releases;
 pub mod routerctl;
 pub mod validate;

@@ -140,6 +140,22 @@ enum Command {
         #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
         config: PathBuf,
     },
+    /// Schema-versioned records: versions per kind, the background crawler, write gates, verify, the HTTP service.
+    Records {
+        #[command(subcommand)]
+        command: RecordsCommand,
+        /// The records database: sqlite:PATH or postgres://user@host:port/db.
+        #[arg(
+            long,
+            global = true,
+            env = "SLIPWAY_RECORDS_DB",
+            default_value = "sqlite:.slipway/records.db"
+        )]
+        db: String,
+        /// The upgraders: a TOML file of steps per kind and version.
+        #[arg(long, global = true, env = "SLIPWAY_RECORDS_STEPS")]
+        steps: Option<PathBuf>,
+    },
     /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
     Demo,
     /// Run the demo app (what the demo's instances are).
@@ -162,6 +178,64 @@ enum RouterCommand {
         /// How long the new process gets to report ready.
         #[arg(long, default_value = "10s")]
         timeout: wire::HumanDuration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordsCommand {
+    /// Records per kind and version, write gates and crawls.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upgrade every record of a kind below a version in the background, coldest first, with a
+    /// progress bar. Resumes an unfinished crawl; Ctrl-C stops it resumably.
+    Crawl {
+        #[arg(long)]
+        kind: String,
+        /// The target version.
+        #[arg(long)]
+        to: u32,
+        /// Records per second at most (default: as fast as the database allows).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Aim for batches that take this long (the batch size adapts).
+        #[arg(long, default_value = "200ms")]
+        batch_time: wire::HumanDuration,
+        /// Largest batch.
+        #[arg(long, default_value_t = 5000)]
+        max_batch: usize,
+    },
+    /// Ask a running crawl to pause between batches.
+    Pause {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        to: u32,
+    },
+    /// Let a paused crawl go on.
+    Resume {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        to: u32,
+    },
+    /// Check that every record decodes with every live reader version.
+    Verify {
+        /// A live reader, KIND=VERSION (repeat); default: each kind's newest version and its write gate.
+        #[arg(long = "reader", value_parser = slipway::records::parse_reader)]
+        readers: Vec<(String, u32)>,
+    },
+    /// Set the write gate of a kind: the highest version every live release reads ("none" clears it).
+    Gate { kind: String, version: String },
+    /// Serve the records API over HTTP (for apps not written in Rust).
+    Serve {
+        /// Loopback ip:port or unix:/path.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: String,
+        /// The bearer token's file (created on first start).
+        #[arg(long, default_value = ".slipway/records.token")]
+        token_file: PathBuf,
     },
 }
 
@@ -308,6 +382,49 @@ fn main() -> ExitCode {
             lines,
             root,
         } => exit_with(slipway::releases::logs(&root, &target, lines, follow), "slipway logs"),
+        Command::Records { command, db, steps } => {
+            let t = slipway::records::Target { db, steps };
+            let result = match command {
+                RecordsCommand::Status { json } => slipway::records::status(&t, json),
+                RecordsCommand::Crawl {
+                    kind,
+                    to,
+                    rate,
+                    batch_time,
+                    max_batch,
+                } => {
+                    slipway::init_logging("warn");
+                    slipway::records::crawl(
+                        &t,
+                        &slipway::records::CrawlArgs {
+                            kind,
+                            to,
+                            rate,
+                            batch_time: batch_time.0,
+                            max_batch,
+                        },
+                    )
+                }
+                RecordsCommand::Pause { kind, to } => slipway::records::pause(&t, &kind, to, true),
+                RecordsCommand::Resume { kind, to } => slipway::records::pause(&t, &kind, to, false),
+                RecordsCommand::Verify { readers } => slipway::records::verify(&t, &readers),
+                RecordsCommand::Gate { kind, version } => match version.as_str() {
+                    "none" => slipway::records::gate(&t, &kind, None),
+                    v => match v.parse() {
+                        Ok(v) => slipway::records::gate(&t, &kind, Some(v)),
+                        Err(_) => {
+                            eprintln!("slipway records gate: '{v}' is neither a version number nor 'none'");
+                            return ExitCode::from(EX_USAGE);
+                        }
+                    },
+                },
+                RecordsCommand::Serve { listen, token_file } => {
+                    slipway::init_logging("info");
+                    block_on(slipway::records::serve(&t, &listen, &token_file))
+                }
+            };
+            exit_with(result, "slipway records")
+        }
         Command::DemoApp { args } => demo_app::cli::main(std::iter::once("demo-app".into()).chain(args)),
         Command::Demo => {
             slipway::init_logging("warn");
