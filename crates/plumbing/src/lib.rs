@@ -4,3 +4,4 @@ pub mod api;
 pub mod client;
 pub mod fds;
 pub mod fs;
+pub mod sched;

@@ -11,7 +11,7 @@
 //!
 //! [`BatchSizer`] and [`RateLimiter`] are pure: time is passed in.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -161,6 +161,9 @@ pub struct CrawlOptions {
     pub writer: String,
     /// How often a paused crawler looks whether it may go on.
     pub pause_poll: Duration,
+    /// CPU priority of the crawler's threads (nice 0..19; `None` leaves it):
+    /// the servers' own requests come first.
+    pub nice: Option<i32>,
 }
 
 impl Default for CrawlOptions {
@@ -173,6 +176,7 @@ impl Default for CrawlOptions {
             rate: None,
             writer: "crawler".into(),
             pause_poll: Duration::from_millis(200),
+            nice: Some(10),
         }
     }
 }
@@ -195,7 +199,7 @@ pub fn run<B: Backend>(
     target: u32,
     opts: &CrawlOptions,
     stop: &AtomicBool,
-    progress: &mut dyn FnMut(&Progress<'_>),
+    progress: &mut (dyn FnMut(&Progress<'_>) + Send),
 ) -> Result<CrawlState, Error> {
     let ks = store.schema().kind(kind)?;
     if target < ks.first() || target > ks.head() {
@@ -251,155 +255,234 @@ pub fn run<B: Backend>(
     let mut limiter = RateLimiter::new(opts.rate);
     let began = Instant::now();
     let scanned_at_start = state.scanned;
-    let min_reader = ks.min_reader(target);
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(state);
+    let size = AtomicUsize::new(sizer.size());
+    let scope = Scope {
+        store,
+        kind,
+        target,
+        min_reader: ks.min_reader(target),
+        max_id: state.max_id,
+        started_at: state.started_at,
+        writer: &opts.writer,
+    };
+    // The next batch is scanned and upgraded on another thread while this
+    // one writes the current batch: the cursor of a batch is known before
+    // its writes, and is saved only with them.
+    std::thread::scope(|sc| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, Error>>(1);
+        let ahead = (state.cursor_active, state.cursor_key.clone());
+        let (scope_ref, size_ref) = (&scope, &size);
+        let (scope, size) = (scope_ref, size_ref);
+        let nice = opts.nice;
+        sc.spawn(move || {
+            if let Some(n) = nice {
+                let _ = plumbing::sched::lower_this_thread(n);
+            }
+            let mut cursor = ahead;
+            loop {
+                let batch = scope_ref.prepare(&cursor, size_ref.load(Ordering::Relaxed));
+                let last = match &batch {
+                    Ok(p) if p.rows > 0 => Some(p.cursor.clone()),
+                    _ => None,
+                };
+                if tx.send(batch).is_err() {
+                    return;
+                }
+                match last {
+                    Some(c) => cursor = c,
+                    None => return,
+                }
+            }
+        });
+        // The writing loop runs on its own thread too, so lowering its
+        // priority does not lower the caller's.
+        let writer = sc.spawn(move || -> Result<CrawlState, Error> {
+            let rx = rx;
+            if let Some(n) = opts.nice {
+                let _ = plumbing::sched::lower_this_thread(n);
+            }
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(state);
+                }
+                let asked = backend.crawl(kind, target)?.map(|s| s.pause_requested).unwrap_or(false);
+                if asked != (state.status == CrawlStatus::Paused) {
+                    state.status = if asked {
+                        CrawlStatus::Paused
+                    } else {
+                        CrawlStatus::Running
+                    };
+                    state.pause_requested = asked;
+                    state.updated_at = store.now();
+                    backend.write_batch(&[], Some(&mut state))?;
+                    progress(&Progress {
+                        state: &state,
+                        per_sec: 0.0,
+                        eta: None,
+                        resumed,
+                    });
+                }
+                if state.status == CrawlStatus::Paused {
+                    std::thread::sleep(opts.pause_poll);
+                    continue;
+                }
+                let batch_began = Instant::now();
+                let batch = rx
+                    .recv()
+                    .map_err(|_| Error::Type("the crawler's reader thread stopped".into()))??;
+                if batch.rows == 0 {
+                    state.status = CrawlStatus::Done;
+                    state.finished_at = Some(store.now());
+                    state.updated_at = store.now();
+                    backend.write_batch(&[], Some(&mut state))?;
+                    progress(&Progress {
+                        state: &state,
+                        per_sec: 0.0,
+                        eta: Some(Duration::ZERO),
+                        resumed,
+                    });
+                    return Ok(state);
+                }
+                state.skipped_leased += batch.skipped;
+                state.failed += batch.failed;
+                state.scanned += batch.rows as u64;
+                (state.cursor_active, state.cursor_key) = batch.cursor;
+                state.batch_size = size.load(Ordering::Relaxed) as u32;
+                state.updated_at = store.now();
+                let results = backend.write_batch(&batch.writes, Some(&mut state))?;
+                // A server wrote these since the scan; it wrote at its own
+                // version, so only a record still below the target is tried again.
+                for (w, _) in batch.writes.iter().zip(&results).filter(|(_, r)| r.is_none()) {
+                    state.conflicts += 1;
+                    if scope.retry_one(&w.key)? {
+                        state.upgraded += 1;
+                    }
+                }
+                sizer.observe(batch.rows, batch_began.elapsed());
+                size.store(sizer.size(), Ordering::Relaxed);
+                let per_sec = (state.scanned - scanned_at_start) as f64 / began.elapsed().as_secs_f64().max(1e-3);
+                progress(&Progress {
+                    state: &state,
+                    per_sec,
+                    eta: eta(state.remaining(), per_sec),
+                    resumed,
+                });
+                let wait = limiter.wait(batch.rows, began.elapsed());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+            }
+        });
+        writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Type("the crawler's writer thread panicked".into())))
+    })
+}
+
+/// A scanned and upgraded batch, ready to write.
+struct Prepared {
+    rows: usize,
+    cursor: (i64, String),
+    writes: Vec<Write>,
+    skipped: u64,
+    failed: u64,
+}
+
+/// What every batch of one crawl shares.
+struct Scope<'a, B> {
+    store: &'a Store<B>,
+    kind: &'a str,
+    target: u32,
+    min_reader: u32,
+    max_id: i64,
+    started_at: i64,
+    writer: &'a str,
+}
+
+impl<B: Backend> Scope<'_, B> {
+    fn write(&self, row: &crate::Stored, payload: Vec<u8>) -> Write {
+        Write {
+            kind: row.kind.clone(),
+            key: row.key.clone(),
+            version: self.target,
+            min_reader: self.min_reader,
+            format: row.format,
+            payload,
+            writer: self.writer.to_string(),
+            expect: Expect::Etag(row.etag),
+            last_active: None,
+            reader: None,
         }
-        let asked = backend.crawl(kind, target)?.map(|s| s.pause_requested).unwrap_or(false);
-        if asked != (state.status == CrawlStatus::Paused) {
-            state.status = if asked {
-                CrawlStatus::Paused
-            } else {
-                CrawlStatus::Running
-            };
-            state.pause_requested = asked;
-            state.updated_at = store.now();
-            backend.write_batch(&[], Some(&mut state))?;
-            progress(&Progress {
-                state: &state,
-                per_sec: 0.0,
-                eta: None,
-                resumed,
-            });
-        }
-        if state.status == CrawlStatus::Paused {
-            std::thread::sleep(opts.pause_poll);
-            continue;
-        }
-        let batch_began = Instant::now();
+    }
+
+    /// Scans the next batch after `cursor`, leaves leased records, upgrades the rest.
+    fn prepare(&self, cursor: &(i64, String), limit: usize) -> Result<Prepared, Error> {
+        let backend = self.store.backend();
         let rows = backend.scan(&ScanQuery {
-            kind,
-            below: target,
-            max_id: state.max_id,
-            active_before: state.started_at,
-            after: (state.cursor_active, &state.cursor_key),
-            limit: sizer.size(),
+            kind: self.kind,
+            below: self.target,
+            max_id: self.max_id,
+            active_before: self.started_at,
+            after: (cursor.0, &cursor.1),
+            limit,
         })?;
         let Some(last) = rows.last() else {
-            state.status = CrawlStatus::Done;
-            state.finished_at = Some(store.now());
-            state.updated_at = store.now();
-            backend.write_batch(&[], Some(&mut state))?;
-            progress(&Progress {
-                state: &state,
-                per_sec: 0.0,
-                eta: Some(Duration::ZERO),
-                resumed,
+            return Ok(Prepared {
+                rows: 0,
+                cursor: cursor.clone(),
+                writes: Vec::new(),
+                skipped: 0,
+                failed: 0,
             });
-            return Ok(state);
         };
-        let (cursor_active, cursor_key) = (last.last_active, last.key.clone());
+        let cursor = (last.last_active, last.key.clone());
         let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
-        let leased = backend.leased(kind, &keys, store.now())?;
+        let leased = backend.leased(self.kind, &keys, self.store.now())?;
+        let (mut skipped, mut failed) = (0, 0);
         let mut writes = Vec::with_capacity(rows.len());
         for row in &rows {
             if leased.contains(&row.key) {
-                state.skipped_leased += 1;
+                skipped += 1;
                 continue;
             }
-            match upgrade_row(store, row, target) {
-                Ok(payload) => writes.push(Write {
-                    kind: row.kind.clone(),
-                    key: row.key.clone(),
-                    version: target,
-                    min_reader,
-                    format: row.format,
-                    payload,
-                    writer: opts.writer.clone(),
-                    expect: Expect::Etag(row.etag),
-                    last_active: None,
-                    reader: None,
-                }),
+            match upgrade_row(self.store, row, self.target) {
+                Ok(payload) => writes.push(self.write(row, payload)),
                 Err(e) => {
-                    state.failed += 1;
-                    tracing::warn!(kind, key = %row.key, error = %e, "cannot upgrade a record; left as it is");
+                    failed += 1;
+                    tracing::warn!(kind = self.kind, key = %row.key, error = %e, "cannot upgrade a record; left as it is");
                 }
             }
         }
-        state.scanned += rows.len() as u64;
-        state.cursor_active = cursor_active;
-        state.cursor_key = cursor_key;
-        state.batch_size = sizer.size() as u32;
-        state.updated_at = store.now();
-        let results = backend.write_batch(&writes, Some(&mut state))?;
-        let conflicted: Vec<String> = writes
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_none())
-            .map(|(w, _)| w.key.clone())
-            .collect();
-        // A server wrote these since the scan; it wrote at its own version,
-        // so only a record still below the target is tried again.
-        for key in conflicted {
-            state.conflicts += 1;
-            if retry_one(store, kind, &key, target, min_reader, &opts.writer)? {
-                state.upgraded += 1;
+        Ok(Prepared {
+            rows: rows.len(),
+            cursor,
+            writes,
+            skipped,
+            failed,
+        })
+    }
+
+    /// One record again after a conflict, if it is still below the target.
+    fn retry_one(&self, key: &str) -> Result<bool, Error> {
+        for _ in 0..5 {
+            let Some(row) = self.store.backend().get(self.kind, key)? else {
+                return Ok(false);
+            };
+            if row.version >= self.target {
+                return Ok(false);
+            }
+            let w = self.write(&row, upgrade_row(self.store, &row, self.target)?);
+            if self.store.backend().write(&w)?.is_some() {
+                return Ok(true);
             }
         }
-        sizer.observe(rows.len(), batch_began.elapsed());
-        let per_sec = (state.scanned - scanned_at_start) as f64 / began.elapsed().as_secs_f64().max(1e-3);
-        progress(&Progress {
-            state: &state,
-            per_sec,
-            eta: eta(state.remaining(), per_sec),
-            resumed,
-        });
-        let wait = limiter.wait(rows.len(), began.elapsed());
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
+        Ok(false)
     }
 }
 
 fn upgrade_row<B: Backend>(store: &Store<B>, row: &crate::Stored, target: u32) -> Result<Vec<u8>, Error> {
     let view = store.view(row, target)?;
     row.format.encode(&view.value).map_err(Error::Type)
-}
-
-fn retry_one<B: Backend>(
-    store: &Store<B>,
-    kind: &str,
-    key: &str,
-    target: u32,
-    min_reader: u32,
-    writer: &str,
-) -> Result<bool, Error> {
-    for _ in 0..5 {
-        let Some(row) = store.backend().get(kind, key)? else {
-            return Ok(false);
-        };
-        if row.version >= target {
-            return Ok(false);
-        }
-        let payload = upgrade_row(store, &row, target)?;
-        let w = Write {
-            kind: kind.into(),
-            key: key.into(),
-            version: target,
-            min_reader,
-            format: row.format,
-            payload,
-            writer: writer.into(),
-            expect: Expect::Etag(row.etag),
-            last_active: None,
-            reader: None,
-        };
-        if store.backend().write(&w)?.is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Asks a running crawl to pause or go on (`slipway records crawl --pause`).

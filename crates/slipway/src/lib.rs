@@ -1,6 +1,7 @@
 //! The `slipway` command's library side: what each subcommand does, so `main.rs` only parses and dispatches.
 
 pub mod demo;
+pub mod migrate;
 pub mod ops;
 pub mod records;
 pub mod releases;

@@ -156,6 +156,25 @@ enum Command {
         #[arg(long, global = true, env = "SLIPWAY_RECORDS_STEPS")]
         steps: Option<PathBuf>,
     },
+    /// SQL schema changes in expand/backfill/contract steps, with a ledger, lock timeouts and a lock plan.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+        /// The database: sqlite:PATH or postgres://user@host:port/db.
+        #[arg(
+            long,
+            global = true,
+            env = "SLIPWAY_MIGRATE_DB",
+            default_value = "sqlite:.slipway/app.db"
+        )]
+        db: String,
+        /// Folder of migration files (*.toml, run in name order).
+        #[arg(long, global = true, default_value = "migrations")]
+        dir: PathBuf,
+        /// Root whose running releases' slipway.release.toml `[database] uses` gate contract steps.
+        #[arg(long, global = true, env = "SLIPWAY_ROOT", default_value = ".slipway")]
+        root: PathBuf,
+    },
     /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
     Demo,
     /// Run the demo app (what the demo's instances are).
@@ -178,6 +197,27 @@ enum RouterCommand {
         /// How long the new process gets to report ready.
         #[arg(long, default_value = "10s")]
         timeout: wire::HumanDuration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateCommand {
+    /// Every step with what each statement locks, its status, and which live release blocks it.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the pending steps of a phase: expand (before a new release starts), backfill, contract
+    /// (after the old release is gone), or all.
+    Run {
+        #[arg(long, value_parser = ["expand", "backfill", "contract", "all"])]
+        phase: String,
+        /// Each DDL statement waits at most this long for its lock, then retries.
+        #[arg(long, default_value = "500ms")]
+        lock_timeout: wire::HumanDuration,
+        /// Tries per statement before giving up.
+        #[arg(long, default_value_t = 20)]
+        tries: u32,
     },
 }
 
@@ -382,6 +422,26 @@ fn main() -> ExitCode {
             lines,
             root,
         } => exit_with(slipway::releases::logs(&root, &target, lines, follow), "slipway logs"),
+        Command::Migrate { command, db, dir, root } => {
+            let result = match command {
+                MigrateCommand::Plan { json } => slipway::migrate::plan(&db, &dir, &root, json),
+                MigrateCommand::Run {
+                    phase,
+                    lock_timeout,
+                    tries,
+                } => {
+                    use records::migrate::Phase;
+                    let phases = match phase.as_str() {
+                        "expand" => vec![Phase::Expand],
+                        "backfill" => vec![Phase::Expand, Phase::Backfill],
+                        "contract" => vec![Phase::Contract],
+                        _ => vec![Phase::Expand, Phase::Backfill, Phase::Contract],
+                    };
+                    slipway::migrate::run(&db, &dir, &root, &phases, lock_timeout.0, tries)
+                }
+            };
+            exit_with(result, "slipway migrate")
+        }
         Command::Records { command, db, steps } => {
             let t = slipway::records::Target { db, steps };
             let result = match command {

@@ -225,6 +225,23 @@ pub struct ReleaseManifest {
     /// Client versions this release serves (a semver range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_versions: Option<String>,
+    /// SQL tables and columns this release reads or writes (`table` or
+    /// `table.column`): a contract migration step never drops them while
+    /// the release is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseUses>,
+    /// Record kinds and the newest version this release's code knows
+    /// (`player = 3`): the write gate is the lowest over live releases.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub records: BTreeMap<String, u32>,
+}
+
+/// `[database]` of a release manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseUses {
+    #[serde(default)]
+    pub uses: Vec<String>,
 }
 
 /// How this release's instances start, instead of the agent's template.

@@ -177,6 +177,11 @@ impl Backend for AnyBackend {
     }
 }
 
+/// `?N` → `$N` for PostgreSQL (for SQL written once for both).
+pub(crate) fn sql_pg(q: &str) -> String {
+    sql::pg(q)
+}
+
 /// The SQL both backends share, written with `?N` placeholders (PostgreSQL gets `$N`).
 pub(crate) mod sql {
     pub const GET: &str = "SELECT id, kind, key, version, min_reader, format, payload, etag, last_active, writer \
@@ -189,7 +194,7 @@ pub(crate) mod sql {
         WHERE kind = ?1 AND key = ?2 AND etag = ?7 AND (CAST(?10 AS BIGINT) IS NULL OR version <= ?10 OR min_reader <= ?10) \
         RETURNING etag";
     pub const SCAN: &str = "SELECT id, kind, key, version, min_reader, format, payload, etag, last_active, writer \
-        FROM records WHERE kind = ?1 AND last_active <= ?2 AND (last_active > ?3 OR (last_active = ?3 AND key > ?4)) \
+        FROM records WHERE kind = ?1 AND last_active <= ?2 AND (last_active, key) > (?3, ?4) \
         AND version < ?5 AND id <= ?6 ORDER BY last_active, key LIMIT ?7";
     pub const PAGE: &str = "SELECT id, kind, key, version, min_reader, format, payload, etag, last_active, writer \
         FROM records WHERE kind = ?1 AND id > ?2 ORDER BY id LIMIT ?3";

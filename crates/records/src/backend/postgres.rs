@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS records (
     payload BYTEA NOT NULL, etag BIGINT NOT NULL, last_active BIGINT NOT NULL, writer TEXT NOT NULL,
     UNIQUE (kind, key));
 CREATE INDEX IF NOT EXISTS records_coldest ON records (kind, last_active, key);
+CREATE INDEX IF NOT EXISTS records_by_id ON records (kind, id);
 CREATE TABLE IF NOT EXISTS record_leases (
     kind TEXT NOT NULL, key TEXT NOT NULL, holder TEXT NOT NULL, expires BIGINT NOT NULL,
     PRIMARY KEY (kind, key));

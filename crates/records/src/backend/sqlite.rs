@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS records (
     payload BLOB NOT NULL, etag INTEGER NOT NULL, last_active INTEGER NOT NULL, writer TEXT NOT NULL,
     UNIQUE (kind, key));
 CREATE INDEX IF NOT EXISTS records_coldest ON records (kind, last_active, key);
+CREATE INDEX IF NOT EXISTS records_by_id ON records (kind, id);
 CREATE TABLE IF NOT EXISTS record_leases (
     kind TEXT NOT NULL, key TEXT NOT NULL, holder TEXT NOT NULL, expires INTEGER NOT NULL,
     PRIMARY KEY (kind, key));
@@ -265,6 +266,24 @@ impl Backend for SqliteBackend {
             return Ok(HashSet::new());
         }
         self.with(|c| {
+            // Few live leases (the usual case): read them all at once.
+            let live: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM record_leases WHERE kind = ?1 AND expires > ?2")?
+                .query_row(params![kind, now], |r| r.get(0))?;
+            if live == 0 {
+                return Ok(HashSet::new());
+            }
+            if live as usize <= keys.len() * 4 {
+                let mut st = c.prepare_cached("SELECT key FROM record_leases WHERE kind = ?1 AND expires > ?2")?;
+                let all: HashSet<String> = st
+                    .query_map(params![kind, now], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                return Ok(keys
+                    .iter()
+                    .filter(|k| all.contains(**k))
+                    .map(|k| k.to_string())
+                    .collect());
+            }
             let mut st =
                 c.prepare_cached("SELECT 1 FROM record_leases WHERE kind = ?1 AND key = ?2 AND expires > ?3")?;
             let mut out = HashSet::new();

@@ -2,6 +2,7 @@
 
 mod concurrent;
 mod crawl;
+mod migrate;
 mod model;
 mod props;
 mod store;
