@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::backend::{Backend, ScanQuery};
 use crate::envelope::{Expect, Write};
 use crate::store::Store;
-use crate::{Error, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -492,11 +492,6 @@ pub fn request_pause<B: Backend>(backend: &B, kind: &str, target: u32, pause: bo
     } else {
         Err(Error::Schema(vec![format!("no crawl of {kind} to version {target}")]))
     }
-}
-
-/// Milliseconds now, for callers that report crawl ages.
-pub fn age_ms(state: &CrawlState) -> i64 {
-    now_ms() - state.updated_at
 }
 
 #[cfg(test)]

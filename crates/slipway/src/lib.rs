@@ -18,3 +18,20 @@ pub fn init_logging(default: &str) {
         .with_target(false)
         .try_init();
 }
+
+/// A progress bar on stdout when it is a terminal (`None` otherwise: print
+/// plain lines). `template` is indicatif's, e.g. `"{bar:30} {pos}/{len} {msg}"`
+/// after the spinner and elapsed time.
+pub fn progress_bar(len: u64, template: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(len);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(&format!("{{spinner}} [{{elapsed_precise}}] {template}"))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(120));
+        b
+    })
+}

@@ -221,6 +221,15 @@ enum MigrateCommand {
     },
 }
 
+/// Which crawl: a kind and its target version.
+#[derive(Debug, clap::Args)]
+struct CrawlId {
+    #[arg(long)]
+    kind: String,
+    #[arg(long)]
+    to: u32,
+}
+
 #[derive(Debug, Subcommand)]
 enum RecordsCommand {
     /// Records per kind and version, write gates and crawls.
@@ -247,19 +256,9 @@ enum RecordsCommand {
         max_batch: usize,
     },
     /// Ask a running crawl to pause between batches.
-    Pause {
-        #[arg(long)]
-        kind: String,
-        #[arg(long)]
-        to: u32,
-    },
+    Pause(CrawlId),
     /// Let a paused crawl go on.
-    Resume {
-        #[arg(long)]
-        kind: String,
-        #[arg(long)]
-        to: u32,
-    },
+    Resume(CrawlId),
     /// Check that every record decodes with every live reader version.
     Verify {
         /// A live reader, KIND=VERSION (repeat); default: each kind's newest version and its write gate.
@@ -465,8 +464,8 @@ fn main() -> ExitCode {
                         },
                     )
                 }
-                RecordsCommand::Pause { kind, to } => slipway::records::pause(&t, &kind, to, true),
-                RecordsCommand::Resume { kind, to } => slipway::records::pause(&t, &kind, to, false),
+                RecordsCommand::Pause(c) => slipway::records::pause(&t, &c.kind, c.to, true),
+                RecordsCommand::Resume(c) => slipway::records::pause(&t, &c.kind, c.to, false),
                 RecordsCommand::Verify { readers } => slipway::records::verify(&t, &readers),
                 RecordsCommand::Gate { kind, version } => match version.as_str() {
                     "none" => slipway::records::gate(&t, &kind, None),

@@ -78,15 +78,13 @@ pub fn run(
     let migrations = migrate::load_dir(dir)?;
     let live = live_uses(root)?;
     let mut conn = Conn::open(db)?;
-    let report = migrate::run(
-        &mut conn,
-        &migrations,
+    let opts = migrate::RunOptions {
         phases,
-        &live,
+        live: &live,
         lock_timeout,
         tries,
-        &mut |line| println!("{line}"),
-    )?;
+    };
+    let report = migrate::run(&mut conn, &migrations, &opts, &mut |line| println!("{line}"))?;
     println!(
         "{} steps ran ({} lock-timeout retries); live releases: {}",
         report.ran.len(),

@@ -1,6 +1,6 @@
 //! `slipway up|down|deploy|status|history|promote|abort|pause|resume|rollback`: the operator's side, talking to the control plane's API.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -158,17 +158,7 @@ pub async fn deploy(
 
 /// Shows a deploy's progress until it ends.
 pub async fn follow(api: &ApiClient, id: i64) -> anyhow::Result<bool> {
-    let tty = std::io::stdout().is_terminal();
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new(1000);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    });
+    let bar = crate::progress_bar(1000, "[{bar:30}] {msg}");
     let mut seen_events = 0;
     let mut last_line = String::new();
     loop {

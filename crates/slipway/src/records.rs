@@ -1,6 +1,5 @@
 //! `slipway records status|crawl|pause|resume|verify|gate|serve`: the records layer from the command line.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,16 +142,7 @@ pub fn crawl(t: &Target, a: &CrawlArgs) -> anyhow::Result<()> {
         max_batch: a.max_batch,
         ..CrawlOptions::default()
     };
-    let tty = std::io::stdout().is_terminal();
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = crate::progress_bar(0, "[{bar:30}] {pos}/{len} {msg}");
     let mut last_line = Instant::now() - Duration::from_secs(10);
     let mut announced = false;
     let state = crawl::run(&store, &a.kind, a.to, &opts, &stop, &mut |p| {

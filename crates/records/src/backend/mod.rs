@@ -1,5 +1,6 @@
 //! The storage trait every backend implements, and the `open` that picks one from a URL.
 
+pub(crate) mod cols;
 mod postgres;
 mod sqlite;
 
@@ -101,20 +102,10 @@ pub enum AnyBackend {
 
 /// Opens `sqlite:PATH` (or a bare path) or `postgres://...`, creating the tables.
 pub fn open(url: &str) -> Result<AnyBackend, StorageError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(AnyBackend::Postgres(PgBackend::open(url)?))
-    } else {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or(url.strip_prefix("sqlite:"))
-            .unwrap_or(url);
-        if path.is_empty() {
-            return Err(StorageError::Other(
-                "empty database path; use sqlite:PATH or postgres://...".into(),
-            ));
-        }
-        Ok(AnyBackend::Sqlite(SqliteBackend::open(std::path::Path::new(path))?))
-    }
+    Ok(match cols::DbUrl::parse(url)? {
+        cols::DbUrl::Postgres(u) => AnyBackend::Postgres(PgBackend::open(&u)?),
+        cols::DbUrl::Sqlite(p) => AnyBackend::Sqlite(SqliteBackend::open(&p)?),
+    })
 }
 
 macro_rules! delegate {
@@ -177,11 +168,6 @@ impl Backend for AnyBackend {
     }
 }
 
-/// `?N` → `$N` for PostgreSQL (for SQL written once for both).
-pub(crate) fn sql_pg(q: &str) -> String {
-    sql::pg(q)
-}
-
 /// The SQL both backends share, written with `?N` placeholders (PostgreSQL gets `$N`).
 pub(crate) mod sql {
     pub const GET: &str = "SELECT id, kind, key, version, min_reader, format, payload, etag, last_active, writer \
@@ -225,6 +211,29 @@ pub(crate) mod sql {
     pub const SAVE_PROGRESS: &str = "UPDATE record_crawls SET status = ?3, cursor_active = ?4, cursor_key = ?5, \
         scanned = ?6, upgraded = ?7, skipped_leased = ?8, conflicts = ?9, failed = ?10, batch_size = ?11, \
         updated_at = ?12, finished_at = ?13 WHERE kind = ?1 AND target = ?2";
+    /// A crawl by `(kind, target)` (`?1`, `?2`) or all crawls.
+    pub fn crawl_select(one: bool) -> String {
+        let filter = if one {
+            "WHERE kind = ?1 AND target = ?2"
+        } else {
+            "ORDER BY kind, target"
+        };
+        format!("SELECT {CRAWL_COLS} FROM record_crawls {filter}")
+    }
+
+    /// The parameters of `SCAN`.
+    pub fn scan_params<'a>(q: &super::ScanQuery<'a>) -> Vec<super::cols::Val<'a>> {
+        vec![
+            q.kind.into(),
+            q.active_before.into(),
+            q.after.0.into(),
+            q.after.1.into(),
+            q.below.into(),
+            q.max_id.into(),
+            (q.limit as i64).into(),
+        ]
+    }
+
     pub const REQUEST_PAUSE: &str = "UPDATE record_crawls SET pause_requested = ?3 WHERE kind = ?1 AND target = ?2";
 
     /// `?N` → `$N` for PostgreSQL.

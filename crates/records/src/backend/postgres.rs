@@ -6,30 +6,10 @@ use std::sync::Mutex;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
+use super::cols::{self, Val};
 use super::{Backend, ScanQuery, StorageError, VersionCount, sql};
-use crate::crawl::{CrawlState, CrawlStatus};
-use crate::envelope::{Expect, Format, Stored, Write};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    id BIGSERIAL PRIMARY KEY,
-    kind TEXT NOT NULL, key TEXT NOT NULL,
-    version BIGINT NOT NULL, min_reader BIGINT NOT NULL, format BIGINT NOT NULL,
-    payload BYTEA NOT NULL, etag BIGINT NOT NULL, last_active BIGINT NOT NULL, writer TEXT NOT NULL,
-    UNIQUE (kind, key));
-CREATE INDEX IF NOT EXISTS records_coldest ON records (kind, last_active, key);
-CREATE INDEX IF NOT EXISTS records_by_id ON records (kind, id);
-CREATE TABLE IF NOT EXISTS record_leases (
-    kind TEXT NOT NULL, key TEXT NOT NULL, holder TEXT NOT NULL, expires BIGINT NOT NULL,
-    PRIMARY KEY (kind, key));
-CREATE TABLE IF NOT EXISTS record_gates (kind TEXT PRIMARY KEY, version BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS record_crawls (
-    kind TEXT NOT NULL, target BIGINT NOT NULL, status TEXT NOT NULL, pause_requested BIGINT NOT NULL,
-    started_at BIGINT NOT NULL, max_id BIGINT NOT NULL, cursor_active BIGINT NOT NULL, cursor_key TEXT NOT NULL,
-    total BIGINT NOT NULL, scanned BIGINT NOT NULL, upgraded BIGINT NOT NULL, skipped_leased BIGINT NOT NULL,
-    conflicts BIGINT NOT NULL, failed BIGINT NOT NULL, batch_size BIGINT NOT NULL, updated_at BIGINT NOT NULL,
-    finished_at BIGINT, PRIMARY KEY (kind, target));
-";
+use crate::crawl::CrawlState;
+use crate::envelope::{Expect, Stored, Write};
 
 /// Advisory lock key that serialises table creation between processes.
 const SCHEMA_LOCK: i64 = 0x5_1_1_9_7_4_0_1;
@@ -63,41 +43,12 @@ impl std::fmt::Debug for PgBackend {
     }
 }
 
-fn stored(r: &Row) -> Stored {
-    Stored {
-        id: r.get(0),
-        kind: r.get(1),
-        key: r.get(2),
-        version: r.get::<_, i64>(3) as u32,
-        min_reader: r.get::<_, i64>(4) as u32,
-        format: Format::from_code(r.get(5)).unwrap_or_default(),
-        payload: r.get(6),
-        etag: r.get(7),
-        last_active: r.get(8),
-        writer: r.get(9),
-    }
+fn refs<'a>(params: &'a [Val<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-fn crawl_row(r: &Row) -> CrawlState {
-    CrawlState {
-        kind: r.get(0),
-        target: r.get::<_, i64>(1) as u32,
-        status: r.get::<_, String>(2).parse().unwrap_or(CrawlStatus::Running),
-        pause_requested: r.get::<_, i64>(3) != 0,
-        started_at: r.get(4),
-        max_id: r.get(5),
-        cursor_active: r.get(6),
-        cursor_key: r.get(7),
-        total: r.get::<_, i64>(8) as u64,
-        scanned: r.get::<_, i64>(9) as u64,
-        upgraded: r.get::<_, i64>(10) as u64,
-        skipped_leased: r.get::<_, i64>(11) as u64,
-        conflicts: r.get::<_, i64>(12) as u64,
-        failed: r.get::<_, i64>(13) as u64,
-        batch_size: r.get::<_, i64>(14) as u32,
-        updated_at: r.get(15),
-        finished_at: r.get(16),
-    }
+fn all<T>(rows: Vec<Row>, f: fn(&Row) -> Result<T, postgres::Error>) -> Result<Vec<T>, StorageError> {
+    Ok(rows.iter().map(f).collect::<Result<Vec<_>, _>>()?)
 }
 
 impl PgBackend {
@@ -105,7 +56,7 @@ impl PgBackend {
     pub fn open(url: &str) -> Result<PgBackend, StorageError> {
         let mut client = Client::connect(url, NoTls)?;
         client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
-        let made = client.batch_execute(SCHEMA);
+        let made = client.batch_execute(&cols::schema("BIGSERIAL PRIMARY KEY", "BIGINT", "BYTEA"));
         client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
         made?;
         Ok(PgBackend {
@@ -136,24 +87,24 @@ impl PgBackend {
         out
     }
 
-    fn rows(&self, q: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StorageError> {
+    fn rows(&self, q: &str, params: &[Val<'_>]) -> Result<Vec<Row>, StorageError> {
         self.with(|c| {
             let st = c.st(q)?;
-            Ok(c.client.query(&st, params)?)
+            Ok(c.client.query(&st, &refs(params))?)
         })
     }
 
-    fn exec(&self, q: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
+    fn exec(&self, q: &str, params: &[Val<'_>]) -> Result<u64, StorageError> {
         self.with(|c| {
             let st = c.st(q)?;
-            Ok(c.client.execute(&st, params)?)
+            Ok(c.client.execute(&st, &refs(params))?)
         })
     }
 }
 
 impl Backend for PgBackend {
     fn get(&self, kind: &str, key: &str) -> Result<Option<Stored>, StorageError> {
-        Ok(self.rows(sql::GET, &[&kind, &key])?.first().map(stored))
+        Ok(all(self.rows(sql::GET, &[kind.into(), key.into()])?, cols::stored)?.pop())
     }
 
     fn write_batch(&self, ws: &[Write], crawl: Option<&mut CrawlState>) -> Result<Vec<Option<i64>>, StorageError> {
@@ -164,66 +115,19 @@ impl Backend for PgBackend {
             let mut tx = c.client.transaction()?;
             let mut out = Vec::with_capacity(ws.len());
             for w in ws {
-                let (version, min_reader, format) = (w.version as i64, w.min_reader as i64, w.format.code());
                 out.push(match w.expect {
                     Expect::Absent => {
-                        let at = w.last_active.unwrap_or(0);
-                        let n = tx.execute(
-                            &insert,
-                            &[
-                                &w.kind,
-                                &w.key,
-                                &version,
-                                &min_reader,
-                                &format,
-                                &w.payload,
-                                &at,
-                                &w.writer,
-                            ],
-                        )?;
+                        let n = tx.execute(&insert, &refs(&cols::write_params(w, None)))?;
                         (n == 1).then_some(1)
                     }
-                    Expect::Etag(etag) => {
-                        let reader = w.reader.map(|r| r as i64);
-                        tx.query_opt(
-                            &update,
-                            &[
-                                &w.kind,
-                                &w.key,
-                                &version,
-                                &min_reader,
-                                &format,
-                                &w.payload,
-                                &etag,
-                                &w.writer,
-                                &w.last_active,
-                                &reader,
-                            ],
-                        )?
-                        .map(|r| r.get(0))
-                    }
+                    Expect::Etag(etag) => tx
+                        .query_opt(&update, &refs(&cols::write_params(w, Some(etag))))?
+                        .map(|r| r.get(0)),
                 });
             }
             if let Some(s) = crawl {
                 s.upgraded += out.iter().filter(|r| r.is_some()).count() as u64;
-                tx.execute(
-                    &progress,
-                    &[
-                        &s.kind,
-                        &(s.target as i64),
-                        &s.status.as_str(),
-                        &s.cursor_active,
-                        &s.cursor_key,
-                        &(s.scanned as i64),
-                        &(s.upgraded as i64),
-                        &(s.skipped_leased as i64),
-                        &(s.conflicts as i64),
-                        &(s.failed as i64),
-                        &(s.batch_size as i64),
-                        &s.updated_at,
-                        &s.finished_at,
-                    ],
-                )?;
+                tx.execute(&progress, &refs(&cols::progress_params(s)))?;
             }
             tx.commit()?;
             Ok(out)
@@ -231,124 +135,91 @@ impl Backend for PgBackend {
     }
 
     fn scan(&self, q: &ScanQuery<'_>) -> Result<Vec<Stored>, StorageError> {
-        let rows = self.rows(
-            sql::SCAN,
-            &[
-                &q.kind,
-                &q.active_before,
-                &q.after.0,
-                &q.after.1,
-                &(q.below as i64),
-                &q.max_id,
-                &(q.limit as i64),
-            ],
-        )?;
-        Ok(rows.iter().map(stored).collect())
+        all(self.rows(sql::SCAN, &sql::scan_params(q))?, cols::stored)
     }
 
     fn page(&self, kind: &str, after_id: i64, limit: usize) -> Result<Vec<Stored>, StorageError> {
-        Ok(self
-            .rows(sql::PAGE, &[&kind, &after_id, &(limit as i64)])?
-            .iter()
-            .map(stored)
-            .collect())
+        all(
+            self.rows(sql::PAGE, &[kind.into(), after_id.into(), (limit as i64).into()])?,
+            cols::stored,
+        )
     }
 
     fn max_id(&self, kind: &str) -> Result<i64, StorageError> {
-        Ok(self.rows(sql::MAX_ID, &[&kind])?[0].get(0))
+        Ok(self.rows(sql::MAX_ID, &[kind.into()])?[0].try_get(0)?)
     }
 
     fn count_below(&self, kind: &str, below: u32, max_id: i64) -> Result<u64, StorageError> {
-        Ok(self.rows(sql::COUNT_BELOW, &[&kind, &(below as i64), &max_id])?[0].get::<_, i64>(0) as u64)
+        let rows = self.rows(sql::COUNT_BELOW, &[kind.into(), below.into(), max_id.into()])?;
+        Ok(rows[0].try_get::<_, i64>(0)? as u64)
     }
 
     fn counts(&self) -> Result<Vec<VersionCount>, StorageError> {
-        Ok(self
-            .rows(sql::COUNTS, &[])?
-            .iter()
-            .map(|r| VersionCount {
-                kind: r.get(0),
-                version: r.get::<_, i64>(1) as u32,
-                records: r.get::<_, i64>(2) as u64,
+        all(self.rows(sql::COUNTS, &[])?, |r| {
+            Ok(VersionCount {
+                kind: r.try_get(0)?,
+                version: r.try_get::<_, i64>(1)? as u32,
+                records: r.try_get::<_, i64>(2)? as u64,
             })
-            .collect())
+        })
     }
 
     fn lease(&self, kind: &str, key: &str, holder: &str, until: i64, now: i64) -> Result<bool, StorageError> {
-        Ok(self.exec(sql::LEASE, &[&kind, &key, &holder, &until, &now])? == 1)
+        Ok(self.exec(
+            sql::LEASE,
+            &[kind.into(), key.into(), holder.into(), until.into(), now.into()],
+        )? == 1)
     }
 
     fn unlease(&self, kind: &str, key: &str, holder: &str) -> Result<(), StorageError> {
-        self.exec(sql::UNLEASE, &[&kind, &key, &holder]).map(|_| ())
+        self.exec(sql::UNLEASE, &[kind.into(), key.into(), holder.into()])
+            .map(|_| ())
     }
 
     fn leased(&self, kind: &str, keys: &[&str], now: i64) -> Result<HashSet<String>, StorageError> {
         if keys.is_empty() {
             return Ok(HashSet::new());
         }
-        let rows = self.rows(
-            "SELECT key FROM record_leases WHERE kind = ?1 AND key = ANY(?2) AND expires > ?3",
-            &[&kind, &keys, &now],
-        )?;
-        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        self.with(|c| {
+            let st = c.st("SELECT key FROM record_leases WHERE kind = ?1 AND key = ANY(?2) AND expires > ?3")?;
+            let rows = c.client.query(&st, &[&kind, &keys, &now])?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        })
     }
 
     fn gates(&self) -> Result<BTreeMap<String, u32>, StorageError> {
-        Ok(self
-            .rows(sql::GATES, &[])?
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u32))
-            .collect())
+        Ok(all(self.rows(sql::GATES, &[])?, |r| {
+            Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)? as u32))
+        })?
+        .into_iter()
+        .collect())
     }
 
     fn set_gate(&self, kind: &str, version: Option<u32>) -> Result<(), StorageError> {
         match version {
-            Some(v) => self.exec(sql::SET_GATE, &[&kind, &(v as i64)])?,
-            None => self.exec(sql::DEL_GATE, &[&kind])?,
+            Some(v) => self.exec(sql::SET_GATE, &[kind.into(), v.into()])?,
+            None => self.exec(sql::DEL_GATE, &[kind.into()])?,
         };
         Ok(())
     }
 
     fn crawl(&self, kind: &str, target: u32) -> Result<Option<CrawlState>, StorageError> {
-        let q = format!(
-            "SELECT {} FROM record_crawls WHERE kind = ?1 AND target = ?2",
-            sql::CRAWL_COLS
-        );
-        Ok(self.rows(&q, &[&kind, &(target as i64)])?.first().map(crawl_row))
+        Ok(all(
+            self.rows(&sql::crawl_select(true), &[kind.into(), target.into()])?,
+            cols::crawl,
+        )?
+        .pop())
     }
 
     fn crawls(&self) -> Result<Vec<CrawlState>, StorageError> {
-        let q = format!("SELECT {} FROM record_crawls ORDER BY kind, target", sql::CRAWL_COLS);
-        Ok(self.rows(&q, &[])?.iter().map(crawl_row).collect())
+        all(self.rows(&sql::crawl_select(false), &[])?, cols::crawl)
     }
 
     fn put_crawl(&self, s: &CrawlState) -> Result<(), StorageError> {
-        self.exec(
-            sql::PUT_CRAWL,
-            &[
-                &s.kind,
-                &(s.target as i64),
-                &s.status.as_str(),
-                &(s.pause_requested as i64),
-                &s.started_at,
-                &s.max_id,
-                &s.cursor_active,
-                &s.cursor_key,
-                &(s.total as i64),
-                &(s.scanned as i64),
-                &(s.upgraded as i64),
-                &(s.skipped_leased as i64),
-                &(s.conflicts as i64),
-                &(s.failed as i64),
-                &(s.batch_size as i64),
-                &s.updated_at,
-                &s.finished_at,
-            ],
-        )
-        .map(|_| ())
+        self.exec(sql::PUT_CRAWL, &cols::crawl_params(s)).map(|_| ())
     }
 
     fn request_pause(&self, kind: &str, target: u32, pause: bool) -> Result<bool, StorageError> {
-        Ok(self.exec(sql::REQUEST_PAUSE, &[&kind, &(target as i64), &(pause as i64)])? == 1)
+        Ok(self.exec(sql::REQUEST_PAUSE, &[kind.into(), target.into(), (pause as i64).into()])? == 1)
     }
 }

@@ -5,32 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
+use super::cols::{self, Val};
 use super::{Backend, ScanQuery, StorageError, VersionCount, sql};
-use crate::crawl::{CrawlState, CrawlStatus};
-use crate::envelope::{Expect, Format, Stored, Write};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL, key TEXT NOT NULL,
-    version INTEGER NOT NULL, min_reader INTEGER NOT NULL, format INTEGER NOT NULL,
-    payload BLOB NOT NULL, etag INTEGER NOT NULL, last_active INTEGER NOT NULL, writer TEXT NOT NULL,
-    UNIQUE (kind, key));
-CREATE INDEX IF NOT EXISTS records_coldest ON records (kind, last_active, key);
-CREATE INDEX IF NOT EXISTS records_by_id ON records (kind, id);
-CREATE TABLE IF NOT EXISTS record_leases (
-    kind TEXT NOT NULL, key TEXT NOT NULL, holder TEXT NOT NULL, expires INTEGER NOT NULL,
-    PRIMARY KEY (kind, key));
-CREATE TABLE IF NOT EXISTS record_gates (kind TEXT PRIMARY KEY, version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS record_crawls (
-    kind TEXT NOT NULL, target INTEGER NOT NULL, status TEXT NOT NULL, pause_requested INTEGER NOT NULL,
-    started_at INTEGER NOT NULL, max_id INTEGER NOT NULL, cursor_active INTEGER NOT NULL, cursor_key TEXT NOT NULL,
-    total INTEGER NOT NULL, scanned INTEGER NOT NULL, upgraded INTEGER NOT NULL, skipped_leased INTEGER NOT NULL,
-    conflicts INTEGER NOT NULL, failed INTEGER NOT NULL, batch_size INTEGER NOT NULL, updated_at INTEGER NOT NULL,
-    finished_at INTEGER, PRIMARY KEY (kind, target));
-";
+use crate::crawl::CrawlState;
+use crate::envelope::{Expect, Stored, Write};
 
 /// Records in one SQLite file.
 #[derive(Debug)]
@@ -47,45 +27,6 @@ fn connect(path: &Path) -> Result<Connection, StorageError> {
     Ok(c)
 }
 
-pub(super) fn stored(r: &Row<'_>) -> rusqlite::Result<Stored> {
-    let format: i64 = r.get(5)?;
-    Ok(Stored {
-        id: r.get(0)?,
-        kind: r.get(1)?,
-        key: r.get(2)?,
-        version: r.get::<_, i64>(3)? as u32,
-        min_reader: r.get::<_, i64>(4)? as u32,
-        format: Format::from_code(format).unwrap_or_default(),
-        payload: r.get(6)?,
-        etag: r.get(7)?,
-        last_active: r.get(8)?,
-        writer: r.get(9)?,
-    })
-}
-
-fn crawl_row(r: &Row<'_>) -> rusqlite::Result<CrawlState> {
-    let status: String = r.get(2)?;
-    Ok(CrawlState {
-        kind: r.get(0)?,
-        target: r.get::<_, i64>(1)? as u32,
-        status: status.parse().unwrap_or(CrawlStatus::Running),
-        pause_requested: r.get::<_, i64>(3)? != 0,
-        started_at: r.get(4)?,
-        max_id: r.get(5)?,
-        cursor_active: r.get(6)?,
-        cursor_key: r.get(7)?,
-        total: r.get::<_, i64>(8)? as u64,
-        scanned: r.get::<_, i64>(9)? as u64,
-        upgraded: r.get::<_, i64>(10)? as u64,
-        skipped_leased: r.get::<_, i64>(11)? as u64,
-        conflicts: r.get::<_, i64>(12)? as u64,
-        failed: r.get::<_, i64>(13)? as u64,
-        batch_size: r.get::<_, i64>(14)? as u32,
-        updated_at: r.get(15)?,
-        finished_at: r.get(16)?,
-    })
-}
-
 impl SqliteBackend {
     /// Opens (creating if needed) the database file and its tables.
     pub fn open(path: &Path) -> Result<SqliteBackend, StorageError> {
@@ -94,7 +35,7 @@ impl SqliteBackend {
                 .map_err(|e| StorageError::Other(format!("cannot create {}: {e}", dir.display())))?;
         }
         let c = connect(path)?;
-        c.execute_batch(SCHEMA)?;
+        c.execute_batch(&cols::schema("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", "BLOB"))?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             pool: Mutex::new(vec![c]),
@@ -118,51 +59,45 @@ impl SqliteBackend {
         }
         out
     }
+
+    fn rows<T>(
+        &self,
+        q: &str,
+        params: &[Val<'_>],
+        row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StorageError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(q)?;
+            let rows = st.query_map(params_from_iter(params), row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn exec(&self, q: &str, params: &[Val<'_>]) -> Result<usize, StorageError> {
+        self.with(|c| Ok(c.prepare_cached(q)?.execute(params_from_iter(params))?))
+    }
 }
 
 fn write_one(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<Option<i64>, StorageError> {
     Ok(match w.expect {
         Expect::Absent => {
-            let n = tx.prepare_cached(sql::INSERT)?.execute(params![
-                w.kind,
-                w.key,
-                w.version as i64,
-                w.min_reader as i64,
-                w.format.code(),
-                w.payload,
-                w.last_active.unwrap_or(0),
-                w.writer
-            ])?;
+            let n = tx
+                .prepare_cached(sql::INSERT)?
+                .execute(params_from_iter(cols::write_params(w, None)))?;
             (n == 1).then_some(1)
         }
         Expect::Etag(etag) => tx
             .prepare_cached(sql::UPDATE)?
-            .query_row(
-                params![
-                    w.kind,
-                    w.key,
-                    w.version as i64,
-                    w.min_reader as i64,
-                    w.format.code(),
-                    w.payload,
-                    etag,
-                    w.writer,
-                    w.last_active,
-                    w.reader.map(|r| r as i64)
-                ],
-                |r| r.get(0),
-            )
+            .query_row(params_from_iter(cols::write_params(w, Some(etag))), |r| r.get(0))
             .optional()?,
     })
 }
 
 impl Backend for SqliteBackend {
     fn get(&self, kind: &str, key: &str) -> Result<Option<Stored>, StorageError> {
-        self.with(|c| {
-            Ok(c.prepare_cached(sql::GET)?
-                .query_row(params![kind, key], stored)
-                .optional()?)
-        })
+        Ok(self
+            .rows(sql::GET, &[kind.into(), key.into()], |r| cols::stored(r))?
+            .pop())
     }
 
     fn write_batch(&self, ws: &[Write], crawl: Option<&mut CrawlState>) -> Result<Vec<Option<i64>>, StorageError> {
@@ -171,21 +106,8 @@ impl Backend for SqliteBackend {
             let out = ws.iter().map(|w| write_one(&tx, w)).collect::<Result<Vec<_>, _>>()?;
             if let Some(s) = crawl {
                 s.upgraded += out.iter().filter(|r| r.is_some()).count() as u64;
-                tx.prepare_cached(sql::SAVE_PROGRESS)?.execute(params![
-                    s.kind,
-                    s.target as i64,
-                    s.status.as_str(),
-                    s.cursor_active,
-                    s.cursor_key,
-                    s.scanned as i64,
-                    s.upgraded as i64,
-                    s.skipped_leased as i64,
-                    s.conflicts as i64,
-                    s.failed as i64,
-                    s.batch_size as i64,
-                    s.updated_at,
-                    s.finished_at
-                ])?;
+                tx.prepare_cached(sql::SAVE_PROGRESS)?
+                    .execute(params_from_iter(cols::progress_params(s)))?;
             }
             tx.commit()?;
             Ok(out)
@@ -193,72 +115,46 @@ impl Backend for SqliteBackend {
     }
 
     fn scan(&self, q: &ScanQuery<'_>) -> Result<Vec<Stored>, StorageError> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(sql::SCAN)?;
-            let rows = st.query_map(
-                params![
-                    q.kind,
-                    q.active_before,
-                    q.after.0,
-                    q.after.1,
-                    q.below as i64,
-                    q.max_id,
-                    q.limit as i64
-                ],
-                stored,
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.rows(sql::SCAN, &sql::scan_params(q), |r| cols::stored(r))
     }
 
     fn page(&self, kind: &str, after_id: i64, limit: usize) -> Result<Vec<Stored>, StorageError> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(sql::PAGE)?;
-            let rows = st.query_map(params![kind, after_id, limit as i64], stored)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.rows(sql::PAGE, &[kind.into(), after_id.into(), (limit as i64).into()], |r| {
+            cols::stored(r)
         })
     }
 
     fn max_id(&self, kind: &str) -> Result<i64, StorageError> {
-        self.with(|c| Ok(c.prepare_cached(sql::MAX_ID)?.query_row(params![kind], |r| r.get(0))?))
+        Ok(self.rows(sql::MAX_ID, &[kind.into()], |r| r.get(0))?[0])
     }
 
     fn count_below(&self, kind: &str, below: u32, max_id: i64) -> Result<u64, StorageError> {
-        self.with(|c| {
-            let n: i64 = c
-                .prepare_cached(sql::COUNT_BELOW)?
-                .query_row(params![kind, below as i64, max_id], |r| r.get(0))?;
-            Ok(n as u64)
-        })
+        let n: i64 = self.rows(sql::COUNT_BELOW, &[kind.into(), below.into(), max_id.into()], |r| {
+            r.get(0)
+        })?[0];
+        Ok(n as u64)
     }
 
     fn counts(&self) -> Result<Vec<VersionCount>, StorageError> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(sql::COUNTS)?;
-            let rows = st.query_map([], |r| {
-                Ok(VersionCount {
-                    kind: r.get(0)?,
-                    version: r.get::<_, i64>(1)? as u32,
-                    records: r.get::<_, i64>(2)? as u64,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.rows(sql::COUNTS, &[], |r| {
+            Ok(VersionCount {
+                kind: r.get(0)?,
+                version: r.get::<_, i64>(1)? as u32,
+                records: r.get::<_, i64>(2)? as u64,
+            })
         })
     }
 
     fn lease(&self, kind: &str, key: &str, holder: &str, until: i64, now: i64) -> Result<bool, StorageError> {
-        self.with(|c| {
-            Ok(c.prepare_cached(sql::LEASE)?
-                .execute(params![kind, key, holder, until, now])?
-                == 1)
-        })
+        Ok(self.exec(
+            sql::LEASE,
+            &[kind.into(), key.into(), holder.into(), until.into(), now.into()],
+        )? == 1)
     }
 
     fn unlease(&self, kind: &str, key: &str, holder: &str) -> Result<(), StorageError> {
-        self.with(|c| {
-            c.prepare_cached(sql::UNLEASE)?.execute(params![kind, key, holder])?;
-            Ok(())
-        })
+        self.exec(sql::UNLEASE, &[kind.into(), key.into(), holder.into()])
+            .map(|_| ())
     }
 
     fn leased(&self, kind: &str, keys: &[&str], now: i64) -> Result<HashSet<String>, StorageError> {
@@ -297,74 +193,39 @@ impl Backend for SqliteBackend {
     }
 
     fn gates(&self) -> Result<BTreeMap<String, u32>, StorageError> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(sql::GATES)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        Ok(self
+            .rows(sql::GATES, &[], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32))
+            })?
+            .into_iter()
+            .collect())
     }
 
     fn set_gate(&self, kind: &str, version: Option<u32>) -> Result<(), StorageError> {
-        self.with(|c| {
-            match version {
-                Some(v) => c.prepare_cached(sql::SET_GATE)?.execute(params![kind, v as i64])?,
-                None => c.prepare_cached(sql::DEL_GATE)?.execute(params![kind])?,
-            };
-            Ok(())
-        })
+        match version {
+            Some(v) => self.exec(sql::SET_GATE, &[kind.into(), v.into()])?,
+            None => self.exec(sql::DEL_GATE, &[kind.into()])?,
+        };
+        Ok(())
     }
 
     fn crawl(&self, kind: &str, target: u32) -> Result<Option<CrawlState>, StorageError> {
-        self.with(|c| {
-            let q = format!(
-                "SELECT {} FROM record_crawls WHERE kind = ?1 AND target = ?2",
-                sql::CRAWL_COLS
-            );
-            Ok(c.prepare_cached(&q)?
-                .query_row(params![kind, target as i64], crawl_row)
-                .optional()?)
-        })
+        Ok(self
+            .rows(&sql::crawl_select(true), &[kind.into(), target.into()], |r| {
+                cols::crawl(r)
+            })?
+            .pop())
     }
 
     fn crawls(&self) -> Result<Vec<CrawlState>, StorageError> {
-        self.with(|c| {
-            let q = format!("SELECT {} FROM record_crawls ORDER BY kind, target", sql::CRAWL_COLS);
-            let mut st = c.prepare_cached(&q)?;
-            let rows = st.query_map([], crawl_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.rows(&sql::crawl_select(false), &[], |r| cols::crawl(r))
     }
 
     fn put_crawl(&self, s: &CrawlState) -> Result<(), StorageError> {
-        self.with(|c| {
-            c.prepare_cached(sql::PUT_CRAWL)?.execute(params![
-                s.kind,
-                s.target as i64,
-                s.status.as_str(),
-                s.pause_requested as i64,
-                s.started_at,
-                s.max_id,
-                s.cursor_active,
-                s.cursor_key,
-                s.total as i64,
-                s.scanned as i64,
-                s.upgraded as i64,
-                s.skipped_leased as i64,
-                s.conflicts as i64,
-                s.failed as i64,
-                s.batch_size as i64,
-                s.updated_at,
-                s.finished_at
-            ])?;
-            Ok(())
-        })
+        self.exec(sql::PUT_CRAWL, &cols::crawl_params(s)).map(|_| ())
     }
 
     fn request_pause(&self, kind: &str, target: u32, pause: bool) -> Result<bool, StorageError> {
-        self.with(|c| {
-            Ok(c.prepare_cached(sql::REQUEST_PAUSE)?
-                .execute(params![kind, target as i64, pause as i64])?
-                == 1)
-        })
+        Ok(self.exec(sql::REQUEST_PAUSE, &[kind.into(), target.into(), (pause as i64).into()])? == 1)
     }
 }

@@ -456,7 +456,7 @@ pub fn blockers(step: &Step, live: &[LiveUse]) -> Vec<(String, String)> {
 }
 
 mod runner;
-pub use runner::{Conn, LOCK_KEY, Report, plan, run};
+pub use runner::{Conn, LOCK_KEY, Report, RunOptions, plan, run};
 
 #[cfg(test)]
 mod tests {

@@ -41,16 +41,13 @@ CREATE TABLE IF NOT EXISTS slipway_migration_lock (id BIGINT PRIMARY KEY, holder
 impl Conn {
     /// `sqlite:PATH` or `postgres://...`; creates the ledger.
     pub fn open(url: &str) -> Result<Conn, StorageError> {
-        let mut c = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Conn::Postgres(postgres::Client::connect(url, postgres::NoTls)?)
-        } else {
-            let path = url
-                .strip_prefix("sqlite://")
-                .or(url.strip_prefix("sqlite:"))
-                .unwrap_or(url);
-            let c = rusqlite::Connection::open(path)?;
-            c.pragma_update(None, "journal_mode", "WAL")?;
-            Conn::Sqlite(c)
+        let mut c = match crate::backend::cols::DbUrl::parse(url)? {
+            crate::backend::cols::DbUrl::Postgres(u) => Conn::Postgres(postgres::Client::connect(&u, postgres::NoTls)?),
+            crate::backend::cols::DbUrl::Sqlite(path) => {
+                let c = rusqlite::Connection::open(path)?;
+                c.pragma_update(None, "journal_mode", "WAL")?;
+                Conn::Sqlite(c)
+            }
         };
         match &mut c {
             Conn::Sqlite(s) => s.execute_batch(LEDGER)?,
@@ -101,7 +98,7 @@ impl Conn {
             }
             Conn::Postgres(c) => {
                 c.execute(
-                    &crate::backend::sql_pg(sql),
+                    &crate::backend::sql::pg(sql),
                     &[
                         &m,
                         &step,
@@ -257,22 +254,30 @@ pub fn plan(conn: &mut Conn, migrations: &[Migration], live: &[LiveUse]) -> Resu
         .collect())
 }
 
-/// Runs the pending steps of `phases`, in order, under the migration lock.
-/// A step runs only after the steps before it in its migration are done; a
-/// contract step only when no live release uses what it drops. Lock
-/// timeouts are retried with jittered backoff, up to `tries` times.
+/// How a run goes: which phases, who is live, how long a statement may wait for its lock.
+#[derive(Debug, Clone)]
+pub struct RunOptions<'a> {
+    pub phases: &'a [Phase],
+    /// Live releases and what they use: contract steps wait for them.
+    pub live: &'a [LiveUse],
+    /// Each step's transaction waits at most this long for a lock...
+    pub lock_timeout: Duration,
+    /// ...and is tried this many times, with jittered backoff in between.
+    pub tries: u32,
+}
+
+/// Runs the pending steps of `opts.phases`, in order, under the migration
+/// lock. A step runs only after the steps before it in its migration are
+/// done; a contract step only when no live release uses what it drops.
 pub fn run(
     conn: &mut Conn,
     migrations: &[Migration],
-    phases: &[Phase],
-    live: &[LiveUse],
-    lock_timeout: Duration,
-    tries: u32,
+    opts: &RunOptions<'_>,
     log: &mut dyn FnMut(&str),
 ) -> Result<Report, MigrateError> {
     let holder = format!("pid {}", std::process::id());
     conn.lock(&holder)?;
-    let out = run_locked(conn, migrations, phases, live, lock_timeout, tries, log);
+    let out = run_locked(conn, migrations, opts, log);
     conn.unlock();
     out
 }
@@ -280,12 +285,15 @@ pub fn run(
 fn run_locked(
     conn: &mut Conn,
     migrations: &[Migration],
-    phases: &[Phase],
-    live: &[LiveUse],
-    lock_timeout: Duration,
-    tries: u32,
+    opts: &RunOptions<'_>,
     log: &mut dyn FnMut(&str),
 ) -> Result<Report, MigrateError> {
+    let RunOptions {
+        phases,
+        live,
+        lock_timeout,
+        tries,
+    } = *opts;
     let ledger = conn.ledger()?;
     let mut report = Report::default();
     let mut rng = fastrand::Rng::new();

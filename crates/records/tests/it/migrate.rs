@@ -6,6 +6,15 @@ use records::migrate::{self, Conn, LiveUse, MigrateError, Phase};
 
 use crate::model::Db;
 
+fn opts<'a>(phases: &'a [Phase], live: &'a [LiveUse], lock_timeout: Duration, tries: u32) -> migrate::RunOptions<'a> {
+    migrate::RunOptions {
+        phases,
+        live,
+        lock_timeout,
+        tries,
+    }
+}
+
 fn migration(db: &Db, backfill_len: u32) -> migrate::Migration {
     let check = match db {
         Db::Sqlite(_) => "SELECT 1 FROM pragma_table_info('players') WHERE name = 'first_name'",
@@ -52,10 +61,7 @@ fn seed(db: &Db) {
     migrate::run(
         &mut c,
         &ms,
-        &[Phase::Expand, Phase::Backfill],
-        &[],
-        Duration::from_millis(500),
-        5,
+        &opts(&[Phase::Expand, Phase::Backfill], &[], Duration::from_millis(500), 5),
         &mut |_| {},
     )
     .unwrap();
@@ -81,9 +87,12 @@ fn expand_backfill_contract(db: Db) {
     let mut c = Conn::open(&db.url()).unwrap();
     let t = Duration::from_millis(500);
     let mut lines = Vec::new();
-    let r = migrate::run(&mut c, &m, &[Phase::Expand, Phase::Backfill], &[], t, 5, &mut |l| {
-        lines.push(l.to_string())
-    })
+    let r = migrate::run(
+        &mut c,
+        &m,
+        &opts(&[Phase::Expand, Phase::Backfill], &[], t, 5),
+        &mut |l| lines.push(l.to_string()),
+    )
     .unwrap();
     assert_eq!(r.ran.len(), 2, "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("done, 1000 rows")), "{lines:?}");
@@ -99,7 +108,7 @@ fn expand_backfill_contract(db: Db) {
             uses: vec!["players.first_name".into()],
         },
     ];
-    let err = migrate::run(&mut c, &m, &[Phase::Contract], &live, t, 5, &mut |_| {}).unwrap_err();
+    let err = migrate::run(&mut c, &m, &opts(&[Phase::Contract], &live, t, 5), &mut |_| {}).unwrap_err();
     assert!(
         matches!(&err, MigrateError::StillUsed { releases, .. } if releases == "v1"),
         "{err}"
@@ -109,7 +118,7 @@ fn expand_backfill_contract(db: Db) {
     assert_eq!(plan[0].status, "done");
     assert_eq!(plan[2].locks[0].level, "ACCESS EXCLUSIVE");
     // v1 is gone.
-    let r = migrate::run(&mut c, &m, &[Phase::Contract], &live[1..], t, 5, &mut |_| {}).unwrap();
+    let r = migrate::run(&mut c, &m, &opts(&[Phase::Contract], &live[1..], t, 5), &mut |_| {}).unwrap();
     assert_eq!(r.ran, vec![("0001_first_name".to_string(), 3, Phase::Contract)]);
     assert_eq!(
         count(&db, "SELECT COUNT(*) FROM players WHERE first_name = 'pla'"),
@@ -118,13 +127,13 @@ fn expand_backfill_contract(db: Db) {
     // Again: nothing to do. A changed step is refused.
     let all = [Phase::Expand, Phase::Backfill, Phase::Contract];
     assert!(
-        migrate::run(&mut c, &m, &all, &[], t, 5, &mut |_| {})
+        migrate::run(&mut c, &m, &opts(&all, &[], t, 5), &mut |_| {})
             .unwrap()
             .ran
             .is_empty()
     );
     let changed = vec![migration(&db, 4)];
-    let err = migrate::run(&mut c, &changed, &all, &[], t, 5, &mut |_| {}).unwrap_err();
+    let err = migrate::run(&mut c, &changed, &opts(&all, &[], t, 5), &mut |_| {}).unwrap_err();
     assert!(matches!(err, MigrateError::Changed { step: 2, .. }), "{err}");
 }
 
@@ -175,10 +184,7 @@ fn a_ddl_statement_behind_a_long_reader_times_out_retries_and_never_stalls_reads
     let r = migrate::run(
         &mut c,
         &m,
-        &[Phase::Expand],
-        &[],
-        Duration::from_millis(100),
-        50,
+        &opts(&[Phase::Expand], &[], Duration::from_millis(100), 50),
         &mut |_| {},
     )
     .unwrap();
@@ -209,10 +215,7 @@ fn a_busy_sqlite_database_is_waited_for_and_one_run_holds_the_lock() {
     let r = migrate::run(
         &mut c,
         &m,
-        &[Phase::Expand],
-        &[],
-        Duration::from_millis(100),
-        50,
+        &opts(&[Phase::Expand], &[], Duration::from_millis(100), 50),
         &mut |_| {},
     )
     .unwrap();
@@ -229,10 +232,7 @@ fn a_busy_sqlite_database_is_waited_for_and_one_run_holds_the_lock() {
     let err = migrate::run(
         &mut c,
         &m,
-        &[Phase::Backfill],
-        &[],
-        Duration::from_millis(100),
-        5,
+        &opts(&[Phase::Backfill], &[], Duration::from_millis(100), 5),
         &mut |_| {},
     )
     .unwrap_err();
