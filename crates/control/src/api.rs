@@ -25,6 +25,7 @@ fn command_error(e: CommandError) -> ApiError {
         CommandError::Refused(r) => ApiError::new(StatusCode::CONFLICT, "refused", r.0),
         CommandError::NotFound(m) => ApiError::not_found(m),
         CommandError::Journal(j) => ApiError::internal(j.to_string()),
+        CommandError::Data(m) => ApiError::new(StatusCode::CONFLICT, "data", m),
     }
 }
 
@@ -159,7 +160,7 @@ async fn abort(a: Authorized, s: State<Arc<Control>>, body: Bytes) -> Result<axu
 }
 
 async fn rollback(_: Authorized, State(c): State<Arc<Control>>) -> Result<axum::Json<ServiceStatus>, ApiError> {
-    c.rollback().map_err(command_error)?;
+    c.rollback().await.map_err(command_error)?;
     Ok(axum::Json(c.status_now()))
 }
 

@@ -196,8 +196,55 @@ impl ServiceConfig {
                 out.push(Problem::new(format!("routing.cohort[{i}]"), p.message));
             }
         }
+        out.extend(cfg.data_problems());
         Problems::check(out)?;
         Ok(cfg)
+    }
+
+    /// A database URL from slipway.toml with a relative SQLite path made absolute.
+    fn db_url(&self, url: &str) -> String {
+        match records::DbUrl::parse(url) {
+            Ok(records::DbUrl::Sqlite(p)) => format!("sqlite:{}", resolve(&self.base, &p).display()),
+            _ => url.to_string(),
+        }
+    }
+
+    /// `[data]` with its paths resolved.
+    pub fn data(&self) -> crate::data::DataPlan {
+        let d = &self.file.data;
+        crate::data::DataPlan {
+            database: d.database.as_deref().map(|u| self.db_url(u)),
+            migrations: d.migrations.as_ref().map(|p| resolve(&self.base, p)),
+            records: d.records.as_deref().map(|u| self.db_url(u)),
+            lock_timeout: d
+                .lock_timeout
+                .map(|t| t.0)
+                .unwrap_or(std::time::Duration::from_millis(500)),
+        }
+    }
+
+    fn data_problems(&self) -> Vec<Problem> {
+        let d = &self.file.data;
+        let mut out = Vec::new();
+        for (field, url) in [("data.database", &d.database), ("data.records", &d.records)] {
+            if let Some(u) = url
+                && let Err(e) = records::DbUrl::parse(u)
+            {
+                out.push(Problem::new(field, e.to_string()));
+            }
+        }
+        if d.migrations.is_some() && d.database.is_none() {
+            out.push(Problem::new(
+                "data.migrations",
+                "needs data.database (the database they change)",
+            ));
+        }
+        if let Some(dir) = &self.data().migrations
+            && let Err(e) = records::migrate::load_dir(dir)
+        {
+            out.push(Problem::new("data.migrations", e.to_string()));
+        }
+        out
     }
 
     pub fn state_dir(&self) -> &Path {

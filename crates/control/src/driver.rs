@@ -32,6 +32,8 @@ pub enum CommandError {
     NotFound(String),
     #[error("the journal could not record it, nothing changed: {0}")]
     Journal(#[from] JournalError),
+    #[error("the data is not ready for this release, nothing started: {0}")]
+    Data(String),
 }
 
 /// What the loop knows besides the machine's state.
@@ -49,6 +51,11 @@ struct Live {
     saved: BTreeMap<i64, String>,
     current_link: Option<String>,
     warned: BTreeSet<String>,
+    /// The live releases `[data]` was last brought in line with, and when
+    /// to try again after a failure.
+    data_seen: Option<BTreeSet<String>>,
+    data_retry_at: u64,
+    data_note: Option<String>,
 }
 
 /// The control plane.
@@ -63,6 +70,10 @@ pub struct Control {
     pub agent: ApiClient,
     pub router: ApiClient,
     live: Mutex<Live>,
+    /// Held while the data is moved for a starting release until its
+    /// deploy is recorded, and while the loop follows the live releases,
+    /// so the loop never sees the data moved but not the deploy.
+    data_turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Control {
@@ -103,6 +114,7 @@ impl Control {
             agent,
             router,
             live: Mutex::new(Live::default()),
+            data_turn: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -147,6 +159,8 @@ impl Control {
             let c = lock(&self.cfg);
             (c.plan(), c.default_strategy())
         };
+        let _turn = self.data_turn.lock().await;
+        self.prepare_data(release).await?;
         let ev = Event::Deploy {
             release: release.to_string(),
             strategy: strategy.unwrap_or(default),
@@ -161,7 +175,94 @@ impl Control {
         Ok(self.info(&st, d))
     }
 
-    pub fn rollback(&self) -> Result<(), CommandError> {
+    /// Releases that may read and write the data: those with live
+    /// instances, and those the machine wants running (about to start).
+    fn live_releases(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.state().desired().groups.into_iter().map(|g| g.release).collect();
+        out.extend(
+            lock(&self.live)
+                .instances
+                .iter()
+                .filter(|i| agent::supervisor::is_live(i.state))
+                .map(|i| i.release.clone()),
+        );
+        out
+    }
+
+    /// Expand migrations and lowered write gates before `release` starts.
+    async fn prepare_data(&self, release: &str) -> Result<(), CommandError> {
+        let (plan, root) = {
+            let c = lock(&self.cfg);
+            (c.data(), c.layout.root.clone())
+        };
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let live = self.live_releases();
+        let rel = release.to_string();
+        let lines = tokio::task::spawn_blocking(move || crate::data::before_start(&plan, &root, &live, &rel))
+            .await
+            .map_err(|e| CommandError::Data(e.to_string()))?
+            .map_err(|e| CommandError::Data(e.to_string()))?;
+        for l in &lines {
+            tracing::info!(release, "data: {l}");
+        }
+        lock(&self.live).data_note = Some(format!("before {release}: {}", summary(&lines)));
+        Ok(())
+    }
+
+    /// Contract migrations and raised write gates once the live releases changed.
+    async fn follow_data(&self, now: u64) {
+        let (plan, root) = {
+            let c = lock(&self.cfg);
+            (c.data(), c.layout.root.clone())
+        };
+        if plan.is_empty() {
+            return;
+        }
+        let _turn = self.data_turn.lock().await;
+        let live = self.live_releases();
+        {
+            let l = lock(&self.live);
+            if l.data_seen.as_ref() == Some(&live) && now < l.data_retry_at {
+                return;
+            }
+        }
+        let set = live.clone();
+        let out = tokio::task::spawn_blocking(move || crate::data::after_change(&plan, &root, &set)).await;
+        let mut l = lock(&self.live);
+        l.data_seen = Some(live.clone());
+        match out {
+            Ok(Ok(lines)) => {
+                for line in &lines {
+                    tracing::info!("data: {line}");
+                }
+                // Done, or a contract step waits for a release to go:
+                // looked at again when the set of live releases changes.
+                l.data_retry_at = u64::MAX;
+                if !lines.is_empty() {
+                    let names: Vec<&str> = live.iter().map(String::as_str).collect();
+                    l.data_note = Some(format!("with {}: {}", names.join(", "), summary(&lines)));
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "data: cannot bring the data in line with the live releases; retrying in 30 s");
+                l.data_retry_at = now + 30_000;
+                l.data_note = Some(format!("failed, retrying: {e}"));
+            }
+            Err(e) => {
+                l.data_retry_at = now + 30_000;
+                l.data_note = Some(format!("failed: {e}"));
+            }
+        }
+    }
+
+    pub async fn rollback(&self) -> Result<(), CommandError> {
+        // The previous release may start again: the gates come down first.
+        let _turn = self.data_turn.lock().await;
+        if let Some(prev) = self.state().previous {
+            self.prepare_data(&prev).await?;
+        }
         let plan = lock(&self.cfg).plan();
         self.apply(Event::Rollback { plan }, unix_ms())?;
         Ok(())
@@ -214,6 +315,7 @@ impl Control {
         }
         if lock(&self.live).agent_ok {
             self.reconcile(&st, now).await;
+            self.follow_data(now).await;
         }
         *lock(&self.published) = st.clone();
         self.save_history(&st);
@@ -543,6 +645,7 @@ impl Control {
         let table = live.last_table.clone();
         let router = live.router.clone();
         let instances = live.instances.clone();
+        let data = live.data_note.clone();
         drop(live);
         ServiceStatus {
             service: name,
@@ -552,6 +655,7 @@ impl Control {
             router,
             instances,
             routes: table,
+            data,
         }
     }
 
@@ -575,6 +679,15 @@ impl Control {
             }
         }
         lock(&self.journal).deploy(id).ok().flatten()
+    }
+}
+
+/// Lines of what the data did, in one: "nothing to do" when empty.
+fn summary(lines: &[String]) -> String {
+    if lines.is_empty() {
+        "nothing to do".into()
+    } else {
+        lines.join("; ")
     }
 }
 

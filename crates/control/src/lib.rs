@@ -13,6 +13,7 @@
 pub mod analysis;
 pub mod api;
 pub mod config;
+pub mod data;
 pub mod driver;
 pub mod journal;
 pub mod procs;

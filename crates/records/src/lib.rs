@@ -24,6 +24,7 @@ pub mod steps;
 pub mod store;
 pub mod values;
 
+pub use backend::cols::DbUrl;
 pub use backend::{AnyBackend, Backend, StorageError, open};
 pub use envelope::{Expect, Format, Stored};
 pub use schema::{FieldType, KindSchema, Schema};

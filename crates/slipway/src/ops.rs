@@ -219,6 +219,9 @@ pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
         s.current.as_deref().unwrap_or("none"),
         s.previous.as_deref().unwrap_or("none")
     )?;
+    if let Some(data) = &s.data {
+        writeln!(out, "data: {data}")?;
+    }
     if let Some(d) = &s.deploy {
         writeln!(
             out,

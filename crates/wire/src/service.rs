@@ -26,6 +26,30 @@ pub struct ServiceFile {
     pub deploy: DeploySection,
     #[serde(default)]
     pub logs: LogSettings,
+    /// The service's data across deploys (SQL migrations, record write gates).
+    #[serde(default)]
+    pub data: DataSection,
+}
+
+/// `[data]`: what changes with the service's data around a deploy. Expand
+/// (and backfill) migrations run before a new release starts; contract
+/// steps run once no live release declares it uses what they drop; the
+/// record write gates follow the `[records]` versions of the live releases.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// The app's SQL database: `sqlite:PATH` or `postgres://...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Folder of migration files (`*.toml`), for `database`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<std::path::PathBuf>,
+    /// The records database whose write gates the control plane publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<String>,
+    /// How long a migration statement waits for its lock before it retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_timeout: Option<HumanDuration>,
 }
 
 fn one() -> u32 {
@@ -416,6 +440,9 @@ pub struct ServiceStatus {
     pub router: Option<crate::api::RouterStatus>,
     pub instances: Vec<crate::agent::InstanceInfo>,
     pub routes: Option<crate::routes::RouteTable>,
+    /// What the control plane last did to the data (migrations, write gates), if `[data]` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 /// `GET /v1/deploys`.

@@ -73,7 +73,27 @@ impl Fixture {
 
     /// Like `new`, with the service file passed through `edit` first.
     pub fn new_with(extra: &str, edit: impl FnOnce(String) -> String) -> Fixture {
+        Fixture::build(extra, edit, &[], &[])
+    }
+
+    /// Like `new`, with `files` written under the folder first (paths
+    /// relative to it) and some releases' slipway.release.toml replaced.
+    pub fn with_files(extra: &str, files: &[(&str, &str)], manifests: &[(&str, &str)]) -> Fixture {
+        Fixture::build(extra, |t| t, files, manifests)
+    }
+
+    fn build(
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+        files: &[(&str, &str)],
+        manifests: &[(&str, &str)],
+    ) -> Fixture {
         let dir = TempDir::new("control");
+        for (rel, text) in files {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
         let path = dir.join("slipway.toml");
         std::fs::write(&path, edit(service_toml(&dir, extra))).unwrap();
         let cfg = ServiceConfig::load(&path).expect("test service config is valid");
@@ -86,6 +106,7 @@ impl Fixture {
         ] {
             let src = dir.join(format!("src-{id}"));
             std::fs::create_dir_all(&src).unwrap();
+            let manifest = manifests.iter().find(|m| m.0 == id).map_or(manifest, |m| m.1);
             std::fs::write(src.join("slipway.release.toml"), manifest).unwrap();
             store.add(&src, id).unwrap();
         }

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod data;
 mod deploys;
 mod longlived;
 mod restart;
