@@ -150,6 +150,8 @@ fn measure_reads(store: &Arc<Store<AnyBackend>>, n: u64, rate: u64, during: impl
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut db, mut n, mut read_secs, mut rate) = (String::new(), 1_000_000u64, 10u64, 1000u64);
+    let (mut crawl_rate, mut batch_ms): (Option<f64>, u64) = (None, 50);
+    let mut crawl_to: Option<u32> = None;
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("a value after the flag");
         match a.as_str() {
@@ -157,10 +159,36 @@ fn main() {
             "--records" => n = val().parse().unwrap(),
             "--read-secs" => read_secs = val().parse().unwrap(),
             "--read-rate" => rate = val().parse().unwrap(),
-            _ => panic!("usage: records_bench --db URL [--records N] [--read-secs S] [--read-rate R]"),
+            "--crawl-rate" => crawl_rate = Some(val().parse().unwrap()),
+            "--batch-time" => batch_ms = val().parse().unwrap(),
+            "--crawl-to" => crawl_to = Some(val().parse().unwrap()),
+            _ => panic!(
+                "usage: records_bench --db URL [--records N] [--read-secs S] [--read-rate R] [--crawl-rate R] \
+                 [--batch-time MS]"
+            ),
         }
     }
     assert!(!db.is_empty(), "--db sqlite:PATH or postgres://...");
+    let crawl_opts = CrawlOptions {
+        batch_time: Duration::from_millis(batch_ms),
+        rate: crawl_rate,
+        ..CrawlOptions::default()
+    };
+    if let Some(to) = crawl_to {
+        // The crawler as its own process, as `slipway records crawl` runs beside the servers.
+        let backend = records::open(&db).unwrap();
+        let st = crawl::run(
+            &Store::new(backend, schema(), "crawler"),
+            "player",
+            to,
+            &crawl_opts,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
+        println!("{}", st.upgraded);
+        return;
+    }
     let backend = records::open(&db).unwrap();
     let sample = Format::Json.encode(&player(12345)).unwrap();
     println!("record size: {} bytes of JSON", sample.len());
@@ -274,13 +302,18 @@ fn main() {
     let mut loaded = 0.0;
     let (busy, busy_err) = measure_reads(&store, n, rate, || {
         let t0 = Instant::now();
-        let opts = CrawlOptions {
-            batch_time: Duration::from_millis(50),
-            ..CrawlOptions::default()
-        };
-        let st = crawl::run(&crawler, "player", 7, &opts, &stop, &mut |_| {}).unwrap();
+        let mut args = vec!["--db".to_string(), db.clone(), "--crawl-to".into(), "7".into()];
+        args.extend(["--batch-time".into(), batch_ms.to_string()]);
+        if let Some(r) = crawl_rate {
+            args.extend(["--crawl-rate".into(), r.to_string()]);
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         loaded = t0.elapsed().as_secs_f64();
-        assert_eq!(st.upgraded, n);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
     });
     println!(
         "crawler 5→7 under {rate} reads/s: {loaded:.1} s ({:.0} records/s); reads {} , p50 {:.2} ms, p99 {:.2} ms, \

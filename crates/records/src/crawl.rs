@@ -161,9 +161,10 @@ pub struct CrawlOptions {
     pub writer: String,
     /// How often a paused crawler looks whether it may go on.
     pub pause_poll: Duration,
-    /// CPU priority of the crawler's threads (nice 0..19; `None` leaves it):
-    /// the servers' own requests come first.
-    pub nice: Option<i32>,
+    /// Run the crawler's threads (and, where it may, the local database's
+    /// processes serving them) as background work: the servers' own
+    /// requests preempt them at once.
+    pub background: bool,
 }
 
 impl Default for CrawlOptions {
@@ -176,7 +177,7 @@ impl Default for CrawlOptions {
             rate: None,
             writer: "crawler".into(),
             pause_poll: Duration::from_millis(200),
-            nice: Some(10),
+            background: true,
         }
     }
 }
@@ -273,10 +274,10 @@ pub fn run<B: Backend>(
         let ahead = (state.cursor_active, state.cursor_key.clone());
         let (scope_ref, size_ref) = (&scope, &size);
         let (scope, size) = (scope_ref, size_ref);
-        let nice = opts.nice;
+        let background = opts.background;
         sc.spawn(move || {
-            if let Some(n) = nice {
-                let _ = plumbing::sched::lower_this_thread(n);
+            if background {
+                let _ = plumbing::sched::background_this_thread();
             }
             let mut cursor = ahead;
             loop {
@@ -298,8 +299,8 @@ pub fn run<B: Backend>(
         // priority does not lower the caller's.
         let writer = sc.spawn(move || -> Result<CrawlState, Error> {
             let rx = rx;
-            if let Some(n) = opts.nice {
-                let _ = plumbing::sched::lower_this_thread(n);
+            if opts.background {
+                let _ = plumbing::sched::background_this_thread();
             }
             loop {
                 if stop.load(Ordering::Relaxed) {
