@@ -5,16 +5,22 @@
 # alone and under read load; upgrade-on-read cost; read p99 idle vs during
 # the crawl. Prints one RESULT line per run and the medians.
 #
-#   bench/records/run.sh [--records 1000000] [--runs 3] [--backends "sqlite postgres"]
+#   bench/records/run.sh [--records 1000000] [--runs 3] [--backends "sqlite postgres"] [--crawl-rate R]
+#
+# The crawler under read load runs as its own process (as `slipway records
+# crawl` runs beside the servers); --crawl-rate limits it (records/s).
+# PostgreSQL gets shared_buffers = 4GB and max_wal_size = 4GB (production-
+# like for a 2 GB table; the same server serves both contenders).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-records=1000000; runs=3; backends="sqlite postgres"
+records=1000000; runs=3; backends="sqlite postgres"; extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --records) records="$2"; shift 2;;
     --runs) runs="$2"; shift 2;;
     --backends) backends="$2"; shift 2;;
-    *) echo "usage: $0 [--records N] [--runs N] [--backends 'sqlite postgres']" >&2; exit 64;;
+    --crawl-rate) extra=(--crawl-rate "$2"); shift 2;;
+    *) echo "usage: $0 [--records N] [--runs N] [--backends 'sqlite postgres'] [--crawl-rate R]" >&2; exit 64;;
   esac
 done
 cargo build --release -q -p records --example records_bench
@@ -25,12 +31,12 @@ for backend in $backends; do
   for run in $(seq "$runs"); do
     tmp=$(mktemp -d /tmp/slipway-bench-records.XXXXXX)
     if [ "$backend" = postgres ]; then
-      read -r url pgdir < <(scripts/pg-throwaway)
+      read -r url pgdir < <(PG_THROWAWAY_OPTS="-c shared_buffers=4GB -c max_wal_size=4GB" scripts/pg-throwaway)
     else
       url="sqlite:$tmp/records.db"; pgdir=""
     fi
     echo "== $backend run $run ($records records)"
-    "$bin" --db "$url" --records "$records" | tee -a "$out"
+    "$bin" --db "$url" --records "$records" "${extra[@]}" | tee -a "$out"
     [ -n "$pgdir" ] && scripts/pg-throwaway stop "$pgdir"
     rm -rf "$tmp"
   done
