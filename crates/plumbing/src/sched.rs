@@ -11,6 +11,40 @@ pub fn background_this_thread() -> std::io::Result<()> {
     set_idle(0)
 }
 
+/// Confines the calling thread to one CPU — the last one it may use — when
+/// it may use several, so background work leaves the other CPUs free for the
+/// service's own wake-ups (an idle CPU is found at once; a CPU busy with even
+/// `SCHED_IDLE` work may keep a woken task waiting until the next tick).
+/// Returns the CPU, or `None` when the thread may use only one anyway.
+#[allow(unsafe_code)]
+pub fn confine_to_one_cpu() -> std::io::Result<Option<usize>> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 = the calling thread.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: CPU_ISSET only reads `set` at an index below CPU_SETSIZE.
+    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    let Some(&last) = allowed.last() else { return Ok(None) };
+    if allowed.len() < 2 {
+        return Ok(None);
+    }
+    // SAFETY: as above; CPU_ZERO/CPU_SET write within `one`.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::CPU_ZERO(&mut one);
+        libc::CPU_SET(last, &mut one);
+    }
+    // SAFETY: `one` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some(last))
+}
+
 #[allow(unsafe_code)]
 fn set_idle(who: libc::pid_t) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
@@ -36,6 +70,26 @@ mod tests {
             // SAFETY: a plain query of the calling thread's policy.
             let policy = unsafe { libc::sched_getscheduler(0) };
             assert_eq!(policy, libc::SCHED_IDLE);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_thread_confined_to_one_cpu_runs_only_there() {
+        std::thread::spawn(|| {
+            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let got = confine_to_one_cpu().unwrap();
+            #[allow(unsafe_code)]
+            // SAFETY: a plain query of the calling thread's CPU.
+            let now = unsafe { libc::sched_getcpu() };
+            match got {
+                Some(cpu) => {
+                    assert_eq!(now as usize, cpu);
+                    assert_eq!(std::thread::available_parallelism().unwrap().get(), 1);
+                }
+                None => assert_eq!(cpus, 1),
+            }
         })
         .join()
         .unwrap();

@@ -151,6 +151,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (mut db, mut n, mut read_secs, mut rate) = (String::new(), 1_000_000u64, 10u64, 1000u64);
     let (mut crawl_rate, mut batch_ms): (Option<f64>, u64) = (None, 50);
+    let mut step_rows = CrawlOptions::default().step_rows;
     let mut crawl_to: Option<u32> = None;
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("a value after the flag");
@@ -161,10 +162,11 @@ fn main() {
             "--read-rate" => rate = val().parse().unwrap(),
             "--crawl-rate" => crawl_rate = Some(val().parse().unwrap()),
             "--batch-time" => batch_ms = val().parse().unwrap(),
+            "--step-rows" => step_rows = val().parse().unwrap(),
             "--crawl-to" => crawl_to = Some(val().parse().unwrap()),
             _ => panic!(
                 "usage: records_bench --db URL [--records N] [--read-secs S] [--read-rate R] [--crawl-rate R] \
-                 [--batch-time MS]"
+                 [--batch-time MS] [--step-rows N]"
             ),
         }
     }
@@ -172,6 +174,7 @@ fn main() {
     let crawl_opts = CrawlOptions {
         batch_time: Duration::from_millis(batch_ms),
         rate: crawl_rate,
+        step_rows,
         ..CrawlOptions::default()
     };
     if let Some(to) = crawl_to {
@@ -241,6 +244,12 @@ fn main() {
         i += 5000;
     }
     println!("loaded {n} records in {:.1} s", t0.elapsed().as_secs_f64());
+    if db.starts_with("postgres") {
+        // Steady state before measuring: the load's autovacuum and checkpoint done, not racing the idle reads.
+        let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+        c.batch_execute("VACUUM ANALYZE records").unwrap();
+        c.batch_execute("CHECKPOINT").unwrap();
+    }
 
     let store = Arc::new(Store::new(records::open(&db).unwrap(), schema(), "bench"));
     let (idle, idle_err) = measure_reads(&store, n, rate, || std::thread::sleep(Duration::from_secs(read_secs)));
@@ -289,7 +298,7 @@ fn main() {
     let stop = AtomicBool::new(false);
     let crawler = Store::new(records::open(&db).unwrap(), schema(), "crawler");
     let t0 = Instant::now();
-    let st = crawl::run(&crawler, "player", 5, &CrawlOptions::default(), &stop, &mut |_| {}).unwrap();
+    let st = crawl::run(&crawler, "player", 5, &crawl_opts, &stop, &mut |_| {}).unwrap();
     let alone = t0.elapsed().as_secs_f64();
     println!(
         "crawler 3→5 alone: {alone:.1} s ({:.0} records/s), {} upgraded, downtime 0; crawler/stop-the-world time {:.2}",
@@ -304,6 +313,7 @@ fn main() {
         let t0 = Instant::now();
         let mut args = vec!["--db".to_string(), db.clone(), "--crawl-to".into(), "7".into()];
         args.extend(["--batch-time".into(), batch_ms.to_string()]);
+        args.extend(["--step-rows".into(), step_rows.to_string()]);
         if let Some(r) = crawl_rate {
             args.extend(["--crawl-rate".into(), r.to_string()]);
         }

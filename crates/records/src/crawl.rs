@@ -155,15 +155,21 @@ pub struct CrawlOptions {
     pub min_batch: usize,
     pub max_batch: usize,
     pub first_batch: usize,
+    /// Records per scan statement: a batch is read in steps this small, so
+    /// the database process serving the crawler never holds a CPU for long
+    /// (a server's read landing on that CPU waits for the step to end).
+    pub step_rows: usize,
     /// Records per second at most (`None`: as fast as the store goes).
     pub rate: Option<f64>,
     /// Recorded as the writer of upgraded records.
     pub writer: String,
     /// How often a paused crawler looks whether it may go on.
     pub pause_poll: Duration,
-    /// Run the crawler's threads (and, where it may, the local database's
-    /// processes serving them) as background work: the servers' own
-    /// requests preempt them at once.
+    /// Run the crawler as background work: its threads in `SCHED_IDLE` and
+    /// confined to one CPU (the last), its database work one statement at a
+    /// time (the next batch is upgraded while the current one is written,
+    /// but never read from the database meanwhile), so the servers' wake-ups
+    /// find a free CPU.
     pub background: bool,
 }
 
@@ -174,6 +180,7 @@ impl Default for CrawlOptions {
             min_batch: 10,
             max_batch: 5000,
             first_batch: 100,
+            step_rows: 16,
             rate: None,
             writer: "crawler".into(),
             pause_poll: Duration::from_millis(200),
@@ -265,6 +272,8 @@ pub fn run<B: Backend>(
         max_id: state.max_id,
         started_at: state.started_at,
         writer: &opts.writer,
+        step_rows: opts.step_rows.max(1),
+        db_turn: opts.background.then(|| std::sync::Mutex::new(())),
     };
     // The next batch is scanned and upgraded on another thread while this
     // one writes the current batch: the cursor of a batch is known before
@@ -277,7 +286,7 @@ pub fn run<B: Backend>(
         let background = opts.background;
         sc.spawn(move || {
             if background {
-                let _ = plumbing::sched::background_this_thread();
+                background_thread();
             }
             let mut cursor = ahead;
             loop {
@@ -300,7 +309,7 @@ pub fn run<B: Backend>(
         let writer = sc.spawn(move || -> Result<CrawlState, Error> {
             let rx = rx;
             if opts.background {
-                let _ = plumbing::sched::background_this_thread();
+                background_thread();
             }
             loop {
                 if stop.load(Ordering::Relaxed) {
@@ -350,11 +359,15 @@ pub fn run<B: Backend>(
                 (state.cursor_active, state.cursor_key) = batch.cursor;
                 state.batch_size = size.load(Ordering::Relaxed) as u32;
                 state.updated_at = store.now();
-                let results = backend.write_batch(&batch.writes, Some(&mut state))?;
+                let results = {
+                    let _turn = scope.db_turn();
+                    backend.write_batch(&batch.writes, Some(&mut state))?
+                };
                 // A server wrote these since the scan; it wrote at its own
                 // version, so only a record still below the target is tried again.
                 for (w, _) in batch.writes.iter().zip(&results).filter(|(_, r)| r.is_none()) {
                     state.conflicts += 1;
+                    let _turn = scope.db_turn();
                     if scope.retry_one(&w.key)? {
                         state.upgraded += 1;
                     }
@@ -398,9 +411,30 @@ struct Scope<'a, B> {
     max_id: i64,
     started_at: i64,
     writer: &'a str,
+    step_rows: usize,
+    /// Held while the crawler talks to the database (background mode).
+    db_turn: Option<std::sync::Mutex<()>>,
+}
+
+/// Puts a crawler thread in the background (best effort: a crawler that
+/// cannot lower its priority still runs, only less politely).
+fn background_thread() {
+    if let Err(e) = plumbing::sched::background_this_thread() {
+        tracing::debug!(error = %e, "crawler thread stays at normal priority");
+    }
+    if let Err(e) = plumbing::sched::confine_to_one_cpu() {
+        tracing::debug!(error = %e, "crawler thread may use every CPU");
+    }
 }
 
 impl<B: Backend> Scope<'_, B> {
+    /// The crawler's turn at the database, in background mode.
+    fn db_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.db_turn
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn write(&self, row: &crate::Stored, payload: Vec<u8>) -> Write {
         Write {
             kind: row.kind.clone(),
@@ -419,14 +453,28 @@ impl<B: Backend> Scope<'_, B> {
     /// Scans the next batch after `cursor`, leaves leased records, upgrades the rest.
     fn prepare(&self, cursor: &(i64, String), limit: usize) -> Result<Prepared, Error> {
         let backend = self.store.backend();
-        let rows = backend.scan(&ScanQuery {
-            kind: self.kind,
-            below: self.target,
-            max_id: self.max_id,
-            active_before: self.started_at,
-            after: (cursor.0, &cursor.1),
-            limit,
-        })?;
+        let turn = self.db_turn();
+        let mut rows: Vec<crate::Stored> = Vec::with_capacity(limit);
+        let mut after = cursor.clone();
+        while rows.len() < limit {
+            let want = self.step_rows.min(limit - rows.len());
+            let step = backend.scan(&ScanQuery {
+                kind: self.kind,
+                below: self.target,
+                max_id: self.max_id,
+                active_before: self.started_at,
+                after: (after.0, &after.1),
+                limit: want,
+            })?;
+            let got = step.len();
+            if let Some(l) = step.last() {
+                after = (l.last_active, l.key.clone());
+            }
+            rows.extend(step);
+            if got < want {
+                break;
+            }
+        }
         let Some(last) = rows.last() else {
             return Ok(Prepared {
                 rows: 0,
@@ -439,6 +487,7 @@ impl<B: Backend> Scope<'_, B> {
         let cursor = (last.last_active, last.key.clone());
         let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
         let leased = backend.leased(self.kind, &keys, self.store.now())?;
+        drop(turn);
         let (mut skipped, mut failed) = (0, 0);
         let mut writes = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -102,6 +102,76 @@ impl PgBackend {
     }
 }
 
+/// Up to `BULK_ROWS` writes of a batch as one statement: one round trip
+/// instead of one per record, and a short stretch of work for the server
+/// process (about half a millisecond for 2 KB records), so a server's read
+/// that lands on the same CPU waits at most that long — the server process
+/// is not preempted mid-statement on a kernel without full preemption, and
+/// one long statement would hold the CPU for a whole scheduler tick and more.
+/// Same compare-and-swap as `sql::UPDATE`.
+const BULK_ROWS: usize = 16;
+const BULK_UPDATE: &str = "UPDATE records AS r SET version = u.version, min_reader = u.min_reader, \
+    format = u.format, payload = u.payload, etag = r.etag + 1, last_active = COALESCE(u.last_active, r.last_active), \
+    writer = u.writer \
+    FROM unnest(?1::text[], ?2::text[], ?3::int8[], ?4::int8[], ?5::int8[], ?6::bytea[], ?7::int8[], ?8::text[], \
+    ?9::int8[], ?10::int8[]) AS u(kind, key, version, min_reader, format, payload, etag, writer, last_active, reader) \
+    WHERE r.kind = u.kind AND r.key = u.key AND r.etag = u.etag \
+    AND (u.reader IS NULL OR r.version <= u.reader OR r.min_reader <= u.reader) \
+    RETURNING r.kind, r.key, r.etag";
+
+/// Whether a batch can go as one `BULK_UPDATE`: several CAS updates, no record twice.
+fn bulk_updates(ws: &[Write]) -> bool {
+    let mut seen = HashSet::with_capacity(ws.len());
+    ws.len() > 1
+        && ws
+            .iter()
+            .all(|w| matches!(w.expect, Expect::Etag(_)) && seen.insert((w.kind.as_str(), w.key.as_str())))
+}
+
+fn bulk_update(
+    tx: &mut postgres::Transaction<'_>,
+    st: &Statement,
+    ws: &[Write],
+) -> Result<Vec<Option<i64>>, StorageError> {
+    let col = |f: fn(&Write) -> i64| ws.iter().map(f).collect::<Vec<i64>>();
+    let kinds: Vec<&str> = ws.iter().map(|w| w.kind.as_str()).collect();
+    let keys: Vec<&str> = ws.iter().map(|w| w.key.as_str()).collect();
+    let payloads: Vec<&[u8]> = ws.iter().map(|w| w.payload.as_slice()).collect();
+    let writers: Vec<&str> = ws.iter().map(|w| w.writer.as_str()).collect();
+    let etag = |w: &Write| match w.expect {
+        Expect::Etag(e) => e,
+        Expect::Absent => unreachable!("bulk_updates checked"),
+    };
+    let last_active: Vec<Option<i64>> = ws.iter().map(|w| w.last_active).collect();
+    let readers: Vec<Option<i64>> = ws.iter().map(|w| w.reader.map(i64::from)).collect();
+    let rows = tx.query(
+        st,
+        &[
+            &kinds,
+            &keys,
+            &col(|w| w.version.into()),
+            &col(|w| w.min_reader.into()),
+            &col(|w| w.format.code()),
+            &payloads,
+            &col(etag),
+            &writers,
+            &last_active,
+            &readers,
+        ],
+    )?;
+    let mut done = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        done.insert(
+            (r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?),
+            r.try_get::<_, i64>(2)?,
+        );
+    }
+    Ok(ws
+        .iter()
+        .map(|w| done.get(&(w.kind.clone(), w.key.clone())).copied())
+        .collect())
+}
+
 impl Backend for PgBackend {
     fn get(&self, kind: &str, key: &str) -> Result<Option<Stored>, StorageError> {
         Ok(all(self.rows(sql::GET, &[kind.into(), key.into()])?, cols::stored)?.pop())
@@ -112,18 +182,29 @@ impl Backend for PgBackend {
             let insert = c.st(sql::INSERT)?;
             let update = c.st(sql::UPDATE)?;
             let progress = c.st(sql::SAVE_PROGRESS)?;
+            let bulk = if bulk_updates(ws) {
+                Some(c.st(BULK_UPDATE)?)
+            } else {
+                None
+            };
             let mut tx = c.client.transaction()?;
             let mut out = Vec::with_capacity(ws.len());
-            for w in ws {
-                out.push(match w.expect {
-                    Expect::Absent => {
-                        let n = tx.execute(&insert, &refs(&cols::write_params(w, None)))?;
-                        (n == 1).then_some(1)
-                    }
-                    Expect::Etag(etag) => tx
-                        .query_opt(&update, &refs(&cols::write_params(w, Some(etag))))?
-                        .map(|r| r.get(0)),
-                });
+            if let Some(bulk) = bulk {
+                for part in ws.chunks(BULK_ROWS) {
+                    out.extend(bulk_update(&mut tx, &bulk, part)?);
+                }
+            } else {
+                for w in ws {
+                    out.push(match w.expect {
+                        Expect::Absent => {
+                            let n = tx.execute(&insert, &refs(&cols::write_params(w, None)))?;
+                            (n == 1).then_some(1)
+                        }
+                        Expect::Etag(etag) => tx
+                            .query_opt(&update, &refs(&cols::write_params(w, Some(etag))))?
+                            .map(|r| r.get(0)),
+                    });
+                }
             }
             if let Some(s) = crawl {
                 s.upgraded += out.iter().filter(|r| r.is_some()).count() as u64;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use records::{Backend, Error, Format, Store, Versioned};
+use records::{Backend, Error, Expect, Format, Store, Versioned};
 use serde_json::json;
 
 use crate::model::{Db, PlayerV1, PlayerV3, both, schema};
@@ -222,4 +222,58 @@ fn the_kind_of_a_typed_record_comes_from_its_type() {
     let s = schema();
     assert_eq!(s.kind("player").unwrap().head(), 3);
     let _ = Db::sqlite();
+}
+
+#[test]
+fn a_batch_of_compare_and_swap_writes_lands_each_write_on_its_own_etag() {
+    use records::envelope::Write;
+    for db in both("batch_cas") {
+        let s = db.store("v3");
+        let b = s.backend();
+        // 40 records: more than one bulk statement's worth on PostgreSQL.
+        let write = |key: String, version: u32, gold: i64, expect: Expect, reader: Option<u32>| Write {
+            kind: "player".into(),
+            key,
+            version,
+            min_reader: version,
+            format: Format::Json,
+            payload: Format::Json
+                .encode(&json!({"name": "n", "gold": gold, "hp": 1}))
+                .unwrap(),
+            writer: "batch".into(),
+            expect,
+            last_active: None,
+            reader,
+        };
+        let created: Vec<_> = (0..40)
+            .map(|i| write(format!("p{i:02}"), 1, 0, Expect::Absent, None))
+            .collect();
+        assert!(b.write_batch(&created, None).unwrap().iter().all(|r| *r == Some(1)));
+        // p07 moved on since; p11 was rewritten at v5, which a v3 reader cannot read.
+        b.write(&write("p07".into(), 1, 7, Expect::Etag(1), None))
+            .unwrap()
+            .unwrap();
+        b.write(&write("p11".into(), 5, 11, Expect::Etag(1), None))
+            .unwrap()
+            .unwrap();
+        let batch: Vec<_> = (0..40)
+            .map(|i| write(format!("p{i:02}"), 3, 100 + i, Expect::Etag(1), Some(3)))
+            .collect();
+        let out = b.write_batch(&batch, None).unwrap();
+        for (i, r) in out.iter().enumerate() {
+            let stored = b.get("player", &format!("p{i:02}")).unwrap().unwrap();
+            let gold = Format::Json.decode(&stored.payload).unwrap()["gold"].as_i64().unwrap();
+            match i {
+                7 => assert_eq!((*r, stored.etag, gold), (None, 2, 7), "stale etag: untouched"),
+                11 => assert_eq!((*r, stored.version, gold), (None, 5, 11), "too new for the writer"),
+                _ => assert_eq!((*r, stored.etag, stored.version, gold), (Some(2), 2, 3, 100 + i as i64)),
+            }
+        }
+        // The same record twice in one batch: the second write sees the first's etag.
+        let twice = vec![
+            write("p00".into(), 3, 1, Expect::Etag(2), None),
+            write("p00".into(), 3, 2, Expect::Etag(3), None),
+        ];
+        assert_eq!(b.write_batch(&twice, None).unwrap(), vec![Some(3), Some(4)]);
+    }
 }
