@@ -155,9 +155,10 @@ pub struct CrawlOptions {
     pub min_batch: usize,
     pub max_batch: usize,
     pub first_batch: usize,
-    /// Records per scan statement: a batch is read in steps this small, so
-    /// the database process serving the crawler never holds a CPU for long
-    /// (a server's read landing on that CPU waits for the step to end).
+    /// Records per scan statement with a database server in background
+    /// mode: a batch is read in steps this small, so the server process
+    /// working for the crawler never holds a CPU for long (a server's read
+    /// landing on that CPU waits for the step to end).
     pub step_rows: usize,
     /// Records per second at most (`None`: as fast as the store goes).
     pub rate: Option<f64>,
@@ -165,11 +166,12 @@ pub struct CrawlOptions {
     pub writer: String,
     /// How often a paused crawler looks whether it may go on.
     pub pause_poll: Duration,
-    /// Run the crawler as background work: its threads in `SCHED_IDLE` and
-    /// confined to one CPU (the last), its database work one statement at a
-    /// time (the next batch is upgraded while the current one is written,
-    /// but never read from the database meanwhile), so the servers' wake-ups
-    /// find a free CPU.
+    /// Run the crawler as background work: its threads in `SCHED_IDLE`.
+    /// With a database server (PostgreSQL), whose processes cannot be put
+    /// in the background, also confined to one CPU (the last) and one
+    /// statement at a time (the next batch is upgraded while the current one
+    /// is written, but never read from the database meanwhile), so the
+    /// servers' wake-ups find a free CPU.
     pub background: bool,
 }
 
@@ -264,6 +266,7 @@ pub fn run<B: Backend>(
     let began = Instant::now();
     let scanned_at_start = state.scanned;
     let size = AtomicUsize::new(sizer.size());
+    let polite = opts.background && backend.out_of_process();
     let scope = Scope {
         store,
         kind,
@@ -272,8 +275,9 @@ pub fn run<B: Backend>(
         max_id: state.max_id,
         started_at: state.started_at,
         writer: &opts.writer,
-        step_rows: opts.step_rows.max(1),
-        db_turn: opts.background.then(|| std::sync::Mutex::new(())),
+        // An embedded database does its work on the crawler's own (background) threads: one scan per batch.
+        step_rows: if polite { opts.step_rows.max(1) } else { usize::MAX },
+        db_turn: polite.then(|| std::sync::Mutex::new(())),
     };
     // The next batch is scanned and upgraded on another thread while this
     // one writes the current batch: the cursor of a batch is known before
@@ -286,7 +290,7 @@ pub fn run<B: Backend>(
         let background = opts.background;
         sc.spawn(move || {
             if background {
-                background_thread();
+                background_thread(polite);
             }
             let mut cursor = ahead;
             loop {
@@ -309,7 +313,7 @@ pub fn run<B: Backend>(
         let writer = sc.spawn(move || -> Result<CrawlState, Error> {
             let rx = rx;
             if opts.background {
-                background_thread();
+                background_thread(polite);
             }
             loop {
                 if stop.load(Ordering::Relaxed) {
@@ -416,13 +420,14 @@ struct Scope<'a, B> {
     db_turn: Option<std::sync::Mutex<()>>,
 }
 
-/// Puts a crawler thread in the background (best effort: a crawler that
-/// cannot lower its priority still runs, only less politely).
-fn background_thread() {
+/// Puts a crawler thread in the background, on one CPU if `one_cpu` (best
+/// effort: a crawler that cannot lower its priority still runs, only less
+/// politely).
+fn background_thread(one_cpu: bool) {
     if let Err(e) = plumbing::sched::background_this_thread() {
         tracing::debug!(error = %e, "crawler thread stays at normal priority");
     }
-    if let Err(e) = plumbing::sched::confine_to_one_cpu() {
+    if one_cpu && let Err(e) = plumbing::sched::confine_to_one_cpu() {
         tracing::debug!(error = %e, "crawler thread may use every CPU");
     }
 }

@@ -91,6 +91,13 @@ pub trait Backend: Send + Sync {
     fn put_crawl(&self, c: &CrawlState) -> Result<(), StorageError>;
     /// Asks a crawl to pause (`true`) or go on; the crawler reads it between batches.
     fn request_pause(&self, kind: &str, target: u32, pause: bool) -> Result<bool, StorageError>;
+
+    /// Whether the database does its work in processes of its own (a
+    /// server), which the crawler cannot put in the background: then the
+    /// background crawler keeps to one CPU and one statement at a time.
+    fn out_of_process(&self) -> bool {
+        false
+    }
 }
 
 /// Either backend, chosen by URL at run time.
@@ -165,6 +172,9 @@ impl Backend for AnyBackend {
     }
     fn request_pause(&self, kind: &str, target: u32, pause: bool) -> Result<bool, StorageError> {
         delegate!(self, b => b.request_pause(kind, target, pause))
+    }
+    fn out_of_process(&self) -> bool {
+        delegate!(self, b => b.out_of_process())
     }
 }
 

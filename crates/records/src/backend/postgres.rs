@@ -303,4 +303,8 @@ impl Backend for PgBackend {
     fn request_pause(&self, kind: &str, target: u32, pause: bool) -> Result<bool, StorageError> {
         Ok(self.exec(sql::REQUEST_PAUSE, &[kind.into(), target.into(), (pause as i64).into()])? == 1)
     }
+
+    fn out_of_process(&self) -> bool {
+        true
+    }
 }
