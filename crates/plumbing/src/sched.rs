@@ -28,10 +28,9 @@ pub fn confine_to_one_cpu() -> std::io::Result<Option<usize>> {
     let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
         .collect();
-    let Some(&last) = allowed.last() else { return Ok(None) };
-    if allowed.len() < 2 {
+    let [_, .., last] = allowed[..] else {
         return Ok(None);
-    }
+    };
     // SAFETY: as above; CPU_ZERO/CPU_SET write within `one`.
     let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe {

@@ -114,10 +114,11 @@ const BULK_UPDATE: &str = "UPDATE records AS r SET version = u.version, min_read
     format = u.format, payload = u.payload, etag = r.etag + 1, last_active = COALESCE(u.last_active, r.last_active), \
     writer = u.writer \
     FROM unnest(?1::text[], ?2::text[], ?3::int8[], ?4::int8[], ?5::int8[], ?6::bytea[], ?7::int8[], ?8::text[], \
-    ?9::int8[], ?10::int8[]) AS u(kind, key, version, min_reader, format, payload, etag, writer, last_active, reader) \
+    ?9::int8[], ?10::int8[]) WITH ORDINALITY \
+    AS u(kind, key, version, min_reader, format, payload, etag, writer, last_active, reader, i) \
     WHERE r.kind = u.kind AND r.key = u.key AND r.etag = u.etag \
     AND (u.reader IS NULL OR r.version <= u.reader OR r.min_reader <= u.reader) \
-    RETURNING r.kind, r.key, r.etag";
+    RETURNING u.i, r.etag";
 
 /// Whether a batch can go as one `BULK_UPDATE`: several CAS updates, no record twice.
 fn bulk_updates(ws: &[Write]) -> bool {
@@ -159,17 +160,13 @@ fn bulk_update(
             &readers,
         ],
     )?;
-    let mut done = HashMap::with_capacity(rows.len());
+    // `i` numbers the writes from 1 in the order sent.
+    let mut out = vec![None; ws.len()];
     for r in &rows {
-        done.insert(
-            (r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?),
-            r.try_get::<_, i64>(2)?,
-        );
+        let i = r.try_get::<_, i64>(0)? as usize;
+        out[i - 1] = Some(r.try_get::<_, i64>(1)?);
     }
-    Ok(ws
-        .iter()
-        .map(|w| done.get(&(w.kind.clone(), w.key.clone())).copied())
-        .collect())
+    Ok(out)
 }
 
 impl Backend for PgBackend {
