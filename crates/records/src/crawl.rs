@@ -167,11 +167,12 @@ pub struct CrawlOptions {
     /// How often a paused crawler looks whether it may go on.
     pub pause_poll: Duration,
     /// Run the crawler as background work: its threads in `SCHED_IDLE`.
-    /// With a database server (PostgreSQL), whose processes cannot be put
-    /// in the background, also confined to one CPU (the last) and one
-    /// statement at a time (the next batch is upgraded while the current one
-    /// is written, but never read from the database meanwhile), so the
-    /// servers' wake-ups find a free CPU.
+    /// With a database server (PostgreSQL): its threads at nice 19 on one
+    /// CPU (the last), one statement at a time (the next batch is upgraded
+    /// while the current one is written, but never read from the database
+    /// meanwhile), over sessions of its own whose server processes are put
+    /// at nice 19 on the same CPU where it may ([`Backend::background_twin`]),
+    /// so the servers' wake-ups find a free CPU.
     pub background: bool,
 }
 
@@ -267,8 +268,20 @@ pub fn run<B: Backend>(
     let scanned_at_start = state.scanned;
     let size = AtomicUsize::new(sizer.size());
     let polite = opts.background && backend.out_of_process();
+    // With a database server, the crawler's own sessions, lowered like its threads where it may.
+    let twin = if polite {
+        let cpu = plumbing::sched::background_cpu().unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot read the crawler's CPUs");
+            None
+        });
+        backend.background_twin(cpu)?
+    } else {
+        None
+    };
+    let db = twin.as_ref().unwrap_or(backend);
     let scope = Scope {
         store,
+        db,
         kind,
         target,
         min_reader: ks.min_reader(target),
@@ -319,7 +332,7 @@ pub fn run<B: Backend>(
                 if stop.load(Ordering::Relaxed) {
                     return Ok(state);
                 }
-                let asked = backend.crawl(kind, target)?.map(|s| s.pause_requested).unwrap_or(false);
+                let asked = db.crawl(kind, target)?.map(|s| s.pause_requested).unwrap_or(false);
                 if asked != (state.status == CrawlStatus::Paused) {
                     state.status = if asked {
                         CrawlStatus::Paused
@@ -328,7 +341,7 @@ pub fn run<B: Backend>(
                     };
                     state.pause_requested = asked;
                     state.updated_at = store.now();
-                    backend.write_batch(&[], Some(&mut state))?;
+                    db.write_batch(&[], Some(&mut state))?;
                     progress(&Progress {
                         state: &state,
                         per_sec: 0.0,
@@ -348,7 +361,7 @@ pub fn run<B: Backend>(
                     state.status = CrawlStatus::Done;
                     state.finished_at = Some(store.now());
                     state.updated_at = store.now();
-                    backend.write_batch(&[], Some(&mut state))?;
+                    db.write_batch(&[], Some(&mut state))?;
                     progress(&Progress {
                         state: &state,
                         per_sec: 0.0,
@@ -365,7 +378,7 @@ pub fn run<B: Backend>(
                 state.updated_at = store.now();
                 let results = {
                     let _turn = scope.db_turn();
-                    backend.write_batch(&batch.writes, Some(&mut state))?
+                    db.write_batch(&batch.writes, Some(&mut state))?
                 };
                 // A server wrote these since the scan; it wrote at its own
                 // version, so only a record still below the target is tried again.
@@ -409,6 +422,8 @@ struct Prepared {
 /// What every batch of one crawl shares.
 struct Scope<'a, B> {
     store: &'a Store<B>,
+    /// Where the crawler's database work goes: the store's backend or its background twin.
+    db: &'a B,
     kind: &'a str,
     target: u32,
     min_reader: u32,
@@ -420,11 +435,17 @@ struct Scope<'a, B> {
     db_turn: Option<std::sync::Mutex<()>>,
 }
 
-/// Puts a crawler thread in the background, on one CPU if `one_cpu` (best
-/// effort: a crawler that cannot lower its priority still runs, only less
-/// politely).
+/// Puts a crawler thread in the background (best effort: a crawler that
+/// cannot lower its priority still runs, only less politely). Beside a
+/// database server (`one_cpu`): nice 19 on one CPU, where its sessions' server
+/// processes are put too; else `SCHED_IDLE` on any CPU (see `plumbing::sched`).
 fn background_thread(one_cpu: bool) {
-    if let Err(e) = plumbing::sched::background_this_thread() {
+    let lowered = if one_cpu {
+        plumbing::sched::nice_this_thread()
+    } else {
+        plumbing::sched::background_this_thread()
+    };
+    if let Err(e) = lowered {
         tracing::debug!(error = %e, "crawler thread stays at normal priority");
     }
     if one_cpu && let Err(e) = plumbing::sched::confine_to_one_cpu() {
@@ -457,7 +478,7 @@ impl<B: Backend> Scope<'_, B> {
 
     /// Scans the next batch after `cursor`, leaves leased records, upgrades the rest.
     fn prepare(&self, cursor: &(i64, String), limit: usize) -> Result<Prepared, Error> {
-        let backend = self.store.backend();
+        let backend = self.db;
         let turn = self.db_turn();
         let mut rows: Vec<crate::Stored> = Vec::with_capacity(limit);
         let mut after = cursor.clone();
@@ -520,14 +541,14 @@ impl<B: Backend> Scope<'_, B> {
     /// One record again after a conflict, if it is still below the target.
     fn retry_one(&self, key: &str) -> Result<bool, Error> {
         for _ in 0..5 {
-            let Some(row) = self.store.backend().get(self.kind, key)? else {
+            let Some(row) = self.db.get(self.kind, key)? else {
                 return Ok(false);
             };
             if row.version >= self.target {
                 return Ok(false);
             }
             let w = self.write(&row, upgrade_row(self.store, &row, self.target)?);
-            if self.store.backend().write(&w)?.is_some() {
+            if self.db.write(&w)?.is_some() {
                 return Ok(true);
             }
         }

@@ -6,7 +6,7 @@ mod sqlite;
 
 use std::collections::{BTreeMap, HashSet};
 
-pub use self::postgres::PgBackend;
+pub use self::postgres::{BACKGROUND_APP, PgBackend};
 pub use self::sqlite::SqliteBackend;
 use crate::crawl::CrawlState;
 use crate::envelope::{Stored, Write};
@@ -93,10 +93,22 @@ pub trait Backend: Send + Sync {
     fn request_pause(&self, kind: &str, target: u32, pause: bool) -> Result<bool, StorageError>;
 
     /// Whether the database does its work in processes of its own (a
-    /// server), which the crawler cannot put in the background: then the
-    /// background crawler keeps to one CPU and one statement at a time.
+    /// server), beside the crawler's threads: then the background crawler
+    /// keeps to one CPU and one statement at a time.
     fn out_of_process(&self) -> bool {
         false
+    }
+
+    /// A second handle on the same database, with sessions of its own that
+    /// the operating system treats as background work (nice 19, on `cpu`
+    /// if given) where it can: a database server on this host whose
+    /// processes this one may lower (same user or `CAP_SYS_NICE`). `None`
+    /// where that does not apply (an embedded database, a remote server).
+    fn background_twin(&self, _cpu: Option<usize>) -> Result<Option<Self>, StorageError>
+    where
+        Self: Sized,
+    {
+        Ok(None)
     }
 }
 
@@ -175,6 +187,12 @@ impl Backend for AnyBackend {
     }
     fn out_of_process(&self) -> bool {
         delegate!(self, b => b.out_of_process())
+    }
+    fn background_twin(&self, cpu: Option<usize>) -> Result<Option<Self>, StorageError> {
+        Ok(match self {
+            AnyBackend::Sqlite(b) => b.background_twin(cpu)?.map(AnyBackend::Sqlite),
+            AnyBackend::Postgres(b) => b.background_twin(cpu)?.map(AnyBackend::Postgres),
+        })
     }
 }
 

@@ -34,6 +34,18 @@ impl Conn {
 pub struct PgBackend {
     url: String,
     pool: Mutex<Vec<Conn>>,
+    /// Set on a background twin: its sessions are lowered as they connect.
+    background: Option<Lowering>,
+}
+
+/// The `application_name` of a background twin's sessions.
+pub const BACKGROUND_APP: &str = "slipway background";
+
+/// How a background twin lowers its sessions' server processes.
+struct Lowering {
+    cpu: Option<usize>,
+    /// Whether the outcome was logged (once per twin, not per connection).
+    told: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PgBackend {
@@ -65,6 +77,31 @@ impl PgBackend {
                 client,
                 stmts: HashMap::new(),
             }]),
+            background: None,
+        })
+    }
+
+    fn connect(&self) -> Result<Conn, StorageError> {
+        let mut client = Client::connect(&self.url, NoTls)?;
+        if let Some(l) = &self.background {
+            // Named, so an operator sees it in pg_stat_activity.
+            client.batch_execute(&format!("SET application_name = '{BACKGROUND_APP}'"))?;
+            let outcome = lower_session(&mut client, l.cpu);
+            if !l.told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                match outcome {
+                    Ok(pid) => {
+                        tracing::info!(pid, cpu = ?l.cpu, "the crawler's PostgreSQL sessions run as background work")
+                    }
+                    Err(why) => tracing::info!(
+                        "the crawler's PostgreSQL sessions stay at normal priority ({why}); to lower them, run the \
+                         crawler as the database's OS user or give it CAP_SYS_NICE"
+                    ),
+                }
+            }
+        }
+        Ok(Conn {
+            client,
+            stmts: HashMap::new(),
         })
     }
 
@@ -72,10 +109,7 @@ impl PgBackend {
         let taken = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut c = match taken {
             Some(c) => c,
-            None => Conn {
-                client: Client::connect(&self.url, NoTls)?,
-                stmts: HashMap::new(),
-            },
+            None => self.connect()?,
         };
         let out = f(&mut c);
         if !c.client.is_closed() {
@@ -100,6 +134,44 @@ impl PgBackend {
             Ok(c.client.execute(&st, &refs(params))?)
         })
     }
+}
+
+/// Whether every host of a connection URL is this machine (a Unix socket or loopback).
+fn on_this_host(url: &str) -> bool {
+    let Ok(config) = url.parse::<postgres::Config>() else {
+        return false;
+    };
+    let hosts = config.get_hosts();
+    !hosts.is_empty()
+        && hosts.iter().all(|h| match h {
+            postgres::config::Host::Unix(_) => true,
+            postgres::config::Host::Tcp(name) => {
+                name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+        })
+}
+
+/// Lowers the server process of a session on this host (nice 19, on `cpu`),
+/// after checking that the process with the session's pid is that session:
+/// a PostgreSQL process whose title names the session's client port (or a
+/// Unix socket client). Returns the pid, or why it could not.
+fn lower_session(client: &mut Client, cpu: Option<usize>) -> Result<u32, String> {
+    let row = client
+        .query_one("SELECT pg_backend_pid(), inet_client_port()", &[])
+        .map_err(|e| format!("cannot ask for the session's process: {}", StorageError::from(e)))?;
+    let (pid, port): (i32, Option<i32>) = (row.get(0), row.get(1));
+    let pid = u32::try_from(pid).map_err(|_| format!("the server gave pid {pid}"))?;
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| format!("no process {pid} here: {e}"))?;
+    let title = String::from_utf8_lossy(&title);
+    let client_mark = match port {
+        Some(port) => format!("({port})"),
+        None => "[local]".to_string(),
+    };
+    if !title.starts_with("postgres") || !title.contains(&client_mark) {
+        return Err(format!("process {pid} here is not this session"));
+    }
+    plumbing::sched::lower_process(pid, cpu).map_err(|e| format!("cannot lower process {pid}: {e}"))?;
+    Ok(pid)
 }
 
 /// Up to `BULK_ROWS` writes of a batch as one statement: one round trip
@@ -303,5 +375,44 @@ impl Backend for PgBackend {
 
     fn out_of_process(&self) -> bool {
         true
+    }
+
+    fn background_twin(&self, cpu: Option<usize>) -> Result<Option<Self>, StorageError> {
+        if !on_this_host(&self.url) {
+            return Ok(None);
+        }
+        Ok(Some(PgBackend {
+            url: self.url.clone(),
+            pool: Mutex::new(Vec::new()),
+            background: Some(Lowering {
+                cpu,
+                told: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_this_host;
+
+    #[test]
+    fn only_a_unix_socket_or_loopback_server_is_on_this_host() {
+        for here in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]:5432/db",
+            "host=/var/run/postgresql user=u dbname=db",
+        ] {
+            assert!(on_this_host(here), "{here}");
+        }
+        for elsewhere in [
+            "postgres://u@10.1.2.3:5432/db",
+            "postgres://u@db.example.com/db",
+            "postgres://u@127.0.0.1,db.example.com/db",
+            "not a url",
+        ] {
+            assert!(!on_this_host(elsewhere), "{elsewhere}");
+        }
     }
 }

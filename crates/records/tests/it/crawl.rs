@@ -175,3 +175,62 @@ fn a_crawl_beyond_the_write_gate_is_refused() {
     .to_string();
     assert!(err.contains("the write gate is 2"), "{err}");
 }
+
+/// Nice value and allowed CPUs of a process, from /proc.
+fn nice_and_cpus(pid: i32) -> (i64, String) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let nice = after_comm.split(' ').nth(16).unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let cpus = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (nice, cpus)
+}
+
+#[test]
+fn a_background_twin_lowers_its_own_database_sessions_and_no_other() {
+    let url = testkit::pg_database("crawl_twin");
+    let backend = records::open(&url).unwrap();
+    let cpu = plumbing::sched::background_cpu().unwrap();
+    let twin = backend
+        .background_twin(cpu)
+        .unwrap()
+        .expect("a PostgreSQL on loopback has a background twin");
+    twin.max_id("player").unwrap();
+    backend.max_id("player").unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let sessions = admin
+        .query(
+            "SELECT pid, application_name FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    let (mut lowered, mut normal) = (0, 0);
+    for s in &sessions {
+        let (pid, app): (i32, String) = (s.get(0), s.get(1));
+        let (nice, cpus) = nice_and_cpus(pid);
+        if app == records::backend::BACKGROUND_APP {
+            lowered += 1;
+            assert_eq!(nice, 19, "the twin's session runs at nice 19");
+            if let Some(c) = cpu {
+                assert_eq!(cpus, c.to_string(), "the twin's session keeps to the crawler's CPU");
+            }
+        } else {
+            normal += 1;
+            assert_eq!(nice, 0, "the store's own session {pid} ({app}) is left alone");
+        }
+    }
+    assert_eq!((lowered, normal), (1, 1), "{sessions:?}");
+}
+
+#[test]
+fn an_embedded_database_has_no_background_twin() {
+    let db = Db::sqlite();
+    let backend = records::open(&db.url()).unwrap();
+    assert!(backend.background_twin(Some(0)).unwrap().is_none());
+}
