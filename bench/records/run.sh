@@ -9,8 +9,11 @@
 #
 # The crawler under read load runs as its own process (as `slipway records
 # crawl` runs beside the servers); --crawl-rate limits it (records/s).
-# PostgreSQL gets shared_buffers = 4GB and max_wal_size = 4GB (production-
-# like for a 2 GB table; the same server serves both contenders).
+# PostgreSQL runs as deployed: its own durability defaults (fsync,
+# synchronous_commit and full_page_writes on, which the test suite's
+# throwaway server turns off for speed), shared_buffers = 4GB and
+# max_wal_size = 4GB (sized for a 2 GB table); the same server serves both
+# contenders.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 records=1000000; runs=3; backends="sqlite postgres"; extra=()
@@ -31,7 +34,7 @@ for backend in $backends; do
   for run in $(seq "$runs"); do
     tmp=$(mktemp -d /tmp/slipway-bench-records.XXXXXX)
     if [ "$backend" = postgres ]; then
-      read -r url pgdir < <(PG_THROWAWAY_OPTS="-c shared_buffers=4GB -c max_wal_size=4GB" scripts/pg-throwaway)
+      read -r url pgdir < <(PG_THROWAWAY_OPTS="-c fsync=on -c synchronous_commit=on -c full_page_writes=on -c shared_buffers=4GB -c max_wal_size=4GB" scripts/pg-throwaway)
     else
       url="sqlite:$tmp/records.db"; pgdir=""
     fi

@@ -250,6 +250,9 @@ fn main() {
         c.batch_execute("VACUUM ANALYZE records").unwrap();
         c.batch_execute("CHECKPOINT").unwrap();
     }
+    // And the load's dirty pages written out by the OS now, not during the idle reads.
+    let synced = std::process::Command::new("sync").status();
+    assert!(synced.is_ok_and(|s| s.success()), "sync failed");
 
     let store = Arc::new(Store::new(records::open(&db).unwrap(), schema(), "bench"));
     let (idle, idle_err) = measure_reads(&store, n, rate, || std::thread::sleep(Duration::from_secs(read_secs)));
