@@ -229,11 +229,25 @@ pub fn run<B: Backend>(
         )]));
     }
     let backend = store.backend();
-    let (mut state, resumed) = match backend.crawl(kind, target)? {
+    let polite = opts.background && backend.out_of_process();
+    // With a database server, the crawler's own sessions, lowered like its
+    // threads where it may: all its database work goes there, from the
+    // first count (a scan of the whole kind) on.
+    let twin = if polite {
+        let cpu = plumbing::sched::background_cpu().unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot read the crawler's CPUs");
+            None
+        });
+        backend.background_twin(cpu)?
+    } else {
+        None
+    };
+    let db = twin.as_ref().unwrap_or(backend);
+    let (mut state, resumed) = match db.crawl(kind, target)? {
         Some(s) if s.status != CrawlStatus::Done => (s, true),
         _ => {
             let now = store.now();
-            let max_id = backend.max_id(kind)?;
+            let max_id = db.max_id(kind)?;
             let s = CrawlState {
                 kind: kind.into(),
                 target,
@@ -243,7 +257,7 @@ pub fn run<B: Backend>(
                 max_id,
                 cursor_active: i64::MIN,
                 cursor_key: String::new(),
-                total: backend.count_below(kind, target, max_id)?,
+                total: db.count_below(kind, target, max_id)?,
                 scanned: 0,
                 upgraded: 0,
                 skipped_leased: 0,
@@ -253,7 +267,7 @@ pub fn run<B: Backend>(
                 updated_at: now,
                 finished_at: None,
             };
-            backend.put_crawl(&s)?;
+            db.put_crawl(&s)?;
             (s, false)
         }
     };
@@ -267,18 +281,6 @@ pub fn run<B: Backend>(
     let began = Instant::now();
     let scanned_at_start = state.scanned;
     let size = AtomicUsize::new(sizer.size());
-    let polite = opts.background && backend.out_of_process();
-    // With a database server, the crawler's own sessions, lowered like its threads where it may.
-    let twin = if polite {
-        let cpu = plumbing::sched::background_cpu().unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "cannot read the crawler's CPUs");
-            None
-        });
-        backend.background_twin(cpu)?
-    } else {
-        None
-    };
-    let db = twin.as_ref().unwrap_or(backend);
     let scope = Scope {
         store,
         db,

@@ -84,8 +84,11 @@ impl PgBackend {
     fn connect(&self) -> Result<Conn, StorageError> {
         let mut client = Client::connect(&self.url, NoTls)?;
         if let Some(l) = &self.background {
-            // Named, so an operator sees it in pg_stat_activity.
-            client.batch_execute(&format!("SET application_name = '{BACKGROUND_APP}'"))?;
+            // Named, so an operator sees it in pg_stat_activity; and no
+            // parallel query, whose worker processes would run unlowered.
+            client.batch_execute(&format!(
+                "SET application_name = '{BACKGROUND_APP}'; SET max_parallel_workers_per_gather = 0"
+            ))?;
             let outcome = lower_session(&mut client, l.cpu);
             if !l.told.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 match outcome {
