@@ -105,6 +105,8 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 /// Reads random players at `rate`/s over `threads` threads until `stop`; returns latencies (µs) and errors.
 fn readers(store: Arc<Store<AnyBackend>>, n: u64, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
     let errors = Arc::new(AtomicU64::new(0));
+    // For finding what slow reads coincide with: each read over 1 ms, with its wall-clock time, on stderr.
+    let slow_log = std::env::var_os("RECORDS_BENCH_SLOW_LOG").is_some();
     let threads: Vec<_> = (0..2)
         .map(|t| {
             let (store, stop, errors) = (store.clone(), stop.clone(), errors.clone());
@@ -118,7 +120,16 @@ fn readers(store: Arc<Store<AnyBackend>>, n: u64, rate: u64, stop: Arc<AtomicBoo
                     let key = format!("p{:07}", rng.u64(0..n));
                     let t0 = Instant::now();
                     match store.read_value("player", &key, 7) {
-                        Ok(Some(_)) => lat.push(t0.elapsed().as_nanos() as u64),
+                        Ok(Some(_)) => {
+                            let took = t0.elapsed();
+                            lat.push(took.as_nanos() as u64);
+                            if slow_log && took > Duration::from_millis(1) {
+                                let at = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap();
+                                eprintln!("SLOW {:.3} {}", at.as_secs_f64(), took.as_micros());
+                            }
+                        }
                         _ => {
                             errors.fetch_add(1, Ordering::Relaxed);
                         }
@@ -244,17 +255,26 @@ fn main() {
         i += 5000;
     }
     println!("loaded {n} records in {:.1} s", t0.elapsed().as_secs_f64());
-    if db.starts_with("postgres") {
-        // Steady state before measuring: the load's autovacuum and checkpoint done, not racing the idle reads.
-        let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
-        c.batch_execute("VACUUM ANALYZE records").unwrap();
-        c.batch_execute("CHECKPOINT").unwrap();
-    }
-    // And the load's dirty pages written out by the OS now, not during the idle reads.
-    let synced = std::process::Command::new("sync").status();
-    assert!(synced.is_ok_and(|s| s.success()), "sync failed");
+    // Every timed phase starts from the same steady state: the previous
+    // phase's dead rows vacuumed, its checkpoint done and its dirty pages
+    // written out by the OS, so no phase pays for the one before it.
+    let settle = || {
+        if db.starts_with("postgres") {
+            let mut c = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+            c.batch_execute("VACUUM ANALYZE records").unwrap();
+            c.batch_execute("CHECKPOINT").unwrap();
+        } else if let Some(path) = db.strip_prefix("sqlite:") {
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+        }
+        let synced = std::process::Command::new("sync").status();
+        assert!(synced.is_ok_and(|s| s.success()), "sync failed");
+    };
+    settle();
 
     let store = Arc::new(Store::new(records::open(&db).unwrap(), schema(), "bench"));
+    // The readers' connections opened before measuring, not inside the idle window.
+    measure_reads(&store, n, rate, || std::thread::sleep(Duration::from_secs(1)));
     let (idle, idle_err) = measure_reads(&store, n, rate, || std::thread::sleep(Duration::from_secs(read_secs)));
     println!(
         "reads idle: {} reads, p50 {:.2} ms, p99 {:.2} ms, {idle_err} errors",
@@ -263,6 +283,7 @@ fn main() {
         pct(&idle, 0.99)
     );
 
+    settle();
     // Stop-the-world 1→3: every record read, upgraded and rewritten with the service down.
     let t0 = Instant::now();
     let mut after = 0;
@@ -297,6 +318,7 @@ fn main() {
         n as f64 / stw
     );
 
+    settle();
     // The crawler alone 3→5.
     let stop = AtomicBool::new(false);
     let crawler = Store::new(records::open(&db).unwrap(), schema(), "crawler");
@@ -310,6 +332,7 @@ fn main() {
         alone / stw
     );
 
+    settle();
     // The crawler 5→7 while the service reads.
     let mut loaded = 0.0;
     let (busy, busy_err) = measure_reads(&store, n, rate, || {
