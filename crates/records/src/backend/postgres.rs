@@ -66,19 +66,20 @@ fn all<T>(rows: Vec<Row>, f: fn(&Row) -> Result<T, postgres::Error>) -> Result<V
 impl PgBackend {
     /// Connects and creates the tables (serialised with an advisory lock).
     pub fn open(url: &str) -> Result<PgBackend, StorageError> {
-        let mut client = Client::connect(url, NoTls)?;
-        client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
-        let made = client.batch_execute(&cols::schema("BIGSERIAL PRIMARY KEY", "BIGINT", "BYTEA"));
-        client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
-        made?;
-        Ok(PgBackend {
+        let backend = PgBackend {
             url: url.to_string(),
-            pool: Mutex::new(vec![Conn {
-                client,
-                stmts: HashMap::new(),
-            }]),
+            pool: Mutex::new(Vec::new()),
             background: None,
-        })
+        };
+        let mut c = backend.connect()?;
+        c.client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
+        let made = c
+            .client
+            .batch_execute(&cols::schema("BIGSERIAL PRIMARY KEY", "BIGINT", "BYTEA"));
+        c.client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
+        made?;
+        backend.pool.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        Ok(backend)
     }
 
     fn connect(&self) -> Result<Conn, StorageError> {
