@@ -99,6 +99,29 @@ pub struct RunningRouter {
     upgrade_tx: Option<mpsc::Sender<handover::UpgradeJob>>,
     /// Dropping it ends the long-lived connection sweeper.
     _sweeper: watch::Sender<()>,
+    /// Caught from the start, before the router is published anywhere: a
+    /// signal sent as soon as the new pid shows (SIGUSR2 right after an
+    /// upgrade) must not meet the default action, which ends the process.
+    signals: Signals,
+}
+
+/// The signals [`RunningRouter::serve`] acts on (`None` where one could not be caught).
+#[derive(Default)]
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    usr2: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn catch() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+            usr2: signal(SignalKind::user_defined2()).ok(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RunningRouter {
@@ -162,10 +185,11 @@ impl RunningRouter {
     /// Serves until SIGTERM/SIGINT or a successful self-upgrade (admin API
     /// or SIGUSR2), then leaves: see [`leave`](Self::leave).
     pub async fn serve(mut self, grace: Duration) -> Exit {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).ok();
-        let mut int = signal(SignalKind::interrupt()).ok();
-        let mut usr2 = signal(SignalKind::user_defined2()).ok();
+        let Signals {
+            mut term,
+            mut int,
+            mut usr2,
+        } = std::mem::take(&mut self.signals);
         if let Some(tx) = self.upgrade_tx.take() {
             let _ = self.shared.upgrades.set(tx);
         }
@@ -267,6 +291,7 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
 /// Like [`start`], but serves on inherited sockets where they fit the
 /// config (binding the rest) and starts from inherited state when given.
 pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningRouter, StartError> {
+    let signals = Signals::catch();
     let clock = Clock::new();
     std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
         path: config.state_dir.clone(),
@@ -392,6 +417,7 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<Runn
         upgrades,
         upgrade_tx: Some(upgrade_tx),
         _sweeper: sweeper,
+        signals,
     })
 }
 
