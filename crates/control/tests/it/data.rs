@@ -85,13 +85,23 @@ async fn a_deploy_expands_before_the_new_release_and_contracts_after_the_old_one
     let d = f.wait_deploy(d.id, Duration::from_secs(60)).await;
     assert_eq!(d.outcome.as_deref(), Some("promoted"), "{d:?}");
     assert_eq!(columns(&f), vec!["id", "name", "first_name"], "v1 is still draining");
-    testkit::wait_for(
-        "v1 gone, the contract run and the gate raised",
+    // The status note is written once the data pass that made these changes
+    // returns, a moment after the database shows them: wait for both.
+    let s = testkit::wait_for(
+        "v1 gone, the contract run, the gate raised and status saying so",
         Duration::from_secs(40),
-        || async { (columns(&f) == vec!["id", "first_name"] && gate(&f) == Some(3)).then_some(()) },
+        || async {
+            if columns(&f) != vec!["id", "first_name"] || gate(&f) != Some(3) {
+                return None;
+            }
+            let s = f.status().await;
+            s.data
+                .as_deref()
+                .is_some_and(|n| n.contains("write gate of player: 3"))
+                .then_some(s)
+        },
     )
     .await;
-    let s = f.status().await;
     assert!(
         !s.instances
             .iter()
