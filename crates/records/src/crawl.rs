@@ -7,7 +7,9 @@
 //! upgraded twice or skipped. Only records that existed when the crawl
 //! started (`id <= max_id`) and that no server touched since
 //! (`last_active <= started_at`) are in scope, so a crawl always ends, and
-//! records a server holds (a live lease) are left to that server.
+//! records a server holds (a live lease) are left to that server. With a
+//! database server the crawler also reclaims the row versions it replaced
+//! ([`Backend::tidy`]) in its own background sessions as it goes.
 //!
 //! [`BatchSizer`] and [`RateLimiter`] are pure: time is passed in.
 
@@ -174,6 +176,19 @@ pub struct CrawlOptions {
     /// at nice 19 on the same CPU where it may ([`Backend::background_twin`]),
     /// so the servers' wake-ups find a free CPU.
     pub background: bool,
+    /// With a database server in background mode: reclaim the space of the
+    /// versions the crawl replaced as it goes ([`Backend::tidy`] every
+    /// [`tidy_every`] upgrades and at the end), in the crawler's own lowered
+    /// sessions, so the server's autovacuum (normal priority) has nothing
+    /// of the crawl's to do.
+    pub tidy: bool,
+}
+
+/// Upgrades between two tidies of a crawl of `total` records: a tenth of
+/// them (half the share of dead rows at which PostgreSQL's autovacuum
+/// starts by default, 20%), at least 50,000.
+pub fn tidy_every(total: u64) -> u64 {
+    (total / 10).max(50_000)
 }
 
 impl Default for CrawlOptions {
@@ -188,6 +203,7 @@ impl Default for CrawlOptions {
             writer: "crawler".into(),
             pause_poll: Duration::from_millis(200),
             background: true,
+            tidy: true,
         }
     }
 }
@@ -294,6 +310,9 @@ pub fn run<B: Backend>(
         step_rows: if polite { opts.step_rows.max(1) } else { usize::MAX },
         db_turn: polite.then(|| std::sync::Mutex::new(())),
     };
+    let tidy = polite && opts.tidy;
+    let mut untidy = 0u64;
+    let every = tidy_every(state.total);
     // The next batch is scanned and upgraded on another thread while this
     // one writes the current batch: the cursor of a batch is known before
     // its writes, and is saved only with them.
@@ -360,6 +379,10 @@ pub fn run<B: Backend>(
                     .recv()
                     .map_err(|_| Error::Type("the crawler's reader thread stopped".into()))??;
                 if batch.rows == 0 {
+                    if tidy && untidy > 0 {
+                        let _turn = scope.db_turn();
+                        scope.tidy();
+                    }
                     state.status = CrawlStatus::Done;
                     state.finished_at = Some(store.now());
                     state.updated_at = store.now();
@@ -378,6 +401,7 @@ pub fn run<B: Backend>(
                 (state.cursor_active, state.cursor_key) = batch.cursor;
                 state.batch_size = size.load(Ordering::Relaxed) as u32;
                 state.updated_at = store.now();
+                let upgraded_before = state.upgraded;
                 let results = {
                     let _turn = scope.db_turn();
                     db.write_batch(&batch.writes, Some(&mut state))?
@@ -392,6 +416,12 @@ pub fn run<B: Backend>(
                     }
                 }
                 sizer.observe(batch.rows, batch_began.elapsed());
+                untidy += state.upgraded - upgraded_before;
+                if tidy && untidy >= every {
+                    let _turn = scope.db_turn();
+                    scope.tidy();
+                    untidy = 0;
+                }
                 size.store(sizer.size(), Ordering::Relaxed);
                 let per_sec = (state.scanned - scanned_at_start) as f64 / began.elapsed().as_secs_f64().max(1e-3);
                 progress(&Progress {
@@ -456,6 +486,15 @@ fn background_thread(one_cpu: bool) {
 }
 
 impl<B: Backend> Scope<'_, B> {
+    /// Tidies the table; a failure only costs the cleanup (autovacuum will do it).
+    fn tidy(&self) {
+        match self.db.tidy() {
+            Ok(true) => tracing::debug!(kind = self.kind, "crawler tidied the records table"),
+            Ok(false) => tracing::debug!(kind = self.kind, "crawler could not tidy the records table"),
+            Err(e) => tracing::warn!(kind = self.kind, error = %e, "crawler could not tidy the records table"),
+        }
+    }
+
     /// The crawler's turn at the database, in background mode.
     fn db_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
         self.db_turn

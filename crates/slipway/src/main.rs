@@ -244,6 +244,9 @@ enum RecordsCommand {
     /// PostgreSQL on this host it keeps to one CPU at nice 19 and lowers its own database
     /// sessions' server processes the same way, which needs the database's OS user or
     /// CAP_SYS_NICE (it says at start whether it could).
+    /// With PostgreSQL it also vacuums (and analyzes) the records table in those sessions
+    /// after every tenth of the crawl and at its end, when it owns the table, so the
+    /// server's autovacuum has none of the crawl's dead rows to clean at normal priority.
     Crawl {
         #[arg(long)]
         kind: String,
@@ -259,6 +262,9 @@ enum RecordsCommand {
         /// Largest batch.
         #[arg(long, default_value_t = 5000)]
         max_batch: usize,
+        /// Do not vacuum the records table during the crawl (PostgreSQL); leave it to autovacuum.
+        #[arg(long)]
+        no_vacuum: bool,
     },
     /// Ask a running crawl to pause between batches.
     Pause(CrawlId),
@@ -456,6 +462,7 @@ fn main() -> ExitCode {
                     rate,
                     batch_time,
                     max_batch,
+                    no_vacuum,
                 } => {
                     slipway::init_logging("warn");
                     slipway::records::crawl(
@@ -466,6 +473,7 @@ fn main() -> ExitCode {
                             rate,
                             batch_time: batch_time.0,
                             max_batch,
+                            no_vacuum,
                         },
                     )
                 }

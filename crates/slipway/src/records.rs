@@ -119,6 +119,8 @@ pub struct CrawlArgs {
     pub rate: Option<f64>,
     pub batch_time: Duration,
     pub max_batch: usize,
+    /// Leave the replaced row versions to PostgreSQL's autovacuum.
+    pub no_vacuum: bool,
 }
 
 /// Runs (or resumes) a crawl in the foreground with a progress bar; Ctrl-C stops it resumably.
@@ -140,6 +142,7 @@ pub fn crawl(t: &Target, a: &CrawlArgs) -> anyhow::Result<()> {
         rate: a.rate,
         batch_time: a.batch_time,
         max_batch: a.max_batch,
+        tidy: !a.no_vacuum,
         ..CrawlOptions::default()
     };
     let bar = crate::progress_bar(0, "[{bar:30}] {pos}/{len} {msg}");

@@ -99,6 +99,17 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Reclaims the space of row versions that writes replaced and refreshes
+    /// the planner's statistics (PostgreSQL: `VACUUM (ANALYZE)` of the
+    /// records table), in this handle's sessions: the crawler cleans up
+    /// after itself as background work, before the server's autovacuum
+    /// would do it at normal priority. False when nothing was done: nothing
+    /// to do for this database, no permission (not the table's owner), or
+    /// the table was busy.
+    fn tidy(&self) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+
     /// A second handle on the same database, with sessions of its own that
     /// the operating system treats as background work (nice 19, on `cpu`
     /// if given) where it can: a database server on this host whose
@@ -172,6 +183,9 @@ impl Backend for AnyBackend {
     }
     fn set_gate(&self, kind: &str, version: Option<u32>) -> Result<(), StorageError> {
         delegate!(self, b => b.set_gate(kind, version))
+    }
+    fn tidy(&self) -> Result<bool, StorageError> {
+        delegate!(self, b => b.tidy())
     }
     fn crawl(&self, kind: &str, target: u32) -> Result<Option<CrawlState>, StorageError> {
         delegate!(self, b => b.crawl(kind, target))

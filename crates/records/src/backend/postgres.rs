@@ -381,6 +381,32 @@ impl Backend for PgBackend {
         true
     }
 
+    fn tidy(&self) -> Result<bool, StorageError> {
+        self.with(|c| {
+            // VACUUM needs the table's owner (a non-owner gets a warning and nothing done).
+            let owner: bool = c
+                .client
+                .query_one(
+                    "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = 'records'::regclass",
+                    &[],
+                )?
+                .try_get(0)?;
+            if !owner {
+                return Ok(false);
+            }
+            // Never queue behind a migration's lock for long; no parallel
+            // workers, which would run at normal priority.
+            c.client.batch_execute("SET lock_timeout = '2s'")?;
+            let done = c.client.batch_execute("VACUUM (ANALYZE, PARALLEL 0) records");
+            c.client.batch_execute("RESET lock_timeout")?;
+            match done {
+                Ok(()) => Ok(true),
+                Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
     fn background_twin(&self, cpu: Option<usize>) -> Result<Option<Self>, StorageError> {
         if !on_this_host(&self.url) {
             return Ok(None);

@@ -234,3 +234,51 @@ fn an_embedded_database_has_no_background_twin() {
     let backend = records::open(&db.url()).unwrap();
     assert!(backend.background_twin(Some(0)).unwrap().is_none());
 }
+
+/// Manual VACUUM and ANALYZE runs of the records table so far (autovacuum's are counted apart).
+fn manual_vacuums(url: &str) -> (i64, i64) {
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let row = admin
+        .query_one(
+            "SELECT vacuum_count, analyze_count FROM pg_stat_user_tables WHERE relname = 'records'",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn a_crawl_on_postgres_vacuums_the_versions_it_replaced_unless_told_not_to() {
+    for (tag, tidy) in [("crawl_tidy", true), ("crawl_untidy", false)] {
+        let db = Db::postgres(tag);
+        fill(&db, 120);
+        let store = db.store("crawler");
+        let before = manual_vacuums(&db.url());
+        let opts = CrawlOptions {
+            tidy,
+            ..CrawlOptions::default()
+        };
+        let done = crawl::run(&store, "player", 3, &opts, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        assert_eq!((done.status, done.upgraded), (CrawlStatus::Done, 120));
+        let (vacuums, analyzes) = manual_vacuums(&db.url());
+        if tidy {
+            assert!(
+                vacuums > before.0 && analyzes > before.1,
+                "the crawl vacuumed and analyzed the table at its end: {before:?} -> {:?}",
+                (vacuums, analyzes)
+            );
+        } else {
+            assert_eq!(
+                (vacuums, analyzes),
+                before,
+                "tidy: false leaves the table to autovacuum"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_crawler_tidies_every_tenth_of_a_large_crawl_and_never_more_often_than_every_50000() {
+    assert_eq!(crawl::tidy_every(100), 50_000);
+    assert_eq!(crawl::tidy_every(1_000_000), 100_000);
+}
