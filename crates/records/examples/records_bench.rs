@@ -164,6 +164,7 @@ fn main() {
     let (mut crawl_rate, mut batch_ms): (Option<f64>, u64) = (None, 50);
     let mut step_rows = CrawlOptions::default().step_rows;
     let mut crawl_to: Option<u32> = None;
+    let mut tidy = true;
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("a value after the flag");
         match a.as_str() {
@@ -175,9 +176,10 @@ fn main() {
             "--batch-time" => batch_ms = val().parse().unwrap(),
             "--step-rows" => step_rows = val().parse().unwrap(),
             "--crawl-to" => crawl_to = Some(val().parse().unwrap()),
+            "--no-vacuum" => tidy = false,
             _ => panic!(
                 "usage: records_bench --db URL [--records N] [--read-secs S] [--read-rate R] [--crawl-rate R] \
-                 [--batch-time MS] [--step-rows N]"
+                 [--batch-time MS] [--step-rows N] [--no-vacuum]"
             ),
         }
     }
@@ -186,6 +188,7 @@ fn main() {
         batch_time: Duration::from_millis(batch_ms),
         rate: crawl_rate,
         step_rows,
+        tidy,
         ..CrawlOptions::default()
     };
     if let Some(to) = crawl_to {
@@ -333,6 +336,24 @@ fn main() {
     );
 
     settle();
+    // Idle again, right before the crawl: this machine's background noise
+    // (other VMs, steal time) drifts over the minutes between the first
+    // idle window and the crawl, so the baseline pools both windows.
+    let (idle_b, idle_b_err) = measure_reads(&store, n, rate, || {
+        std::thread::sleep(Duration::from_secs(2 * read_secs))
+    });
+    println!(
+        "reads idle before the crawl: {} reads, p50 {:.2} ms, p99 {:.2} ms, {idle_b_err} errors",
+        idle_b.len(),
+        pct(&idle_b, 0.5),
+        pct(&idle_b, 0.99)
+    );
+    let idle_a_p99 = pct(&idle, 0.99);
+    let idle_b_p99 = pct(&idle_b, 0.99);
+    let mut idle = idle;
+    idle.extend(idle_b);
+    idle.sort_unstable();
+    let idle_err = idle_err + idle_b_err;
     // The crawler 5→7 while the service reads.
     let mut loaded = 0.0;
     let (busy, busy_err) = measure_reads(&store, n, rate, || {
@@ -342,6 +363,9 @@ fn main() {
         args.extend(["--step-rows".into(), step_rows.to_string()]);
         if let Some(r) = crawl_rate {
             args.extend(["--crawl-rate".into(), r.to_string()]);
+        }
+        if !tidy {
+            args.push("--no-vacuum".into());
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(&args)
@@ -362,7 +386,7 @@ fn main() {
     );
     println!(
         "RESULT stw_s={stw:.1} crawl_s={alone:.1} crawl_loaded_s={loaded:.1} idle_p99_ms={:.3} crawl_p99_ms={:.3} \
-         errors={} step_us={:.1} decode_us={c0:.1}",
+         errors={} step_us={:.1} decode_us={c0:.1} idle_first_p99_ms={idle_a_p99:.3} idle_before_crawl_p99_ms={idle_b_p99:.3}",
         pct(&idle, 0.99),
         pct(&busy, 0.99),
         idle_err + busy_err,
