@@ -380,7 +380,6 @@ pub fn run<B: Backend>(
                     .map_err(|_| Error::Type("the crawler's reader thread stopped".into()))??;
                 if batch.rows == 0 {
                     if tidy && untidy > 0 {
-                        let _turn = scope.db_turn();
                         scope.tidy();
                     }
                     state.status = CrawlStatus::Done;
@@ -418,7 +417,6 @@ pub fn run<B: Backend>(
                 sizer.observe(batch.rows, batch_began.elapsed());
                 untidy += state.upgraded - upgraded_before;
                 if tidy && untidy >= every {
-                    let _turn = scope.db_turn();
                     scope.tidy();
                     untidy = 0;
                 }
@@ -486,8 +484,10 @@ fn background_thread(one_cpu: bool) {
 }
 
 impl<B: Backend> Scope<'_, B> {
-    /// Tidies the table; a failure only costs the cleanup (autovacuum will do it).
+    /// Tidies the table in the crawler's database turn; a failure only
+    /// costs the cleanup (autovacuum will do it).
     fn tidy(&self) {
+        let _turn = self.db_turn();
         match self.db.tidy() {
             Ok(true) => tracing::debug!(kind = self.kind, "crawler tidied the records table"),
             Ok(false) => tracing::debug!(kind = self.kind, "crawler could not tidy the records table"),
