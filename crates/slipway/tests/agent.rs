@@ -141,7 +141,15 @@ async fn a_killed_agent_leaves_instances_serving_and_its_successor_adopts_them_a
     })
     .await;
     let api = ApiClient::new(&api_addr, Some(token)).unwrap();
-    let adopted: InstanceList = api.get("/v1/instances").await.unwrap();
+    // An adopted instance is probed again before it counts as ready.
+    let adopted: InstanceList = wait_for("adopted instances ready", Duration::from_secs(10), || async {
+        let list: InstanceList = api.get("/v1/instances").await.ok()?;
+        list.instances
+            .iter()
+            .all(|i| i.state != InstanceState::Starting)
+            .then_some(list)
+    })
+    .await;
     assert_eq!(adopted.instances.len(), 4);
     for (a, b) in adopted.instances.iter().zip(&ready) {
         assert_eq!(
