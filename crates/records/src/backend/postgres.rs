@@ -36,7 +36,24 @@ pub struct PgBackend {
     pool: Mutex<Vec<Conn>>,
     /// Set on a background twin: its sessions are lowered as they connect.
     background: Option<Lowering>,
+    /// The ids of the records the last crawl batch replaced, whose pages the
+    /// next crawl batch prunes ([`PRUNE`]).
+    replaced: Mutex<Vec<i64>>,
 }
+
+/// Reads back, first thing in a crawl batch's transaction, the records the
+/// previous batch replaced. Reading a page is when PostgreSQL prunes the dead
+/// row versions on it (if the page is nearly full), and a transaction that
+/// only read but pruned commits its WAL asynchronously: it wakes the WAL
+/// writer, which then writes out all the crawl's WAL so far, at normal
+/// priority, on the CPU where that read ran. Left to the servers' reads,
+/// every second read or so during a crawl did that (at 1,000 reads/s, 500
+/// wake-ups a second; the WAL writer was in two thirds of the servers' slow
+/// reads, measured with `bench/records/trace.sh`). Done here, the pruning is
+/// part of the crawl's own transaction, flushed by its commit from its own
+/// lowered session. By id: the smallest index, and it reaches the old version
+/// of a record that moved to another page as well as the new one.
+const PRUNE: &str = "SELECT count(*) FROM records WHERE id = ANY(?1::int8[])";
 
 /// The `application_name` of a background twin's sessions.
 pub const BACKGROUND_APP: &str = "slipway background";
@@ -70,6 +87,7 @@ impl PgBackend {
             url: url.to_string(),
             pool: Mutex::new(Vec::new()),
             background: None,
+            replaced: Mutex::default(),
         };
         let mut c = backend.connect()?;
         c.client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
@@ -194,7 +212,7 @@ const BULK_UPDATE: &str = "UPDATE records AS r SET version = u.version, min_read
     AS u(kind, key, version, min_reader, format, payload, etag, writer, last_active, reader, i) \
     WHERE r.kind = u.kind AND r.key = u.key AND r.etag = u.etag \
     AND (u.reader IS NULL OR r.version <= u.reader OR r.min_reader <= u.reader) \
-    RETURNING u.i, r.etag";
+    RETURNING u.i, r.etag, r.id";
 
 /// Whether a batch can go as one `BULK_UPDATE`: several CAS updates, no record twice.
 fn bulk_updates(ws: &[Write]) -> bool {
@@ -205,10 +223,13 @@ fn bulk_updates(ws: &[Write]) -> bool {
             .all(|w| matches!(w.expect, Expect::Etag(_)) && seen.insert((w.kind.as_str(), w.key.as_str())))
 }
 
+/// Runs one `BULK_UPDATE`; the new etags in write order, and the ids of the
+/// records written pushed onto `ids`.
 fn bulk_update(
     tx: &mut postgres::Transaction<'_>,
     st: &Statement,
     ws: &[Write],
+    ids: &mut Vec<i64>,
 ) -> Result<Vec<Option<i64>>, StorageError> {
     let col = |f: fn(&Write) -> i64| ws.iter().map(f).collect::<Vec<i64>>();
     let kinds: Vec<&str> = ws.iter().map(|w| w.kind.as_str()).collect();
@@ -241,6 +262,7 @@ fn bulk_update(
     for r in &rows {
         let i = r.try_get::<_, i64>(0)? as usize;
         out[i - 1] = Some(r.try_get::<_, i64>(1)?);
+        ids.push(r.try_get(2)?);
     }
     Ok(out)
 }
@@ -260,11 +282,23 @@ impl Backend for PgBackend {
             } else {
                 None
             };
+            let prune = match crawl {
+                Some(_) => Some(c.st(PRUNE)?),
+                None => None,
+            };
             let mut tx = c.client.transaction()?;
+            if let Some(prune) = prune {
+                let mut ids = std::mem::take(&mut *self.replaced.lock().unwrap_or_else(|p| p.into_inner()));
+                if !ids.is_empty() {
+                    ids.sort_unstable();
+                    tx.query_one(&prune, &[&ids])?;
+                }
+            }
             let mut out = Vec::with_capacity(ws.len());
+            let mut written = Vec::new();
             if let Some(bulk) = bulk {
                 for part in ws.chunks(BULK_ROWS) {
-                    out.extend(bulk_update(&mut tx, &bulk, part)?);
+                    out.extend(bulk_update(&mut tx, &bulk, part, &mut written)?);
                 }
             } else {
                 for w in ws {
@@ -279,11 +313,15 @@ impl Backend for PgBackend {
                     });
                 }
             }
+            let crawling = crawl.is_some();
             if let Some(s) = crawl {
                 s.upgraded += out.iter().filter(|r| r.is_some()).count() as u64;
                 tx.execute(&progress, &refs(&cols::progress_params(s)))?;
             }
             tx.commit()?;
+            if crawling {
+                *self.replaced.lock().unwrap_or_else(|p| p.into_inner()) = written;
+            }
             Ok(out)
         })
     }
@@ -418,6 +456,7 @@ impl Backend for PgBackend {
                 cpu,
                 told: std::sync::atomic::AtomicBool::new(false),
             }),
+            replaced: Mutex::default(),
         }))
     }
 }
