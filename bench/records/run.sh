@@ -52,7 +52,7 @@ for k in rows[0]:
 stw = statistics.median(float(r["stw_s"]) for r in rows)
 cr = statistics.median(float(r["crawl_s"]) for r in rows)
 p = statistics.median(float(r["crawl_p99_ms"]) / float(r["idle_p99_ms"]) for r in rows)
-print(f"  crawler/stop-the-world time: {cr/stw:.2f} (bar <= 1.00); read p99 during/idle: {p:.2} (bar <= 2.00)")
+print(f"  crawler/stop-the-world time: {cr/stw:.2f} (bar <= 1.00); read p99 during/idle: {p:.2f} (bar <= 2.00)")
 '
   rm -f "$out"
 done
