@@ -282,10 +282,8 @@ impl Backend for PgBackend {
             } else {
                 None
             };
-            let prune = match crawl {
-                Some(_) => Some(c.st(PRUNE)?),
-                None => None,
-            };
+            let crawling = crawl.is_some();
+            let prune = if crawling { Some(c.st(PRUNE)?) } else { None };
             let mut tx = c.client.transaction()?;
             if let Some(prune) = prune {
                 let mut ids = std::mem::take(&mut *self.replaced.lock().unwrap_or_else(|p| p.into_inner()));
@@ -313,7 +311,6 @@ impl Backend for PgBackend {
                     });
                 }
             }
-            let crawling = crawl.is_some();
             if let Some(s) = crawl {
                 s.upgraded += out.iter().filter(|r| r.is_some()).count() as u64;
                 tx.execute(&progress, &refs(&cols::progress_params(s)))?;
