@@ -22,30 +22,12 @@ pub struct Config {
     pub logs: LogSettings,
 }
 
-/// Why an agent config could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not valid TOML for an agent config: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path} has {problems}")]
-    Invalid { path: PathBuf, problems: Problems },
-}
+pub use plumbing::config::ConfigError;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let raw: AgentConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Config::from_raw(&raw, path.parent().unwrap_or(Path::new("."))).map_err(|problems| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
+        plumbing::config::load(path, "agent config", |raw: AgentConfigFile, abs| {
+            Config::from_raw(&raw, abs.parent().unwrap_or(Path::new(".")))
         })
     }
 

@@ -108,29 +108,21 @@ async fn rotate_logs(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
 
 /// Runs the agent until SIGTERM or SIGINT; instances keep running after it.
 pub fn run(config: Config) -> Result<(), StartError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
-    runtime.block_on(async move {
-        let running = start(config).await?;
+    let up = |running: &RunningAgent| {
         println!(
             "slipway agent: API on {} (token in {}), root {}, {} instances adopted",
             running.api_addr,
             running.agent.config.token_file.display(),
             running.agent.config.root.display(),
             running.agent.list().len()
-        );
-        use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        println!("slipway agent: stopping; instances keep running");
-        running.shutdown().await;
-        Ok(())
-    })
+        )
+    };
+    let leaving = "slipway agent: stopping; instances keep running";
+    plumbing::lifecycle::block_on(plumbing::lifecycle::serve_until_signal(
+        start(config),
+        up,
+        leaving,
+        async |r: RunningAgent| r.shutdown().await,
+    ))
+    .map_err(StartError::Runtime)?
 }

@@ -68,32 +68,13 @@ impl Layout {
     }
 }
 
-/// Why a service definition could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not valid TOML for a service definition: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path} has {problems}")]
-    Invalid { path: PathBuf, problems: Problems },
-}
+pub use plumbing::config::ConfigError;
 
 impl ServiceConfig {
     pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let file: ServiceFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let base = abs.parent().unwrap_or(Path::new(".")).to_path_buf();
-        ServiceConfig::from_file(file, &abs, &base).map_err(|problems| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
+        plumbing::config::load(path, "service definition", |file: ServiceFile, abs| {
+            let base = abs.parent().unwrap_or(Path::new(".")).to_path_buf();
+            ServiceConfig::from_file(file, abs, &base)
         })
     }
 

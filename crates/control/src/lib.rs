@@ -193,23 +193,13 @@ pub fn reload(c: &Control) -> Result<Reloaded, ConfigError> {
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub fn run(cfg: ServiceConfig, exe: PathBuf) -> Result<(), StartError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
-    runtime.block_on(async move {
-        let running = start(cfg, exe).await?;
-        println!("slipway control plane: API on {}", running.api_addr);
-        use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        println!("slipway control plane: stopping; the router and the instances keep serving");
-        running.shutdown().await;
-        Ok(())
-    })
+    let up = |running: &RunningControl| println!("slipway control plane: API on {}", running.api_addr);
+    let leaving = "slipway control plane: stopping; the router and the instances keep serving";
+    plumbing::lifecycle::block_on(plumbing::lifecycle::serve_until_signal(
+        start(cfg, exe),
+        up,
+        leaving,
+        async |r: RunningControl| r.shutdown().await,
+    ))
+    .map_err(StartError::Runtime)?
 }

@@ -2,6 +2,8 @@
 
 pub mod api;
 pub mod client;
+pub mod config;
 pub mod fds;
 pub mod fs;
+pub mod lifecycle;
 pub mod sched;

@@ -60,35 +60,16 @@ pub struct Config {
     pub initial_routes: Option<RouteTable>,
 }
 
-/// Why a config file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not valid TOML for a router config: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path} has {problems}")]
-    Invalid { path: PathBuf, problems: Problems },
-}
+pub use plumbing::config::ConfigError;
 
 impl Config {
     /// Reads and validates a router config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let raw: RouterConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = Config::from_raw(&raw, base).map_err(|problems| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        })?;
-        config.config_path = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
-        Ok(config)
+        plumbing::config::load(path, "router config", |raw: RouterConfigFile, abs| {
+            let mut config = Config::from_raw(&raw, abs.parent().unwrap_or(Path::new(".")))?;
+            config.config_path = Some(abs.to_path_buf());
+            Ok(config)
+        })
     }
 
     /// Validates a raw config; relative paths are taken from `base`.

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use plumbing::lifecycle::{Signals, Stop};
 use tokio::sync::{mpsc, watch};
 use wire::api::{BoundListener, UpgradeRequest, Upgraded};
 use wire::router_config::ListenerKind;
@@ -105,25 +106,6 @@ pub struct RunningRouter {
     signals: Signals,
 }
 
-/// The signals [`RunningRouter::serve`] acts on (`None` where one could not be caught).
-#[derive(Default)]
-struct Signals {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-    usr2: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn catch() -> Signals {
-        use tokio::signal::unix::{SignalKind, signal};
-        Signals {
-            term: signal(SignalKind::terminate()).ok(),
-            int: signal(SignalKind::interrupt()).ok(),
-            usr2: signal(SignalKind::user_defined2()).ok(),
-        }
-    }
-}
-
 impl std::fmt::Debug for RunningRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningRouter")
@@ -185,36 +167,22 @@ impl RunningRouter {
     /// Serves until SIGTERM/SIGINT or a successful self-upgrade (admin API
     /// or SIGUSR2), then leaves: see [`leave`](Self::leave).
     pub async fn serve(mut self, grace: Duration) -> Exit {
-        let Signals {
-            mut term,
-            mut int,
-            mut usr2,
-        } = std::mem::take(&mut self.signals);
+        let mut signals = std::mem::take(&mut self.signals);
         if let Some(tx) = self.upgrade_tx.take() {
             let _ = self.shared.upgrades.set(tx);
         }
-        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
         let exit = loop {
             let (req, reply) = tokio::select! {
-                _ = recv(&mut term) => {
-                    tracing::info!("SIGTERM: stopping; open requests get {grace:?} to finish");
-                    break Exit::Signal;
-                }
-                _ = recv(&mut int) => {
-                    tracing::info!("SIGINT: stopping; open requests get {grace:?} to finish");
-                    break Exit::Signal;
-                }
-                _ = recv(&mut usr2) => {
-                    tracing::info!("SIGUSR2: upgrading to a new router process");
-                    (UpgradeRequest::default(), None)
-                }
+                stop = signals.next() => match stop {
+                    Stop::Terminate | Stop::Interrupt => {
+                        tracing::info!(signal = ?stop, "stopping; open requests get {grace:?} to finish");
+                        break Exit::Signal;
+                    }
+                    Stop::Upgrade => {
+                        tracing::info!("SIGUSR2: upgrading to a new router process");
+                        (UpgradeRequest::default(), None)
+                    }
+                },
                 job = self.upgrades.recv() => match job {
                     Some((req, reply)) => (req, Some(reply)),
                     None => std::future::pending().await,
@@ -291,7 +259,7 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
 /// Like [`start`], but serves on inherited sockets where they fit the
 /// config (binding the rest) and starts from inherited state when given.
 pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningRouter, StartError> {
-    let signals = Signals::catch();
+    let signals = Signals::catch(true);
     let clock = Clock::new();
     std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
         path: config.state_dir.clone(),

@@ -29,52 +29,16 @@ fn bin_dir() -> PathBuf {
 }
 
 fn service_toml(demo: &Path) -> String {
-    format!(
-        r#"
-[service]
-name = "bench"
-state_dir = "state"
-
-[[listener]]
-name = "web"
-kind = "http"
-addr = "127.0.0.1:0"
-
-[instance]
-count = 4
-command = "{}"
-readiness = {{ kind = "http", path = "/healthz", start_deadline = "20s" }}
-drain = {{ signal = "SIGTERM", stop_deadline = "5s" }}
-
-[routing]
-health = {{ kind = "http", path = "/healthz", interval = "1s" }}
-
-[deploy]
-drain_deadline = "5s"
-session_idle = "2s"
-
-[deploy.canary]
-instances = 2
-steps = [{{ weight = 10, hold = "5s" }}, {{ weight = 50, hold = "5s" }}]
-max_extensions = 0
-on_inconclusive = "continue"
-
-[deploy.canary.analysis]
-metrics = [
-  {{ name = "error_rate", kind = "error_rate", absolute_tolerance = 0.01, critical = true }},
-  {{ name = "latency_p50", kind = "latency", quantile = 0.5, tolerance = 0.5, detectable_increase = 1.0, critical = true }},
-]
-
-[deploy.rolling]
-max_surge = 1
-bake = "1s"
-
-[deploy.blue_green]
-check = "2s"
-rollback_window = "120s"
-"#,
-        demo.display()
-    )
+    let mut t = testkit::ServiceToml::new("bench", demo);
+    t.count = 4;
+    t.hold = "5s".into();
+    t.drain_deadline = "5s".into();
+    t.latency = "tolerance = 0.5, detectable_increase = 1.0".into();
+    t.rolling_bake = "1s".into();
+    t.blue_green_check = "2s".into();
+    t.rollback_window = "120s".into();
+    t.extra = "\n[routing]\nhealth = { kind = \"http\", path = \"/healthz\", interval = \"1s\" }\n".into();
+    t.render()
 }
 
 async fn run_deploy(api: &plumbing::client::ApiClient, release: &str, strategy: Strategy) -> DeployInfo {
@@ -124,22 +88,9 @@ fn start_demo(demo: &Path, release: &str, port: u16) -> Child {
         .expect("start demo-app")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// Waits up to 10 s for a loopback port to accept connections.
 async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("port {port} never opened");
+    testkit::wait_port(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)).await
 }
 
 fn nginx_conf(dir: &Path, listen: u16, ports: &[u16]) -> String {
@@ -166,8 +117,8 @@ async fn nginx_run(demo: &Path, rate: f64, websockets: usize, dir: &Path) -> Opt
         eprintln!("nginx not installed: skipping the comparison");
         return None;
     }
-    let listen = free_port();
-    let mut ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let listen = testkit::free_port();
+    let mut ports: Vec<u16> = (0..4).map(|_| testkit::free_port()).collect();
     let mut apps: Vec<Child> = ports.iter().map(|p| start_demo(demo, "v1", *p)).collect();
     for p in &ports {
         wait_port(*p).await;
@@ -192,7 +143,7 @@ async fn nginx_run(demo: &Path, rate: f64, websockets: usize, dir: &Path) -> Opt
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = load.report();
     for round in 2..=4 {
-        let new_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+        let new_ports: Vec<u16> = (0..4).map(|_| testkit::free_port()).collect();
         let new_apps: Vec<Child> = new_ports
             .iter()
             .map(|p| start_demo(demo, &format!("v{round}"), *p))

@@ -47,22 +47,9 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// Waits up to 10 s for a loopback port to accept connections.
 async fn wait_port(port: u16) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("port {port} never opened");
+    testkit::wait_port(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)).await
 }
 
 fn quiet(cmd: &mut Command) -> &mut Command {
@@ -85,7 +72,7 @@ impl Running {
         let dir = dir.join(format!("{proxy:?}").to_lowercase());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (p1, p2) = (free_port(), free_port());
+        let (p1, p2) = (testkit::free_port(), testkit::free_port());
         let ups = |fmt: &dyn Fn(usize, u16) -> String| -> String {
             upstreams.iter().enumerate().map(|(i, p)| fmt(i, *p)).collect()
         };
@@ -367,7 +354,7 @@ async fn main() {
     }
     let dir = std::env::temp_dir().join(format!("slipway-upgrade-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ports = [free_port(), free_port()];
+    let ports = [testkit::free_port(), testkit::free_port()];
     let mut apps: Vec<Child> = ports
         .iter()
         .map(|p| {

@@ -1,5 +1,6 @@
 //! The `slipway` command's library side: what each subcommand does, so `main.rs` only parses and dispatches.
 
+pub mod cli;
 pub mod demo;
 pub mod migrate;
 pub mod ops;

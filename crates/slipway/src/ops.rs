@@ -12,7 +12,16 @@ use wire::service::{DeployInfo, DeployList, DeployRequest, ServiceStatus, Strate
 
 /// Loads slipway.toml (every problem listed if it is wrong).
 pub fn load(path: &Path) -> anyhow::Result<ServiceConfig> {
-    Ok(ServiceConfig::load(path)?)
+    match ServiceConfig::load(path) {
+        Err(control::ConfigError::Read { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!(
+                "there is no {} here: run this in the folder of your service's slipway.toml, \
+                 or name it with -c FILE (or SLIPWAY_CONFIG)",
+                path.display()
+            )
+        }
+        other => Ok(other?),
+    }
 }
 
 /// The slipway binary, to start the helpers with.

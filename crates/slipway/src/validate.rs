@@ -35,8 +35,9 @@ pub enum ValidateError {
         kind: Kind,
         problems: Problems,
     },
-    #[error("{path}: {0}", path = .1)]
-    Router(router::ConfigError, String),
+    /// A config that could not be read or parsed (its message names the file).
+    #[error(transparent)]
+    Config(plumbing::config::ConfigError),
     #[error(
         "{path}: cannot tell what kind of config this is (slipway.toml has [service]; a router config has state_dir and [admin]; a route table has [[release]])"
     )]
@@ -73,10 +74,7 @@ pub fn validate(path: &Path) -> Result<Kind, ValidateError> {
                 kind: Kind::Service,
                 problems,
             },
-            other => ValidateError::Syntax {
-                path: shown.clone(),
-                message: other.to_string(),
-            },
+            other => ValidateError::Config(other),
         })?;
         return Ok(Kind::Service);
     }
@@ -87,7 +85,7 @@ pub fn validate(path: &Path) -> Result<Kind, ValidateError> {
                 kind: Kind::RouterConfig,
                 problems,
             },
-            other => ValidateError::Router(other, shown.clone()),
+            other => ValidateError::Config(other),
         })?;
         return Ok(Kind::RouterConfig);
     }

@@ -198,3 +198,117 @@ pub fn pg_database(tag: &str) -> String {
         None => panic!("SLIPWAY_TEST_PG must end in /DATABASE: {admin}"),
     }
 }
+
+/// A loopback port that was free a moment ago (for a process that must be told its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// Waits until something accepts connections on `addr`, or panics after `limit`.
+pub async fn wait_port(addr: SocketAddr, limit: Duration) {
+    wait_for(&format!("{addr} to accept connections"), limit, || async {
+        TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await
+}
+
+/// A slipway.toml for tests and benches: the demo app as the service, one
+/// HTTP listener on port 0, and deploy settings short enough for a test.
+/// `extra` is appended as is (more tables).
+#[derive(Debug, Clone)]
+pub struct ServiceToml {
+    pub name: String,
+    /// The instance command (usually the demo-app binary).
+    pub command: PathBuf,
+    pub count: u32,
+    /// Every canary step's hold.
+    pub hold: String,
+    pub drain_deadline: String,
+    /// Extra keys of the canary's latency_p50 metric, e.g. `tolerance = 0.5`.
+    pub latency: String,
+    pub rolling_bake: String,
+    pub blue_green_check: String,
+    pub rollback_window: String,
+    pub extra: String,
+}
+
+impl ServiceToml {
+    pub fn new(name: &str, command: &Path) -> ServiceToml {
+        ServiceToml {
+            name: name.into(),
+            command: command.to_path_buf(),
+            count: 3,
+            hold: "3s".into(),
+            drain_deadline: "4s".into(),
+            latency: String::new(),
+            rolling_bake: "500ms".into(),
+            blue_green_check: "1s".into(),
+            rollback_window: "60s".into(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let latency = if self.latency.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", self.latency)
+        };
+        format!(
+            r#"
+[service]
+name = "{name}"
+state_dir = "state"
+
+[[listener]]
+name = "web"
+kind = "http"
+addr = "127.0.0.1:0"
+
+[instance]
+count = {count}
+command = "{command}"
+readiness = {{ kind = "http", path = "/healthz", start_deadline = "20s" }}
+drain = {{ signal = "SIGTERM", stop_deadline = "5s" }}
+
+[deploy]
+drain_deadline = "{drain}"
+session_idle = "2s"
+
+[deploy.canary]
+instances = 2
+steps = [{{ weight = 10, hold = "{hold}" }}, {{ weight = 50, hold = "{hold}" }}]
+extension = "1s"
+max_extensions = 0
+on_inconclusive = "continue"
+
+[deploy.canary.analysis]
+metrics = [
+  {{ name = "error_rate", kind = "error_rate", absolute_tolerance = 0.01, critical = true }},
+  {{ name = "latency_p50", kind = "latency", quantile = 0.5, critical = true{latency} }},
+]
+
+[deploy.rolling]
+max_surge = 1
+bake = "{bake}"
+
+[deploy.blue_green]
+check = "{check}"
+rollback_window = "{window}"
+{extra}
+"#,
+            name = self.name,
+            count = self.count,
+            command = self.command.display(),
+            drain = self.drain_deadline,
+            hold = self.hold,
+            bake = self.rolling_bake,
+            check = self.blue_green_check,
+            window = self.rollback_window,
+            extra = self.extra,
+        )
+    }
+}

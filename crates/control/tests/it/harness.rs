@@ -17,52 +17,9 @@ pub struct Fixture {
 }
 
 pub fn service_toml(dir: &TempDir, extra: &str) -> String {
-    format!(
-        r#"
-[service]
-name = "test"
-state_dir = "state"
-
-[[listener]]
-name = "web"
-kind = "http"
-addr = "127.0.0.1:0"
-
-[instance]
-count = 3
-command = "{demo}"
-readiness = {{ kind = "http", path = "/healthz", start_deadline = "20s" }}
-drain = {{ signal = "SIGTERM", stop_deadline = "5s" }}
-
-[deploy]
-drain_deadline = "4s"
-session_idle = "2s"
-
-[deploy.canary]
-instances = 2
-steps = [{{ weight = 10, hold = "3s" }}, {{ weight = 50, hold = "3s" }}]
-extension = "1s"
-max_extensions = 0
-on_inconclusive = "continue"
-
-[deploy.canary.analysis]
-metrics = [
-  {{ name = "error_rate", kind = "error_rate", absolute_tolerance = 0.01, critical = true }},
-  {{ name = "latency_p50", kind = "latency", quantile = 0.5, critical = true }},
-]
-
-[deploy.rolling]
-max_surge = 1
-bake = "500ms"
-
-[deploy.blue_green]
-check = "1s"
-rollback_window = "60s"
-{extra}
-"#,
-        demo = testkit::workspace_bin("demo-app").display()
-    )
-    .replace("{dir}", &dir.path().display().to_string())
+    let mut t = testkit::ServiceToml::new("test", &testkit::workspace_bin("demo-app"));
+    t.extra = extra.to_string();
+    t.render().replace("{dir}", &dir.path().display().to_string())
 }
 
 impl Fixture {

@@ -1,0 +1,353 @@
+//! The command line's shape: every subcommand, argument and flag with its help.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// slipway releases new versions of live services with zero downtime.
+#[derive(Debug, Parser)]
+#[command(name = "slipway", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router (the data plane) from a router config file, or upgrade a running one.
+    Router {
+        #[command(subcommand)]
+        command: Option<RouterCommand>,
+        /// Router config (TOML).
+        #[arg(long, short, global = true, env = "SLIPWAY_ROUTER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Take the sockets over from the old router waiting on this Unix
+        /// socket (what a self-upgrade starts the new binary with).
+        #[arg(long, hide = true)]
+        takeover: Option<PathBuf>,
+    },
+    /// Check a config file (router config or route table) and print every problem in it.
+    Validate {
+        /// The file to check (.toml or .json).
+        file: PathBuf,
+    },
+    /// Run the agent: starts, probes, drains and restarts app instances of several releases on this host.
+    Agent {
+        /// Agent config (TOML).
+        #[arg(long, short, env = "SLIPWAY_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Manage release folders (releases/<id>/, current, previous) under a root.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+        /// Root folder holding releases/ (the agent's root).
+        #[arg(long, global = true, env = "SLIPWAY_ROOT", default_value = ".slipway")]
+        root: PathBuf,
+    },
+    /// Show an instance's output, or every instance of a release.
+    Logs {
+        /// Instance id (v2-0) or release id (v2).
+        target: String,
+        /// Keep printing new output.
+        #[arg(long, short)]
+        follow: bool,
+        /// Lines of history to show first.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+        /// Root folder (the agent's root).
+        #[arg(long, env = "SLIPWAY_ROOT", default_value = ".slipway")]
+        root: PathBuf,
+    },
+    /// Start what is missing of agent, router and control plane (each its own process).
+    Up {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Stop the instances, then the control plane, the router and the agent.
+    Down {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Run the control plane in the foreground (`slipway up` runs it in the background).
+    Control {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Deploy a release (added with `slipway release add`) and follow it; exits 1 if it was aborted.
+    Deploy {
+        release: String,
+        /// canary, rolling or blue-green (default: [deploy] strategy).
+        #[arg(long)]
+        strategy: Option<wire::service::Strategy>,
+        /// Start it and return at once.
+        #[arg(long)]
+        detach: bool,
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// The current release, the running deploy with its verdict, routes and instances.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Past deploys with their outcome and verdicts.
+    History {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Promote the running deploy now, skipping its remaining steps.
+    Promote {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Abort the running deploy: canary out of traffic at once, baseline untouched.
+    Abort {
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Pause the running deploy (holds and checks stop counting).
+    Pause {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Resume a paused deploy.
+    Resume {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Go back to the previous release: a route swap while it is warm, else a fast redeploy.
+    Rollback {
+        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+        config: PathBuf,
+    },
+    /// Schema-versioned records: versions per kind, the background crawler, write gates, verify, the HTTP service.
+    Records {
+        #[command(subcommand)]
+        command: RecordsCommand,
+        /// The records database: sqlite:PATH or postgres://user@host:port/db.
+        #[arg(
+            long,
+            global = true,
+            env = "SLIPWAY_RECORDS_DB",
+            default_value = "sqlite:.slipway/records.db"
+        )]
+        db: String,
+        /// The upgraders: a TOML file of steps per kind and version.
+        #[arg(long, global = true, env = "SLIPWAY_RECORDS_STEPS")]
+        steps: Option<PathBuf>,
+    },
+    /// SQL schema changes in expand/backfill/contract steps, with a ledger, lock timeouts and a lock plan.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+        /// The database: sqlite:PATH or postgres://user@host:port/db.
+        #[arg(
+            long,
+            global = true,
+            env = "SLIPWAY_MIGRATE_DB",
+            default_value = "sqlite:.slipway/app.db"
+        )]
+        db: String,
+        /// Folder of migration files (*.toml, run in name order).
+        #[arg(long, global = true, default_value = "migrations")]
+        dir: PathBuf,
+        /// Root whose running releases' slipway.release.toml `[database] uses` gate contract steps.
+        #[arg(long, global = true, env = "SLIPWAY_ROOT", default_value = ".slipway")]
+        root: PathBuf,
+    },
+    /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
+    Demo,
+    /// Run the demo app (what the demo's instances are).
+    #[command(hide = true)]
+    DemoApp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouterCommand {
+    /// Replace the running router with a new binary without dropping a connection: the new
+    /// process takes the listening sockets over, and the old one finishes its open requests
+    /// (WebSockets until the listener's drain_deadline) and exits. Same as SIGUSR2.
+    Upgrade {
+        /// The new binary (default: the one the router runs from).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// How long the new process gets to report ready.
+        #[arg(long, default_value = "10s")]
+        timeout: wire::HumanDuration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Every step with what each statement locks, its status, and which live release blocks it.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the pending steps of a phase: expand (before a new release starts), backfill, contract
+    /// (after the old release is gone), or all.
+    Run {
+        #[arg(long, value_enum)]
+        phase: MigratePhase,
+        /// Each DDL statement waits at most this long for its lock, then retries.
+        #[arg(long, default_value = "500ms")]
+        lock_timeout: wire::HumanDuration,
+        /// Tries per statement before giving up.
+        #[arg(long, default_value_t = 20)]
+        tries: u32,
+    },
+}
+
+/// Which crawl: a kind and its target version.
+#[derive(Debug, clap::Args)]
+pub struct CrawlId {
+    /// The record kind, e.g. player.
+    #[arg(long)]
+    pub kind: String,
+    /// The crawl's target version.
+    #[arg(long)]
+    pub to: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordsCommand {
+    /// Records per kind and version, write gates and crawls.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upgrade every record of a kind below a version in the background, coldest first, with a
+    /// progress bar. Resumes an unfinished crawl; Ctrl-C stops it resumably.
+    ///
+    /// The crawler runs as background work so the servers' reads keep their latency: with
+    /// PostgreSQL on this host it keeps to one CPU at nice 19 and lowers its own database
+    /// sessions' server processes the same way, which needs the database's OS user or
+    /// CAP_SYS_NICE (it says at start whether it could).
+    /// With PostgreSQL it also vacuums (and analyzes) the records table in those sessions
+    /// after every tenth of the crawl and at its end, when it owns the table, so the
+    /// server's autovacuum has none of the crawl's dead rows to clean at normal priority.
+    Crawl {
+        #[arg(long)]
+        kind: String,
+        /// The target version.
+        #[arg(long)]
+        to: u32,
+        /// Records per second at most (default: as fast as the database allows).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Aim for batches that take this long (the batch size adapts).
+        #[arg(long, default_value = "200ms")]
+        batch_time: wire::HumanDuration,
+        /// Largest batch.
+        #[arg(long, default_value_t = 5000)]
+        max_batch: usize,
+        /// Do not vacuum the records table during the crawl (PostgreSQL); leave it to autovacuum.
+        #[arg(long)]
+        no_vacuum: bool,
+    },
+    /// Ask a running crawl to pause between batches.
+    Pause(CrawlId),
+    /// Let a paused crawl go on.
+    Resume(CrawlId),
+    /// Check that every record decodes with every live reader version.
+    Verify {
+        /// A live reader, KIND=VERSION (repeat); default: each kind's newest version and its write gate.
+        #[arg(long = "reader", value_parser = crate::records::parse_reader)]
+        readers: Vec<(String, u32)>,
+    },
+    /// Set the write gate of a kind: the highest version every live release reads ("none" clears it).
+    Gate {
+        /// The record kind, e.g. player.
+        kind: String,
+        /// A version number, or "none" to clear the gate.
+        #[arg(value_name = "VERSION")]
+        gate: GateVersion,
+    },
+    /// Serve the records API over HTTP (for apps not written in Rust).
+    Serve {
+        /// Loopback ip:port or unix:/path.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: String,
+        /// The bearer token's file (created on first start).
+        #[arg(long, default_value = ".slipway/records.token")]
+        token_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Add a release from a folder (copied) or a .tar.gz/.tar.zst archive (unpacked).
+    Add {
+        /// Folder or archive.
+        source: PathBuf,
+        /// Release id, e.g. v42 or a git sha.
+        #[arg(long)]
+        id: String,
+    },
+    /// List releases with their size, running instances and current/previous marks.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove old releases, keeping the newest N (never current, previous, or one with instances).
+    Prune {
+        #[arg(long)]
+        keep: usize,
+    },
+    /// Point `current` at a release (the old one becomes `previous`), atomically.
+    SetCurrent { id: String },
+}
+
+/// Which phases `migrate run --phase` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MigratePhase {
+    /// Additive steps, run before a new release starts.
+    Expand,
+    /// Expand, then the data copies.
+    Backfill,
+    /// Steps that drop what no live release uses any more.
+    Contract,
+    /// Expand, backfill and contract.
+    All,
+}
+
+impl MigratePhase {
+    pub fn phases(self) -> Vec<records::migrate::Phase> {
+        use records::migrate::Phase;
+        match self {
+            MigratePhase::Expand => vec![Phase::Expand],
+            MigratePhase::Backfill => vec![Phase::Expand, Phase::Backfill],
+            MigratePhase::Contract => vec![Phase::Contract],
+            MigratePhase::All => vec![Phase::Expand, Phase::Backfill, Phase::Contract],
+        }
+    }
+}
+
+/// A write gate on the command line: a version, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateVersion(pub Option<u32>);
+
+impl std::str::FromStr for GateVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(GateVersion(None)),
+            v => v
+                .parse()
+                .map(|v| GateVersion(Some(v)))
+                .map_err(|_| format!("'{v}' is neither a version number nor 'none'")),
+        }
+    }
+}

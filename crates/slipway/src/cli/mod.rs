@@ -1,0 +1,306 @@
+//! The command line: parse it, run the subcommand, and say which exit code the outcome gets.
+
+mod args;
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub use args::{
+    Cli, Command, CrawlId, GateVersion, MigrateCommand, MigratePhase, RecordsCommand, ReleaseCommand, RouterCommand,
+};
+
+/// Exit code of a deploy that was aborted or failed, or a demo that went wrong.
+pub const EX_FAILED: u8 = 1;
+/// Exit code of a failure while running.
+pub const EX_RUNTIME: u8 = 2;
+/// Exit code of a bad command line or config (sysexits EX_USAGE).
+pub const EX_USAGE: u8 = 64;
+
+/// How a command that ran to its end came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did what it was asked.
+    Done,
+    /// It ran, and what it watched did not succeed (an aborted deploy).
+    Failed,
+}
+
+/// Why a command did not run to its end; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line or a config file is wrong.
+    #[error("{0:#}")]
+    Usage(anyhow::Error),
+    /// Something failed while running.
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => EX_USAGE,
+            CliError::Runtime(_) => EX_RUNTIME,
+        }
+    }
+
+    /// A closed pipe (`slipway logs | head`) is how such a command ends, not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        let CliError::Runtime(e) = self else { return false };
+        e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        })
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Runtime(e)
+    }
+}
+
+/// Runs one parsed command line.
+pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
+    match cli.command {
+        Command::Router {
+            command,
+            config,
+            takeover,
+        } => router(command, config.as_deref(), takeover),
+        Command::Validate { file } => validate(&file),
+        Command::Agent { config } => {
+            crate::init_logging("info");
+            let config = agent::Config::load(&config).map_err(usage)?;
+            agent::run(config).map_err(runtime)?;
+            done()
+        }
+        Command::Release { command, root } => release(command, &root),
+        Command::Logs {
+            target,
+            follow,
+            lines,
+            root,
+        } => done_if(crate::releases::logs(&root, &target, lines, follow)),
+        Command::Migrate { command, db, dir, root } => migrate(command, &db, &dir, &root),
+        Command::Records { command, db, steps } => records(command, crate::records::Target { db, steps }),
+        Command::DemoApp { args } => {
+            let code = demo_app::cli::main(std::iter::once("demo-app".into()).chain(args));
+            if code == ExitCode::SUCCESS {
+                done()
+            } else {
+                Ok(Outcome::Failed)
+            }
+        }
+        Command::Demo => demo(),
+        Command::Control { config } => {
+            crate::init_logging("info");
+            let cfg = load(&config)?;
+            control::run(cfg, crate::ops::exe()?).map_err(runtime)?;
+            done()
+        }
+        other => service(other),
+    }
+}
+
+/// The commands that work on a running service through its slipway.toml.
+fn service(command: Command) -> Result<Outcome, CliError> {
+    use crate::ops;
+    match command {
+        Command::Up { config } => done_if(ops::up(&load(&config)?)),
+        Command::Down { config } => done_if(block_on(ops::down(&load(&config)?))),
+        Command::Deploy {
+            release,
+            strategy,
+            detach,
+            config,
+        } => {
+            let cfg = load(&config)?;
+            let promoted = block_on(ops::deploy(&cfg, &release, strategy, detach))?;
+            Ok(if promoted { Outcome::Done } else { Outcome::Failed })
+        }
+        Command::Status { json, config } => done_if(block_on(ops::status(&load(&config)?, json))),
+        Command::History { json, limit, config } => done_if(block_on(ops::history(&load(&config)?, json, limit))),
+        Command::Promote { config } => done_if(block_on(ops::command(&load(&config)?, "promote", None))),
+        Command::Abort { reason, config } => {
+            let reason = reason.or(Some("aborted by hand".into()));
+            done_if(block_on(ops::command(&load(&config)?, "abort", reason)))
+        }
+        Command::Pause { config } => done_if(block_on(ops::command(&load(&config)?, "pause", None))),
+        Command::Resume { config } => done_if(block_on(ops::command(&load(&config)?, "resume", None))),
+        Command::Rollback { config } => done_if(block_on(ops::rollback(&load(&config)?))),
+        other => unreachable!("{} is dispatched by try_main", other.name()),
+    }
+}
+
+fn router(
+    command: Option<RouterCommand>,
+    config: Option<&Path>,
+    takeover: Option<std::path::PathBuf>,
+) -> Result<Outcome, CliError> {
+    let config =
+        config.ok_or_else(|| usage(anyhow::anyhow!("--config FILE (or SLIPWAY_ROUTER_CONFIG) is required")))?;
+    if let Some(RouterCommand::Upgrade { binary, timeout }) = command {
+        return done_if(block_on(crate::routerctl::upgrade(config, binary, timeout)));
+    }
+    crate::init_logging("info");
+    let config = router::Config::load(config).map_err(|e| {
+        if let Some(sock) = &takeover {
+            router::handover::report_failure(sock, &e.to_string());
+        }
+        usage(e)
+    })?;
+    router::run(config, takeover).map_err(runtime)?;
+    done()
+}
+
+fn validate(file: &Path) -> Result<Outcome, CliError> {
+    let kind = crate::validate::validate(file).map_err(usage)?;
+    println!("{}: valid {}", file.display(), kind.describe());
+    done()
+}
+
+fn release(command: ReleaseCommand, root: &Path) -> Result<Outcome, CliError> {
+    use crate::releases;
+    done_if(match command {
+        ReleaseCommand::Add { source, id } => releases::add(root, &source, &id),
+        ReleaseCommand::List { json } => releases::list(root, json),
+        ReleaseCommand::Prune { keep } => releases::prune(root, keep),
+        ReleaseCommand::SetCurrent { id } => releases::set_current(root, &id),
+    })
+}
+
+fn migrate(command: MigrateCommand, db: &str, dir: &Path, root: &Path) -> Result<Outcome, CliError> {
+    done_if(match command {
+        MigrateCommand::Plan { json } => crate::migrate::plan(db, dir, root, json),
+        MigrateCommand::Run {
+            phase,
+            lock_timeout,
+            tries,
+        } => crate::migrate::run(db, dir, root, &phase.phases(), lock_timeout.0, tries),
+    })
+}
+
+fn records(command: RecordsCommand, t: crate::records::Target) -> Result<Outcome, CliError> {
+    use crate::records as r;
+    done_if(match command {
+        RecordsCommand::Status { json } => r::status(&t, json),
+        RecordsCommand::Crawl {
+            kind,
+            to,
+            rate,
+            batch_time,
+            max_batch,
+            no_vacuum,
+        } => {
+            crate::init_logging("warn");
+            let args = r::CrawlArgs {
+                kind,
+                to,
+                rate,
+                batch_time: batch_time.0,
+                max_batch,
+                no_vacuum,
+            };
+            r::crawl(&t, &args)
+        }
+        RecordsCommand::Pause(c) => r::pause(&t, &c.kind, c.to, true),
+        RecordsCommand::Resume(c) => r::pause(&t, &c.kind, c.to, false),
+        RecordsCommand::Verify { readers } => r::verify(&t, &readers),
+        RecordsCommand::Gate { kind, gate } => r::gate(&t, &kind, gate.0),
+        RecordsCommand::Serve { listen, token_file } => {
+            crate::init_logging("info");
+            block_on(r::serve(&t, &listen, &token_file))
+        }
+    })
+}
+
+fn demo() -> Result<Outcome, CliError> {
+    crate::init_logging("warn");
+    let as_expected = block_on(async {
+        tokio::select! {
+            r = crate::demo::run() => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaning up")),
+        }
+    })?;
+    if as_expected {
+        return done();
+    }
+    eprintln!("slipway demo: finished, but not as expected (see above)");
+    Ok(Outcome::Failed)
+}
+
+impl Command {
+    /// The subcommand's name, as error messages start with it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Router { command: Some(_), .. } => "router upgrade",
+            Command::Router { .. } => "router",
+            Command::Validate { .. } => "validate",
+            Command::Agent { .. } => "agent",
+            Command::Release { .. } => "release",
+            Command::Logs { .. } => "logs",
+            Command::Up { .. } => "up",
+            Command::Down { .. } => "down",
+            Command::Control { .. } => "control",
+            Command::Deploy { .. } => "deploy",
+            Command::Status { .. } => "status",
+            Command::History { .. } => "history",
+            Command::Promote { .. } => "promote",
+            Command::Abort { .. } => "abort",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::Rollback { .. } => "rollback",
+            Command::Records { .. } => "records",
+            Command::Migrate { .. } => "migrate",
+            Command::Demo => "demo",
+            Command::DemoApp { .. } => "demo-app",
+        }
+    }
+}
+
+/// Loads slipway.toml; a wrong one is a usage error with every problem listed.
+fn load(path: &Path) -> Result<control::ServiceConfig, CliError> {
+    crate::ops::load(path).map_err(CliError::Usage)
+}
+
+fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    plumbing::lifecycle::block_on(f)?
+}
+
+fn done() -> Result<Outcome, CliError> {
+    Ok(Outcome::Done)
+}
+
+fn done_if(r: anyhow::Result<()>) -> Result<Outcome, CliError> {
+    r?;
+    done()
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Usage(e.into())
+}
+
+fn runtime(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Runtime(e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap checks names, conflicts and defaults only when a subcommand is
+        // used; this checks every one of them now (`gate`'s `version` clashed with --version).
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn a_gate_is_a_version_or_none() {
+        assert_eq!("none".parse::<GateVersion>().unwrap(), GateVersion(None));
+        assert_eq!("3".parse::<GateVersion>().unwrap(), GateVersion(Some(3)));
+        assert!("three".parse::<GateVersion>().unwrap_err().contains("'three'"));
+    }
+}
