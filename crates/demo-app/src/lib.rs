@@ -14,7 +14,7 @@
 //! | `/bytes?n=N` | N bytes |
 //! | `/stream?chunks=N&size=M` | N chunks of M bytes, chunked encoding |
 //! | `/headers` | the request headers, one per line |
-//! | `POST /drain` | marks the instance draining (the agent's drain hook): `/` then adds `x-draining: 1`, and open WebSockets get the text message "server restarting soon" |
+//! | `POST /drain` | the agent's drain hook: `/` then adds `x-draining: 1`; WebSockets hear "server restarting soon" |
 //!
 //! Knobs: an error rate (share of 500s; WebSocket handshakes spared), added latency, and in the binary:
 //! failing to start, ignoring SIGTERM, a slow start and a slow shutdown.

@@ -1,4 +1,4 @@
-//! WebSocket clients for tests and tools: a plain one (connect through a router, ask which release answers, echo) and a reconnecting one that keeps its session cookie and comes back at once after a 1012 "service restart".
+//! WebSocket clients for tests and tools: a plain one, and one that keeps its session and reconnects after a 1012.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -192,7 +192,8 @@ impl ReconnectingWs {
                         }
                         Some(Ok(Message::Text(_))) => lock(&self.log).echoes += 1,
                         Some(Ok(Message::Close(frame))) => {
-                            let (code, reason) = frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                            let (code, reason) = frame
+                                .map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
                             let mut log = lock(&self.log);
                             log.closes.push((Instant::now(), code, reason.clone()));
                             if code != 1012 && code != 1001 {

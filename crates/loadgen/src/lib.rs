@@ -1,4 +1,5 @@
-//! Open-loop load: virtual users (each with its own session cookie, half on keep-alive connections) send requests at a fixed total rate; latency is measured from when a request was due, so a stall shows up in the tail instead of slowing the load (no coordinated omission). Optional WebSockets stay open and echo once a second.
+//! Open-loop HTTP load from sticky virtual users, timed from when each request was due.
+//! Optional WebSockets stay open and echo once a second.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Passing open sockets between processes: framed messages with descriptors attached (SCM_RIGHTS), systemd socket activation (`LISTEN_FDS`) and readiness (`sd_notify`).
+//! Passing open sockets between processes (SCM_RIGHTS), and systemd's `LISTEN_FDS` and `sd_notify`.
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

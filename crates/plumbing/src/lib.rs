@@ -1,4 +1,4 @@
-//! Service plumbing shared by every slipway process: atomic files and secrets (`fs`), admin API listeners and token checks (`api`), the client that calls those APIs (`client`), and sockets passed between processes (`fds`).
+//! What every slipway process shares: files and secrets, admin APIs and their client, sockets, signals, configs.
 
 pub mod api;
 pub mod client;

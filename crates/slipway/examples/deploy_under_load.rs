@@ -1,4 +1,4 @@
-//! bench/deploy-under-load: constant open-loop load through the router during a rolling deploy, a canary with promotion, a blue-green switch, an abort and a rollback; then the same load through nginx while its upstreams are replaced by config reloads.
+//! bench/deploy-under-load: open-loop load through every kind of deploy, then through nginx reloads.
 //!
 //! Usage: cargo run --release -p slipway --example deploy_under_load -- [--rate 1000] [--websockets 20]
 //! (bench/deploy-under-load/run.sh builds what it needs and installs nginx if missing.)
@@ -305,7 +305,8 @@ async fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "| phase | requests | failed | of which injected by the bad release | WebSockets dropped | WebSockets closed with 1012 | p99 ms | p99 vs steady | notes |"
+        "| phase | requests | failed | of which injected by the bad release | WebSockets dropped | WebSockets \
+         closed with 1012 | p99 ms | p99 vs steady | notes |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let sp99 = steady.p99_ms().max(0.001);

@@ -1,6 +1,7 @@
-//! bench/router-upgrade: the proxy replaces itself again and again under constant load (HTTP/1.1 keep-alive and new connections, HTTP/2, WebSockets) — slipway's self-upgrade against `nginx -s reload` and HAProxy's `-x … -sf` reload, same upstreams, same load, same 5 s limit for long-lived connections; counts failed requests and dropped WebSockets.
+//! bench/router-upgrade: the proxy replaces itself again and again under load, against nginx and HAProxy reloads.
 //!
-//! Usage: cargo run --release -p slipway --example router_upgrade -- [--runs 3] [--reloads 10] [--rate 600] [--websockets 100]
+//! Usage: cargo run --release -p slipway --example router_upgrade --
+//!        [--runs 3] [--reloads 10] [--rate 600] [--websockets 100]
 //! (bench/router-upgrade/run.sh builds what it needs and installs nginx and haproxy if missing.)
 
 use std::net::SocketAddr;
@@ -88,8 +89,10 @@ impl Running {
                 std::fs::write(
                     dir.join("router.toml"),
                     format!(
-                        "state_dir = \"state\"\nadmin = {{ listen = \"127.0.0.1:0\" }}\ninitial_routes = \"routes.toml\"\nhealth = {{ kind = \"none\" }}\n\
-                         [[listener]]\nname = \"web\"\nkind = \"http\"\naddr = \"127.0.0.1:{p1}\"\ndrain_deadline = \"{LONG_LIVED_LIMIT_S}s\"\n"
+                        "state_dir = \"state\"\nadmin = {{ listen = \"127.0.0.1:0\" }}\ninitial_routes = \
+                         \"routes.toml\"\nhealth = {{ kind = \"none\" }}\n\
+                         [[listener]]\nname = \"web\"\nkind = \"http\"\naddr = \"127.0.0.1:{p1}\"\n\
+                         drain_deadline = \"{LONG_LIVED_LIMIT_S}s\"\n"
                     ),
                 )
                 .unwrap();
@@ -140,8 +143,10 @@ http {{ access_log off;
                 std::fs::write(
                     dir.join("haproxy.cfg"),
                     format!(
-                        "global\n  maxconn 8000\n  nbthread 2\n  stats socket {d}/admin.sock mode 600 level admin expose-fd listeners\n  hard-stop-after {LONG_LIVED_LIMIT_S}s\n\
-                         defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
+                        "global\n  maxconn 8000\n  nbthread 2\n  stats socket {d}/admin.sock mode 600 level \
+                         admin expose-fd listeners\n  hard-stop-after {LONG_LIVED_LIMIT_S}s\n\
+                         defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server \
+                          60s\n  timeout tunnel 1h\n\
                          frontend web\n  bind 127.0.0.1:{p1}\n  default_backend app\n\
                          backend app\n  balance roundrobin\n{servers}",
                         d = dir.display()
@@ -376,7 +381,8 @@ async fn main() {
         for &p in &proxies {
             let o = scenario(p, &dir, &ports, reloads, rate, websockets).await;
             eprintln!(
-                "run {run} {}: http/1.1 {} sent {} failed; http/2 {} sent {} failed ({} retried); ws dropped {} closed-1012 {}; reload median {:.0} ms; errors {:?} {:?}",
+                "run {run} {}: http/1.1 {} sent {} failed; http/2 {} sent {} failed ({} retried); ws dropped {} \
+                 closed-1012 {}; reload median {:.0} ms; errors {:?} {:?}",
                 p.name(),
                 o.h1.sent,
                 o.h1.failed,
@@ -398,11 +404,13 @@ async fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "\n{reloads} reloads, 2 s apart, under {rate:.0} HTTP/1.1 requests/s (half keep-alive) + {:.0} HTTP/2 requests/s + {websockets} WebSockets; long-lived limit {LONG_LIVED_LIMIT_S} s; medians of {runs} runs\n",
+        "\n{reloads} reloads, 2 s apart, under {rate:.0} HTTP/1.1 requests/s (half keep-alive) + {:.0} HTTP/2 \
+         requests/s + {websockets} WebSockets; long-lived limit {LONG_LIVED_LIMIT_S} s; medians of {runs} runs\n",
         rate / 2.0
     );
     println!(
-        "| proxy | HTTP/1.1 requests | failed | HTTP/2 requests | failed | HTTP/2 retried (refused unprocessed) | WebSockets dropped | WebSockets closed with 1012 | reload command ms |"
+        "| proxy | HTTP/1.1 requests | failed | HTTP/2 requests | failed | HTTP/2 retried (refused unprocessed) \
+         | WebSockets dropped | WebSockets closed with 1012 | reload command ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut json = Vec::new();

@@ -1,4 +1,4 @@
-//! `slipway demo`: a sample service (demo-app v1, 4 instances) behind the router under steady load, a canary deploy of v2 to promotion, a bad v3 aborted by the judge, and the tally. Cleans up after itself, on Ctrl-C too.
+//! `slipway demo`: a sample service under load, a canary promoted and a bad one aborted, then the tally.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,7 +177,8 @@ pub async fn run() -> anyhow::Result<bool> {
     say(
         t0,
         &format!(
-            "v1 serves with 4 instances; starting steady load: {RATE} requests/s from 50 users (a new session every 20 requests), half on keep-alive, 10 WebSockets"
+            "v1 serves with 4 instances; starting steady load: {RATE} requests/s from 50 users (a new session \
+             every 20 requests), half on keep-alive, 10 WebSockets"
         ),
     );
     let mut load_cfg = LoadConfig::new(web, RATE);

@@ -1,4 +1,4 @@
-//! `slipway migrate plan|run`: expand/backfill/contract SQL migrations, with contract gated on what the live releases under a root declare they use.
+//! `slipway migrate plan|run`: SQL migrations, with contract steps gated on what the live releases use.
 
 use std::collections::BTreeSet;
 use std::path::Path;

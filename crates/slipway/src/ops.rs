@@ -1,4 +1,4 @@
-//! `slipway up|down|deploy|status|history|promote|abort|pause|resume|rollback`: the operator's side, talking to the control plane's API.
+//! `slipway up|down|deploy|status|history|...`: the operator's side, talking to the control plane's API.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! `slipway release add|list|prune|set-current` and `slipway logs`: work on the release folders and log files under a root, agent running or not.
+//! `slipway release ...` and `slipway logs`: release folders and log files under a root, agent running or not.
 
 use std::collections::HashSet;
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! `slipway router upgrade`: ask a running router (found through its config's state folder) to replace itself with a new binary.
+//! `slipway router upgrade`: ask a running router to replace itself with a new binary.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,7 +63,8 @@ pub async fn upgrade(path: &Path, binary: Option<PathBuf>, timeout: wire::HumanD
         done.old_pid, done.new_pid, done.new_version, done.generation, done.took_ms
     );
     println!(
-        "the old process finishes its {} open connection(s) and exits; long-lived ones get until the listener's drain_deadline",
+        "the old process finishes its {} open connection(s) and exits; long-lived ones get until the listener's \
+         drain_deadline",
         done.old_connections
     );
     Ok(())

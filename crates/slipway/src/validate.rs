@@ -39,7 +39,8 @@ pub enum ValidateError {
     #[error(transparent)]
     Config(plumbing::config::ConfigError),
     #[error(
-        "{path}: cannot tell what kind of config this is (slipway.toml has [service]; a router config has state_dir and [admin]; a route table has [[release]])"
+        "{path}: cannot tell what kind of config this is (slipway.toml has [service]; a router config has \
+         state_dir and [admin]; a route table has [[release]])"
     )]
     Unknown { path: String },
 }

@@ -1,4 +1,4 @@
-//! The agent as a real process: `slipway release add`, `slipway agent`, and an agent killed with SIGKILL while its instances serve traffic.
+//! The agent as a real process: `release add`, `slipway agent`, and an agent killed while its instances serve.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -54,7 +54,8 @@ async fn a_killed_agent_leaves_instances_serving_and_its_successor_adopts_them_a
     std::fs::write(
         &config,
         format!(
-            "root = \"root\"\napi = {{ listen = \"127.0.0.1:0\" }}\n[instance]\ncommand = \"{}\"\nreadiness = {{ kind = \"http\", path = \"/healthz\" }}\n",
+            "root = \"root\"\napi = {{ listen = \"127.0.0.1:0\" }}\n[instance]\ncommand = \"{}\"\nreadiness = \
+             {{ kind = \"http\", path = \"/healthz\" }}\n",
             testkit::workspace_bin("demo-app").display()
         ),
     )

@@ -1,4 +1,4 @@
-//! The `slipway` binary as a user runs it: `validate`, and `router` as a real process that survives its own kill -9 (static stability).
+//! The `slipway` binary as a user runs it: `validate`, and a router that survives its own kill -9.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! `slipway records` as a user runs it: a crawler SIGKILLed mid-crawl resumes and finishes with nothing lost or duplicated, on SQLite and PostgreSQL; verify and status; the HTTP service with etags and gates.
+//! `slipway records` as a user runs it: a SIGKILLed crawler resumes; verify, status and the HTTP service.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

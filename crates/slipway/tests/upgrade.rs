@@ -1,4 +1,4 @@
-//! Router self-upgrade with real processes: the router replaces itself under HTTP/1.1 and HTTP/2 load without failing a request, and WebSocket sessions ride through route changes and upgrades, getting 1012 only at their deadlines.
+//! Router self-upgrade with real processes, under HTTP/1.1, HTTP/2 and WebSocket load.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -191,7 +191,8 @@ async fn fifty_self_upgrades_under_http1_and_http2_load_fail_no_request() {
     let r2 = load2.stop().await;
     took.sort_unstable();
     eprintln!(
-        "50 upgrades: median {} ms, max {} ms; http/1.1 {} sent {} failed {:?}; http/2 {} sent {} failed {} retried {:?}",
+        "50 upgrades: median {} ms, max {} ms; http/1.1 {} sent {} failed {:?}; http/2 {} sent {} failed {} \
+         retried {:?}",
         took[25], took[49], r1.sent, r1.failed, r1.errors, r2.sent, r2.failed, r2.retried, r2.errors
     );
     assert!(

@@ -1,4 +1,4 @@
-//! Test support shared by the workspace's integration tests: temp folders, deadline waits, a small HTTP client, workspace binaries.
+//! Test support: temp folders, deadline waits, a small HTTP client, workspace binaries, service files.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Human-readable durations in config files and API bodies: `"250ms"`, `"30s"`, `"2m"`, `"1h"`, or a bare number of milliseconds.
+//! Human-readable durations in config files and API bodies: `"250ms"`, `"30s"`, `"2m"`, or milliseconds.
 
 use std::fmt;
 use std::str::FromStr;
