@@ -125,3 +125,61 @@ async fn a_killed_router_process_serves_its_saved_table_when_started_again() {
     let code = second.wait().unwrap();
     assert!(code.success(), "{code:?}");
 }
+
+#[test]
+fn version_names_the_crate_version_and_the_commit() {
+    let out = slipway().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let v = String::from_utf8_lossy(&out.stdout);
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert!(
+        v.starts_with(&format!("slipway {} (", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    if !head.is_empty() {
+        assert!(v.contains(&head), "the build's commit {head} is not in: {v}");
+    }
+}
+
+#[test]
+fn completions_are_scripts_the_shell_accepts_and_the_manual_renders() {
+    let out = slipway().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let dir = TempDir::new("completions");
+    let script = dir.join("slipway.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&script).status().unwrap();
+    assert!(check.success(), "bash -n refused the completion script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in ["deploy", "rollback", "records", "completions"] {
+        assert!(text.contains(sub), "{sub} is not completed");
+    }
+    let man = slipway().args(["man", "--out"]).arg(dir.join("man")).output().unwrap();
+    assert!(man.status.success());
+    let page = std::fs::read_to_string(dir.join("man/slipway-deploy.1")).unwrap();
+    assert!(page.contains(".TH") && page.contains("release"), "{page}");
+}
+
+#[test]
+fn a_bad_command_line_exits_64_and_status_without_a_service_file_says_what_to_do() {
+    let out = slipway()
+        .args(["migrate", "run", "--phase", "sideways"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let dir = TempDir::new("nofile");
+    let out = slipway()
+        .arg("status")
+        .current_dir(dir.path())
+        .env_remove("SLIPWAY_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("slipway.toml") && err.contains("-c"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 0, "{err}");
+}

@@ -4,9 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The crate version and the git commit the binary was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SLIPWAY_COMMIT"), ")");
+
 /// slipway releases new versions of live services with zero downtime.
 #[derive(Debug, Parser)]
-#[command(name = "slipway", version, propagate_version = true)]
+#[command(name = "slipway", version = VERSION, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -61,21 +64,22 @@ pub enum Command {
     },
     /// Start what is missing of agent, router and control plane (each its own process).
     Up {
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Stop the instances, then the control plane, the router and the agent.
     Down {
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Run the control plane in the foreground (`slipway up` runs it in the background).
     Control {
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Deploy a release (added with `slipway release add`) and follow it; exits 1 if it was aborted.
     Deploy {
+        /// The release id (see `slipway release list`).
         release: String,
         /// canary, rolling or blue-green (default: [deploy] strategy).
         #[arg(long)]
@@ -83,51 +87,55 @@ pub enum Command {
         /// Start it and return at once.
         #[arg(long)]
         detach: bool,
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// The current release, the running deploy with its verdict, routes and instances.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Past deploys with their outcome and verdicts.
     History {
+        /// Print the deploys as JSON.
         #[arg(long)]
         json: bool,
+        /// How many deploys, newest first.
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Promote the running deploy now, skipping its remaining steps.
     Promote {
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Abort the running deploy: canary out of traffic at once, baseline untouched.
     Abort {
+        /// Why, as history shows it (default: "aborted by hand").
         #[arg(long)]
         reason: Option<String>,
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Pause the running deploy (holds and checks stop counting).
     Pause {
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Resume a paused deploy.
     Resume {
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Go back to the previous release: a route swap while it is warm, else a fast redeploy.
     Rollback {
-        #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        service: ServiceFile,
     },
     /// Schema-versioned records: versions per kind, the background crawler, write gates, verify, the HTTP service.
     Records {
@@ -166,6 +174,17 @@ pub enum Command {
     },
     /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
     Demo,
+    /// Print a shell completion script: `slipway completions bash > /etc/bash_completion.d/slipway`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per subcommand into a folder.
+    Man {
+        /// Write slipway.1 and slipway-<subcommand>.1 here instead of printing slipway.1.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the demo app (what the demo's instances are).
     #[command(hide = true)]
     DemoApp {
@@ -193,12 +212,14 @@ pub enum RouterCommand {
 pub enum MigrateCommand {
     /// Every step with what each statement locks, its status, and which live release blocks it.
     Plan {
+        /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Run the pending steps of a phase: expand (before a new release starts), backfill, contract
     /// (after the old release is gone), or all.
     Run {
+        /// Which steps to run.
         #[arg(long, value_enum)]
         phase: MigratePhase,
         /// Each DDL statement waits at most this long for its lock, then retries.
@@ -225,6 +246,7 @@ pub struct CrawlId {
 pub enum RecordsCommand {
     /// Records per kind and version, write gates and crawls.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -239,6 +261,7 @@ pub enum RecordsCommand {
     /// after every tenth of the crawl and at its end, when it owns the table, so the
     /// server's autovacuum has none of the crawl's dead rows to clean at normal priority.
     Crawl {
+        /// The record kind, e.g. player.
         #[arg(long)]
         kind: String,
         /// The target version.
@@ -298,16 +321,21 @@ pub enum ReleaseCommand {
     },
     /// List releases with their size, running instances and current/previous marks.
     List {
+        /// Print the releases as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove old releases, keeping the newest N (never current, previous, or one with instances).
     Prune {
+        /// How many of the newest releases to keep.
         #[arg(long)]
         keep: usize,
     },
     /// Point `current` at a release (the old one becomes `previous`), atomically.
-    SetCurrent { id: String },
+    SetCurrent {
+        /// The release id.
+        id: String,
+    },
 }
 
 /// Which phases `migrate run --phase` runs.
@@ -350,4 +378,12 @@ impl std::str::FromStr for GateVersion {
                 .map_err(|_| format!("'{v}' is neither a version number nor 'none'")),
         }
     }
+}
+
+/// Which service a command works on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceFile {
+    /// The service definition.
+    #[arg(long = "config", short = 'c', env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+    pub path: PathBuf,
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 pub use args::{
     Cli, Command, CrawlId, GateVersion, MigrateCommand, MigratePhase, RecordsCommand, ReleaseCommand, RouterCommand,
+    ServiceFile,
 };
 
 /// Exit code of a deploy that was aborted or failed, or a demo that went wrong.
@@ -94,9 +95,21 @@ pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
             }
         }
         Command::Demo => demo(),
-        Command::Control { config } => {
+        Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "slipway",
+                &mut script,
+            );
+            done_if(std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(Into::into))
+        }
+        Command::Man { out } => done_if(man(out.as_deref())),
+        Command::Control { service } => {
             crate::init_logging("info");
-            let cfg = load(&config)?;
+            let cfg = load(&service)?;
             control::run(cfg, crate::ops::exe()?).map_err(runtime)?;
             done()
         }
@@ -108,28 +121,28 @@ pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
 fn service(command: Command) -> Result<Outcome, CliError> {
     use crate::ops;
     match command {
-        Command::Up { config } => done_if(ops::up(&load(&config)?)),
-        Command::Down { config } => done_if(block_on(ops::down(&load(&config)?))),
+        Command::Up { service } => done_if(ops::up(&load(&service)?)),
+        Command::Down { service } => done_if(block_on(ops::down(&load(&service)?))),
         Command::Deploy {
             release,
             strategy,
             detach,
-            config,
+            service,
         } => {
-            let cfg = load(&config)?;
+            let cfg = load(&service)?;
             let promoted = block_on(ops::deploy(&cfg, &release, strategy, detach))?;
             Ok(if promoted { Outcome::Done } else { Outcome::Failed })
         }
-        Command::Status { json, config } => done_if(block_on(ops::status(&load(&config)?, json))),
-        Command::History { json, limit, config } => done_if(block_on(ops::history(&load(&config)?, json, limit))),
-        Command::Promote { config } => done_if(block_on(ops::command(&load(&config)?, "promote", None))),
-        Command::Abort { reason, config } => {
+        Command::Status { json, service } => done_if(block_on(ops::status(&load(&service)?, json))),
+        Command::History { json, limit, service } => done_if(block_on(ops::history(&load(&service)?, json, limit))),
+        Command::Promote { service } => done_if(block_on(ops::command(&load(&service)?, "promote", None))),
+        Command::Abort { reason, service } => {
             let reason = reason.or(Some("aborted by hand".into()));
-            done_if(block_on(ops::command(&load(&config)?, "abort", reason)))
+            done_if(block_on(ops::command(&load(&service)?, "abort", reason)))
         }
-        Command::Pause { config } => done_if(block_on(ops::command(&load(&config)?, "pause", None))),
-        Command::Resume { config } => done_if(block_on(ops::command(&load(&config)?, "resume", None))),
-        Command::Rollback { config } => done_if(block_on(ops::rollback(&load(&config)?))),
+        Command::Pause { service } => done_if(block_on(ops::command(&load(&service)?, "pause", None))),
+        Command::Resume { service } => done_if(block_on(ops::command(&load(&service)?, "resume", None))),
+        Command::Rollback { service } => done_if(block_on(ops::rollback(&load(&service)?))),
         other => unreachable!("{} is dispatched by try_main", other.name()),
     }
 }
@@ -216,6 +229,18 @@ fn records(command: RecordsCommand, t: crate::records::Target) -> Result<Outcome
     })
 }
 
+/// The manual: slipway.1 on stdout, or every page into `out`.
+fn man(out: Option<&Path>) -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = out else {
+        return Ok(clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?);
+    };
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(cmd, dir)?;
+    println!("manual pages written to {}", dir.display());
+    Ok(())
+}
+
 fn demo() -> Result<Outcome, CliError> {
     crate::init_logging("warn");
     let as_expected = block_on(async {
@@ -255,14 +280,16 @@ impl Command {
             Command::Records { .. } => "records",
             Command::Migrate { .. } => "migrate",
             Command::Demo => "demo",
+            Command::Completions { .. } => "completions",
+            Command::Man { .. } => "man",
             Command::DemoApp { .. } => "demo-app",
         }
     }
 }
 
 /// Loads slipway.toml; a wrong one is a usage error with every problem listed.
-fn load(path: &Path) -> Result<control::ServiceConfig, CliError> {
-    crate::ops::load(path).map_err(CliError::Usage)
+fn load(service: &ServiceFile) -> Result<control::ServiceConfig, CliError> {
+    crate::ops::load(&service.path).map_err(CliError::Usage)
 }
 
 fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -295,6 +322,30 @@ mod tests {
         // clap checks names, conflicts and defaults only when a subcommand is
         // used; this checks every one of them now (`gate`'s `version` clashed with --version).
         <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the subcommand itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&<Cli as clap::CommandFactory>::command(), "slipway", &mut missing);
+        assert!(missing.is_empty(), "no help text for:\n{}", missing.join("\n"));
     }
 
     #[test]
