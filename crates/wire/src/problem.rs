@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// One thing wrong with an input, located by a dotted path such as
-/// `releases[1].instances[0].addr`.
+/// `release[1].instance[0].addr`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     pub path: String,

@@ -300,7 +300,7 @@ impl RouteTable {
         let mut instance_ids = HashSet::new();
         let mut addrs: BTreeMap<&str, String> = BTreeMap::new();
         for (ri, r) in self.releases.iter().enumerate() {
-            let at = format!("releases[{ri}]");
+            let at = format!("release[{ri}]");
             check_id(&mut out, &format!("{at}.id"), &r.id);
             if !release_ids.insert(r.id.as_str()) {
                 out.push(Problem::new(
@@ -323,7 +323,7 @@ impl RouteTable {
                 health_problems(&mut out, &format!("{at}.health"), h);
             }
             for (ii, inst) in r.instances.iter().enumerate() {
-                let at = format!("{at}.instances[{ii}]");
+                let at = format!("{at}.instance[{ii}]");
                 check_id(&mut out, &format!("{at}.id"), &inst.id);
                 if !instance_ids.insert((r.id.as_str(), inst.id.as_str())) {
                     out.push(Problem::new(
@@ -345,7 +345,7 @@ impl RouteTable {
             }
         }
         for (ci, c) in self.cohorts.iter().enumerate() {
-            cohort_problems(&mut out, &format!("cohorts[{ci}]"), c, &release_ids);
+            cohort_problems(&mut out, &format!("cohort[{ci}]"), c, &release_ids);
         }
         out
     }
@@ -703,13 +703,13 @@ mod tests {
         let problems = t.problems();
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         for want in [
-            "releases[0].id",
-            "releases[1].instances[1].addr",
-            "releases[1].client_versions",
-            "cohorts[0].release",
-            "cohorts[1].release",
-            "cohorts[1].cidr",
-            "cohorts[1]",
+            "release[0].id",
+            "release[1].instance[1].addr",
+            "release[1].client_versions",
+            "cohort[0].release",
+            "cohort[1].release",
+            "cohort[1].cidr",
+            "cohort[1]",
         ] {
             assert!(paths.contains(&want), "missing {want} in {problems:?}");
         }
