@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use records::crawl::{self, CrawlOptions};
-use records::envelope::Write;
-use records::{AnyBackend, Backend, Expect, Format, KindSchema, Schema, Store};
+use records::{AnyBackend, Backend, CrawlOptions, Expect, Format, KindSchema, Schema, Store, Write};
 use serde_json::{Value, json};
 
 const CLASSES: &[&str] = &["warrior", "mage", "rogue"];
@@ -194,7 +192,7 @@ fn main() {
     if let Some(to) = crawl_to {
         // The crawler as its own process, as `slipway records crawl` runs beside the servers.
         let backend = records::open(&db).unwrap();
-        let st = crawl::run(
+        let st = records::run_crawl(
             &Store::new(backend, schema(), "crawler"),
             "player",
             to,
@@ -326,7 +324,7 @@ fn main() {
     let stop = AtomicBool::new(false);
     let crawler = Store::new(records::open(&db).unwrap(), schema(), "crawler");
     let t0 = Instant::now();
-    let st = crawl::run(&crawler, "player", 5, &crawl_opts, &stop, &mut |_| {}).unwrap();
+    let st = records::run_crawl(&crawler, "player", 5, &crawl_opts, &stop, &mut |_| {}).unwrap();
     let alone = t0.elapsed().as_secs_f64();
     println!(
         "crawler 3→5 alone: {alone:.1} s ({:.0} records/s), {} upgraded, downtime 0; crawler/stop-the-world time {:.2}",

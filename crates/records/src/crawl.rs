@@ -134,19 +134,25 @@ impl RateLimiter {
         }
     }
 
-    /// Accounts `n` records done at `now` (time since the crawler began).
+    /// Accounts `n` records done at `now` (time since the crawler began); any rate and count give
+    /// a wait (saturating at `Duration::MAX`), never a panic.
     pub fn wait(&mut self, n: usize, now: Duration) -> Duration {
         let Some(rate) = self.per_sec else {
             return Duration::ZERO;
         };
-        self.next = self.next.max(now) + Duration::from_secs_f64(n as f64 / rate);
+        let spacing = Duration::try_from_secs_f64(n as f64 / rate).unwrap_or(Duration::MAX);
+        self.next = self.next.max(now).saturating_add(spacing);
         self.next.saturating_sub(now)
     }
 }
 
 /// Time left at `per_sec`, if known.
 pub fn eta(remaining: u64, per_sec: f64) -> Option<Duration> {
-    (per_sec > 0.0).then(|| Duration::from_secs_f64(remaining as f64 / per_sec))
+    if per_sec > 0.0 {
+        Duration::try_from_secs_f64(remaining as f64 / per_sec).ok()
+    } else {
+        None
+    }
 }
 
 /// How a crawl runs.
@@ -218,8 +224,26 @@ pub struct Progress<'a> {
     pub resumed: bool,
 }
 
+/// Refuses a crawl that could not run, before anything is stored: a bad or unknown kind, a target
+/// outside the kind's chain or above what the write gate lets through, a rate out of range.
+pub fn check<B: Backend>(store: &Store<B>, kind: &str, target: u32, opts: &CrawlOptions) -> Result<(), Error> {
+    crate::limits::kind(kind)?;
+    crate::limits::crawl_rate(opts.rate)?;
+    let ks = store.schema().kind(kind)?;
+    ks.knows(target)?;
+    let gate = store.gate(kind)?;
+    if ks.write_target(target, gate)? != target {
+        return Err(Error::Schema(vec![format!(
+            "cannot crawl {kind} to version {target}: the write gate is {} and a live release could not read it",
+            gate.unwrap_or(0)
+        )]));
+    }
+    Ok(())
+}
+
 /// Starts (or resumes) the crawl of `kind` to `target` and runs it until it
-/// is done or `stop` is set (then it stays resumable).
+/// is done or `stop` is set (then it stays resumable). A worker thread that
+/// panics ends the crawl with [`Error::Worker`] (resumable like a kill).
 pub fn run<B: Backend>(
     store: &Store<B>,
     kind: &str,
@@ -228,22 +252,8 @@ pub fn run<B: Backend>(
     stop: &AtomicBool,
     progress: &mut (dyn FnMut(&Progress<'_>) + Send),
 ) -> Result<CrawlState, Error> {
+    check(store, kind, target, opts)?;
     let ks = store.schema().kind(kind)?;
-    if target < ks.first() || target > ks.head() {
-        return Err(Error::UnknownVersion {
-            kind: kind.into(),
-            version: target,
-            first: ks.first(),
-            head: ks.head(),
-        });
-    }
-    let gate = store.gate(kind)?;
-    if ks.write_target(target, gate)? != target {
-        return Err(Error::Schema(vec![format!(
-            "cannot crawl {kind} to version {target}: the write gate is {} and a live release could not read it",
-            gate.unwrap_or(0)
-        )]));
-    }
     let backend = store.backend();
     let polite = opts.background && backend.out_of_process();
     // With a database server, the crawler's own sessions, lowered like its
@@ -328,7 +338,11 @@ pub fn run<B: Backend>(
             }
             let mut cursor = ahead;
             loop {
-                let batch = scope_ref.prepare(&cursor, size_ref.load(Ordering::Relaxed));
+                // The upgraders are the app's code: one that panics ends the crawl with a worker error.
+                let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    scope_ref.prepare(&cursor, size_ref.load(Ordering::Relaxed))
+                }))
+                .unwrap_or_else(|p| Err(worker_panicked("reader", p.as_ref())));
                 let last = match &batch {
                     Ok(p) if p.rows > 0 => Some(p.cursor.clone()),
                     _ => None,
@@ -377,7 +391,7 @@ pub fn run<B: Backend>(
                 let batch_began = Instant::now();
                 let batch = rx
                     .recv()
-                    .map_err(|_| Error::Type("the crawler's reader thread stopped".into()))??;
+                    .map_err(|_| Error::Worker("the crawler's reader thread stopped".into()))??;
                 if batch.rows == 0 {
                     if tidy && untidy > 0 {
                         scope.tidy();
@@ -436,8 +450,18 @@ pub fn run<B: Backend>(
         });
         writer
             .join()
-            .unwrap_or_else(|_| Err(Error::Type("the crawler's writer thread panicked".into())))
+            .unwrap_or_else(|p| Err(worker_panicked("writer", p.as_ref())))
     })
+}
+
+/// The error of a crawler thread that panicked, with the panic's message.
+fn worker_panicked(thread: &str, payload: &(dyn std::any::Any + Send)) -> Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    Error::Worker(format!("the crawler's {thread} thread panicked: {message}"))
 }
 
 /// A scanned and upgraded batch, ready to write.
@@ -604,10 +628,14 @@ fn upgrade_row<B: Backend>(store: &Store<B>, row: &crate::Stored, target: u32) -
 
 /// Asks a running crawl to pause or go on (`slipway records crawl --pause`).
 pub fn request_pause<B: Backend>(backend: &B, kind: &str, target: u32, pause: bool) -> Result<(), Error> {
+    crate::limits::kind(kind)?;
     if backend.request_pause(kind, target, pause)? {
         Ok(())
     } else {
-        Err(Error::Schema(vec![format!("no crawl of {kind} to version {target}")]))
+        Err(Error::NoCrawl {
+            kind: kind.into(),
+            target,
+        })
     }
 }
 
@@ -646,6 +674,12 @@ mod tests {
         // About 10,000 records in 10 s, not more.
         assert!((9_000..=10_100).contains(&done), "{done}");
         assert_eq!(RateLimiter::new(None).wait(1_000_000, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_crawler_tidies_every_tenth_of_a_large_crawl_and_never_more_often_than_every_50000() {
+        assert_eq!(tidy_every(100), 50_000);
+        assert_eq!(tidy_every(1_000_000), 100_000);
     }
 
     #[test]

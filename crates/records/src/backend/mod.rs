@@ -6,6 +6,7 @@ mod sqlite;
 
 use std::collections::{BTreeMap, HashSet};
 
+pub use self::cols::DbUrl;
 pub use self::postgres::{BACKGROUND_APP, PgBackend};
 pub use self::sqlite::SqliteBackend;
 use crate::crawl::CrawlState;

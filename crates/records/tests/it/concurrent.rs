@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use records::Backend;
-use records::crawl::{self, CrawlOptions};
+use records::{Backend, CrawlOptions};
 
 use crate::model::{Db, PlayerV1, PlayerV3};
 
@@ -58,7 +57,7 @@ fn two_releases_and_the_crawler(db: Db) {
         rate: Some(400.0),
         ..CrawlOptions::default()
     };
-    let state = crawl::run(&crawler_store, "player", 2, &opts, &stop, &mut |_| {}).unwrap();
+    let state = records::run_crawl(&crawler_store, "player", 2, &opts, &stop, &mut |_| {}).unwrap();
     for t in threads {
         t.join().unwrap();
     }
@@ -82,7 +81,7 @@ fn two_releases_and_the_crawler(db: Db) {
     // What is left below 2 was written at 1 by v1 code during the crawl.
     let left = reader.backend().count_below("player", 2, i64::MAX).unwrap();
     // A second crawl picks up the rest now that the servers are quiet.
-    let again = crawl::run(&crawler_store, "player", 2, &opts, &stop, &mut |_| {}).unwrap();
+    let again = records::run_crawl(&crawler_store, "player", 2, &opts, &stop, &mut |_| {}).unwrap();
     assert_eq!(again.upgraded, left);
     assert_eq!(reader.backend().count_below("player", 2, i64::MAX).unwrap(), 0);
 }

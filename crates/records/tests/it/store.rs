@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use records::{Backend, Error, Expect, Format, Store, Versioned};
+use records::{Backend, Error, Expect, Format, Store, Versioned, Write};
 use serde_json::json;
 
 use crate::model::{Db, PlayerV1, PlayerV3, both, schema};
@@ -226,7 +226,6 @@ fn the_kind_of_a_typed_record_comes_from_its_type() {
 
 #[test]
 fn a_batch_of_compare_and_swap_writes_lands_each_write_on_its_own_etag() {
-    use records::envelope::Write;
     for db in both("batch_cas") {
         let s = db.store("v3");
         let b = s.backend();
