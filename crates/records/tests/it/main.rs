@@ -5,4 +5,5 @@ mod crawl;
 mod migrate;
 mod model;
 mod props;
+mod service;
 mod store;
