@@ -53,3 +53,14 @@ pub(crate) fn peak_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let out = f();
     (out, PEAK.with(Cell::get).saturating_sub(base))
 }
+
+mod tests {
+    #[test]
+    fn the_probe_sees_what_a_closure_allocates_and_not_what_it_gave_back() {
+        let (v, peak) = super::peak_bytes(|| vec![0u8; 100_000]);
+        assert!(peak >= 100_000, "{peak}");
+        drop(v);
+        let ((), peak) = super::peak_bytes(|| drop(vec![0u8; 10]));
+        assert!((10..1000).contains(&peak), "{peak}");
+    }
+}

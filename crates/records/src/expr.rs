@@ -68,13 +68,13 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
     let mut i = 0;
     let mut out = Vec::new();
     'outer: while i < b.len() {
-        if out.len() >= MAX_TOKENS {
-            return Err(format!("more than {MAX_TOKENS} tokens; split the step"));
-        }
         let c = b[i] as char;
         if c.is_ascii_whitespace() {
             i += 1;
             continue;
+        }
+        if out.len() >= MAX_TOKENS {
+            return Err(format!("more than {MAX_TOKENS} tokens; split the step"));
         }
         if c.is_ascii_digit() {
             let start = i;
@@ -417,6 +417,9 @@ pub fn eval(e: &Expr, root: &Value) -> Result<Value, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
