@@ -262,6 +262,9 @@ pub fn load(path: &Path) -> Result<Schema, Error> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
