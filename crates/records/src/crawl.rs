@@ -269,34 +269,7 @@ pub fn run<B: Backend>(
         None
     };
     let db = twin.as_ref().unwrap_or(backend);
-    let (mut state, resumed) = match db.crawl(kind, target)? {
-        Some(s) if s.status != CrawlStatus::Done => (s, true),
-        _ => {
-            let now = store.now();
-            let max_id = db.max_id(kind)?;
-            let s = CrawlState {
-                kind: kind.into(),
-                target,
-                status: CrawlStatus::Running,
-                pause_requested: false,
-                started_at: now,
-                max_id,
-                cursor_active: i64::MIN,
-                cursor_key: String::new(),
-                total: db.count_below(kind, target, max_id)?,
-                scanned: 0,
-                upgraded: 0,
-                skipped_leased: 0,
-                conflicts: 0,
-                failed: 0,
-                batch_size: opts.first_batch as u32,
-                updated_at: now,
-                finished_at: None,
-            };
-            db.put_crawl(&s)?;
-            (s, false)
-        }
-    };
+    let (mut state, resumed) = begin(store, db, kind, target, opts)?;
     let mut sizer = BatchSizer::new(
         opts.batch_time,
         opts.min_batch,
@@ -462,6 +435,43 @@ fn worker_panicked(thread: &str, payload: &(dyn std::any::Any + Send)) -> Error 
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into());
     Error::Worker(format!("the crawler's {thread} thread panicked: {message}"))
+}
+
+/// The saved state of the crawl of `kind` to `target` in `db`: the unfinished one, to resume (`true`), or a new
+/// one, saved before this returns (so a crawl started in the background shows at once).
+pub(crate) fn begin<B: Backend>(
+    store: &Store<B>,
+    db: &B,
+    kind: &str,
+    target: u32,
+    opts: &CrawlOptions,
+) -> Result<(CrawlState, bool), Error> {
+    if let Some(s) = db.crawl(kind, target)?.filter(|s| s.status != CrawlStatus::Done) {
+        return Ok((s, true));
+    }
+    let now = store.now();
+    let max_id = db.max_id(kind)?;
+    let s = CrawlState {
+        kind: kind.into(),
+        target,
+        status: CrawlStatus::Running,
+        pause_requested: false,
+        started_at: now,
+        max_id,
+        cursor_active: i64::MIN,
+        cursor_key: String::new(),
+        total: db.count_below(kind, target, max_id)?,
+        scanned: 0,
+        upgraded: 0,
+        skipped_leased: 0,
+        conflicts: 0,
+        failed: 0,
+        batch_size: opts.first_batch as u32,
+        updated_at: now,
+        finished_at: None,
+    };
+    db.put_crawl(&s)?;
+    Ok((s, false))
 }
 
 /// A scanned and upgraded batch, ready to write.

@@ -331,6 +331,12 @@ async fn start_crawl(
         running.insert(key.clone(), stop.clone());
     }
     let guard = Running { service: s, key };
+    // Saved before the answer, so `GET /v1/crawls` shows this crawl (not an older one) as soon as it is accepted.
+    let (kind, to, begun) = (req.kind.clone(), req.to, opts.clone());
+    blocking(&guard.service, move |s| {
+        crawl::begin(&s.store, s.store.backend(), &kind, to, &begun)
+    })
+    .await?;
     std::thread::spawn(move || {
         let store = &guard.service.store;
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

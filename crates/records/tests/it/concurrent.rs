@@ -28,18 +28,28 @@ fn two_releases_and_the_crawler(db: Db) {
     // v1 is still live: v3 writes v2 (readable by v1) under the gate.
     setup.set_gate("player", Some(2)).unwrap();
     let done = Arc::new(AtomicU64::new(0));
-    // How far the crawl had looked when it last finished a batch (0: not begun, u64::MAX: done).
+    // How far the crawl had looked when it last finished a batch (0: not begun, u64::MAX: done),
+    // and how many batches it finished.
     let scanned = Arc::new(AtomicU64::new(0));
+    let batches = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for w in 0..4u64 {
         let store = db.store(if w % 2 == 0 { "v1" } else { "v3" });
-        let (done, scanned) = (done.clone(), scanned.clone());
+        let (done, scanned, batches) = (done.clone(), scanned.clone(), batches.clone());
         threads.push(std::thread::spawn(move || {
             wait_until("the crawl to begin", || scanned.load(Ordering::SeqCst) > 0);
             let mut rng = fastrand::Rng::with_seed(w);
             // The crawl's progress at each of this writer's writes.
             let mut seen = Vec::new();
-            for _ in 0..UPDATES_PER_WRITER {
+            let mut batch = batches.load(Ordering::SeqCst);
+            for i in 0..UPDATES_PER_WRITER {
+                // Five writes per crawl batch while the crawl runs, so the writes spread over all of it.
+                if i > 0 && i % 5 == 0 {
+                    wait_until("the crawl's next batch", || {
+                        batches.load(Ordering::SeqCst) > batch || scanned.load(Ordering::SeqCst) == u64::MAX
+                    });
+                    batch = batches.load(Ordering::SeqCst);
+                }
                 let key = format!("p{:04}", rng.usize(0..PLAYERS));
                 if w % 2 == 0 {
                     store.update::<PlayerV1>(&key, |p| p.gold += 1).unwrap();
@@ -66,12 +76,11 @@ fn two_releases_and_the_crawler(db: Db) {
         ..CrawlOptions::default()
     };
     let all_writes = 4 * UPDATES_PER_WRITER;
-    let mut batches = 0;
     let state = records::run_crawl(&crawler_store, "player", 2, &opts, &stop, &mut |p| {
         let finished = p.state.status == records::CrawlStatus::Done;
         scanned.store(if finished { u64::MAX } else { p.state.scanned }, Ordering::SeqCst);
         if p.state.status == records::CrawlStatus::Running && p.state.scanned < p.state.total {
-            batches += 1;
+            batches.fetch_add(1, Ordering::SeqCst);
             // Let the writers land a few writes before the next batch, so they surely overlap the crawl.
             let before = done.load(Ordering::SeqCst);
             wait_until("the writers to write during the crawl", || {
@@ -86,6 +95,7 @@ fn two_releases_and_the_crawler(db: Db) {
     // several points of it, and the crawl went on after them.
     let midway: Vec<u64> = seen.iter().copied().filter(|s| (1..u64::MAX).contains(s)).collect();
     let points: std::collections::BTreeSet<u64> = midway.iter().copied().collect();
+    let batches = batches.load(Ordering::SeqCst);
     assert!(batches >= 3, "the crawl ran in {batches} batches");
     assert!(
         midway.len() >= 10 && points.len() >= 3,

@@ -54,8 +54,16 @@ impl Service {
         let auth = format!("Bearer {}", self.token);
         let mut hs = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
         hs.extend_from_slice(headers);
+        self.exchange(method, path, &hs, body).await
+    }
+
+    /// Sends one request with exactly `headers` (no token added) on a fresh connection.
+    pub async fn exchange(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
         let mut c = testkit::Client::connect(self.addr).await.unwrap();
-        let r = c.send(method, path, &hs, body).await.unwrap();
+        let r = c
+            .send(method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer ({e}): did the service die?"));
         let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         (r.status.as_u16(), v, r.header("etag").map(str::to_string))
     }
@@ -100,7 +108,11 @@ pub fn snapshot(url: &str) -> Vec<String> {
         let rows = st
             .query_map([], |r| {
                 let cols: Vec<String> = (0..n)
-                    .map(|i| format!("{:?}", r.get_ref(i).map(|v| v.to_owned())))
+                    .map(|i| match r.get_ref(i) {
+                        Ok(rusqlite::types::ValueRef::Text(t)) => String::from_utf8_lossy(t).into_owned(),
+                        Ok(v) => format!("{:?}", v.to_owned()),
+                        Err(e) => e.to_string(),
+                    })
                     .collect();
                 Ok(format!("{table}: {}", cols.join(", ")))
             })
