@@ -1,4 +1,4 @@
-//! Unit tests only: a global allocator that counts each thread's live and peak heap bytes, to bound a parser's memory.
+//! Unit tests only: a global allocator counting each thread's heap bytes, to bound a parser's memory.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,4 +1,4 @@
-//! The background crawler: upgrades cold records below a target version in keyset batches, resumable, throttled, pausable.
+//! The background crawler: upgrades cold records in keyset batches; resumable, throttled, pausable.
 //!
 //! A crawl is keyed by `(kind, target)` and its state lives in the store:
 //! the cursor `(last_active, key)` of the last record it looked at is saved
@@ -269,16 +269,13 @@ pub fn run<B: Backend>(
         None
     };
     let db = twin.as_ref().unwrap_or(backend);
-    let (mut state, resumed) = begin(store, db, kind, target, opts)?;
-    let mut sizer = BatchSizer::new(
+    let (state, resumed) = begin(store, db, kind, target, opts)?;
+    let sizer = BatchSizer::new(
         opts.batch_time,
         opts.min_batch,
         opts.max_batch,
         state.batch_size as usize,
     );
-    let mut limiter = RateLimiter::new(opts.rate);
-    let began = Instant::now();
-    let scanned_at_start = state.scanned;
     let size = AtomicUsize::new(sizer.size());
     let scope = Scope {
         store,
@@ -293,138 +290,198 @@ pub fn run<B: Backend>(
         step_rows: if polite { opts.step_rows.max(1) } else { usize::MAX },
         db_turn: polite.then(|| std::sync::Mutex::new(())),
     };
-    let tidy = polite && opts.tidy;
-    let mut untidy = 0u64;
-    let every = tidy_every(state.total);
+    let writer = Writer {
+        scope: &scope,
+        size: &size,
+        opts,
+        stop,
+        progress,
+        sizer,
+        limiter: RateLimiter::new(opts.rate),
+        began: Instant::now(),
+        scanned_at_start: state.scanned,
+        tidy: polite && opts.tidy,
+        untidy: 0,
+        every: tidy_every(state.total),
+        resumed,
+        state,
+    };
     // The next batch is scanned and upgraded on another thread while this
     // one writes the current batch: the cursor of a batch is known before
     // its writes, and is saved only with them.
     std::thread::scope(|sc| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, Error>>(1);
-        let ahead = (state.cursor_active, state.cursor_key.clone());
-        let (scope_ref, size_ref) = (&scope, &size);
-        let (scope, size) = (scope_ref, size_ref);
-        let background = opts.background;
+        let ahead = (writer.state.cursor_active, writer.state.cursor_key.clone());
+        let (scope, size, background) = (&scope, &size, opts.background);
         sc.spawn(move || {
             if background {
                 background_thread(polite);
             }
-            let mut cursor = ahead;
-            loop {
-                // The upgraders are the app's code: one that panics ends the crawl with a worker error.
-                let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    scope_ref.prepare(&cursor, size_ref.load(Ordering::Relaxed))
-                }))
-                .unwrap_or_else(|p| Err(worker_panicked("reader", p.as_ref())));
-                let last = match &batch {
-                    Ok(p) if p.rows > 0 => Some(p.cursor.clone()),
-                    _ => None,
-                };
-                if tx.send(batch).is_err() {
-                    return;
-                }
-                match last {
-                    Some(c) => cursor = c,
-                    None => return,
-                }
-            }
+            read_ahead(scope, size, ahead, &tx);
         });
         // The writing loop runs on its own thread too, so lowering its
         // priority does not lower the caller's.
-        let writer = sc.spawn(move || -> Result<CrawlState, Error> {
-            let rx = rx;
-            if opts.background {
+        let writing = sc.spawn(move || {
+            if background {
                 background_thread(polite);
             }
-            loop {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(state);
-                }
-                let asked = db.crawl(kind, target)?.map(|s| s.pause_requested).unwrap_or(false);
-                if asked != (state.status == CrawlStatus::Paused) {
-                    state.status = if asked {
-                        CrawlStatus::Paused
-                    } else {
-                        CrawlStatus::Running
-                    };
-                    state.pause_requested = asked;
-                    state.updated_at = store.now();
-                    db.write_batch(&[], Some(&mut state))?;
-                    progress(&Progress {
-                        state: &state,
-                        per_sec: 0.0,
-                        eta: None,
-                        resumed,
-                    });
-                }
-                if state.status == CrawlStatus::Paused {
-                    std::thread::sleep(opts.pause_poll);
-                    continue;
-                }
-                let batch_began = Instant::now();
-                let batch = rx
-                    .recv()
-                    .map_err(|_| Error::Worker("the crawler's reader thread stopped".into()))??;
-                if batch.rows == 0 {
-                    if tidy && untidy > 0 {
-                        scope.tidy();
-                    }
-                    state.status = CrawlStatus::Done;
-                    state.finished_at = Some(store.now());
-                    state.updated_at = store.now();
-                    db.write_batch(&[], Some(&mut state))?;
-                    progress(&Progress {
-                        state: &state,
-                        per_sec: 0.0,
-                        eta: Some(Duration::ZERO),
-                        resumed,
-                    });
-                    return Ok(state);
-                }
-                state.skipped_leased += batch.skipped;
-                state.failed += batch.failed;
-                state.scanned += batch.rows as u64;
-                (state.cursor_active, state.cursor_key) = batch.cursor;
-                state.batch_size = size.load(Ordering::Relaxed) as u32;
-                state.updated_at = store.now();
-                let upgraded_before = state.upgraded;
-                let results = {
-                    let _turn = scope.db_turn();
-                    db.write_batch(&batch.writes, Some(&mut state))?
-                };
-                // A server wrote these since the scan; it wrote at its own
-                // version, so only a record still below the target is tried again.
-                for (w, _) in batch.writes.iter().zip(&results).filter(|(_, r)| r.is_none()) {
-                    state.conflicts += 1;
-                    let _turn = scope.db_turn();
-                    if scope.retry_one(&w.key)? {
-                        state.upgraded += 1;
-                    }
-                }
-                sizer.observe(batch.rows, batch_began.elapsed());
-                untidy += state.upgraded - upgraded_before;
-                if tidy && untidy >= every {
-                    scope.tidy();
-                    untidy = 0;
-                }
-                size.store(sizer.size(), Ordering::Relaxed);
-                let per_sec = (state.scanned - scanned_at_start) as f64 / began.elapsed().as_secs_f64().max(1e-3);
-                progress(&Progress {
-                    state: &state,
-                    per_sec,
-                    eta: eta(state.remaining(), per_sec),
-                    resumed,
-                });
-                let wait = limiter.wait(batch.rows, began.elapsed());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
-                }
-            }
+            writer.run(&rx)
         });
-        writer
+        writing
             .join()
             .unwrap_or_else(|p| Err(worker_panicked("writer", p.as_ref())))
     })
+}
+
+/// Scans and upgrades batch after batch from `cursor` on, handing each to the writer, until the last (empty) one.
+fn read_ahead<B: Backend>(
+    scope: &Scope<'_, B>,
+    size: &AtomicUsize,
+    mut cursor: (i64, String),
+    tx: &std::sync::mpsc::SyncSender<Result<Prepared, Error>>,
+) {
+    loop {
+        // The upgraders are the app's code: one that panics ends the crawl with a worker error.
+        let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scope.prepare(&cursor, size.load(Ordering::Relaxed))
+        }))
+        .unwrap_or_else(|p| Err(worker_panicked("reader", p.as_ref())));
+        let last = match &batch {
+            Ok(p) if p.rows > 0 => Some(p.cursor.clone()),
+            _ => None,
+        };
+        if tx.send(batch).is_err() {
+            return;
+        }
+        match last {
+            Some(c) => cursor = c,
+            None => return,
+        }
+    }
+}
+
+/// The writing side of a crawl: batches in, compare-and-swap writes and progress out, paced and pausable.
+struct Writer<'a, B> {
+    scope: &'a Scope<'a, B>,
+    size: &'a AtomicUsize,
+    opts: &'a CrawlOptions,
+    stop: &'a AtomicBool,
+    progress: &'a mut (dyn FnMut(&Progress<'_>) + Send),
+    sizer: BatchSizer,
+    limiter: RateLimiter,
+    began: Instant,
+    scanned_at_start: u64,
+    tidy: bool,
+    /// Upgrades since the last tidy, and how many between two.
+    untidy: u64,
+    every: u64,
+    resumed: bool,
+    state: CrawlState,
+}
+
+impl<B: Backend> Writer<'_, B> {
+    fn run(mut self, rx: &std::sync::mpsc::Receiver<Result<Prepared, Error>>) -> Result<CrawlState, Error> {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(self.state);
+            }
+            if self.follow_pause()? {
+                std::thread::sleep(self.opts.pause_poll);
+                continue;
+            }
+            let batch_began = Instant::now();
+            let batch = rx
+                .recv()
+                .map_err(|_| Error::Worker("the crawler's reader thread stopped".into()))??;
+            if batch.rows == 0 {
+                return self.finish();
+            }
+            let rows = batch.rows;
+            self.write(batch)?;
+            self.sizer.observe(rows, batch_began.elapsed());
+            self.size.store(self.sizer.size(), Ordering::Relaxed);
+            let per_sec =
+                (self.state.scanned - self.scanned_at_start) as f64 / self.began.elapsed().as_secs_f64().max(1e-3);
+            self.report(per_sec, eta(self.state.remaining(), per_sec));
+            let wait = self.limiter.wait(rows, self.began.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    fn report(&mut self, per_sec: f64, eta: Option<Duration>) {
+        (self.progress)(&Progress {
+            state: &self.state,
+            per_sec,
+            eta,
+            resumed: self.resumed,
+        });
+    }
+
+    /// Takes up a pause asked for (or its end) between batches; whether the crawl is paused.
+    fn follow_pause(&mut self) -> Result<bool, Error> {
+        let s = self.scope;
+        let asked = s.db.crawl(s.kind, s.target)?.is_some_and(|c| c.pause_requested);
+        if asked != (self.state.status == CrawlStatus::Paused) {
+            self.state.status = if asked {
+                CrawlStatus::Paused
+            } else {
+                CrawlStatus::Running
+            };
+            self.state.pause_requested = asked;
+            self.state.updated_at = s.store.now();
+            s.db.write_batch(&[], Some(&mut self.state))?;
+            self.report(0.0, None);
+        }
+        Ok(self.state.status == CrawlStatus::Paused)
+    }
+
+    /// Writes a batch with the cursor and counters in the same transaction, then retries its conflicts.
+    fn write(&mut self, batch: Prepared) -> Result<(), Error> {
+        let s = self.scope;
+        let state = &mut self.state;
+        state.skipped_leased += batch.skipped;
+        state.failed += batch.failed;
+        state.scanned += batch.rows as u64;
+        (state.cursor_active, state.cursor_key) = batch.cursor;
+        state.batch_size = self.size.load(Ordering::Relaxed) as u32;
+        state.updated_at = s.store.now();
+        let upgraded_before = state.upgraded;
+        let results = {
+            let _turn = s.db_turn();
+            s.db.write_batch(&batch.writes, Some(state))?
+        };
+        // A server wrote these since the scan; it wrote at its own
+        // version, so only a record still below the target is tried again.
+        for (w, _) in batch.writes.iter().zip(&results).filter(|(_, r)| r.is_none()) {
+            state.conflicts += 1;
+            let _turn = s.db_turn();
+            if s.retry_one(&w.key)? {
+                state.upgraded += 1;
+            }
+        }
+        self.untidy += state.upgraded - upgraded_before;
+        if self.tidy && self.untidy >= self.every {
+            s.tidy();
+            self.untidy = 0;
+        }
+        Ok(())
+    }
+
+    /// The last batch was empty: the crawl is done.
+    fn finish(mut self) -> Result<CrawlState, Error> {
+        let s = self.scope;
+        if self.tidy && self.untidy > 0 {
+            s.tidy();
+        }
+        self.state.status = CrawlStatus::Done;
+        self.state.finished_at = Some(s.store.now());
+        self.state.updated_at = s.store.now();
+        s.db.write_batch(&[], Some(&mut self.state))?;
+        self.report(0.0, Some(Duration::ZERO));
+        Ok(self.state)
+    }
 }
 
 /// The error of a crawler thread that panicked, with the panic's message.
@@ -600,7 +657,8 @@ impl<B: Backend> Scope<'_, B> {
                 Ok(payload) => writes.push(self.write(row, payload)),
                 Err(e) => {
                     failed += 1;
-                    tracing::warn!(kind = self.kind, key = %row.key, error = %e, "cannot upgrade a record; left as it is");
+                    let key = &row.key;
+                    tracing::warn!(kind = self.kind, %key, error = %e, "cannot upgrade a record; left as it is");
                 }
             }
         }

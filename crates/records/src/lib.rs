@@ -1,4 +1,4 @@
-//! Schema-versioned records: upgraded on read, written under a write gate, crawled to a newer version in the background.
+//! Schema-versioned records: upgraded on read, written under a write gate, upgraded in bulk by a crawler.
 //!
 //! The pieces (all private; the surface is the `pub use` list below):
 //! - `schema`: per kind, a chain of pure `v → v+1` upgraders (and optional

@@ -1,4 +1,4 @@
-//! What the records layer accepts: kinds, keys, lease holders, lease times and crawl rates, checked before anything is stored.
+//! What the records layer accepts (kinds, keys, holders, lease times, crawl rates), checked before any write.
 
 use std::time::Duration;
 

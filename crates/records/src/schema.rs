@@ -1,4 +1,4 @@
-//! Per-kind version chains: pure upgraders `v → v+1`, optional downgraders, which readers a version allows, field checks.
+//! Per-kind version chains: pure upgraders `v → v+1`, optional downgraders, readable-by rules, field checks.
 
 use std::collections::BTreeMap;
 use std::fmt;

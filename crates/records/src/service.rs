@@ -1,4 +1,4 @@
-//! The records service: the store's operations over HTTP for apps not written in Rust (records, kinds, crawls, gates, leases).
+//! The records service: the store's operations over HTTP, for apps not written in Rust.
 //!
 //! Every route wants `Authorization: Bearer <token>`; it listens on loopback
 //! or a Unix socket only. A `PUT` is always a compare-and-swap: `If-Match:

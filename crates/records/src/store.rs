@@ -1,4 +1,4 @@
-//! The store: typed and raw reads that upgrade on the way, compare-and-swap writes under the write gate, unknown fields kept.
+//! The store: reads that upgrade on the way, compare-and-swap writes under the write gate, unknown fields kept.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

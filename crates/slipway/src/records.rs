@@ -95,7 +95,8 @@ pub fn status(t: &Target, json: bool) -> anyhow::Result<()> {
     }
     for c in &crawls {
         println!(
-            "crawl {} → v{}: {} — {}/{} looked at, {} upgraded, {} left to their servers (leased), {} conflicts, {} failed",
+            "crawl {} → v{}: {} — {}/{} looked at, {} upgraded, {} left to their servers (leased), \
+             {} conflicts, {} failed",
             c.kind,
             c.target,
             c.status.as_str(),
@@ -196,7 +197,8 @@ pub fn crawl(t: &Target, a: &CrawlArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "crawl of {} to v{} done: {} looked at, {} upgraded, {} left to their servers (leased), {} conflicts, {} failed",
+        "crawl of {} to v{} done: {} looked at, {} upgraded, {} left to their servers (leased), \
+         {} conflicts, {} failed",
         state.kind, state.target, state.scanned, state.upgraded, state.skipped_leased, state.conflicts, state.failed
     );
     if state.failed > 0 {

@@ -1,4 +1,4 @@
-//! The SQLite backend: one file in WAL mode, a small pool of connections, writes in `BEGIN IMMEDIATE` transactions.
+//! The SQLite backend: one private file in WAL mode, a small pool of connections, `BEGIN IMMEDIATE` writes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Property tests of the expression language: any input parses or is refused without panicking, within bounded memory.
+//! Property tests of the expression language: any input parses or is refused, never a panic, bounded memory.
 
 use proptest::prelude::*;
 use serde_json::{Value, json};

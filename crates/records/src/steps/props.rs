@@ -1,4 +1,4 @@
-//! Property tests of the steps file: a file is accepted exactly when it has no flaw, never with a panic, in bounded memory.
+//! Property tests of the steps file: accepted exactly when it has no flaw, never a panic, bounded memory.
 
 use std::collections::BTreeMap;
 

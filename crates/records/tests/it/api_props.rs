@@ -1,5 +1,4 @@
-//! Random requests against a real records service: never a 5xx nor a dead service, and every 4xx has a reason and
-//! changes nothing.
+//! Random requests against a real records service: never a 5xx, and every 4xx has a reason and changes nothing.
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,8 @@ fn segment() -> BoxedStrategy<String> {
         2 => "[a-z]{1,8}",
         2 => proptest::collection::vec(any::<u8>(), 1..12).prop_map(|b| percent(&b)),
         1 => (250usize..300).prop_map(|n| "k".repeat(n)),
-        1 => prop_oneof![Just("%00"), Just("%FF"), Just("a%0Ab"), Just("%20a"), Just("%E2%80%AE")].prop_map(str::to_string),
+        1 => prop_oneof![Just("%00"), Just("%FF"), Just("a%0Ab"), Just("%20a"), Just("%E2%80%AE")]
+            .prop_map(str::to_string),
     ]
     .boxed()
 }

@@ -1,5 +1,4 @@
-//! Two code versions and the crawler write the same records at once (shown to overlap), on SQLite and PostgreSQL: no
-//! write is lost.
+//! Two code versions and the crawler write the same records at once (shown to overlap): no write is lost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -316,7 +316,8 @@ fn a_crawl_batch_prunes_the_pages_where_the_batch_before_it_left_dead_versions_s
     let dead = unpruned_dead_versions(&db.url());
     assert!(
         dead < 40,
-        "every batch's replaced versions were pruned by the batch after it (the last by the crawl's end): {dead} of {n} left"
+        "every batch's replaced versions were pruned by the batch after it (the last by the crawl's end): \
+         {dead} of {n} left"
     );
     // The measure does see versions nobody pruned: a server's writes to
     // records on different pages leave theirs (a read of the same page
