@@ -225,10 +225,11 @@ pub struct Progress<'a> {
 }
 
 /// Refuses a crawl that could not run, before anything is stored: a bad or unknown kind, a target
-/// outside the kind's chain or above what the write gate lets through, a rate out of range.
+/// outside the kind's chain or above what the write gate lets through, a rate or batch size out of range.
 pub fn check<B: Backend>(store: &Store<B>, kind: &str, target: u32, opts: &CrawlOptions) -> Result<(), Error> {
     crate::limits::kind(kind)?;
     crate::limits::crawl_rate(opts.rate)?;
+    crate::limits::crawl_batch(opts.min_batch, opts.max_batch)?;
     let ks = store.schema().kind(kind)?;
     ks.knows(target)?;
     let gate = store.gate(kind)?;

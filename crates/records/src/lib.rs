@@ -33,7 +33,8 @@ pub use backend::{AnyBackend, BACKGROUND_APP, Backend, DbUrl, ScanQuery, Storage
 pub use crawl::{CrawlOptions, CrawlState, CrawlStatus, Progress as CrawlProgress, request_pause, run as run_crawl};
 pub use envelope::{Expect, Format, Stored, Write};
 pub use limits::{
-    MAX_BODY_BYTES, MAX_CRAWL_RATE, MAX_HOLDER_BYTES, MAX_KEY_BYTES, MAX_KIND_BYTES, MAX_LEASE, MIN_CRAWL_RATE,
+    MAX_BODY_BYTES, MAX_CRAWL_BATCH, MAX_CRAWL_RATE, MAX_HOLDER_BYTES, MAX_KEY_BYTES, MAX_KIND_BYTES, MAX_LEASE,
+    MIN_CRAWL_RATE,
 };
 pub use schema::{FieldType, KindSchema, Schema};
 pub use service::{KindStatus, kinds_status, serve};

@@ -16,6 +16,8 @@ pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 pub const MIN_CRAWL_RATE: f64 = 0.01;
 /// The fastest crawl rate, in records per second.
 pub const MAX_CRAWL_RATE: f64 = 1e9;
+/// The most records a crawl batch may hold (its memory and lock window).
+pub const MAX_CRAWL_BATCH: usize = 100_000;
 /// The largest request body the HTTP service reads (a record's payload).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
@@ -119,6 +121,17 @@ pub(crate) fn crawl_rate(rate: Option<f64>) -> Result<(), Error> {
     }
 }
 
+/// A crawl's batch bounds: each 1 to [`MAX_CRAWL_BATCH`] records.
+pub(crate) fn crawl_batch(min: usize, max: usize) -> Result<(), Error> {
+    if !(1..=MAX_CRAWL_BATCH).contains(&min) || !(1..=MAX_CRAWL_BATCH).contains(&max) {
+        return Err(Error::invalid(
+            "crawl batch",
+            format!("{min} to {max} records; a batch holds 1 to {MAX_CRAWL_BATCH}"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +177,10 @@ mod tests {
 
     #[test]
     fn a_crawl_rate_is_finite_and_in_range() {
+        assert!(crawl_batch(10, 5000).is_ok());
+        for (min, max) in [(0, 10), (10, MAX_CRAWL_BATCH + 1), (10, 0)] {
+            assert!(crawl_batch(min, max).is_err(), "{min}..{max}");
+        }
         assert!(crawl_rate(None).is_ok());
         assert!(crawl_rate(Some(400.0)).is_ok());
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300, 1e10] {
