@@ -27,7 +27,7 @@ mod store;
 mod values;
 
 #[cfg(test)]
-mod alloc_probe;
+mod testing;
 
 pub use backend::{AnyBackend, BACKGROUND_APP, Backend, DbUrl, ScanQuery, StorageError, VersionCount, open};
 pub use crawl::{CrawlOptions, CrawlState, CrawlStatus, Progress as CrawlProgress, request_pause, run as run_crawl};

@@ -4,19 +4,11 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::alloc_probe::peak_bytes;
+use crate::testing::{peak_bytes, proptest_config as config};
 
 const BINARY: &[&str] = &[
     "??", "||", "&&", "==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/", "%",
 ];
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A field path the printer can write and the lexer reads back as one path.
 fn path() -> impl Strategy<Value = String> {

@@ -6,15 +6,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::alloc_probe::peak_bytes;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+use crate::testing::{peak_bytes, proptest_config as config};
 
 fn path() -> impl Strategy<Value = String> {
     "[a-z_][a-z0-9_]{0,4}(\\.[a-z_][a-z0-9_]{0,4}){0,2}"

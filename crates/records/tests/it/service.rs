@@ -123,7 +123,7 @@ pub fn snapshot(url: &str) -> Vec<String> {
 }
 
 /// Asserts a request is refused with `status`, a reason containing `reason`, and no change to the database.
-async fn refused(
+async fn refused_with(
     svc: &Service,
     method: &str,
     path: &str,
@@ -144,6 +144,16 @@ async fn refused(
     assert_eq!(snapshot(&svc.url()), before, "{method} {path} changed the database");
 }
 
+/// Asserts that a request without extra headers is refused (see [`refused_with`]).
+async fn refused(svc: &Service, method: &str, path: &str, body: Bytes, status: u16, reason: &str) {
+    refused_with(svc, method, path, &[], body, status, reason).await;
+}
+
+/// Asserts that creating a record at `path` with `body` is refused (see [`refused_with`]).
+async fn refused_create(svc: &Service, path: &str, body: Bytes, status: u16, reason: &str) {
+    refused_with(svc, "PUT", path, &[("if-none-match", "*")], body, status, reason).await;
+}
+
 fn json_body(v: Value) -> Bytes {
     Bytes::from(v.to_string())
 }
@@ -157,7 +167,7 @@ async fn an_update_at_a_version_the_code_does_not_know_is_refused_and_the_record
     let svc = Service::start().await;
     let etag = svc.create_v1("ann").await;
     let path = "/v1/records/player/ann?version=999";
-    refused(
+    refused_with(
         &svc,
         "PUT",
         path,
@@ -195,27 +205,9 @@ async fn an_update_at_a_version_the_code_does_not_know_is_refused_and_the_record
 async fn a_create_at_a_version_the_code_does_not_know_is_refused() {
     let svc = Service::start().await;
     let path = "/v1/records/player/bob?version=999";
-    refused(
-        &svc,
-        "PUT",
-        path,
-        &[("if-none-match", "*")],
-        json_body(v1()),
-        400,
-        "player has no version 999",
-    )
-    .await;
+    refused_create(&svc, path, json_body(v1()), 400, "player has no version 999").await;
     let path = "/v1/records/player/bob?version=0";
-    refused(
-        &svc,
-        "PUT",
-        path,
-        &[("if-none-match", "*")],
-        json_body(v1()),
-        400,
-        "player has no version 0",
-    )
-    .await;
+    refused_create(&svc, path, json_body(v1()), 400, "player has no version 0").await;
 }
 
 #[tokio::test]
@@ -226,7 +218,6 @@ async fn a_read_as_a_version_the_code_does_not_know_is_refused() {
         &svc,
         "GET",
         "/v1/records/player/ann?reader=999",
-        &[],
         Bytes::new(),
         400,
         "no version 999",
@@ -236,7 +227,6 @@ async fn a_read_as_a_version_the_code_does_not_know_is_refused() {
         &svc,
         "GET",
         "/v1/records/player/ann?reader=abc",
-        &[],
         Bytes::new(),
         400,
         "bad query",
@@ -249,21 +239,12 @@ async fn a_field_of_the_wrong_type_is_refused() {
     let svc = Service::start().await;
     let body = json_body(json!({"name": "ann", "gold": "lots", "hp": 40}));
     let path = "/v1/records/player/ann?version=1";
-    refused(
-        &svc,
-        "PUT",
-        path,
-        &[("if-none-match", "*")],
-        body,
-        400,
-        "field 'gold' should be an int but is a string",
-    )
-    .await;
+    refused_create(&svc, path, body, 400, "field 'gold' should be an int but is a string").await;
     // The same for an update of a record that exists.
     let etag = svc.create_v1("bob").await;
     let body = json_body(json!({"name": 7, "gold": 1, "hp": 40}));
     let path = "/v1/records/player/bob?version=1";
-    refused(
+    refused_with(
         &svc,
         "PUT",
         path,
@@ -279,7 +260,7 @@ async fn a_field_of_the_wrong_type_is_refused() {
 async fn a_top_level_array_is_refused() {
     let svc = Service::start().await;
     let path = "/v1/records/player/ann?version=1";
-    refused(
+    refused_with(
         &svc,
         "PUT",
         path,
@@ -291,11 +272,9 @@ async fn a_top_level_array_is_refused() {
     .await;
     // Also at a version that declares no fields: a record is always an object.
     let path = "/v1/records/player/ann?version=2";
-    refused(
+    refused_create(
         &svc,
-        "PUT",
         path,
-        &[("if-none-match", "*")],
         json_body(json!(3)),
         400,
         "a record is a JSON object, not an int",
@@ -308,27 +287,16 @@ async fn a_missing_declared_field_is_refused() {
     let svc = Service::start().await;
     let path = "/v1/records/player/ann?version=3";
     let body = json_body(json!({"display_name": "ann", "gold": 1, "hp": 2}));
-    refused(
-        &svc,
-        "PUT",
-        path,
-        &[("if-none-match", "*")],
-        body,
-        400,
-        "field 'xp' is missing",
-    )
-    .await;
+    refused_create(&svc, path, body, 400, "field 'xp' is missing").await;
 }
 
 #[tokio::test]
 async fn a_body_that_is_not_json_is_refused() {
     let svc = Service::start().await;
     let path = "/v1/records/player/ann?version=1";
-    refused(
+    refused_create(
         &svc,
-        "PUT",
         path,
-        &[("if-none-match", "*")],
         Bytes::from_static(b"{\"name\": "),
         400,
         "not a valid record",
@@ -344,16 +312,7 @@ async fn a_body_over_the_limit_is_refused() {
         "x".repeat(records::MAX_BODY_BYTES)
     );
     let path = "/v1/records/player/ann?version=1";
-    refused(
-        &svc,
-        "PUT",
-        path,
-        &[("if-none-match", "*")],
-        Bytes::from(big),
-        413,
-        "at most 1048576 bytes",
-    )
-    .await;
+    refused_create(&svc, path, Bytes::from(big), 413, "at most 1048576 bytes").await;
 }
 
 #[tokio::test]
@@ -361,7 +320,7 @@ async fn both_preconditions_at_once_are_refused() {
     let svc = Service::start().await;
     let etag = svc.create_v1("ann").await;
     let headers = [("if-match", etag.as_str()), ("if-none-match", "*")];
-    refused(
+    refused_with(
         &svc,
         "PUT",
         "/v1/records/player/ann?version=1",
@@ -372,7 +331,7 @@ async fn both_preconditions_at_once_are_refused() {
     )
     .await;
     let headers = [("if-none-match", "\"1\"")];
-    refused(
+    refused_with(
         &svc,
         "PUT",
         "/v1/records/player/ann?version=1",
@@ -388,16 +347,7 @@ async fn both_preconditions_at_once_are_refused() {
 async fn an_unknown_query_parameter_is_refused_rather_than_ignored() {
     let svc = Service::start().await;
     let path = "/v1/records/player/ann?verison=1";
-    refused(
-        &svc,
-        "PUT",
-        path,
-        &[("if-none-match", "*")],
-        json_body(v1()),
-        400,
-        "unknown field `verison`",
-    )
-    .await;
+    refused_create(&svc, path, json_body(v1()), 400, "unknown field `verison`").await;
 }
 
 #[tokio::test]
@@ -409,7 +359,6 @@ async fn a_lease_longer_than_the_maximum_is_refused_and_does_not_hand_the_record
         &svc,
         "POST",
         "/v1/leases/player/ann",
-        &[],
         huge,
         400,
         "outside 1 ms to 3600000 ms",
@@ -426,7 +375,7 @@ async fn a_lease_longer_than_the_maximum_is_refused_and_does_not_hand_the_record
     assert_eq!((status, body["held"].as_bool()), (200, Some(true)), "{body}");
     // A lease just over the maximum is refused too; it neither overflows nor frees the record.
     let over = json_body(json!({"holder": "s1", "ttl_ms": records::MAX_LEASE.as_millis() as u64 + 1}));
-    refused(&svc, "POST", "/v1/leases/player/ann", &[], over, 400, "outside 1 ms").await;
+    refused(&svc, "POST", "/v1/leases/player/ann", over, 400, "outside 1 ms").await;
     let (status, body, _) = svc
         .call("POST", "/v1/leases/player/ann", &[], json!({"holder": "s2"}))
         .await;
@@ -437,29 +386,19 @@ async fn a_lease_longer_than_the_maximum_is_refused_and_does_not_hand_the_record
 async fn a_lease_of_no_time_is_refused() {
     let svc = Service::start().await;
     let body = json_body(json!({"holder": "s1", "ttl_ms": 0}));
-    refused(&svc, "POST", "/v1/leases/player/ann", &[], body, 400, "outside 1 ms").await;
+    refused(&svc, "POST", "/v1/leases/player/ann", body, 400, "outside 1 ms").await;
 }
 
 #[tokio::test]
 async fn a_lease_with_a_control_character_in_its_holder_is_refused() {
     let svc = Service::start().await;
     let body = json_body(json!({"holder": "s1\u{0}"}));
-    refused(
-        &svc,
-        "POST",
-        "/v1/leases/player/ann",
-        &[],
-        body,
-        400,
-        "bad lease holder",
-    )
-    .await;
+    refused(&svc, "POST", "/v1/leases/player/ann", body, 400, "bad lease holder").await;
     let body = json_body(json!({"holder": "s1", "until": 5}));
     refused(
         &svc,
         "POST",
         "/v1/leases/player/ann",
-        &[],
         body,
         400,
         "unknown field `until`",
@@ -471,16 +410,7 @@ async fn a_lease_with_a_control_character_in_its_holder_is_refused() {
 async fn a_crawl_of_an_unknown_kind_is_refused_and_nothing_starts() {
     let svc = Service::start().await;
     let body = json_body(json!({"kind": "guild", "to": 2}));
-    refused(
-        &svc,
-        "POST",
-        "/v1/crawls",
-        &[],
-        body,
-        404,
-        "unknown record kind 'guild'",
-    )
-    .await;
+    refused(&svc, "POST", "/v1/crawls", body, 404, "unknown record kind 'guild'").await;
     let (_, crawls, _) = svc.call("GET", "/v1/crawls", &[], Value::Null).await;
     assert_eq!(crawls, json!([]));
 }
@@ -489,7 +419,7 @@ async fn a_crawl_of_an_unknown_kind_is_refused_and_nothing_starts() {
 async fn a_crawl_to_a_version_the_code_does_not_know_is_refused() {
     let svc = Service::start().await;
     let body = json_body(json!({"kind": "player", "to": 9}));
-    refused(&svc, "POST", "/v1/crawls", &[], body, 400, "player has no version 9").await;
+    refused(&svc, "POST", "/v1/crawls", body, 400, "player has no version 9").await;
 }
 
 #[tokio::test]
@@ -500,7 +430,6 @@ async fn a_crawl_with_a_negative_rate_is_refused() {
         &svc,
         "POST",
         "/v1/crawls",
-        &[],
         body,
         400,
         "-5 records per second is outside",
@@ -512,34 +441,16 @@ async fn a_crawl_with_a_negative_rate_is_refused() {
 async fn a_crawl_with_a_zero_rate_is_refused() {
     let svc = Service::start().await;
     let body = json_body(json!({"kind": "player", "to": 2, "rate": 0}));
-    refused(
-        &svc,
-        "POST",
-        "/v1/crawls",
-        &[],
-        body,
-        400,
-        "0 records per second is outside",
-    )
-    .await;
+    refused(&svc, "POST", "/v1/crawls", body, 400, "0 records per second is outside").await;
 }
 
 #[tokio::test]
 async fn a_crawl_with_a_rate_that_is_not_a_number_is_refused() {
     let svc = Service::start().await;
     let body = Bytes::from_static(b"{\"kind\": \"player\", \"to\": 2, \"rate\": NaN}");
-    refused(&svc, "POST", "/v1/crawls", &[], body, 400, "not a valid crawl request").await;
+    refused(&svc, "POST", "/v1/crawls", body, 400, "not a valid crawl request").await;
     let body = json_body(json!({"kind": "player", "to": 2, "rate": 1e-300}));
-    refused(
-        &svc,
-        "POST",
-        "/v1/crawls",
-        &[],
-        body,
-        400,
-        "records per second is outside",
-    )
-    .await;
+    refused(&svc, "POST", "/v1/crawls", body, 400, "records per second is outside").await;
 }
 
 #[tokio::test]
@@ -548,41 +459,23 @@ async fn a_crawl_above_the_write_gate_is_refused() {
     let (status, body, _) = svc.call("PUT", "/v1/gates/player", &[], json!({"version": 1})).await;
     assert_eq!(status, 200, "{body}");
     let body = json_body(json!({"kind": "player", "to": 3}));
-    refused(&svc, "POST", "/v1/crawls", &[], body, 422, "the write gate is 1").await;
+    refused(&svc, "POST", "/v1/crawls", body, 422, "the write gate is 1").await;
 }
 
 #[tokio::test]
 async fn a_key_of_60_kb_is_refused() {
     let svc = Service::start().await;
     let path = format!("/v1/records/player/{}?version=1", "k".repeat(60 * 1024));
-    refused(
-        &svc,
-        "PUT",
-        &path,
-        &[("if-none-match", "*")],
-        json_body(v1()),
-        400,
-        "61440 bytes long; at most 256",
-    )
-    .await;
+    refused_create(&svc, &path, json_body(v1()), 400, "61440 bytes long; at most 256").await;
     let path = format!("/v1/records/player/{}", "k".repeat(60 * 1024));
-    refused(&svc, "GET", &path, &[], Bytes::new(), 400, "at most 256").await;
+    refused(&svc, "GET", &path, Bytes::new(), 400, "at most 256").await;
 }
 
 #[tokio::test]
 async fn a_key_with_a_nul_byte_is_refused() {
     let svc = Service::start().await;
     let path = "/v1/records/player/a%00b?version=1";
-    refused(
-        &svc,
-        "PUT",
-        path,
-        &[("if-none-match", "*")],
-        json_body(v1()),
-        400,
-        "control character U+0000 at byte 1",
-    )
-    .await;
+    refused_create(&svc, path, json_body(v1()), 400, "control character U+0000 at byte 1").await;
 }
 
 #[tokio::test]
@@ -590,22 +483,12 @@ async fn a_key_with_another_control_character_is_refused() {
     let svc = Service::start().await;
     for key in ["a%0Ab", "a%1Bb", "a%7F", "a%C2%85", "a%E2%80%AEb"] {
         let path = format!("/v1/records/player/{key}?version=1");
-        refused(
-            &svc,
-            "PUT",
-            &path,
-            &[("if-none-match", "*")],
-            json_body(v1()),
-            400,
-            "control character",
-        )
-        .await;
+        refused_create(&svc, &path, json_body(v1()), 400, "control character").await;
         let path = format!("/v1/leases/player/{key}");
         refused(
             &svc,
             "POST",
             &path,
-            &[],
             json_body(json!({"holder": "s1"})),
             400,
             "bad record key",
@@ -613,16 +496,7 @@ async fn a_key_with_another_control_character_is_refused() {
         .await;
     }
     let path = "/v1/records/player/%20ann?version=1";
-    refused(
-        &svc,
-        "PUT",
-        path,
-        &[("if-none-match", "*")],
-        json_body(v1()),
-        400,
-        "white space",
-    )
-    .await;
+    refused_create(&svc, path, json_body(v1()), 400, "white space").await;
 }
 
 #[tokio::test]
@@ -631,22 +505,12 @@ async fn a_kind_of_60_kb_or_with_control_characters_is_refused() {
     let long = "k".repeat(60 * 1024);
     for kind in [long.as_str(), "pla%00yer", "play%20er"] {
         let path = format!("/v1/records/{kind}/ann?version=1");
-        refused(
-            &svc,
-            "PUT",
-            &path,
-            &[("if-none-match", "*")],
-            json_body(v1()),
-            400,
-            "bad record kind",
-        )
-        .await;
+        refused_create(&svc, &path, json_body(v1()), 400, "bad record kind").await;
         let path = format!("/v1/gates/{kind}");
         refused(
             &svc,
             "PUT",
             &path,
-            &[],
             json_body(json!({"version": 1})),
             400,
             "bad record kind",
@@ -658,21 +522,11 @@ async fn a_kind_of_60_kb_or_with_control_characters_is_refused() {
 #[tokio::test]
 async fn a_path_that_is_not_utf8_is_refused() {
     let svc = Service::start().await;
-    refused(
-        &svc,
-        "GET",
-        "/v1/records/player/%FF",
-        &[],
-        Bytes::new(),
-        400,
-        "bad path",
-    )
-    .await;
+    refused(&svc, "GET", "/v1/records/player/%FF", Bytes::new(), 400, "bad path").await;
     refused(
         &svc,
         "POST",
         "/v1/crawls/player/two/pause",
-        &[],
         Bytes::new(),
         400,
         "bad path",
@@ -688,7 +542,6 @@ async fn a_gate_above_what_the_schema_knows_or_without_a_version_is_refused() {
         &svc,
         "PUT",
         "/v1/gates/player",
-        &[],
         body,
         400,
         "newer than the newest version 3",
@@ -698,7 +551,6 @@ async fn a_gate_above_what_the_schema_knows_or_without_a_version_is_refused() {
         &svc,
         "PUT",
         "/v1/gates/player",
-        &[],
         json_body(json!({})),
         400,
         "needs \"version\"",
@@ -708,7 +560,6 @@ async fn a_gate_above_what_the_schema_knows_or_without_a_version_is_refused() {
         &svc,
         "PUT",
         "/v1/gates/guild",
-        &[],
         json_body(json!({"version": 1})),
         404,
         "unknown record kind",
@@ -723,7 +574,6 @@ async fn a_pause_of_a_crawl_that_does_not_exist_is_a_404() {
         &svc,
         "POST",
         "/v1/crawls/player/2/pause",
-        &[],
         Bytes::new(),
         404,
         "no crawl of player to version 2",
@@ -733,7 +583,6 @@ async fn a_pause_of_a_crawl_that_does_not_exist_is_a_404() {
         &svc,
         "POST",
         "/v1/crawls/player/2/stop",
-        &[],
         Bytes::new(),
         404,
         "pause or resume",
@@ -744,12 +593,11 @@ async fn a_pause_of_a_crawl_that_does_not_exist_is_a_404() {
 #[tokio::test]
 async fn an_unknown_endpoint_or_method_gets_a_json_reason() {
     let svc = Service::start().await;
-    refused(&svc, "GET", "/v1/nope", &[], Bytes::new(), 404, "no such endpoint").await;
+    refused(&svc, "GET", "/v1/nope", Bytes::new(), 404, "no such endpoint").await;
     refused(
         &svc,
         "DELETE",
         "/v1/kinds",
-        &[],
         Bytes::new(),
         405,
         "does not take that method",
@@ -759,7 +607,6 @@ async fn an_unknown_endpoint_or_method_gets_a_json_reason() {
         &svc,
         "GET",
         "/v1/records/player/",
-        &[],
         Bytes::new(),
         404,
         "no such endpoint",

@@ -1,4 +1,4 @@
-//! Unit tests only: a global allocator counting each thread's heap bytes, to bound a parser's memory.
+//! Unit tests only: an allocator counting each thread's heap bytes (to bound a parser's memory), proptest settings.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -45,6 +45,15 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static COUNTING: Counting = Counting;
+
+/// Property tests' settings: `cases` random inputs, no regression files written into the source tree.
+pub(crate) fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
 
 /// The most heap bytes this thread held at once while `f` ran, above what it held before.
 pub(crate) fn peak_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
