@@ -247,6 +247,7 @@ impl<B: Backend> Store<B> {
     /// Brings a stored record to what code knowing `reader` sees.
     pub fn view(&self, s: &Stored, reader: u32) -> Result<ValueRecord, Error> {
         let ks = self.schema.kind(&s.kind)?;
+        ks.knows(reader)?;
         let mut value = self.decode(s)?;
         let version = if s.version <= reader {
             ks.convert(&mut value, s.version, reader)?;
