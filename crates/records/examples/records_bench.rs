@@ -1,4 +1,4 @@
-//! bench/records: stop-the-world rewrite vs the crawler on N realistic player records, upgrade-on-read cost, read p99 idle vs during a crawl.
+//! bench/records: a stop-the-world rewrite vs the crawler on N player records, and read p99 during a crawl.
 //!
 //! The chain has six steps of two alternating shapes (odd: move hp/mana into
 //! `stats`, mark every inventory item; even: move them back out, unmark,
@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use records::crawl::{self, CrawlOptions};
-use records::envelope::Write;
-use records::{AnyBackend, Backend, Expect, Format, KindSchema, Schema, Store};
+use records::{AnyBackend, Backend, CrawlOptions, Expect, Format, KindSchema, Schema, Store, Write};
 use serde_json::{Value, json};
 
 const CLASSES: &[&str] = &["warrior", "mage", "rogue"];
@@ -194,7 +192,7 @@ fn main() {
     if let Some(to) = crawl_to {
         // The crawler as its own process, as `slipway records crawl` runs beside the servers.
         let backend = records::open(&db).unwrap();
-        let st = crawl::run(
+        let st = records::run_crawl(
             &Store::new(backend, schema(), "crawler"),
             "player",
             to,
@@ -326,10 +324,11 @@ fn main() {
     let stop = AtomicBool::new(false);
     let crawler = Store::new(records::open(&db).unwrap(), schema(), "crawler");
     let t0 = Instant::now();
-    let st = crawl::run(&crawler, "player", 5, &crawl_opts, &stop, &mut |_| {}).unwrap();
+    let st = records::run_crawl(&crawler, "player", 5, &crawl_opts, &stop, &mut |_| {}).unwrap();
     let alone = t0.elapsed().as_secs_f64();
     println!(
-        "crawler 3→5 alone: {alone:.1} s ({:.0} records/s), {} upgraded, downtime 0; crawler/stop-the-world time {:.2}",
+        "crawler 3→5 alone: {alone:.1} s ({:.0} records/s), {} upgraded, downtime 0; \
+         crawler/stop-the-world time {:.2}",
         n as f64 / alone,
         st.upgraded,
         alone / stw
@@ -386,7 +385,8 @@ fn main() {
     );
     println!(
         "RESULT stw_s={stw:.1} crawl_s={alone:.1} crawl_loaded_s={loaded:.1} idle_p99_ms={:.3} crawl_p99_ms={:.3} \
-         errors={} step_us={:.1} decode_us={c0:.1} idle_first_p99_ms={idle_a_p99:.3} idle_before_crawl_p99_ms={idle_b_p99:.3}",
+         errors={} step_us={:.1} decode_us={c0:.1} idle_first_p99_ms={idle_a_p99:.3} \
+         idle_before_crawl_p99_ms={idle_b_p99:.3}",
         pct(&idle, 0.99),
         pct(&busy, 0.99),
         idle_err + busy_err,

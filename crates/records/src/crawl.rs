@@ -1,4 +1,4 @@
-//! The background crawler: upgrades cold records below a target version in keyset batches, resumable, throttled, pausable.
+//! The background crawler: upgrades cold records in keyset batches; resumable, throttled, pausable.
 //!
 //! A crawl is keyed by `(kind, target)` and its state lives in the store:
 //! the cursor `(last_active, key)` of the last record it looked at is saved
@@ -134,19 +134,25 @@ impl RateLimiter {
         }
     }
 
-    /// Accounts `n` records done at `now` (time since the crawler began).
+    /// Accounts `n` records done at `now` (time since the crawler began); any rate and count give
+    /// a wait (saturating at `Duration::MAX`), never a panic.
     pub fn wait(&mut self, n: usize, now: Duration) -> Duration {
         let Some(rate) = self.per_sec else {
             return Duration::ZERO;
         };
-        self.next = self.next.max(now) + Duration::from_secs_f64(n as f64 / rate);
+        let spacing = Duration::try_from_secs_f64(n as f64 / rate).unwrap_or(Duration::MAX);
+        self.next = self.next.max(now).saturating_add(spacing);
         self.next.saturating_sub(now)
     }
 }
 
 /// Time left at `per_sec`, if known.
 pub fn eta(remaining: u64, per_sec: f64) -> Option<Duration> {
-    (per_sec > 0.0).then(|| Duration::from_secs_f64(remaining as f64 / per_sec))
+    if per_sec > 0.0 {
+        Duration::try_from_secs_f64(remaining as f64 / per_sec).ok()
+    } else {
+        None
+    }
 }
 
 /// How a crawl runs.
@@ -218,8 +224,27 @@ pub struct Progress<'a> {
     pub resumed: bool,
 }
 
+/// Refuses a crawl that could not run, before anything is stored: a bad or unknown kind, a target
+/// outside the kind's chain or above what the write gate lets through, a rate or batch size out of range.
+pub fn check<B: Backend>(store: &Store<B>, kind: &str, target: u32, opts: &CrawlOptions) -> Result<(), Error> {
+    crate::limits::kind(kind)?;
+    crate::limits::crawl_rate(opts.rate)?;
+    crate::limits::crawl_batch(opts.min_batch, opts.max_batch)?;
+    let ks = store.schema().kind(kind)?;
+    ks.knows(target)?;
+    let gate = store.gate(kind)?;
+    if ks.write_target(target, gate)? != target {
+        return Err(Error::Schema(vec![format!(
+            "cannot crawl {kind} to version {target}: the write gate is {} and a live release could not read it",
+            gate.unwrap_or(0)
+        )]));
+    }
+    Ok(())
+}
+
 /// Starts (or resumes) the crawl of `kind` to `target` and runs it until it
-/// is done or `stop` is set (then it stays resumable).
+/// is done or `stop` is set (then it stays resumable). A worker thread that
+/// panics ends the crawl with [`Error::Worker`] (resumable like a kill).
 pub fn run<B: Backend>(
     store: &Store<B>,
     kind: &str,
@@ -228,22 +253,8 @@ pub fn run<B: Backend>(
     stop: &AtomicBool,
     progress: &mut (dyn FnMut(&Progress<'_>) + Send),
 ) -> Result<CrawlState, Error> {
+    check(store, kind, target, opts)?;
     let ks = store.schema().kind(kind)?;
-    if target < ks.first() || target > ks.head() {
-        return Err(Error::UnknownVersion {
-            kind: kind.into(),
-            version: target,
-            first: ks.first(),
-            head: ks.head(),
-        });
-    }
-    let gate = store.gate(kind)?;
-    if ks.write_target(target, gate)? != target {
-        return Err(Error::Schema(vec![format!(
-            "cannot crawl {kind} to version {target}: the write gate is {} and a live release could not read it",
-            gate.unwrap_or(0)
-        )]));
-    }
     let backend = store.backend();
     let polite = opts.background && backend.out_of_process();
     // With a database server, the crawler's own sessions, lowered like its
@@ -259,43 +270,13 @@ pub fn run<B: Backend>(
         None
     };
     let db = twin.as_ref().unwrap_or(backend);
-    let (mut state, resumed) = match db.crawl(kind, target)? {
-        Some(s) if s.status != CrawlStatus::Done => (s, true),
-        _ => {
-            let now = store.now();
-            let max_id = db.max_id(kind)?;
-            let s = CrawlState {
-                kind: kind.into(),
-                target,
-                status: CrawlStatus::Running,
-                pause_requested: false,
-                started_at: now,
-                max_id,
-                cursor_active: i64::MIN,
-                cursor_key: String::new(),
-                total: db.count_below(kind, target, max_id)?,
-                scanned: 0,
-                upgraded: 0,
-                skipped_leased: 0,
-                conflicts: 0,
-                failed: 0,
-                batch_size: opts.first_batch as u32,
-                updated_at: now,
-                finished_at: None,
-            };
-            db.put_crawl(&s)?;
-            (s, false)
-        }
-    };
-    let mut sizer = BatchSizer::new(
+    let (state, resumed) = begin(store, db, kind, target, opts)?;
+    let sizer = BatchSizer::new(
         opts.batch_time,
         opts.min_batch,
         opts.max_batch,
         state.batch_size as usize,
     );
-    let mut limiter = RateLimiter::new(opts.rate);
-    let began = Instant::now();
-    let scanned_at_start = state.scanned;
     let size = AtomicUsize::new(sizer.size());
     let scope = Scope {
         store,
@@ -310,134 +291,245 @@ pub fn run<B: Backend>(
         step_rows: if polite { opts.step_rows.max(1) } else { usize::MAX },
         db_turn: polite.then(|| std::sync::Mutex::new(())),
     };
-    let tidy = polite && opts.tidy;
-    let mut untidy = 0u64;
-    let every = tidy_every(state.total);
+    let writer = Writer {
+        scope: &scope,
+        size: &size,
+        opts,
+        stop,
+        progress,
+        sizer,
+        limiter: RateLimiter::new(opts.rate),
+        began: Instant::now(),
+        scanned_at_start: state.scanned,
+        tidy: polite && opts.tidy,
+        untidy: 0,
+        every: tidy_every(state.total),
+        resumed,
+        state,
+    };
     // The next batch is scanned and upgraded on another thread while this
     // one writes the current batch: the cursor of a batch is known before
     // its writes, and is saved only with them.
     std::thread::scope(|sc| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, Error>>(1);
-        let ahead = (state.cursor_active, state.cursor_key.clone());
-        let (scope_ref, size_ref) = (&scope, &size);
-        let (scope, size) = (scope_ref, size_ref);
-        let background = opts.background;
+        let ahead = (writer.state.cursor_active, writer.state.cursor_key.clone());
+        let (scope, size, background) = (&scope, &size, opts.background);
         sc.spawn(move || {
             if background {
                 background_thread(polite);
             }
-            let mut cursor = ahead;
-            loop {
-                let batch = scope_ref.prepare(&cursor, size_ref.load(Ordering::Relaxed));
-                let last = match &batch {
-                    Ok(p) if p.rows > 0 => Some(p.cursor.clone()),
-                    _ => None,
-                };
-                if tx.send(batch).is_err() {
-                    return;
-                }
-                match last {
-                    Some(c) => cursor = c,
-                    None => return,
-                }
-            }
+            read_ahead(scope, size, ahead, &tx);
         });
         // The writing loop runs on its own thread too, so lowering its
         // priority does not lower the caller's.
-        let writer = sc.spawn(move || -> Result<CrawlState, Error> {
-            let rx = rx;
-            if opts.background {
+        let writing = sc.spawn(move || {
+            if background {
                 background_thread(polite);
             }
-            loop {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(state);
-                }
-                let asked = db.crawl(kind, target)?.map(|s| s.pause_requested).unwrap_or(false);
-                if asked != (state.status == CrawlStatus::Paused) {
-                    state.status = if asked {
-                        CrawlStatus::Paused
-                    } else {
-                        CrawlStatus::Running
-                    };
-                    state.pause_requested = asked;
-                    state.updated_at = store.now();
-                    db.write_batch(&[], Some(&mut state))?;
-                    progress(&Progress {
-                        state: &state,
-                        per_sec: 0.0,
-                        eta: None,
-                        resumed,
-                    });
-                }
-                if state.status == CrawlStatus::Paused {
-                    std::thread::sleep(opts.pause_poll);
-                    continue;
-                }
-                let batch_began = Instant::now();
-                let batch = rx
-                    .recv()
-                    .map_err(|_| Error::Type("the crawler's reader thread stopped".into()))??;
-                if batch.rows == 0 {
-                    if tidy && untidy > 0 {
-                        scope.tidy();
-                    }
-                    state.status = CrawlStatus::Done;
-                    state.finished_at = Some(store.now());
-                    state.updated_at = store.now();
-                    db.write_batch(&[], Some(&mut state))?;
-                    progress(&Progress {
-                        state: &state,
-                        per_sec: 0.0,
-                        eta: Some(Duration::ZERO),
-                        resumed,
-                    });
-                    return Ok(state);
-                }
-                state.skipped_leased += batch.skipped;
-                state.failed += batch.failed;
-                state.scanned += batch.rows as u64;
-                (state.cursor_active, state.cursor_key) = batch.cursor;
-                state.batch_size = size.load(Ordering::Relaxed) as u32;
-                state.updated_at = store.now();
-                let upgraded_before = state.upgraded;
-                let results = {
-                    let _turn = scope.db_turn();
-                    db.write_batch(&batch.writes, Some(&mut state))?
-                };
-                // A server wrote these since the scan; it wrote at its own
-                // version, so only a record still below the target is tried again.
-                for (w, _) in batch.writes.iter().zip(&results).filter(|(_, r)| r.is_none()) {
-                    state.conflicts += 1;
-                    let _turn = scope.db_turn();
-                    if scope.retry_one(&w.key)? {
-                        state.upgraded += 1;
-                    }
-                }
-                sizer.observe(batch.rows, batch_began.elapsed());
-                untidy += state.upgraded - upgraded_before;
-                if tidy && untidy >= every {
-                    scope.tidy();
-                    untidy = 0;
-                }
-                size.store(sizer.size(), Ordering::Relaxed);
-                let per_sec = (state.scanned - scanned_at_start) as f64 / began.elapsed().as_secs_f64().max(1e-3);
-                progress(&Progress {
-                    state: &state,
-                    per_sec,
-                    eta: eta(state.remaining(), per_sec),
-                    resumed,
-                });
-                let wait = limiter.wait(batch.rows, began.elapsed());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
-                }
-            }
+            writer.run(&rx)
         });
-        writer
+        writing
             .join()
-            .unwrap_or_else(|_| Err(Error::Type("the crawler's writer thread panicked".into())))
+            .unwrap_or_else(|p| Err(worker_panicked("writer", p.as_ref())))
     })
+}
+
+/// Scans and upgrades batch after batch from `cursor` on, handing each to the writer, until the last (empty) one.
+fn read_ahead<B: Backend>(
+    scope: &Scope<'_, B>,
+    size: &AtomicUsize,
+    mut cursor: (i64, String),
+    tx: &std::sync::mpsc::SyncSender<Result<Prepared, Error>>,
+) {
+    loop {
+        // The upgraders are the app's code: one that panics ends the crawl with a worker error.
+        let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scope.prepare(&cursor, size.load(Ordering::Relaxed))
+        }))
+        .unwrap_or_else(|p| Err(worker_panicked("reader", p.as_ref())));
+        let last = match &batch {
+            Ok(p) if p.rows > 0 => Some(p.cursor.clone()),
+            _ => None,
+        };
+        if tx.send(batch).is_err() {
+            return;
+        }
+        match last {
+            Some(c) => cursor = c,
+            None => return,
+        }
+    }
+}
+
+/// The writing side of a crawl: batches in, compare-and-swap writes and progress out, paced and pausable.
+struct Writer<'a, B> {
+    scope: &'a Scope<'a, B>,
+    size: &'a AtomicUsize,
+    opts: &'a CrawlOptions,
+    stop: &'a AtomicBool,
+    progress: &'a mut (dyn FnMut(&Progress<'_>) + Send),
+    sizer: BatchSizer,
+    limiter: RateLimiter,
+    began: Instant,
+    scanned_at_start: u64,
+    tidy: bool,
+    /// Upgrades since the last tidy, and how many between two.
+    untidy: u64,
+    every: u64,
+    resumed: bool,
+    state: CrawlState,
+}
+
+impl<B: Backend> Writer<'_, B> {
+    fn run(mut self, rx: &std::sync::mpsc::Receiver<Result<Prepared, Error>>) -> Result<CrawlState, Error> {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(self.state);
+            }
+            if self.follow_pause()? {
+                std::thread::sleep(self.opts.pause_poll);
+                continue;
+            }
+            let batch_began = Instant::now();
+            let batch = rx
+                .recv()
+                .map_err(|_| Error::Worker("the crawler's reader thread stopped".into()))??;
+            if batch.rows == 0 {
+                return self.finish();
+            }
+            let rows = batch.rows;
+            self.write(batch)?;
+            self.sizer.observe(rows, batch_began.elapsed());
+            self.size.store(self.sizer.size(), Ordering::Relaxed);
+            let per_sec =
+                (self.state.scanned - self.scanned_at_start) as f64 / self.began.elapsed().as_secs_f64().max(1e-3);
+            self.report(per_sec, eta(self.state.remaining(), per_sec));
+            let wait = self.limiter.wait(rows, self.began.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    fn report(&mut self, per_sec: f64, eta: Option<Duration>) {
+        (self.progress)(&Progress {
+            state: &self.state,
+            per_sec,
+            eta,
+            resumed: self.resumed,
+        });
+    }
+
+    /// Takes up a pause asked for (or its end) between batches; whether the crawl is paused.
+    fn follow_pause(&mut self) -> Result<bool, Error> {
+        let s = self.scope;
+        let asked = s.db.crawl(s.kind, s.target)?.is_some_and(|c| c.pause_requested);
+        if asked != (self.state.status == CrawlStatus::Paused) {
+            self.state.status = if asked {
+                CrawlStatus::Paused
+            } else {
+                CrawlStatus::Running
+            };
+            self.state.pause_requested = asked;
+            self.state.updated_at = s.store.now();
+            s.db.write_batch(&[], Some(&mut self.state))?;
+            self.report(0.0, None);
+        }
+        Ok(self.state.status == CrawlStatus::Paused)
+    }
+
+    /// Writes a batch with the cursor and counters in the same transaction, then retries its conflicts.
+    fn write(&mut self, batch: Prepared) -> Result<(), Error> {
+        let s = self.scope;
+        let state = &mut self.state;
+        state.skipped_leased += batch.skipped;
+        state.failed += batch.failed;
+        state.scanned += batch.rows as u64;
+        (state.cursor_active, state.cursor_key) = batch.cursor;
+        state.batch_size = self.size.load(Ordering::Relaxed) as u32;
+        state.updated_at = s.store.now();
+        let upgraded_before = state.upgraded;
+        let results = {
+            let _turn = s.db_turn();
+            s.db.write_batch(&batch.writes, Some(state))?
+        };
+        // A server wrote these since the scan; it wrote at its own
+        // version, so only a record still below the target is tried again.
+        for (w, _) in batch.writes.iter().zip(&results).filter(|(_, r)| r.is_none()) {
+            state.conflicts += 1;
+            let _turn = s.db_turn();
+            if s.retry_one(&w.key)? {
+                state.upgraded += 1;
+            }
+        }
+        self.untidy += state.upgraded - upgraded_before;
+        if self.tidy && self.untidy >= self.every {
+            s.tidy();
+            self.untidy = 0;
+        }
+        Ok(())
+    }
+
+    /// The last batch was empty: the crawl is done.
+    fn finish(mut self) -> Result<CrawlState, Error> {
+        let s = self.scope;
+        if self.tidy && self.untidy > 0 {
+            s.tidy();
+        }
+        self.state.status = CrawlStatus::Done;
+        self.state.finished_at = Some(s.store.now());
+        self.state.updated_at = s.store.now();
+        s.db.write_batch(&[], Some(&mut self.state))?;
+        self.report(0.0, Some(Duration::ZERO));
+        Ok(self.state)
+    }
+}
+
+/// The error of a crawler thread that panicked, with the panic's message.
+fn worker_panicked(thread: &str, payload: &(dyn std::any::Any + Send)) -> Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    Error::Worker(format!("the crawler's {thread} thread panicked: {message}"))
+}
+
+/// The saved state of the crawl of `kind` to `target` in `db`: the unfinished one, to resume (`true`), or a new
+/// one, saved before this returns (so a crawl started in the background shows at once).
+pub(crate) fn begin<B: Backend>(
+    store: &Store<B>,
+    db: &B,
+    kind: &str,
+    target: u32,
+    opts: &CrawlOptions,
+) -> Result<(CrawlState, bool), Error> {
+    if let Some(s) = db.crawl(kind, target)?.filter(|s| s.status != CrawlStatus::Done) {
+        return Ok((s, true));
+    }
+    let now = store.now();
+    let max_id = db.max_id(kind)?;
+    let s = CrawlState {
+        kind: kind.into(),
+        target,
+        status: CrawlStatus::Running,
+        pause_requested: false,
+        started_at: now,
+        max_id,
+        cursor_active: i64::MIN,
+        cursor_key: String::new(),
+        total: db.count_below(kind, target, max_id)?,
+        scanned: 0,
+        upgraded: 0,
+        skipped_leased: 0,
+        conflicts: 0,
+        failed: 0,
+        batch_size: opts.first_batch as u32,
+        updated_at: now,
+        finished_at: None,
+    };
+    db.put_crawl(&s)?;
+    Ok((s, false))
 }
 
 /// A scanned and upgraded batch, ready to write.
@@ -566,7 +658,8 @@ impl<B: Backend> Scope<'_, B> {
                 Ok(payload) => writes.push(self.write(row, payload)),
                 Err(e) => {
                     failed += 1;
-                    tracing::warn!(kind = self.kind, key = %row.key, error = %e, "cannot upgrade a record; left as it is");
+                    let key = &row.key;
+                    tracing::warn!(kind = self.kind, %key, error = %e, "cannot upgrade a record; left as it is");
                 }
             }
         }
@@ -604,10 +697,14 @@ fn upgrade_row<B: Backend>(store: &Store<B>, row: &crate::Stored, target: u32) -
 
 /// Asks a running crawl to pause or go on (`slipway records crawl --pause`).
 pub fn request_pause<B: Backend>(backend: &B, kind: &str, target: u32, pause: bool) -> Result<(), Error> {
+    crate::limits::kind(kind)?;
     if backend.request_pause(kind, target, pause)? {
         Ok(())
     } else {
-        Err(Error::Schema(vec![format!("no crawl of {kind} to version {target}")]))
+        Err(Error::NoCrawl {
+            kind: kind.into(),
+            target,
+        })
     }
 }
 
@@ -646,6 +743,12 @@ mod tests {
         // About 10,000 records in 10 s, not more.
         assert!((9_000..=10_100).contains(&done), "{done}");
         assert_eq!(RateLimiter::new(None).wait(1_000_000, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_crawler_tidies_every_tenth_of_a_large_crawl_and_never_more_often_than_every_50000() {
+        assert_eq!(tidy_every(100), 50_000);
+        assert_eq!(tidy_every(1_000_000), 100_000);
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! atom    := number | string | true | false | null | path | name "(" args ")" | "(" expr ")"
 //! ```
 //! A path (`stats.hp`) reads the record before the step; a missing field is
-//! `null`. Evaluation is deterministic: no clock, no randomness.
+//! `null`. Evaluation is deterministic: no clock, no randomness. An
+//! expression has at most [`MAX_SOURCE_BYTES`] bytes, [`MAX_TOKENS`] tokens
+//! and [`MAX_NESTING`] levels of parentheses, calls and prefix operators, so
+//! its tree, the evaluator's recursion and its memory stay small; integer
+//! arithmetic that overflows and division by zero are errors, never a panic.
 
 use serde_json::{Number, Value};
 
@@ -25,6 +29,13 @@ pub enum Expr {
     Binary(&'static str, Box<Expr>, Box<Expr>),
     Call(String, Vec<Expr>),
 }
+
+/// The longest expression, in bytes.
+pub(crate) const MAX_SOURCE_BYTES: usize = 4096;
+/// The most tokens an expression may have (every tree node is at least one token).
+pub(crate) const MAX_TOKENS: usize = 256;
+/// The deepest nesting of parentheses, function calls and prefix operators.
+pub(crate) const MAX_NESTING: usize = 32;
 
 const FUNCTIONS: &[(&str, usize, usize)] = &[
     ("len", 1, 1),
@@ -61,6 +72,9 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
         if c.is_ascii_whitespace() {
             i += 1;
             continue;
+        }
+        if out.len() >= MAX_TOKENS {
+            return Err(format!("more than {MAX_TOKENS} tokens; split the step"));
         }
         if c.is_ascii_digit() {
             let start = i;
@@ -114,7 +128,8 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
                 continue 'outer;
             }
         }
-        return Err(format!("unexpected '{c}' at {i}"));
+        let c = src[i..].chars().next().unwrap_or(c);
+        return Err(format!("unexpected {c:?} at byte {i}"));
     }
     Ok(out)
 }
@@ -122,9 +137,20 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    depth: usize,
 }
 
 impl Parser {
+    /// Runs `f` one nesting level deeper, refusing to go past [`MAX_NESTING`].
+    fn nested(&mut self, f: impl FnOnce(&mut Parser) -> Result<Expr, String>) -> Result<Expr, String> {
+        if self.depth >= MAX_NESTING {
+            return Err(format!("nested more than {MAX_NESTING} levels deep"));
+        }
+        self.depth += 1;
+        let out = f(self);
+        self.depth -= 1;
+        out
+    }
     fn peek_op(&self) -> Option<&'static str> {
         match self.toks.get(self.pos) {
             Some(Tok::Op(o)) => Some(o),
@@ -176,11 +202,10 @@ impl Parser {
         self.binary(&["*", "/", "%"], Parser::unary)
     }
     fn unary(&mut self) -> Result<Expr, String> {
-        if self.eat("-") {
-            return Ok(Expr::Unary('-', Box::new(self.unary()?)));
-        }
-        if self.eat("!") {
-            return Ok(Expr::Unary('!', Box::new(self.unary()?)));
+        for op in ['-', '!'] {
+            if self.eat(if op == '-' { "-" } else { "!" }) {
+                return self.nested(|p| Ok(Expr::Unary(op, Box::new(p.unary()?))));
+            }
         }
         self.atom()
     }
@@ -190,13 +215,13 @@ impl Parser {
         match tok {
             Tok::Num(v) => Ok(Expr::Lit(v)),
             Tok::Str(s) => Ok(Expr::Lit(Value::String(s))),
-            Tok::Op("(") => {
-                let e = self.expr()?;
-                if !self.eat(")") {
+            Tok::Op("(") => self.nested(|p| {
+                let e = p.expr()?;
+                if !p.eat(")") {
                     return Err("missing ')'".into());
                 }
                 Ok(e)
-            }
+            }),
             Tok::Op(o) => Err(format!("unexpected '{o}'")),
             Tok::Ident(name) => match name.as_str() {
                 "true" => Ok(Expr::Lit(Value::Bool(true))),
@@ -204,37 +229,53 @@ impl Parser {
                 "null" => Ok(Expr::Lit(Value::Null)),
                 _ if self.peek_op() == Some("(") => {
                     self.pos += 1;
-                    let mut args = Vec::new();
-                    if !self.eat(")") {
-                        loop {
-                            args.push(self.expr()?);
-                            if self.eat(")") {
-                                break;
-                            }
-                            if !self.eat(",") {
-                                return Err(format!("expected ',' or ')' in the arguments of {name}"));
-                            }
-                        }
-                    }
-                    let Some(&(_, lo, hi)) = FUNCTIONS.iter().find(|(f, _, _)| *f == name) else {
-                        let known: Vec<_> = FUNCTIONS.iter().map(|f| f.0).collect();
-                        return Err(format!("unknown function '{name}' (known: {})", known.join(", ")));
-                    };
-                    if args.len() < lo || args.len() > hi {
-                        return Err(format!("{name} takes {lo}..={hi} arguments, got {}", args.len()));
-                    }
-                    Ok(Expr::Call(name, args))
+                    self.nested(|p| p.call(name))
                 }
-                _ => Ok(Expr::Path(name)),
+                _ => {
+                    values::check_path(&name).map_err(|e| format!("field '{name}': {e}"))?;
+                    Ok(Expr::Path(name))
+                }
             },
         }
     }
 }
 
+impl Parser {
+    /// The arguments of a call to `name`, after its '('.
+    fn call(&mut self, name: String) -> Result<Expr, String> {
+        let Some(&(_, lo, hi)) = FUNCTIONS.iter().find(|(f, _, _)| *f == name) else {
+            let known: Vec<_> = FUNCTIONS.iter().map(|f| f.0).collect();
+            return Err(format!("unknown function '{name}' (known: {})", known.join(", ")));
+        };
+        let mut args = Vec::new();
+        if !self.eat(")") {
+            loop {
+                args.push(self.expr()?);
+                if self.eat(")") {
+                    break;
+                }
+                if !self.eat(",") {
+                    return Err(format!("expected ',' or ')' in the arguments of {name}"));
+                }
+            }
+        }
+        if args.len() < lo || args.len() > hi {
+            return Err(format!("{name} takes {lo}..={hi} arguments, got {}", args.len()));
+        }
+        Ok(Expr::Call(name, args))
+    }
+}
+
 /// Parses an expression, with the position of the first problem.
 pub fn parse(src: &str) -> Result<Expr, String> {
+    if src.len() > MAX_SOURCE_BYTES {
+        return Err(format!(
+            "{} bytes long; an expression has at most {MAX_SOURCE_BYTES}",
+            src.len()
+        ));
+    }
     let toks = lex(src)?;
-    let mut p = Parser { toks, pos: 0 };
+    let mut p = Parser { toks, pos: 0, depth: 0 };
     let e = p.expr()?;
     if p.pos != p.toks.len() {
         return Err(format!("unexpected {:?} after the expression", p.toks[p.pos]));
@@ -272,10 +313,13 @@ fn arith(op: &str, a: &Value, b: &Value) -> Result<Value, String> {
             "+" => x.checked_add(y),
             "-" => x.checked_sub(y),
             "*" => x.checked_mul(y),
-            "%" if y != 0 => x.checked_rem(y),
-            "/" if y != 0 && x % y == 0 => x.checked_div(y),
-            "/" if y != 0 => return float(x as f64 / y as f64),
-            _ => return Err(format!("{x} {op} {y}: division by zero")),
+            "/" | "%" if y == 0 => return Err(format!("{x} {op} {y}: division by zero")),
+            "%" => x.checked_rem(y),
+            // A whole quotient stays an int; `i64::MIN / -1` (no remainder, no room) overflows.
+            _ => match x.checked_rem(y) {
+                Some(0) | None => x.checked_div(y),
+                Some(_) => return float(x as f64 / y as f64),
+            },
         };
         return r.map(Value::from).ok_or_else(|| format!("{x} {op} {y} overflows"));
     }
@@ -373,6 +417,9 @@ pub fn eval(e: &Expr, root: &Value) -> Result<Value, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

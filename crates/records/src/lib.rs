@@ -1,33 +1,44 @@
-//! Schema-versioned records: envelopes that keep any number of historical versions, upgrade on read, write under a gate, and a crawler that upgrades cold records in the background.
+//! Schema-versioned records: upgraded on read, written under a write gate, upgraded in bulk by a crawler.
 //!
-//! The pieces:
-//! - [`schema`]: per kind, a chain of pure `v → v+1` upgraders (and optional
-//!   downgraders) on a [`serde_json::Value`] tree; [`steps`] declares them in
-//!   a TOML file of simple steps for apps not written in Rust.
-//! - [`store::Store`]: get/create/save/update of typed values ([`Versioned`])
-//!   or raw trees, every write a compare-and-swap on the etag, the raw tree
+//! The pieces (all private; the surface is the `pub use` list below):
+//! - `schema`: per kind, a chain of pure `v → v+1` upgraders (and optional
+//!   downgraders) on a [`serde_json::Value`] tree; `steps` declares them in
+//!   a TOML file of simple steps (with the `expr` language) for apps not written in Rust.
+//! - [`Store`]: get/create/save/update of typed values ([`Versioned`]) or
+//!   raw trees, every write a compare-and-swap on the etag, the raw tree
 //!   kept beside the typed value so fields this code does not know survive,
-//!   and writes held at or below the kind's write gate.
-//! - [`backend`]: SQLite (the embedded default) and PostgreSQL behind one trait.
-//! - [`crawl`]: the resumable, throttled background upgrader.
-//! - [`service`]: the same operations over HTTP for other languages.
-//! - [`migrate`]: expand/backfill/contract migrations of SQL tables.
+//!   writes held at or below the kind's write gate, inputs checked against
+//!   the limits in `limits`.
+//! - `backend`: SQLite (the embedded default) and PostgreSQL behind [`Backend`].
+//! - `crawl`: the resumable, throttled background upgrader ([`run_crawl`]).
+//! - `service`: the same operations over HTTP for other languages ([`serve`]).
+//! - [`migrate`]: expand/backfill/contract migrations of SQL tables (a namespace of its own).
 
-pub mod backend;
-pub mod crawl;
-pub mod envelope;
-pub mod expr;
+mod backend;
+mod crawl;
+mod envelope;
+mod expr;
+mod limits;
 pub mod migrate;
-pub mod schema;
-pub mod service;
-pub mod steps;
-pub mod store;
-pub mod values;
+mod schema;
+mod service;
+mod steps;
+mod store;
+mod values;
 
-pub use backend::cols::DbUrl;
-pub use backend::{AnyBackend, Backend, StorageError, open};
-pub use envelope::{Expect, Format, Stored};
+#[cfg(test)]
+mod testing;
+
+pub use backend::{AnyBackend, BACKGROUND_APP, Backend, DbUrl, ScanQuery, StorageError, VersionCount, open};
+pub use crawl::{CrawlOptions, CrawlState, CrawlStatus, Progress as CrawlProgress, request_pause, run as run_crawl};
+pub use envelope::{Expect, Format, Stored, Write};
+pub use limits::{
+    MAX_BODY_BYTES, MAX_CRAWL_BATCH, MAX_CRAWL_RATE, MAX_HOLDER_BYTES, MAX_KEY_BYTES, MAX_KIND_BYTES, MAX_LEASE,
+    MIN_CRAWL_RATE,
+};
 pub use schema::{FieldType, KindSchema, Schema};
+pub use service::{KindStatus, kinds_status, serve};
+pub use steps::{load as load_steps, parse as parse_steps};
 pub use store::{Record, Store, ValueRecord, Versioned};
 
 /// Errors of the records layer.
@@ -84,18 +95,42 @@ pub enum Error {
     Exists { kind: String, key: String },
     #[error("{kind}/{key} does not exist")]
     NotFound { kind: String, key: String },
+    #[error("no crawl of {kind} to version {target}")]
+    NoCrawl { kind: String, target: u32 },
+    /// An input outside what the records layer accepts (see `limits`): refused before anything is stored.
+    #[error("bad {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    /// A value that does not have the fields its version declares: refused before anything is stored.
+    #[error("{kind} version {version} payload: {}", .problems.join("; "))]
+    Payload {
+        kind: String,
+        version: u32,
+        problems: Vec<String>,
+    },
     #[error("the value does not fit the type: {0}")]
     Type(String),
     #[error("schema problems:\n  {}", .0.join("\n  "))]
     Schema(Vec<String>),
+    /// A worker thread (a crawler's, or the service's blocking pool) panicked or vanished: a fault of this process.
+    #[error("worker failed: {0}")]
+    Worker(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl Error {
+    fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
+        Error::Invalid {
+            what,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch (the I/O shell's clock; pure parts take time as a parameter).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }

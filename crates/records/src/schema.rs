@@ -1,4 +1,4 @@
-//! Per-kind version chains: pure upgraders `v → v+1`, optional downgraders, which readers a version allows, field checks.
+//! Per-kind version chains: pure upgraders `v → v+1`, optional downgraders, readable-by rules, field checks.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +25,19 @@ pub enum FieldType {
 }
 
 impl FieldType {
+    /// The name a steps file uses, with its article ("an int").
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "a string",
+            FieldType::Int => "an int",
+            FieldType::Float => "a float",
+            FieldType::Bool => "a bool",
+            FieldType::Array => "an array",
+            FieldType::Object => "an object",
+            FieldType::Any => "any value",
+        }
+    }
+
     pub fn matches(self, v: &Value) -> bool {
         match self {
             FieldType::String => v.is_string(),
@@ -48,6 +61,8 @@ pub struct KindSchema {
     downs: BTreeMap<u32, StepFn>,
     readable_by: BTreeMap<u32, u32>,
     fields: BTreeMap<u32, Vec<(String, FieldType)>>,
+    /// Builder calls that could not be taken (reported by `problems`).
+    refused: Vec<String>,
 }
 
 impl fmt::Debug for KindSchema {
@@ -73,30 +88,40 @@ impl KindSchema {
             downs: BTreeMap::new(),
             readable_by: BTreeMap::new(),
             fields: BTreeMap::new(),
+            refused: Vec::new(),
         }
     }
 
     /// Registers the upgrader from `from` to `from + 1`.
-    pub fn up(mut self, from: u32, f: impl Fn(&mut Value) -> Result<(), String> + Send + Sync + 'static) -> Self {
-        self.ups.insert(from, Arc::new(f));
-        self.head = self.head.max(from + 1);
-        self
+    pub fn up(self, from: u32, f: impl Fn(&mut Value) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.up_arc(from, Arc::new(f))
     }
 
     /// Registers the downgrader from `to + 1` back to `to`.
-    pub fn down(mut self, to: u32, f: impl Fn(&mut Value) -> Result<(), String> + Send + Sync + 'static) -> Self {
-        self.downs.insert(to + 1, Arc::new(f));
-        self
+    pub fn down(self, to: u32, f: impl Fn(&mut Value) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.down_arc(to, Arc::new(f))
     }
 
     pub(crate) fn up_arc(mut self, from: u32, f: StepFn) -> Self {
-        self.ups.insert(from, f);
-        self.head = self.head.max(from + 1);
+        match from.checked_add(1) {
+            Some(next) => {
+                self.ups.insert(from, f);
+                self.head = self.head.max(next);
+            }
+            None => self.refused.push(format!("{}: no version after {from}", self.kind)),
+        }
         self
     }
 
     pub(crate) fn down_arc(mut self, to: u32, f: StepFn) -> Self {
-        self.downs.insert(to + 1, f);
+        match to.checked_add(1) {
+            Some(from) => {
+                self.downs.insert(from, f);
+            }
+            None => self
+                .refused
+                .push(format!("{}: no version after {to} to downgrade from", self.kind)),
+        }
         self
     }
 
@@ -125,6 +150,19 @@ impl KindSchema {
         self.head
     }
 
+    /// `UnknownVersion` unless `version` is in this kind's chain.
+    pub(crate) fn knows(&self, version: u32) -> Result<(), Error> {
+        if version < self.first || version > self.head {
+            return Err(Error::UnknownVersion {
+                kind: self.kind.clone(),
+                version,
+                first: self.first,
+                head: self.head,
+            });
+        }
+        Ok(())
+    }
+
     /// The oldest code version that can read `version`.
     pub fn min_reader(&self, version: u32) -> u32 {
         self.readable_by.get(&version).copied().unwrap_or(version)
@@ -136,7 +174,11 @@ impl KindSchema {
 
     /// Every problem with the chain: gaps, downgraders without a version.
     pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.refused.clone();
+        if let Err(e) = crate::limits::kind(&self.kind) {
+            let shown: String = self.kind.chars().take(crate::limits::MAX_KIND_BYTES).collect();
+            out.push(format!("kind {shown:?}: {e}"));
+        }
         if self.first == 0 {
             out.push(format!("{}: versions start at 1", self.kind));
         }
@@ -169,23 +211,26 @@ impl KindSchema {
                 ));
             }
         }
+        for (&v, fields) in &self.fields {
+            if v < self.first || v > self.head {
+                out.push(format!(
+                    "{}: fields declared for version {v}, which is not in the chain",
+                    self.kind
+                ));
+            }
+            for (name, _) in fields {
+                if let Err(e) = crate::values::check_path(name) {
+                    out.push(format!("{}: version {v} field '{name}': {e}", self.kind));
+                }
+            }
+        }
         out
     }
 
     /// Moves `value` from version `from` to `to`, upgrading or downgrading one step at a time.
     pub fn convert(&self, value: &mut Value, from: u32, to: u32) -> Result<(), Error> {
-        if from < self.first || to < self.first || from > self.head || to > self.head {
-            return Err(Error::UnknownVersion {
-                kind: self.kind.clone(),
-                version: if from < self.first || from > self.head {
-                    from
-                } else {
-                    to
-                },
-                first: self.first,
-                head: self.head,
-            });
-        }
+        self.knows(from)?;
+        self.knows(to)?;
         let mut v = from;
         while v < to {
             let f = self.ups.get(&v).ok_or_else(|| Error::NoUpgrader {
@@ -216,19 +261,27 @@ impl KindSchema {
         Ok(())
     }
 
-    /// Problems of `value` against the fields declared for `version` (none declared: none).
+    /// Problems of `value` as a record at `version`: a record is a JSON object, and every field its version
+    /// declares is there with its declared type (a dotted name is a field of a nested object).
     pub fn check_fields(&self, version: u32, value: &Value) -> Vec<String> {
+        if !value.is_object() {
+            return vec![format!(
+                "a record is a JSON object, not {}",
+                crate::values::type_name(value)
+            )];
+        }
         let Some(fields) = self.fields.get(&version) else {
             return Vec::new();
         };
-        let Some(obj) = value.as_object() else {
-            return vec![format!("version {version} must be an object")];
-        };
         fields
             .iter()
-            .filter_map(|(name, ty)| match obj.get(name) {
+            .filter_map(|(name, ty)| match crate::values::get(value, name) {
                 None => Some(format!("field '{name}' is missing")),
-                Some(v) if !ty.matches(v) => Some(format!("field '{name}' should be {ty:?} but is {v}")),
+                Some(v) if !ty.matches(v) => Some(format!(
+                    "field '{name}' should be {} but is {}",
+                    ty.name(),
+                    crate::values::type_name(v)
+                )),
                 Some(_) => None,
             })
             .collect()

@@ -1,27 +1,33 @@
-//! The records service: the store's operations over HTTP for apps not written in Rust (get, put with etag, versions, crawls, gates, leases).
+//! The records service: the store's operations over HTTP, for apps not written in Rust.
 //!
 //! Every route wants `Authorization: Bearer <token>`; it listens on loopback
 //! or a Unix socket only. A `PUT` is always a compare-and-swap: `If-Match:
-//! "<etag>"` to update, `If-None-Match: *` to create; neither is a 428.
+//! "<etag>"` to update, `If-None-Match: *` to create; neither is a 428, both
+//! a 400. Every refusal is a 4xx with a JSON reason (`wire::api::ErrorBody`),
+//! decided before anything is stored; a 5xx is a fault of this process or its
+//! database (`storage`, `worker_failed`).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use plumbing::api::{ApiError, Authorized, HasToken, Listen};
+use plumbing::api::{ApiError, Authorized, HasToken, Listen, parse_json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
+use wire::Problem;
 
 use crate::backend::{AnyBackend, Backend};
 use crate::crawl::{self, CrawlOptions, CrawlState};
 use crate::store::{Store, ValueRecord};
-use crate::{Error, Expect};
+use crate::{Error, Expect, limits};
 
 struct Service {
     store: Store<AnyBackend>,
@@ -37,10 +43,14 @@ impl HasToken for Service {
 
 type Shared = Arc<Service>;
 
+/// The answer to an error of the records layer: a 4xx for what the request got wrong, a 5xx for a fault here.
 fn api_error(e: Error) -> ApiError {
     let (status, code) = match &e {
-        Error::UnknownKind(_) | Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-        Error::UnknownVersion { .. } | Error::Type(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        Error::UnknownKind(_) | Error::NotFound { .. } | Error::NoCrawl { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        Error::UnknownVersion { .. } | Error::Type(_) | Error::Invalid { .. } => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        Error::Payload { .. } => (StatusCode::BAD_REQUEST, "invalid_payload"),
         Error::TooNew { .. } => (StatusCode::CONFLICT, "too_new"),
         Error::Conflict { .. } | Error::Exists { .. } => (StatusCode::PRECONDITION_FAILED, "etag_mismatch"),
         Error::Step { .. }
@@ -49,11 +59,17 @@ fn api_error(e: Error) -> ApiError {
         | Error::NoDowngraderForGate { .. }
         | Error::GateTooLow { .. }
         | Error::Schema(_) => (StatusCode::UNPROCESSABLE_ENTITY, "schema"),
+        Error::Worker(_) => (StatusCode::INTERNAL_SERVER_ERROR, "worker_failed"),
         Error::Decode { .. } | Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
     };
-    ApiError::new(status, code, e.to_string())
+    let problems = match &e {
+        Error::Payload { problems, .. } => problems.iter().map(|p| Problem::new("value", p)).collect(),
+        _ => Vec::new(),
+    };
+    ApiError::new(status, code, e.to_string()).with_problems(problems)
 }
 
+/// Runs `f` on the blocking pool; a panic there is a worker failure (500), not the request's fault.
 async fn blocking<T: Send + 'static>(
     s: &Shared,
     f: impl FnOnce(&Service) -> Result<T, Error> + Send + 'static,
@@ -61,16 +77,43 @@ async fn blocking<T: Send + 'static>(
     let s = s.clone();
     tokio::task::spawn_blocking(move || f(&s))
         .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+        .map_err(|e| api_error(Error::Worker(format!("the request's worker failed: {e}"))))?
         .map_err(api_error)
 }
 
+fn bad_path(r: PathRejection) -> ApiError {
+    ApiError::bad_request(format!("bad path: {}", r.body_text()))
+}
+
+fn bad_query(r: QueryRejection) -> ApiError {
+    ApiError::bad_request(format!("bad query: {}", r.body_text()))
+}
+
+fn bad_body(r: BytesRejection) -> ApiError {
+    let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "bad_body"
+    };
+    ApiError::new(
+        r.status(),
+        code,
+        format!(
+            "{} (a body has at most {} bytes)",
+            r.body_text(),
+            limits::MAX_BODY_BYTES
+        ),
+    )
+}
+
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReaderQuery {
     reader: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct VersionQuery {
     version: Option<u32>,
 }
@@ -79,17 +122,25 @@ fn etag_header(etag: i64) -> [(header::HeaderName, String); 1] {
     [(header::ETAG, format!("\"{etag}\""))]
 }
 
+/// The newest version of a kind (checking the kind's name first, so a bad one is never echoed back long).
+fn head(s: &Service, kind: &str) -> Result<u32, Error> {
+    limits::kind(kind)?;
+    Ok(s.store.schema().kind(kind)?.head())
+}
+
 async fn get_record(
     _: Authorized,
     State(s): State<Shared>,
-    Path((kind, key)): Path<(String, String)>,
-    Query(q): Query<ReaderQuery>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<ReaderQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Path((kind, key)) = path.map_err(bad_path)?;
+    let Query(q) = query.map_err(bad_query)?;
     let (k2, key2) = (kind.clone(), key.clone());
     let rec = blocking(&s, move |s| {
         let reader = match q.reader {
             Some(r) => r,
-            None => s.store.schema().kind(&k2)?.head(),
+            None => head(s, &k2)?,
         };
         s.store.read_value(&k2, &key2, reader)
     })
@@ -99,44 +150,56 @@ async fn get_record(
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct PutAnswer {
-    pub etag: i64,
+struct PutAnswer {
+    etag: i64,
     /// The version it was stored at (below the one sent when the write gate asked for it).
-    pub stored_version: u32,
+    stored_version: u32,
 }
 
 fn parse_etag(v: &str) -> Option<i64> {
     v.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
 }
 
+/// What a `PUT` expects to find, from exactly one of `If-Match` and `If-None-Match: *`.
+fn expectation(headers: &HeaderMap) -> Result<Expect, ApiError> {
+    match (headers.get(header::IF_MATCH), headers.get(header::IF_NONE_MATCH)) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "send If-Match or If-None-Match, not both: a write either updates or creates",
+        )),
+        (Some(m), None) => m
+            .to_str()
+            .ok()
+            .and_then(parse_etag)
+            .map(Expect::Etag)
+            .ok_or_else(|| ApiError::bad_request("If-Match must be an etag this service gave, e.g. \"3\"")),
+        (None, Some(n)) if n.as_bytes() == b"*" => Ok(Expect::Absent),
+        (None, Some(_)) => Err(ApiError::bad_request(
+            "If-None-Match must be * (create only if the record does not exist)",
+        )),
+        (None, None) => Err(ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition_required",
+            "every write is a compare-and-swap: send If-Match: \"<etag>\" to update or If-None-Match: * to create",
+        )),
+    }
+}
+
 async fn put_record(
     _: Authorized,
     State(s): State<Shared>,
-    Path((kind, key)): Path<(String, String)>,
-    Query(q): Query<VersionQuery>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<VersionQuery>, QueryRejection>,
     headers: HeaderMap,
-    Json(value): Json<Value>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let expect = match (headers.get(header::IF_MATCH), headers.get(header::IF_NONE_MATCH)) {
-        (Some(m), _) => Expect::Etag(
-            m.to_str()
-                .ok()
-                .and_then(parse_etag)
-                .ok_or_else(|| ApiError::bad_request("If-Match must be an etag this service gave, e.g. \"3\""))?,
-        ),
-        (None, Some(n)) if n.as_bytes() == b"*" => Expect::Absent,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::PRECONDITION_REQUIRED,
-                "precondition_required",
-                "every write is a compare-and-swap: send If-Match: \"<etag>\" to update or If-None-Match: * to create",
-            ));
-        }
-    };
+    let Path((kind, key)) = path.map_err(bad_path)?;
+    let Query(q) = query.map_err(bad_query)?;
+    let expect = expectation(&headers)?;
+    let value: Value = parse_json(&body.map_err(bad_body)?, "record (a JSON object)")?;
     let rec = blocking(&s, move |s| {
         let version = match q.version {
             Some(v) => v,
-            None => s.store.schema().kind(&kind)?.head(),
+            None => head(s, &kind)?,
         };
         match expect {
             Expect::Absent => s.store.create_value(&kind, &key, value, version),
@@ -165,6 +228,7 @@ async fn put_record(
     Ok((etag_header(rec.etag), Json(answer)).into_response())
 }
 
+/// A kind as `records status` and `GET /v1/kinds` show it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct KindStatus {
     pub kind: String,
@@ -216,19 +280,44 @@ async fn crawls(_: Authorized, State(s): State<Shared>) -> Result<Json<Vec<Crawl
     Ok(Json(blocking(&s, |s| Ok(s.store.backend().crawls()?)).await?))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StartCrawl {
-    pub kind: String,
-    pub to: u32,
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartCrawl {
+    kind: String,
+    to: u32,
     /// Records per second at most.
-    pub rate: Option<f64>,
+    rate: Option<f64>,
 }
 
+/// Removes a crawl from the running ones when its thread ends, however it ends.
+struct Running {
+    service: Shared,
+    key: (String, u32),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.service
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// Starts a crawl in the background after checking, up front, that it can run (else a 4xx, nothing started).
 async fn start_crawl(
     _: Authorized,
     State(s): State<Shared>,
-    Json(req): Json<StartCrawl>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: StartCrawl = parse_json(&body.map_err(bad_body)?, "crawl request {\"kind\", \"to\", \"rate\"}")?;
+    let opts = CrawlOptions {
+        rate: req.rate,
+        ..CrawlOptions::default()
+    };
+    let (kind, to, checked) = (req.kind.clone(), req.to, opts.clone());
+    blocking(&s, move |s| crawl::check(&s.store, &kind, to, &checked)).await?;
     let key = (req.kind.clone(), req.to);
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -241,16 +330,23 @@ async fn start_crawl(
         }
         running.insert(key.clone(), stop.clone());
     }
-    let s2 = s.clone();
+    let guard = Running { service: s, key };
+    // Saved before the answer, so `GET /v1/crawls` shows this crawl (not an older one) as soon as it is accepted.
+    let (kind, to, begun) = (req.kind.clone(), req.to, opts.clone());
+    blocking(&guard.service, move |s| {
+        crawl::begin(&s.store, s.store.backend(), &kind, to, &begun)
+    })
+    .await?;
     std::thread::spawn(move || {
-        let opts = CrawlOptions {
-            rate: req.rate,
-            ..CrawlOptions::default()
-        };
-        if let Err(e) = crawl::run(&s2.store, &req.kind, req.to, &opts, &stop, &mut |_| {}) {
+        let store = &guard.service.store;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crawl::run(store, &req.kind, req.to, &opts, &stop, &mut |_| {})
+        }))
+        .unwrap_or_else(|_| Err(Error::Worker("the crawl panicked".into())));
+        if let Err(e) = ran {
             tracing::warn!(kind = %req.kind, to = req.to, error = %e, "crawl failed");
         }
-        s2.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        drop(guard);
     });
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"started": true}))))
 }
@@ -258,24 +354,23 @@ async fn start_crawl(
 async fn pause_crawl(
     _: Authorized,
     State(s): State<Shared>,
-    Path((kind, to, action)): Path<(String, u32, String)>,
+    path: Result<Path<(String, u32, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path((kind, to, action)) = path.map_err(bad_path)?;
     let pause = match action.as_str() {
         "pause" => true,
         "resume" => false,
-        other => {
-            return Err(ApiError::not_found(format!(
-                "no crawl action '{other}' (pause or resume)"
-            )));
-        }
+        _ => return Err(ApiError::not_found("no such crawl action (pause or resume)")),
     };
     blocking(&s, move |s| crawl::request_pause(s.store.backend(), &kind, to, pause)).await?;
     Ok(Json(serde_json::json!({"paused": pause})))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct GateBody {
-    pub version: Option<u32>,
+#[serde(deny_unknown_fields)]
+struct GateBody {
+    /// `null` clears the gate; the field must be there either way.
+    version: Option<u32>,
 }
 
 async fn gates(_: Authorized, State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
@@ -286,19 +381,36 @@ async fn gates(_: Authorized, State(s): State<Shared>) -> Result<Json<Value>, Ap
 async fn set_gate(
     _: Authorized,
     State(s): State<Shared>,
-    Path(kind): Path<String>,
-    Json(body): Json<GateBody>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<GateBody>, ApiError> {
+    let Path(kind) = path.map_err(bad_path)?;
+    const WHAT: &str = "gate {\"version\": N or null}";
+    let raw: Value = parse_json(&body.map_err(bad_body)?, WHAT)?;
+    if raw.get("version").is_none() {
+        return Err(ApiError::bad_request(
+            "the body needs \"version\": a number sets the gate, null clears it",
+        ));
+    }
+    let body: GateBody = serde_json::from_value(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("body is not a valid {WHAT}: {e}"),
+        )
+    })?;
     let v = body.version;
     blocking(&s, move |s| s.store.set_gate(&kind, v)).await?;
     Ok(Json(body))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LeaseBody {
-    pub holder: String,
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseBody {
+    holder: String,
+    /// 1 ms to `MAX_LEASE`.
     #[serde(default = "default_ttl")]
-    pub ttl_ms: u64,
+    ttl_ms: u64,
 }
 
 fn default_ttl() -> u64 {
@@ -308,9 +420,11 @@ fn default_ttl() -> u64 {
 async fn lease(
     _: Authorized,
     State(s): State<Shared>,
-    Path((kind, key)): Path<(String, String)>,
-    Json(body): Json<LeaseBody>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path((kind, key)) = path.map_err(bad_path)?;
+    let body: LeaseBody = parse_json(&body.map_err(bad_body)?, "lease {\"holder\", \"ttl_ms\"}")?;
     let held = blocking(&s, move |s| {
         s.store
             .lease(&kind, &key, &body.holder, std::time::Duration::from_millis(body.ttl_ms))
@@ -326,15 +440,17 @@ async fn lease(
 async fn unlease(
     _: Authorized,
     State(s): State<Shared>,
-    Path((kind, key)): Path<(String, String)>,
-    Json(body): Json<LeaseBody>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path((kind, key)) = path.map_err(bad_path)?;
+    let body: LeaseBody = parse_json(&body.map_err(bad_body)?, "lease {\"holder\"}")?;
     blocking(&s, move |s| s.store.unlease(&kind, &key, &body.holder)).await?;
     Ok(Json(serde_json::json!({"held": false})))
 }
 
 /// The service's routes.
-pub fn router(store: Store<AnyBackend>, token: String) -> axum::Router {
+pub(crate) fn router(store: Store<AnyBackend>, token: String) -> axum::Router {
     let state = Arc::new(Service {
         store,
         token,
@@ -348,6 +464,15 @@ pub fn router(store: Store<AnyBackend>, token: String) -> axum::Router {
         .route("/v1/gates", get(gates))
         .route("/v1/gates/{kind}", axum::routing::put(set_gate))
         .route("/v1/leases/{kind}/{key}", post(lease).delete(unlease))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -359,4 +484,28 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
     plumbing::api::serve(listen, router(store, token), stop).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_failure_is_a_500_and_what_the_request_got_wrong_is_a_4xx() {
+        let worker = api_error(Error::Worker("the crawler's reader thread panicked: boom".into()));
+        assert_eq!(
+            (worker.status, worker.body.error.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "worker_failed")
+        );
+        assert!(worker.body.message.contains("boom"), "{}", worker.body.message);
+        let typed = api_error(Error::Type("x".into()));
+        assert_eq!(typed.status, StatusCode::BAD_REQUEST);
+        let payload = api_error(Error::Payload {
+            kind: "player".into(),
+            version: 1,
+            problems: vec!["field 'gold' should be an int but is a string".into()],
+        });
+        assert_eq!(payload.status, StatusCode::BAD_REQUEST);
+        assert_eq!(payload.body.problems.len(), 1);
+    }
 }

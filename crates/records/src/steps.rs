@@ -112,6 +112,14 @@ impl Op {
             let src = raw.expr.as_deref().ok_or("set needs 'expr'")?;
             Op::Set(p, expr::parse(src).map_err(|e| format!("expr '{src}': {e}"))?)
         };
+        for path in op.paths() {
+            values::check_path(path).map_err(|e| format!("'{path}': {e}"))?;
+        }
+        if let Op::Add(_, default) = &op
+            && has_datetime(default)
+        {
+            return Err("a TOML date or time is not a record value; write it as a string".into());
+        }
         let stray = match &op {
             Op::Add(..) => raw.to.is_some() || raw.expr.is_some(),
             Op::Move(..) | Op::Convert(..) => raw.default.is_some() || raw.expr.is_some(),
@@ -122,6 +130,14 @@ impl Op {
             return Err("a step has keys its verb does not use".into());
         }
         Ok(op)
+    }
+
+    /// The field paths the step names.
+    fn paths(&self) -> Vec<&str> {
+        match self {
+            Op::Add(p, _) | Op::Remove(p) | Op::Convert(p, _) | Op::Set(p, _) => vec![p],
+            Op::Move(from, to) => vec![from, to],
+        }
     }
 
     /// Applies the step to a tree.
@@ -158,6 +174,15 @@ impl Op {
     }
 }
 
+/// Whether a TOML value held a date or time (which the TOML reader hands over as a private marker table).
+fn has_datetime(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o.contains_key("$__toml_private_datetime") || o.values().any(has_datetime),
+        Value::Array(a) => a.iter().any(has_datetime),
+        _ => false,
+    }
+}
+
 fn chain(ops: Vec<Op>) -> StepFn {
     Arc::new(move |v: &mut Value| {
         if !v.is_object() {
@@ -189,10 +214,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Schema, Error> {
             ks = ks.fields(k.first, k.fields.into_iter().collect());
         }
         for (i, v) in k.versions.iter().enumerate() {
-            let expected = k.first + 1 + i as u32;
             let at = format!("{origin}: kinds.{name} version {}", v.version);
-            if v.version != expected {
-                problems.push(format!("{at}: versions must follow each other; expected {expected}"));
+            let expected = u32::try_from(i)
+                .ok()
+                .and_then(|i| k.first.checked_add(i)?.checked_add(1));
+            if Some(v.version) != expected {
+                problems.push(match expected {
+                    Some(e) => format!("{at}: versions must follow each other; expected {e}"),
+                    None => format!("{at}: no version after {}", u32::MAX),
+                });
                 continue;
             }
             let up = compile_ops(&v.up, &format!("{at} up"), &mut problems);
@@ -230,6 +260,9 @@ pub fn load(path: &Path) -> Result<Schema, Error> {
         .map_err(|e| Error::Schema(vec![format!("cannot read the steps file {}: {e}", path.display())]))?;
     parse(&text, &path.display().to_string())
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! The store: typed and raw reads that upgrade on the way, compare-and-swap writes under the write gate, unknown fields kept.
+//! The store: reads that upgrade on the way, compare-and-swap writes under the write gate, unknown fields kept.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::backend::Backend;
 use crate::envelope::{Expect, Format, Stored, Write};
-use crate::schema::Schema;
-use crate::{Error, now_ms};
+use crate::schema::{KindSchema, Schema};
+use crate::{Error, limits, now_ms};
 
 /// A typed record kind: the newest version this code knows.
 pub trait Versioned: Serialize + DeserializeOwned {
@@ -50,9 +50,6 @@ impl<T> Record<T> {
     pub fn key(&self) -> &str {
         &self.raw.key
     }
-    pub fn etag(&self) -> i64 {
-        self.raw.etag
-    }
     /// The version the record was stored at when read.
     pub fn stored_version(&self) -> u32 {
         self.raw.stored_version
@@ -87,7 +84,7 @@ impl<B> std::fmt::Debug for Store<B> {
 
 /// Fields a struct declares (its serialized names), read from serde's
 /// `deserialize_struct` call without deserializing anything.
-pub fn declared_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
+fn declared_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
     struct Probe<'a>(&'a mut Option<&'static [&'static str]>);
     #[derive(Debug)]
     struct Stop;
@@ -127,7 +124,7 @@ pub fn declared_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]>
 }
 
 /// Writes the fields `value` declares over `raw`, leaving every other field of `raw` as it is.
-pub fn overlay<T: Serialize + DeserializeOwned>(raw: &mut Value, value: &T) -> Result<(), Error> {
+fn overlay<T: Serialize + DeserializeOwned>(raw: &mut Value, value: &T) -> Result<(), Error> {
     let new = serde_json::to_value(value).map_err(|e| Error::Type(e.to_string()))?;
     let Value::Object(new) = new else {
         *raw = new;
@@ -188,9 +185,6 @@ impl<B: Backend> Store<B> {
     pub fn schema(&self) -> &Schema {
         &self.schema
     }
-    pub fn writer(&self) -> &str {
-        &self.writer
-    }
     pub fn now(&self) -> i64 {
         (self.clock)()
     }
@@ -209,16 +203,32 @@ impl<B: Backend> Store<B> {
         }
     }
 
-    /// Publishes a kind's write gate (what the control plane does as releases come and go).
+    /// A kind's schema, after checking the name (a bad name is `Invalid`, an unknown one `UnknownKind`).
+    fn kind_schema(&self, kind: &str) -> Result<&KindSchema, Error> {
+        limits::kind(kind)?;
+        self.schema.kind(kind)
+    }
+
+    /// Publishes a kind's write gate (what the control plane does as releases come and go); the
+    /// gate is a version of the kind's chain.
     pub fn set_gate(&self, kind: &str, version: Option<u32>) -> Result<(), Error> {
+        let ks = self.kind_schema(kind)?;
         if let Some(v) = version {
-            let ks = self.schema.kind(kind)?;
             if v < ks.first() {
                 return Err(Error::GateTooLow {
                     kind: kind.into(),
                     gate: v,
                     first: ks.first(),
                 });
+            }
+            if v > ks.head() {
+                return Err(Error::invalid(
+                    "write gate",
+                    format!(
+                        "{kind} version {v} is newer than the newest version {} this schema knows",
+                        ks.head()
+                    ),
+                ));
             }
         }
         self.backend.set_gate(kind, version)?;
@@ -237,6 +247,7 @@ impl<B: Backend> Store<B> {
     /// Brings a stored record to what code knowing `reader` sees.
     pub fn view(&self, s: &Stored, reader: u32) -> Result<ValueRecord, Error> {
         let ks = self.schema.kind(&s.kind)?;
+        ks.knows(reader)?;
         let mut value = self.decode(s)?;
         let version = if s.version <= reader {
             ks.convert(&mut value, s.version, reader)?;
@@ -268,15 +279,8 @@ impl<B: Backend> Store<B> {
 
     /// Reads a record as code that knows version `reader` of its kind sees it.
     pub fn read_value(&self, kind: &str, key: &str, reader: u32) -> Result<Option<ValueRecord>, Error> {
-        let ks = self.schema.kind(kind)?;
-        if reader < ks.first() || reader > ks.head() {
-            return Err(Error::UnknownVersion {
-                kind: kind.into(),
-                version: reader,
-                first: ks.first(),
-                head: ks.head(),
-            });
-        }
+        self.kind_schema(kind)?.knows(reader)?;
+        limits::key(key)?;
         match self.backend.get(kind, key)? {
             None => Ok(None),
             Some(s) => self.view(&s, reader).map(Some),
@@ -309,12 +313,47 @@ impl<B: Backend> Store<B> {
         Ok(rec)
     }
 
+    /// Refuses a write this code cannot stand behind, before anything is stored: a bad kind or key, a
+    /// reader or version outside the chain, a value without the fields its version declares.
+    fn check_write(&self, rec: &ValueRecord) -> Result<&KindSchema, Error> {
+        let ks = self.kind_schema(&rec.kind)?;
+        limits::key(&rec.key)?;
+        ks.knows(rec.reader)?;
+        let problems = if rec.version > rec.reader {
+            // A newer record this code read: it goes back as it was stored, at the version and with
+            // the readers it had (the etag proves nobody changed it since).
+            if rec.version != rec.stored_version || rec.min_reader > rec.reader {
+                return Err(Error::invalid(
+                    "record version",
+                    format!(
+                        "version {} is newer than this code (version {}) and is not the version it read",
+                        rec.version, rec.reader
+                    ),
+                ));
+            }
+            // Its fields are declared by a version this code does not know; it is still a record.
+            match rec.value.is_object() {
+                true => Vec::new(),
+                false => vec!["a record is a JSON object".to_string()],
+            }
+        } else {
+            ks.knows(rec.version)?;
+            ks.check_fields(rec.version, &rec.value)
+        };
+        if !problems.is_empty() {
+            return Err(Error::Payload {
+                kind: rec.kind.clone(),
+                version: rec.version,
+                problems,
+            });
+        }
+        Ok(ks)
+    }
+
     fn put(&self, rec: &mut ValueRecord, expect: Expect) -> Result<i64, Error> {
-        let ks = self.schema.kind(&rec.kind)?;
+        let ks = self.check_write(rec)?;
         let now = self.now();
         let (version, min_reader, tree) = if rec.version > rec.reader {
-            // A newer record this code may read: written back at its own
-            // version, its unknown fields untouched.
             (rec.version, rec.min_reader, None)
         } else {
             let target = ks.write_target(rec.version, self.gate(&rec.kind)?)?;
@@ -417,15 +456,24 @@ impl<B: Backend> Store<B> {
 
     /// Takes or renews a lease on a record for `ttl` (a live server holds
     /// the records of its online players; the crawler leaves them alone).
+    /// The ttl is 1 ms to [`crate::MAX_LEASE`]; anything else is refused, and the end time never overflows.
     pub fn lease(&self, kind: &str, key: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+        self.check_lease(kind, key, holder)?;
         let now = self.now();
-        Ok(self
-            .backend
-            .lease(kind, key, holder, now + ttl.as_millis() as i64, now)?)
+        let until = limits::lease_until(now, ttl)?;
+        Ok(self.backend.lease(kind, key, holder, until, now)?)
     }
 
+    /// Gives a lease back (nothing happens if `holder` does not hold it).
     pub fn unlease(&self, kind: &str, key: &str, holder: &str) -> Result<(), Error> {
+        self.check_lease(kind, key, holder)?;
         Ok(self.backend.unlease(kind, key, holder)?)
+    }
+
+    fn check_lease(&self, kind: &str, key: &str, holder: &str) -> Result<(), Error> {
+        self.kind_schema(kind)?;
+        limits::key(key)?;
+        limits::holder(holder)
     }
 }
 

@@ -4,6 +4,36 @@ use serde_json::{Map, Value};
 
 use crate::schema::FieldType;
 
+/// The longest dotted path a steps file or a field declaration may name.
+const MAX_PATH_BYTES: usize = 256;
+
+/// A dotted path (`stats.hp`): non-empty parts of printable text, at most 256 bytes in all.
+pub fn check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > MAX_PATH_BYTES {
+        return Err(format!("a path has 1 to {MAX_PATH_BYTES} bytes, not {}", path.len()));
+    }
+    if path.split('.').any(str::is_empty) {
+        return Err("a path has no empty part (no leading, trailing or doubled '.')".into());
+    }
+    if path.chars().any(char::is_control) {
+        return Err("a path has no control characters".into());
+    }
+    Ok(())
+}
+
+/// What kind of JSON value `v` is, for messages (never the value itself, which may be large).
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(n) if n.is_f64() => "a float",
+        Value::Number(_) => "an int",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// The value at a dotted path (`stats.hp`), if every part exists.
 pub fn get<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(root, |v, part| v.as_object()?.get(part))

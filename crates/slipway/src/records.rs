@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use records::crawl::{self, CrawlOptions, CrawlStatus};
-use records::{AnyBackend, Backend, Schema, Store};
+use records::{AnyBackend, Backend, CrawlOptions, CrawlStatus, Schema, Store};
 
 /// Where the records live and how to read them.
 #[derive(Debug, Clone)]
@@ -19,7 +18,7 @@ pub struct Target {
 impl Target {
     fn schema(&self) -> anyhow::Result<Schema> {
         match &self.steps {
-            Some(p) => Ok(records::steps::load(p)?),
+            Some(p) => Ok(records::load_steps(p)?),
             None => Ok(Schema::new()),
         }
     }
@@ -64,7 +63,7 @@ fn fmt_eta(d: Option<Duration>) -> String {
 /// Records per kind and version, gates and crawls.
 pub fn status(t: &Target, json: bool) -> anyhow::Result<()> {
     let store = t.open(t.schema()?, "cli")?;
-    let kinds = records::service::kinds_status(&store)?;
+    let kinds = records::kinds_status(&store)?;
     let crawls = store.backend().crawls()?;
     if json {
         println!(
@@ -96,8 +95,8 @@ pub fn status(t: &Target, json: bool) -> anyhow::Result<()> {
     }
     for c in &crawls {
         println!(
-            "crawl {} → v{}: {} — {}/{} looked at, {} upgraded, {} left to their servers (leased), {} \
-             conflicts, {} failed",
+            "crawl {} → v{}: {} — {}/{} looked at, {} upgraded, {} left to their servers (leased), \
+             {} conflicts, {} failed",
             c.kind,
             c.target,
             c.status.as_str(),
@@ -149,7 +148,7 @@ pub fn crawl(t: &Target, a: &CrawlArgs) -> anyhow::Result<()> {
     let bar = crate::progress_bar(0, "[{bar:30}] {pos}/{len} {msg}");
     let mut last_line = Instant::now() - Duration::from_secs(10);
     let mut announced = false;
-    let state = crawl::run(&store, &a.kind, a.to, &opts, &stop, &mut |p| {
+    let state = records::run_crawl(&store, &a.kind, a.to, &opts, &stop, &mut |p| {
         let s = p.state;
         if !announced {
             announced = true;
@@ -198,8 +197,8 @@ pub fn crawl(t: &Target, a: &CrawlArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "crawl of {} to v{} done: {} looked at, {} upgraded, {} left to their servers (leased), {} conflicts, \
-         {} failed",
+        "crawl of {} to v{} done: {} looked at, {} upgraded, {} left to their servers (leased), \
+         {} conflicts, {} failed",
         state.kind, state.target, state.scanned, state.upgraded, state.skipped_leased, state.conflicts, state.failed
     );
     if state.failed > 0 {
@@ -214,7 +213,7 @@ pub fn crawl(t: &Target, a: &CrawlArgs) -> anyhow::Result<()> {
 /// Asks a running crawl to pause or go on.
 pub fn pause(t: &Target, kind: &str, to: u32, pause: bool) -> anyhow::Result<()> {
     let store = t.open(Schema::new(), "cli")?;
-    crawl::request_pause(store.backend(), kind, to, pause)?;
+    records::request_pause(store.backend(), kind, to, pause)?;
     println!(
         "asked the crawl of {kind} to v{to} to {}",
         if pause { "pause" } else { "resume" }
@@ -290,7 +289,7 @@ pub async fn serve(t: &Target, listen: &str, token_file: &Path) -> anyhow::Resul
     let t2 = t.clone();
     let store = tokio::task::spawn_blocking(move || t2.open(schema, "records-service")).await??;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (addr, task) = records::service::serve(store, token, &listen, stop_rx).await?;
+    let (addr, task) = records::serve(store, token, &listen, stop_rx).await?;
     println!("records service on {addr} (token in {})", token_file.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

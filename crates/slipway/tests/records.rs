@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
 use bytes::Bytes;
-use records::envelope::Write;
-use records::{Backend, Expect, Format};
+use records::{Backend, Expect, Format, Write};
 use serde_json::{Value, json};
 use testkit::TempDir;
 
@@ -61,7 +60,7 @@ fn fill(db: &str, n: usize) {
     }
 }
 
-fn crawl_state(db: &str) -> Option<records::crawl::CrawlState> {
+fn crawl_state(db: &str) -> Option<records::CrawlState> {
     records::open(db).unwrap().crawl("player", 3).unwrap()
 }
 

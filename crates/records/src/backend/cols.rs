@@ -1,4 +1,4 @@
-//! What both SQL drivers share: the tables, the database URL, reading a row into a record or crawl, and parameter lists.
+//! What both SQL drivers share: the tables, the database URL, rows read as records or crawls, parameter lists.
 
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@ mod sqlite;
 
 use std::collections::{BTreeMap, HashSet};
 
+pub use self::cols::DbUrl;
 pub use self::postgres::{BACKGROUND_APP, PgBackend};
 pub use self::sqlite::SqliteBackend;
 use crate::crawl::CrawlState;
@@ -214,12 +215,14 @@ impl Backend for AnyBackend {
 pub(crate) mod sql {
     pub const GET: &str = "SELECT id, kind, key, version, min_reader, format, payload, etag, last_active, writer \
         FROM records WHERE kind = ?1 AND key = ?2";
-    pub const INSERT: &str = "INSERT INTO records (kind, key, version, min_reader, format, payload, etag, last_active, writer) \
+    pub const INSERT: &str = "INSERT INTO records \
+        (kind, key, version, min_reader, format, payload, etag, last_active, writer) \
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8) ON CONFLICT (kind, key) DO NOTHING";
     /// CAS update; `?9` = new last_active or NULL to keep, `?10` = the writer's reader version or NULL.
     pub const UPDATE: &str = "UPDATE records SET version = ?3, min_reader = ?4, format = ?5, payload = ?6, \
         etag = etag + 1, last_active = COALESCE(?9, last_active), writer = ?8 \
-        WHERE kind = ?1 AND key = ?2 AND etag = ?7 AND (CAST(?10 AS BIGINT) IS NULL OR version <= ?10 OR min_reader <= ?10) \
+        WHERE kind = ?1 AND key = ?2 AND etag = ?7 \
+        AND (CAST(?10 AS BIGINT) IS NULL OR version <= ?10 OR min_reader <= ?10) \
         RETURNING etag";
     pub const SCAN: &str = "SELECT id, kind, key, version, min_reader, format, payload, etag, last_active, writer \
         FROM records WHERE kind = ?1 AND last_active <= ?2 AND (last_active, key) > (?3, ?4) \
@@ -238,10 +241,12 @@ pub(crate) mod sql {
     pub const SET_GATE: &str = "INSERT INTO record_gates (kind, version) VALUES (?1, ?2) \
         ON CONFLICT (kind) DO UPDATE SET version = excluded.version";
     pub const DEL_GATE: &str = "DELETE FROM record_gates WHERE kind = ?1";
-    pub const CRAWL_COLS: &str = "kind, target, status, pause_requested, started_at, max_id, cursor_active, cursor_key, \
+    pub const CRAWL_COLS: &str = "kind, target, status, pause_requested, started_at, max_id, cursor_active, \
+        cursor_key, \
         total, scanned, upgraded, skipped_leased, conflicts, failed, batch_size, updated_at, finished_at";
     pub const PUT_CRAWL: &str = "INSERT INTO record_crawls (kind, target, status, pause_requested, started_at, max_id, \
-        cursor_active, cursor_key, total, scanned, upgraded, skipped_leased, conflicts, failed, batch_size, updated_at, \
+        cursor_active, cursor_key, total, scanned, upgraded, skipped_leased, conflicts, failed, batch_size, \
+        updated_at, \
         finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
         ON CONFLICT (kind, target) DO UPDATE SET status = excluded.status, pause_requested = excluded.pause_requested, \
         started_at = excluded.started_at, max_id = excluded.max_id, cursor_active = excluded.cursor_active, \

@@ -1,4 +1,4 @@
-//! The PostgreSQL backend: a small pool of clients with prepared statements, writes in one transaction per batch.
+//! The PostgreSQL backend: a small pool of clients with prepared statements, one transaction per batch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;

@@ -1,4 +1,4 @@
-//! The SQLite backend: one file in WAL mode, a small pool of connections, writes in `BEGIN IMMEDIATE` transactions.
+//! The SQLite backend: one private file in WAL mode, a small pool of connections, `BEGIN IMMEDIATE` writes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,22 +28,17 @@ fn connect(path: &Path) -> Result<Connection, StorageError> {
 }
 
 impl SqliteBackend {
-    /// Opens (creating if needed) the database file and its tables.
+    /// Opens (creating if needed) the database file and its tables. The file holds player data: it is
+    /// created mode 0600 (SQLite gives its `-wal` and `-shm` files the same mode), an existing one is
+    /// tightened to 0600, and a folder created for it is 0700.
     pub fn open(path: &Path) -> Result<SqliteBackend, StorageError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StorageError::Other(format!("cannot create {}: {e}", dir.display())))?;
-        }
+        private_files(path)?;
         let c = connect(path)?;
         c.execute_batch(&cols::schema("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", "BLOB"))?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             pool: Mutex::new(vec![c]),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StorageError>) -> Result<T, StorageError> {
@@ -76,6 +71,39 @@ impl SqliteBackend {
     fn exec(&self, q: &str, params: &[Val<'_>]) -> Result<usize, StorageError> {
         self.with(|c| Ok(c.prepare_cached(q)?.execute(params_from_iter(params))?))
     }
+}
+
+/// Creates the database file (and its folder) private to this user, or makes an existing one so.
+fn private_files(path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let fail = |what: &Path, e: std::io::Error| StorageError::Other(format!("cannot create {}: {e}", what.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(dir, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(path, e))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        match std::fs::metadata(&file) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+                    StorageError::Other(format!("cannot make {} private (mode 0600): {e}", file.display()))
+                })?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn write_one(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<Option<i64>, StorageError> {

@@ -1,4 +1,7 @@
-//! Expand/contract migrations of SQL tables: idempotent steps tagged expand, backfill or contract, a ledger with checksums, an advisory lock, short lock timeouts with retries, contract gated on what live releases use, and a lock plan.
+//! Expand/contract migrations of SQL tables: idempotent steps tagged expand, backfill or contract.
+//!
+//! A ledger keeps their checksums, an advisory lock serialises runs, statements wait a short lock timeout with
+//! retries, a contract step waits for the live releases that use what it drops, and `classify` gives a lock plan.
 //!
 //! A migration is a TOML file in a folder (run in file-name order):
 //!
@@ -9,7 +12,8 @@
 //! sql = "ALTER TABLE players ADD COLUMN IF NOT EXISTS first_name TEXT"
 //! [[step]]
 //! phase = "backfill"
-//! sql = "UPDATE players SET first_name = split_part(name, ' ', 1) WHERE id IN (SELECT id FROM players WHERE first_name IS NULL LIMIT 1000)"
+//! sql = """UPDATE players SET first_name = split_part(name, ' ', 1) \
+//!   WHERE id IN (SELECT id FROM players WHERE first_name IS NULL LIMIT 1000)"""
 //! repeat = true          # run again (each its own transaction) until it changes no row
 //! [[step]]
 //! phase = "contract"

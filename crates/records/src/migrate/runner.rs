@@ -1,4 +1,4 @@
-//! Runs migration steps against SQLite or PostgreSQL: the ledger, the advisory lock, lock timeouts with jittered retries.
+//! Runs migration steps on SQLite or PostgreSQL: the ledger, the advisory lock, lock timeouts with retries.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -36,7 +36,8 @@ const LEDGER: &str = "CREATE TABLE IF NOT EXISTS slipway_migrations (
     migration TEXT NOT NULL, step BIGINT NOT NULL, phase TEXT NOT NULL, checksum TEXT NOT NULL,
     status TEXT NOT NULL, started_at BIGINT NOT NULL, finished_at BIGINT, error TEXT,
     PRIMARY KEY (migration, step));
-CREATE TABLE IF NOT EXISTS slipway_migration_lock (id BIGINT PRIMARY KEY, holder TEXT NOT NULL, expires BIGINT NOT NULL);";
+CREATE TABLE IF NOT EXISTS slipway_migration_lock (
+    id BIGINT PRIMARY KEY, holder TEXT NOT NULL, expires BIGINT NOT NULL);";
 
 impl Conn {
     /// `sqlite:PATH` or `postgres://...`; creates the ledger.
@@ -85,8 +86,10 @@ impl Conn {
     fn mark(&mut self, m: &str, i: usize, s: &Step, status: &str, error: Option<&str>) -> Result<(), StorageError> {
         let now = now_ms();
         let finished = (status != "running").then_some(now);
-        let sql = "INSERT INTO slipway_migrations (migration, step, phase, checksum, status, started_at, finished_at, error) \
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (migration, step) DO UPDATE SET status = excluded.status, \
+        let sql = "INSERT INTO slipway_migrations \
+            (migration, step, phase, checksum, status, started_at, finished_at, error) \
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (migration, step) \
+            DO UPDATE SET status = excluded.status, \
             checksum = excluded.checksum, finished_at = excluded.finished_at, error = excluded.error";
         let step = i as i64;
         match self {
@@ -127,7 +130,7 @@ impl Conn {
                     "INSERT INTO slipway_migration_lock (id, holder, expires) VALUES (1, ?1, ?2) \
                      ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires = excluded.expires \
                      WHERE slipway_migration_lock.expires < ?3",
-                    rusqlite::params![holder, now + 600_000, now],
+                    rusqlite::params![holder, now.saturating_add(600_000), now],
                 )
                 .map_err(StorageError::from)?
                     == 1
@@ -349,7 +352,8 @@ fn run_locked(
                                 let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
                                 let wait = base / 2 + rng.u64(0..=base);
                                 log(&format!(
-                                    "{} step {n}: lock not free within {lock_timeout:?}; retrying in {wait} ms ({attempt}/{tries})",
+                                    "{} step {n}: lock not free within {lock_timeout:?}; retrying in {wait} ms \
+                                     ({attempt}/{tries})",
                                     m.id
                                 ));
                                 std::thread::sleep(Duration::from_millis(wait));

@@ -4,8 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use records::Backend;
-use records::crawl::{self, CrawlOptions, CrawlStatus};
+use records::{Backend, CrawlOptions, CrawlStatus};
 
 use crate::model::{Db, PlayerV1, PlayerV3, both};
 
@@ -49,7 +48,7 @@ fn the_crawler_goes_coldest_first_and_leaves_leased_records_to_their_server() {
         };
         let mut cursors = Vec::new();
         let stop = AtomicBool::new(false);
-        let state = crawl::run(&store, "player", 3, &opts, &stop, &mut |p| {
+        let state = records::run_crawl(&store, "player", 3, &opts, &stop, &mut |p| {
             cursors.push(p.state.cursor_key.clone());
         })
         .unwrap();
@@ -87,13 +86,13 @@ fn a_paused_crawl_stops_between_batches_and_resumes() {
                     pause_poll: Duration::from_millis(20),
                     ..CrawlOptions::default()
                 };
-                crawl::run(&*store, "player", 2, &opts, &stop, &mut |p| {
+                records::run_crawl(&*store, "player", 2, &opts, &stop, &mut |p| {
                     seen.lock().unwrap().push((p.state.status, p.state.scanned, p.eta));
                 })
             })
         };
         wait_for("a few batches", || seen.lock().unwrap().len() >= 3);
-        crawl::request_pause(store.backend(), "player", 2, true).unwrap();
+        records::request_pause(store.backend(), "player", 2, true).unwrap();
         wait_for("the pause", || {
             store.backend().crawl("player", 2).unwrap().unwrap().status == CrawlStatus::Paused
         });
@@ -105,7 +104,7 @@ fn a_paused_crawl_stops_between_batches_and_resumes() {
             "no batch while paused"
         );
         assert!(at_pause < 400);
-        crawl::request_pause(store.backend(), "player", 2, false).unwrap();
+        records::request_pause(store.backend(), "player", 2, false).unwrap();
         let state = runner.join().unwrap().unwrap();
         assert_eq!((state.status, state.upgraded), (CrawlStatus::Done, 400));
         let seen = seen.lock().unwrap();
@@ -129,7 +128,7 @@ fn a_stopped_crawl_resumes_from_its_cursor_without_redoing_a_record() {
             max_batch: 30,
             ..CrawlOptions::default()
         };
-        let first = crawl::run(&store, "player", 3, &opts, &stop, &mut |p| {
+        let first = records::run_crawl(&store, "player", 3, &opts, &stop, &mut |p| {
             if p.state.scanned >= 90 {
                 stop.store(true, Ordering::Relaxed);
             }
@@ -139,7 +138,7 @@ fn a_stopped_crawl_resumes_from_its_cursor_without_redoing_a_record() {
         let etag_before = store.backend().get("player", "p0000").unwrap().unwrap().etag;
         stop.store(false, Ordering::Relaxed);
         let mut resumed = false;
-        let done = crawl::run(&store, "player", 3, &opts, &stop, &mut |p| resumed |= p.resumed).unwrap();
+        let done = records::run_crawl(&store, "player", 3, &opts, &stop, &mut |p| resumed |= p.resumed).unwrap();
         assert!(resumed);
         assert_eq!(
             (done.status, done.upgraded, done.scanned, done.total),
@@ -152,7 +151,7 @@ fn a_stopped_crawl_resumes_from_its_cursor_without_redoing_a_record() {
         );
         assert_eq!(store.backend().count_below("player", 3, i64::MAX).unwrap(), 0);
         // Records created after the crawl started are not its business.
-        let late = crawl::run(&store, "player", 3, &opts, &stop, &mut |_| {}).unwrap();
+        let late = records::run_crawl(&store, "player", 3, &opts, &stop, &mut |_| {}).unwrap();
         assert_eq!(late.total, 0);
     }
 }
@@ -163,7 +162,7 @@ fn a_crawl_beyond_the_write_gate_is_refused() {
     fill(&db, 3);
     let store = db.store("crawler");
     store.set_gate("player", Some(2)).unwrap();
-    let err = crawl::run(
+    let err = records::run_crawl(
         &store,
         "player",
         3,
@@ -214,7 +213,7 @@ fn a_background_twin_lowers_its_own_database_sessions_and_no_other() {
     for s in &sessions {
         let (pid, app): (i32, String) = (s.get(0), s.get(1));
         let (nice, cpus) = nice_and_cpus(pid);
-        if app == records::backend::BACKGROUND_APP {
+        if app == records::BACKGROUND_APP {
             lowered += 1;
             assert_eq!(nice, 19, "the twin's session runs at nice 19");
             if let Some(c) = cpu {
@@ -258,7 +257,7 @@ fn a_crawl_on_postgres_vacuums_the_versions_it_replaced_unless_told_not_to() {
             tidy,
             ..CrawlOptions::default()
         };
-        let done = crawl::run(&store, "player", 3, &opts, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        let done = records::run_crawl(&store, "player", 3, &opts, &AtomicBool::new(false), &mut |_| {}).unwrap();
         assert_eq!((done.status, done.upgraded), (CrawlStatus::Done, 120));
         let (vacuums, analyzes) = manual_vacuums(&db.url());
         if tidy {
@@ -275,12 +274,6 @@ fn a_crawl_on_postgres_vacuums_the_versions_it_replaced_unless_told_not_to() {
             );
         }
     }
-}
-
-#[test]
-fn the_crawler_tidies_every_tenth_of_a_large_crawl_and_never_more_often_than_every_50000() {
-    assert_eq!(crawl::tidy_every(100), 50_000);
-    assert_eq!(crawl::tidy_every(1_000_000), 100_000);
 }
 
 /// Row versions on the records table that are dead but still take room on
@@ -317,13 +310,14 @@ fn a_crawl_batch_prunes_the_pages_where_the_batch_before_it_left_dead_versions_s
         ..CrawlOptions::default()
     };
     let store = db.store("crawler");
-    let done = crawl::run(&store, "player", 3, &opts, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let done = records::run_crawl(&store, "player", 3, &opts, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!((done.status, done.upgraded), (CrawlStatus::Done, n));
     drop(store);
     let dead = unpruned_dead_versions(&db.url());
     assert!(
         dead < 40,
-        "every batch's replaced versions were pruned by the batch after it (the last by the crawl's end): {dead} of {n} left"
+        "every batch's replaced versions were pruned by the batch after it (the last by the crawl's end): \
+         {dead} of {n} left"
     );
     // The measure does see versions nobody pruned: a server's writes to
     // records on different pages leave theirs (a read of the same page

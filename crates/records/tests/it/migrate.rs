@@ -1,4 +1,4 @@
-//! SQL migrations on SQLite and PostgreSQL: expand, batched backfill, contract refused while a live release uses the column, ledger checksums, lock timeouts retried, one run at a time.
+//! SQL migrations on SQLite and PostgreSQL: expand, backfill, contract gated on live releases, ledger, locks.
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,8 @@ fn migration(db: &Db, backfill_len: u32) -> migrate::Migration {
         check = "{check}"
         [[step]]
         phase = "backfill"
-        sql = "UPDATE players SET first_name = substr(name, 1, {backfill_len}) WHERE id IN (SELECT id FROM players WHERE first_name IS NULL LIMIT 100)"
+        sql = """UPDATE players SET first_name = substr(name, 1, {backfill_len}) \
+          WHERE id IN (SELECT id FROM players WHERE first_name IS NULL LIMIT 100)"""
         repeat = true
         [[step]]
         phase = "contract"
@@ -53,7 +54,8 @@ fn seed(db: &Db) {
             sql = "CREATE TABLE IF NOT EXISTS players (id BIGINT PRIMARY KEY, name TEXT NOT NULL)"
             [[step]]
             phase = "backfill"
-            sql = "INSERT INTO players (id, name) SELECT n, 'player' || n FROM (WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000) SELECT n FROM s) AS t"
+            sql = """INSERT INTO players (id, name) SELECT n, 'player' || n FROM \
+              (WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000) SELECT n FROM s) AS t"""
             "#,
         )
         .unwrap(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use records::{Backend, Error, Expect, Format, Store, Versioned};
+use records::{Backend, Error, Expect, Format, Store, Versioned, Write};
 use serde_json::json;
 
 use crate::model::{Db, PlayerV1, PlayerV3, both, schema};
@@ -226,7 +226,6 @@ fn the_kind_of_a_typed_record_comes_from_its_type() {
 
 #[test]
 fn a_batch_of_compare_and_swap_writes_lands_each_write_on_its_own_etag() {
-    use records::envelope::Write;
     for db in both("batch_cas") {
         let s = db.store("v3");
         let b = s.backend();
@@ -276,4 +275,34 @@ fn a_batch_of_compare_and_swap_writes_lands_each_write_on_its_own_etag() {
         ];
         assert_eq!(b.write_batch(&twice, None).unwrap(), vec![Some(3), Some(4)]);
     }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_sqlite_database_and_its_wal_and_shm_files_are_private_to_their_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = testkit::TempDir::new("records-mode");
+    let db = dir.join("state/records.db");
+    let url = format!("sqlite:{}", db.display());
+    let store = Store::new(records::open(&url).unwrap(), schema(), "v1");
+    store.create("p1", ann()).unwrap();
+    assert_eq!(mode(&dir.join("state")), 0o700, "the folder made for it");
+    for f in ["records.db", "records.db-wal", "records.db-shm"] {
+        assert_eq!(mode(&dir.join("state").join(f)), 0o600, "{f} holds player data");
+    }
+    drop(store);
+    // A database left readable by others (an older slipway) is made private when opened.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = Store::new(records::open(&url).unwrap(), schema(), "v1");
+    assert!(store.get::<PlayerV1>("p1").unwrap().is_some());
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&dir.join("state/records.db-wal")), 0o600);
 }
