@@ -348,3 +348,33 @@ async fn notify_drain_warns_open_websockets_at_drain_start_and_the_stop_does_not
     let log = std::fs::read_to_string(agent::log_path(&h.root(), &i.id)).unwrap();
     assert_eq!(log.matches("drain hook called").count(), 1, "the hook runs once: {log}");
 }
+
+#[tokio::test]
+async fn an_agent_started_on_an_instance_table_of_the_previous_format_carries_on_with_it() {
+    // The table an agent of the previous format left behind: a ready instance whose process is gone since,
+    // a stopped one and a crash-looping one.
+    let dir = testkit::TempDir::new("agent");
+    let state = dir.join("root/agent/instances.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/instances-v0.json"),
+        &state,
+    )
+    .unwrap();
+    let src = dir.join("src-v1");
+    std::fs::create_dir_all(&src).unwrap();
+    agent::ReleaseStore::new(dir.join("root")).add(&src, "v1").unwrap();
+    let h = Harness::start_in(dir, "").await;
+    let looped = h.instance("bad-0").await;
+    assert_eq!(looped.state, InstanceState::CrashLoop, "a final state stays: {looped:?}");
+    let gone = h.instance("v1-0").await;
+    assert_ne!(gone.state, InstanceState::Ready, "a process that is gone is not adopted: {gone:?}");
+    // Instance numbers go on from the saved ones: nothing is started under an id that was used.
+    let started = h.start_instances("v1", 1).await;
+    assert_eq!(started[0].id, "v1-2");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["format"], 1, "written back in this agent's format");
+    for i in h.list().await {
+        kill_group(i.pid);
+    }
+}
