@@ -199,7 +199,8 @@ impl Agent {
         let mut inner = self.lock();
         let now = unix_ms();
         inner.slots.retain(|_, s| {
-            !(s.info.state == InstanceState::Stopped && s.ended_at_ms.is_some_and(|t| now.saturating_sub(t) > KEEP_STOPPED_MS))
+            !(s.info.state == InstanceState::Stopped
+                && s.ended_at_ms.is_some_and(|t| now.saturating_sub(t) > KEEP_STOPPED_MS))
         });
         let saved = Saved {
             format: table::FORMAT,

@@ -366,9 +366,17 @@ async fn an_agent_started_on_an_instance_table_of_the_previous_format_carries_on
     agent::ReleaseStore::new(dir.join("root")).add(&src, "v1").unwrap();
     let h = Harness::start_in(dir, "").await;
     let looped = h.instance("bad-0").await;
-    assert_eq!(looped.state, InstanceState::CrashLoop, "a final state stays: {looped:?}");
+    assert_eq!(
+        looped.state,
+        InstanceState::CrashLoop,
+        "a final state stays: {looped:?}"
+    );
     let gone = h.instance("v1-0").await;
-    assert_ne!(gone.state, InstanceState::Ready, "a process that is gone is not adopted: {gone:?}");
+    assert_ne!(
+        gone.state,
+        InstanceState::Ready,
+        "a process that is gone is not adopted: {gone:?}"
+    );
     // Instance numbers go on from the saved ones: nothing is started under an id that was used.
     let started = h.start_instances("v1", 1).await;
     assert_eq!(started[0].id, "v1-2");

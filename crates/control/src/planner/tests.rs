@@ -69,17 +69,23 @@ fn stops(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_ready_instance_taken_out_of_traffic_waits_for_its_connections_or_its_deadline() {
-    // v1 is retired: its instance is ready, the router took it out, a WebSocket is still open.
+/// v2 is current; v1's instance is still ready but no longer wanted.
+fn v1_retired() -> (HostDesired, HostObserved) {
     let w = want(&[("v2", 1)], &[("v2", 100, RouteState::Active)]);
-    let mut seen = HostObserved {
+    let seen = HostObserved {
         instances: vec![
             info("v2-0", "v2", None, InstanceState::Ready),
             info("v1-0", "v1", None, InstanceState::Ready),
         ],
         drain: None,
     };
+    (w, seen)
+}
+
+#[test]
+fn a_ready_instance_taken_out_of_traffic_waits_for_its_connections_or_its_deadline() {
+    // v1 is retired: its instance is ready, the router took it out, a WebSocket is still open.
+    let (w, mut seen) = v1_retired();
     seen.instances[1].drain_notified = true;
     let mut memory = Memory::default();
     let first = plan(&w, &seen, &memory, 1_000);
@@ -117,14 +123,7 @@ fn a_ready_instance_taken_out_of_traffic_waits_for_its_connections_or_its_deadli
 
 #[test]
 fn a_route_table_whose_answer_was_lost_is_applied_again_and_restarts_the_drain_clocks() {
-    let w = want(&[("v2", 1)], &[("v2", 100, RouteState::Active)]);
-    let mut seen = HostObserved {
-        instances: vec![
-            info("v2-0", "v2", None, InstanceState::Ready),
-            info("v1-0", "v1", None, InstanceState::Ready),
-        ],
-        drain: None,
-    };
+    let (w, mut seen) = v1_retired();
     let mut memory = Memory::default();
     let put = plan(&w, &seen, &memory, 1_000)
         .into_iter()
