@@ -166,7 +166,8 @@ async fn rollback(_: Authorized, State(c): State<Arc<Control>>) -> Result<axum::
 }
 
 async fn reload(_: Authorized, State(c): State<Arc<Control>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let r = crate::reload(&c)
+    let r = c
+        .reload()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string()))?;
     Ok(axum::Json(
         serde_json::json!({ "applied": r.applied, "needs_restart": r.needs_restart }),

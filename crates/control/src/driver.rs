@@ -13,7 +13,7 @@ use wire::metrics::MetricsSnapshot;
 use wire::service::{DeployInfo, ServiceStatus};
 
 use crate::book::{Book, CommandError};
-use crate::config::ServiceConfig;
+use crate::config::{ConfigError, ServiceConfig};
 use crate::executor::{self, Parts};
 use crate::journal::JournalError;
 use crate::judging::Judging;
@@ -57,6 +57,13 @@ pub(crate) struct LoopState {
     saved: BTreeMap<i64, String>,
 }
 
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub(crate) struct Reloaded {
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
+}
+
 /// The control plane.
 pub struct Control {
     pub(crate) cfg: Mutex<ServiceConfig>,
@@ -90,6 +97,51 @@ fn summary(lines: &[String]) -> String {
 }
 
 impl Control {
+    /// Reads slipway.toml again. Cohorts and deploy settings apply at once (the
+    /// next deploy, the next route table); listener, affinity, health and
+    /// instance changes need `slipway down` and `up`.
+    pub(crate) fn reload(&self) -> Result<Reloaded, ConfigError> {
+        let path = self.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
+        let new = ServiceConfig::load(&path)?;
+        let mut cur = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = Reloaded::default();
+        let (a, b) = (&cur.file, &new.file);
+        if a.routing.cohorts != b.routing.cohorts {
+            r.applied.push("routing.cohort".into());
+        }
+        if a.deploy != b.deploy {
+            r.applied.push("deploy (from the next deploy on)".into());
+        }
+        if a.instance.count != b.instance.count {
+            r.applied.push("instance.count (from the next deploy on)".into());
+        }
+        if a.listeners != b.listeners {
+            r.needs_restart.push("listener".into());
+        }
+        if a.routing.affinity != b.routing.affinity
+            || a.routing.client_version_header != b.routing.client_version_header
+            || a.routing.health != b.routing.health
+        {
+            r.needs_restart
+                .push("routing (affinity, client_version_header, health)".into());
+        }
+        let mut a_inst = a.instance.clone();
+        a_inst.count = b.instance.count;
+        if a_inst != b.instance || a.logs != b.logs {
+            r.needs_restart.push("instance".into());
+        }
+        if a.service != b.service {
+            r.needs_restart.push("service".into());
+        }
+        // Apply what applies live; keep the rest as it runs.
+        let mut merged = cur.file.clone();
+        merged.routing.cohorts = b.routing.cohorts.clone();
+        merged.deploy = b.deploy.clone();
+        merged.instance.count = b.instance.count;
+        cur.file = merged;
+        Ok(r)
+    }
+
     /// Opens the journal and replays it through the machine.
     pub(crate) fn open(cfg: ServiceConfig, token: String, parts: Parts) -> Result<Arc<Control>, JournalError> {
         let book = Book::open(&cfg.layout.journal())?;

@@ -136,7 +136,7 @@ async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
         let now = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if now != mtime {
             mtime = now;
-            match reload(&c) {
+            match c.reload() {
                 Ok(r) if !r.applied.is_empty() || !r.needs_restart.is_empty() => {
                     tracing::info!(applied = ?r.applied, needs_restart = ?r.needs_restart, "slipway.toml changed")
                 }
@@ -149,58 +149,6 @@ async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-}
-
-/// What a reload changed.
-#[derive(Debug, Default)]
-pub(crate) struct Reloaded {
-    pub applied: Vec<String>,
-    pub needs_restart: Vec<String>,
-}
-
-/// Reads slipway.toml again. Cohorts and deploy settings apply at once (the
-/// next deploy, the next route table); listener, affinity, health and
-/// instance changes need `slipway down` and `up`.
-pub(crate) fn reload(c: &Control) -> Result<Reloaded, ConfigError> {
-    let path = c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
-    let new = ServiceConfig::load(&path)?;
-    let mut cur = c.cfg.lock().unwrap_or_else(|e| e.into_inner());
-    let mut r = Reloaded::default();
-    let (a, b) = (&cur.file, &new.file);
-    if a.routing.cohorts != b.routing.cohorts {
-        r.applied.push("routing.cohort".into());
-    }
-    if a.deploy != b.deploy {
-        r.applied.push("deploy (from the next deploy on)".into());
-    }
-    if a.instance.count != b.instance.count {
-        r.applied.push("instance.count (from the next deploy on)".into());
-    }
-    if a.listeners != b.listeners {
-        r.needs_restart.push("listener".into());
-    }
-    if a.routing.affinity != b.routing.affinity
-        || a.routing.client_version_header != b.routing.client_version_header
-        || a.routing.health != b.routing.health
-    {
-        r.needs_restart
-            .push("routing (affinity, client_version_header, health)".into());
-    }
-    let mut a_inst = a.instance.clone();
-    a_inst.count = b.instance.count;
-    if a_inst != b.instance || a.logs != b.logs {
-        r.needs_restart.push("instance".into());
-    }
-    if a.service != b.service {
-        r.needs_restart.push("service".into());
-    }
-    // Apply what applies live; keep the rest as it runs.
-    let mut merged = cur.file.clone();
-    merged.routing.cohorts = b.routing.cohorts.clone();
-    merged.deploy = b.deploy.clone();
-    merged.instance.count = b.instance.count;
-    cur.file = merged;
-    Ok(r)
 }
 
 /// Runs the control plane until SIGTERM or SIGINT.
