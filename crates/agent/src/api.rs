@@ -1,4 +1,5 @@
-//! The agent API (loopback or unix socket, bearer token): list, start, notify (drain hook) and stop instances; list releases and switch `current`.
+//! The agent API (loopback or a unix socket, bearer token).
+//! It lists, starts, notifies (drain hook) and stops instances, lists releases and switches `current`.
 
 use std::sync::Arc;
 
@@ -8,7 +9,9 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use plumbing::api::{ApiError, Authorized, HasToken, parse_json};
 use serde::{Deserialize, Serialize};
-use wire::agent::{InstanceInfo, InstanceList, NotifyDrainRequest, ReleaseList, StartRequest, StopRequest};
+use wire::agent::{
+    InstanceInfo, InstanceList, NotifyDrainRequest, ReleaseList, SetCurrentRequest, StartRequest, StopRequest,
+};
 
 use crate::supervisor::{Agent, AgentError};
 
@@ -118,17 +121,12 @@ async fn releases(_: Authorized, State(a): State<Arc<Agent>>) -> Result<axum::Js
     Ok(axum::Json(ReleaseList { releases }))
 }
 
-#[derive(Deserialize)]
-struct SetCurrent {
-    release: String,
-}
-
 async fn set_current(
     _: Authorized,
     State(a): State<Arc<Agent>>,
     body: Bytes,
 ) -> Result<axum::Json<ReleaseList>, ApiError> {
-    let req: SetCurrent = parse_json(&body, "{\"release\": ...}")?;
+    let req: SetCurrentRequest = parse_json(&body, "{\"release\": ...}")?;
     a.store
         .set_current(&req.release)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -11,14 +11,15 @@
 //! and starts none twice. Instances never depend on the agent: their output
 //! goes straight to files, and they outlive it.
 
-pub mod api;
-pub mod config;
-pub mod logs;
-pub mod machine;
-pub mod probe;
-pub mod process;
-pub mod releases;
-pub mod supervisor;
+mod api;
+mod config;
+mod logs;
+mod machine;
+mod probe;
+mod process;
+mod releases;
+mod supervisor;
+mod table;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use config::{Config, ConfigError};
-pub use supervisor::{Agent, AgentError};
+pub use logs::{follow_log, log_dir, log_path, log_tail};
+pub use process::{Launch, process_start_time, signal_group, spawn_detached, spawn_instance};
+pub use releases::{RELEASE_MANIFEST, ReleaseError, ReleaseStore};
+pub use supervisor::{Agent, is_live};
+pub use table::saved_instances;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +103,7 @@ async fn rotate_logs(agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
         }
         let cfg = &agent.config;
         for i in agent.list() {
-            let dir = logs::instance_dir(&cfg.root, &i.id);
+            let dir = logs::log_dir(&cfg.root, &i.id);
             if let Err(e) = logs::rotate_if_needed(&dir, cfg.logs.max_bytes, cfg.logs.keep) {
                 tracing::warn!(instance = %i.id, error = %e, "log rotation failed");
             }

@@ -1,4 +1,4 @@
-//! Per-instance log files: size rotation (copy then truncate, so the instance keeps its open file), reading the tail, and following new lines.
+//! Per-instance log files: size rotation (copy, then truncate in place), the tail, following new lines.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 pub const LOG_NAME: &str = "output.log";
 
 /// The log folder of one instance.
-pub fn instance_dir(root: &Path, instance: &str) -> PathBuf {
+pub fn log_dir(root: &Path, instance: &str) -> PathBuf {
     root.join("logs").join(instance)
 }
 
 pub fn log_path(root: &Path, instance: &str) -> PathBuf {
-    instance_dir(root, instance).join(LOG_NAME)
+    log_dir(root, instance).join(LOG_NAME)
 }
 
 /// Rotates `output.log` when it is over `max_bytes`: `.N-1` becomes `.N`
@@ -41,7 +41,7 @@ pub fn rotate_if_needed(dir: &Path, max_bytes: u64, keep: u32) -> std::io::Resul
 
 /// The last `n` lines of an instance's output (looking into the newest
 /// rotated file if the current one is short).
-pub fn tail(dir: &Path, n: usize) -> Vec<String> {
+pub fn log_tail(dir: &Path, n: usize) -> Vec<String> {
     let mut lines = tail_file(&dir.join(LOG_NAME), n);
     if lines.len() < n {
         let mut older = tail_file(&dir.join(format!("{LOG_NAME}.1")), n - lines.len());
@@ -75,7 +75,7 @@ fn tail_file(path: &Path, n: usize) -> Vec<String> {
 
 /// Follows a log file: returns new bytes since `pos` and the new position;
 /// a file that shrank (rotated) is read again from its start.
-pub fn read_new(path: &Path, pos: u64) -> (Vec<u8>, u64) {
+pub fn follow_log(path: &Path, pos: u64) -> (Vec<u8>, u64) {
     let Ok(mut f) = std::fs::File::open(path) else {
         return (Vec::new(), pos);
     };
@@ -116,17 +116,17 @@ mod tests {
                 .unwrap()
                 .contains("line 99")
         );
-        assert_eq!(tail(&dir, 3), vec!["line 98", "line 99", "after"]);
+        assert_eq!(log_tail(&dir, 3), vec!["line 98", "line 99", "after"]);
         for _ in 0..20 {
             writeln!(w, "more more more more more").unwrap();
         }
         rotate_if_needed(&dir, 100, 2).unwrap();
         assert!(dir.join("output.log.2").exists());
         assert!(!dir.join("output.log.3").exists());
-        let (bytes, pos) = read_new(&log, 0);
+        let (bytes, pos) = follow_log(&log, 0);
         assert!(bytes.is_empty() && pos == 0);
         writeln!(w, "x").unwrap();
-        assert_eq!(read_new(&log, 0), (b"x\n".to_vec(), 2));
+        assert_eq!(follow_log(&log, 0), (b"x\n".to_vec(), 2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

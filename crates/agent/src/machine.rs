@@ -1,4 +1,4 @@
-//! The pure lifecycle of one instance: starting, ready, draining, stopped, crash restarts with backoff and crash-loop detection.
+//! The pure lifecycle of one instance: starting, ready, draining, stopped, crashes with backoff, crash loops.
 //!
 //! No I/O and no clock: the supervisor feeds events with the time in
 //! milliseconds and carries out the returned actions. Tests drive it by
@@ -322,7 +322,8 @@ mod tests {
             let a = m.on(Event::Exited { code: Some(1) }, now);
             if m.phase == Phase::CrashLoop {
                 assert!(
-                    matches!(&a[..], [Action::KillGroup, Action::Report { note: Some(n), .. }] if n.contains("crash loop"))
+                    matches!(&a[..], [Action::KillGroup, Action::Report { note: Some(n), .. }]
+                        if n.contains("crash loop"))
                 );
                 break;
             }

@@ -1,4 +1,4 @@
-//! Readiness probes (HTTP GET or TCP connect) and the drain hook POST, with a minimal HTTP/1.1 exchange.
+//! Readiness probes (HTTP GET or TCP connect) and the drain hook's POST, over a minimal HTTP/1.1 exchange.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,7 +32,8 @@ async fn exchange(addr: SocketAddr, method: &str, path: &str, limit: Duration) -
     let work = async {
         let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: slipway-agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: slipway-agent\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::with_capacity(256);

@@ -1,4 +1,4 @@
-//! Starting instance processes in their own session, signalling and killing whole process groups, and telling a live process from a reused pid.
+//! Instance processes in their own session, signals to whole process groups, and live processes told from reused pids.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -63,7 +63,7 @@ pub fn resolve_program(command: &str, release_dir: &Path) -> PathBuf {
 /// Starts the process in a new session (so it outlives the agent and gets
 /// none of the agent's terminal signals), with stdout and stderr appended to
 /// its log file.
-pub fn spawn(launch: Launch) -> std::io::Result<tokio::process::Child> {
+pub fn spawn_instance(launch: Launch) -> std::io::Result<tokio::process::Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -148,7 +148,7 @@ pub fn signal_group(pid: u32, sig: Signal) {
 /// The kernel's start time of `pid` (clock ticks since boot, field 22 of
 /// /proc/<pid>/stat), which together with the pid names one process: a pid
 /// reused by another process has another start time.
-pub fn start_time(pid: u32) -> Option<u64> {
+pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parens: skip past the last ')'.
     let rest = stat.rsplit_once(')')?.1;
@@ -162,7 +162,7 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// Whether `pid` still runs and is the process that started at `start`.
 pub fn is_same_process(pid: u32, start: u64) -> bool {
-    start_time(pid) == Some(start)
+    process_start_time(pid) == Some(start)
 }
 
 /// Starts a long-lived helper process (the agent, the router, the control

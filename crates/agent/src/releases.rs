@@ -1,11 +1,11 @@
-//! Release folders on disk: `releases/<id>/` (immutable once added), the `current` and `previous` symlinks (switched atomically with rename), and pruning.
+//! Release folders: `releases/<id>/`, immutable once added; `current` and `previous`, switched by rename; pruning.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use wire::agent::{ReleaseInfo, ReleaseManifest};
 
-pub const MANIFEST: &str = "slipway.release.toml";
+pub const RELEASE_MANIFEST: &str = "slipway.release.toml";
 
 /// Why a release operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,7 @@ pub enum ReleaseError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a folder, .tar.gz, .tgz or .tar.zst archive")]
     UnknownSource { path: PathBuf },
-    #[error("{path}: bad {MANIFEST}: {message}")]
+    #[error("{path}: bad {RELEASE_MANIFEST}: {message}")]
     BadManifest { path: PathBuf, message: String },
 }
 
@@ -206,7 +206,7 @@ impl ReleaseStore {
 }
 
 fn read_manifest(dir: &Path) -> Result<ReleaseManifest, ReleaseError> {
-    let path = dir.join(MANIFEST);
+    let path = dir.join(RELEASE_MANIFEST);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let m: ReleaseManifest = toml::from_str(&text).map_err(|e| ReleaseError::BadManifest {

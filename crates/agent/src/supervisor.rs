@@ -1,4 +1,4 @@
-//! The agent's instance table and one task per instance that carries out what the lifecycle machine decides; the table is saved on every change and re-adopted on start.
+//! The agent's instance table, and one task per instance carrying out what its lifecycle machine decides.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use wire::agent::{InstanceInfo, InstanceState, ReleaseManifest};
 
@@ -14,19 +13,11 @@ use crate::config::Config;
 use crate::machine::{Action, Event, Machine, Phase};
 use crate::process::{self, Launch, Proc};
 use crate::releases::ReleaseStore;
-
-/// The instance table as last saved under `root` (readable without a
-/// running agent).
-pub fn saved_instances(root: &std::path::Path) -> Result<Vec<InstanceInfo>, plumbing::fs::FsError> {
-    let saved: Option<Saved> = plumbing::fs::read_json(&root.join("agent").join("instances.json"))?;
-    Ok(saved
-        .map(|s| s.instances.into_iter().map(|i| i.info).collect())
-        .unwrap_or_default())
-}
+use crate::table::{self, Saved, SavedInstance};
 
 /// Why the agent refused a request.
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
+pub(crate) enum AgentError {
     #[error("no release {0} on this host (add it with `slipway release add`)")]
     NoRelease(String),
     #[error("release {release}: {message}")]
@@ -53,20 +44,6 @@ struct Slot {
     ctl: Option<mpsc::UnboundedSender<Ctl>>,
 }
 
-/// What `instances.json` holds.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Saved {
-    next_id: BTreeMap<String, u64>,
-    instances: Vec<SavedInstance>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct SavedInstance {
-    info: InstanceInfo,
-    start_time: Option<u64>,
-    ended_at_ms: Option<u64>,
-}
-
 struct Inner {
     slots: BTreeMap<String, Slot>,
     next_id: BTreeMap<String, u64>,
@@ -78,7 +55,7 @@ const KEEP_STOPPED_MS: u64 = 10 * 60 * 1000;
 /// Runs instances of releases on this host.
 pub struct Agent {
     pub config: Config,
-    pub store: ReleaseStore,
+    pub(crate) store: ReleaseStore,
     pub token: String,
     /// Turns true when the agent stops: instance tasks end, processes stay.
     leaving: tokio::sync::watch::Sender<bool>,
@@ -105,6 +82,40 @@ fn state_of(p: Phase) -> InstanceState {
     }
 }
 
+/// How a saved instance carries on under a new agent: its machine, and its process if that still runs (same pid
+/// and kernel start time).
+fn adopt(policy: crate::machine::Policy, s: &SavedInstance, now: u64) -> (Machine, Option<Proc>) {
+    let proc = match (s.info.pid, s.start_time) {
+        (Some(pid), Some(start_time)) if process::is_same_process(pid, start_time) => {
+            Some(Proc::Adopted { pid, start_time })
+        }
+        _ => None,
+    };
+    let restarts = s.info.restarts;
+    let phase = match (s.info.state, proc.is_some()) {
+        (InstanceState::Starting, true) => Phase::Starting {
+            deadline: now + policy.start_deadline_ms,
+        },
+        (InstanceState::Ready, true) => Phase::Ready,
+        (InstanceState::Draining, true) => Phase::Draining {
+            deadline: now + policy.stop_deadline_ms,
+            killed: false,
+        },
+        // Gone while the agent was away: a crash, restarted as usual.
+        (InstanceState::Starting | InstanceState::Ready | InstanceState::Crashed, false) => {
+            Phase::Backoff { until: now }
+        }
+        (InstanceState::Draining, false) => Phase::Stopped,
+        // Final states stay as they were.
+        (InstanceState::CrashLoop, _) => Phase::CrashLoop,
+        (InstanceState::Failed, _) => Phase::Failed,
+        (InstanceState::Stopped | InstanceState::Crashed, _) => Phase::Stopped,
+    };
+    // A process is watched only in a phase that has one.
+    let proc = proc.filter(|_| phase.has_process());
+    (Machine::adopted(policy, phase, restarts), proc)
+}
+
 /// Whether an instance in this state holds (or will hold) a process.
 pub fn is_live(s: InstanceState) -> bool {
     matches!(
@@ -117,11 +128,11 @@ impl Agent {
     /// Loads the saved table and re-adopts instances whose processes still
     /// run (same pid and start time); dead ones are restarted as crashes,
     /// draining ones are marked stopped. Nothing that runs is started twice.
-    pub fn open(config: Config, token: String) -> Result<Arc<Agent>, plumbing::fs::FsError> {
+    pub(crate) fn open(config: Config, token: String) -> Result<Arc<Agent>, plumbing::fs::FsError> {
         let state_dir = config.root.join("agent");
         std::fs::create_dir_all(&state_dir).map_err(plumbing::fs::io_err(&state_dir))?;
-        let state_path = state_dir.join("instances.json");
-        let saved: Saved = plumbing::fs::read_json(&state_path)?.unwrap_or_default();
+        let state_path = table::path(&config.root);
+        let saved = table::read(&state_path)?;
         let agent = Arc::new(Agent {
             store: ReleaseStore::new(&config.root),
             config,
@@ -135,64 +146,10 @@ impl Agent {
             state_path,
         });
         let now = agent.now_ms();
-        let policy = agent.config.policy;
         for s in saved.instances {
             let id = s.info.id.clone();
-            let alive = match (s.info.pid, s.start_time) {
-                (Some(pid), Some(st)) => process::is_same_process(pid, st),
-                _ => false,
-            };
-            let restarts = s.info.restarts;
-            let (machine, proc) = match (s.info.state, alive) {
-                (InstanceState::Starting, true) => (
-                    Machine::adopted(
-                        policy,
-                        Phase::Starting {
-                            deadline: now + policy.start_deadline_ms,
-                        },
-                        restarts,
-                    ),
-                    Some(Proc::Adopted {
-                        pid: s.info.pid.unwrap_or(0),
-                        start_time: s.start_time.unwrap_or(0),
-                    }),
-                ),
-                (InstanceState::Ready, true) => (
-                    Machine::adopted(policy, Phase::Ready, restarts),
-                    Some(Proc::Adopted {
-                        pid: s.info.pid.unwrap_or(0),
-                        start_time: s.start_time.unwrap_or(0),
-                    }),
-                ),
-                (InstanceState::Draining, true) => (
-                    Machine::adopted(
-                        policy,
-                        Phase::Draining {
-                            deadline: now + policy.stop_deadline_ms,
-                            killed: false,
-                        },
-                        restarts,
-                    ),
-                    Some(Proc::Adopted {
-                        pid: s.info.pid.unwrap_or(0),
-                        start_time: s.start_time.unwrap_or(0),
-                    }),
-                ),
-                // Gone while the agent was away: a crash, restarted as usual.
-                (InstanceState::Starting | InstanceState::Ready | InstanceState::Crashed, false) => {
-                    (Machine::adopted(policy, Phase::Backoff { until: now }, restarts), None)
-                }
-                (InstanceState::Draining, false) => (Machine::adopted(policy, Phase::Stopped, restarts), None),
-                (state, _) => {
-                    // Final states stay as they were.
-                    let phase = match state {
-                        InstanceState::CrashLoop => Phase::CrashLoop,
-                        InstanceState::Failed => Phase::Failed,
-                        _ => Phase::Stopped,
-                    };
-                    (Machine::adopted(policy, phase, restarts), None)
-                }
-            };
+            let (machine, proc) = adopt(agent.config.policy, &s, now);
+            let alive = proc.is_some();
             let was = s.info.state;
             let mut info = s.info;
             info.state = state_of(machine.phase);
@@ -223,7 +180,7 @@ impl Agent {
 
     /// Stops supervising: instance tasks end and leave their processes
     /// running (a later agent re-adopts them).
-    pub fn leave(&self) {
+    pub(crate) fn leave(&self) {
         let _ = self.leaving.send(true);
         self.save();
     }
@@ -232,19 +189,21 @@ impl Agent {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
     /// Saves the instance table atomically (stopped instances older than ten
     /// minutes are dropped from it).
-    pub fn save(&self) {
+    pub(crate) fn save(&self) {
         let mut inner = self.lock();
         let now = unix_ms();
         inner.slots.retain(|_, s| {
-            !(s.info.state == InstanceState::Stopped && s.ended_at_ms.is_some_and(|t| now - t > KEEP_STOPPED_MS))
+            !(s.info.state == InstanceState::Stopped
+                && s.ended_at_ms.is_some_and(|t| now.saturating_sub(t) > KEEP_STOPPED_MS))
         });
         let saved = Saved {
+            format: table::FORMAT,
             next_id: inner.next_id.clone(),
             instances: inner
                 .slots
@@ -257,7 +216,7 @@ impl Agent {
                 .collect(),
         };
         drop(inner);
-        if let Err(e) = plumbing::fs::write_json(&self.state_path, &saved) {
+        if let Err(e) = table::write(&self.state_path, &saved) {
             tracing::error!(error = %e, "cannot save the instance table");
         }
     }
@@ -266,12 +225,12 @@ impl Agent {
         self.lock().slots.values().map(|s| s.info.clone()).collect()
     }
 
-    pub fn get(&self, id: &str) -> Option<InstanceInfo> {
+    pub(crate) fn get(&self, id: &str) -> Option<InstanceInfo> {
         self.lock().slots.get(id).map(|s| s.info.clone())
     }
 
     /// Instances that hold or will hold a process, per release.
-    pub fn running(&self, release: &str) -> u32 {
+    pub(crate) fn running(&self, release: &str) -> u32 {
         self.lock()
             .slots
             .values()
@@ -287,7 +246,7 @@ impl Agent {
     }
 
     /// Starts `count` new instances of `release`, each on its own free port.
-    pub fn start(
+    pub(crate) fn start(
         self: &Arc<Self>,
         release: &str,
         count: u32,
@@ -312,7 +271,7 @@ impl Agent {
                 *n += 1;
                 id
             };
-            let log_dir = crate::logs::instance_dir(&self.config.root, &id);
+            let log_dir = crate::logs::log_dir(&self.config.root, &id);
             std::fs::create_dir_all(&log_dir).map_err(|source| AgentError::Io {
                 path: log_dir.clone(),
                 source,
@@ -373,7 +332,7 @@ impl Agent {
     /// Calls the drain hook of each instance that is running and was not told
     /// yet, without stopping it: a game server can warn its players and save
     /// their state while the router's drain deadline runs.
-    pub async fn notify_drain(&self, ids: &[String]) -> Result<Vec<InstanceInfo>, AgentError> {
+    pub(crate) async fn notify_drain(&self, ids: &[String]) -> Result<Vec<InstanceInfo>, AgentError> {
         let mut todo = Vec::new();
         {
             let mut inner = self.lock();
@@ -406,7 +365,7 @@ impl Agent {
     }
 
     /// Drains and stops instances: by id, or every live instance of a release.
-    pub fn stop(
+    pub(crate) fn stop(
         &self,
         ids: &[String],
         release: Option<&str>,
@@ -509,11 +468,11 @@ impl Agent {
                 Action::Spawn => {
                     let ev = match self
                         .launch(id)
-                        .and_then(|l| process::spawn(l).map_err(|e| e.to_string()))
+                        .and_then(|l| process::spawn_instance(l).map_err(|e| e.to_string()))
                     {
                         Ok(child) => {
                             let pid = child.id();
-                            let st = pid.and_then(process::start_time);
+                            let st = pid.and_then(process::process_start_time);
                             *proc = Some(Proc::Child(child));
                             self.update(id, |s| {
                                 s.info.pid = pid;
@@ -554,7 +513,7 @@ impl Agent {
                 }
                 Action::Report { phase, note } => {
                     let tail = matches!(phase, Phase::Failed | Phase::CrashLoop | Phase::Backoff { .. })
-                        .then(|| crate::logs::tail(&crate::logs::instance_dir(&self.config.root, id), 20));
+                        .then(|| crate::logs::log_tail(&crate::logs::log_dir(&self.config.root, id), 20));
                     tracing::info!(instance = %id, state = phase.name(), note = ?note, "instance state");
                     let restarts = m.restarts;
                     self.update(id, |s| {
@@ -585,6 +544,14 @@ static RESERVED: Mutex<BTreeMap<String, std::net::TcpListener>> = Mutex::new(BTr
 const TICK: Duration = Duration::from_millis(100);
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
+/// Waits for the process to exit (forever when there is none).
+async fn exited(proc: Option<&mut Proc>) -> Option<i32> {
+    match proc {
+        Some(p) => p.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The life of one instance: waits for its process to exit, for commands,
 /// for readiness, and for time to pass; feeds the machine; acts.
 async fn run_instance(
@@ -610,7 +577,7 @@ async fn run_instance(
                 Some(Ctl::Stop { deadline_ms }) => Event::Stop { deadline_ms },
                 None => Event::Tick,
             },
-            code = async { match proc.as_mut() { Some(p) => p.wait().await, None => std::future::pending().await } } => {
+            code = exited(proc.as_mut()) => {
                 proc = None;
                 Event::Exited { code }
             }

@@ -12,7 +12,8 @@ use rollout::Event;
 use serde::Deserialize;
 use wire::service::{DeployInfo, DeployList, DeployRequest, ServiceStatus};
 
-use crate::driver::{CommandError, Control, unix_ms};
+use crate::book::CommandError;
+use crate::driver::{Control, unix_ms};
 
 impl HasToken for Control {
     fn admin_token(&self) -> &str {
@@ -76,7 +77,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/v1/openapi.json", "This description."),
 ];
 
-pub fn router(c: Arc<Control>) -> Router {
+pub(crate) fn router(c: Arc<Control>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/deploys", get(history).post(deploy))
@@ -165,7 +166,8 @@ async fn rollback(_: Authorized, State(c): State<Arc<Control>>) -> Result<axum::
 }
 
 async fn reload(_: Authorized, State(c): State<Arc<Control>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let r = crate::reload(&c)
+    let r = c
+        .reload()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string()))?;
     Ok(axum::Json(
         serde_json::json!({ "applied": r.applied, "needs_restart": r.needs_restart }),
@@ -177,7 +179,7 @@ async fn openapi(_: Authorized) -> axum::Json<serde_json::Value> {
 }
 
 /// The OpenAPI 3.1 description of this API.
-pub fn openapi_doc() -> serde_json::Value {
+fn openapi_doc() -> serde_json::Value {
     let mut paths = serde_json::Map::new();
     for (method, path, summary) in ROUTES {
         let entry = paths.entry(path.to_string()).or_insert_with(|| serde_json::json!({}));
@@ -186,7 +188,10 @@ pub fn openapi_doc() -> serde_json::Value {
             "security": [{ "bearer": [] }],
             "responses": {
                 "200": { "description": "OK", "content": { "application/json": {} } },
-                "401": { "description": "Missing or wrong token", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
+                "401": {
+                    "description": "Missing or wrong token",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+                }
             }
         });
         if path.contains("{id}") {
@@ -194,7 +199,9 @@ pub fn openapi_doc() -> serde_json::Value {
                 serde_json::json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }]);
         }
         if *path == "/v1/deploys" && *method == "post" {
-            op["requestBody"] = serde_json::json!({ "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DeployRequest" } } } });
+            let schema = serde_json::json!({ "$ref": "#/components/schemas/DeployRequest" });
+            op["requestBody"] =
+                serde_json::json!({ "required": true, "content": { "application/json": { "schema": schema } } });
             op["responses"]["201"] = serde_json::json!({ "description": "Deploy started" });
             op["responses"]["404"] = serde_json::json!({ "description": "No such release on the host" });
             op["responses"]["409"] =

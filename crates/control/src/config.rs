@@ -1,4 +1,5 @@
-//! `slipway.toml` validated as a whole (every problem at once), and what is derived from it: the deploy plan, the agent's and the router's configs, the state layout.
+//! `slipway.toml` validated as a whole (every problem at once).
+//! From it come the deploy plan, the agent's and the router's configs, and the state layout.
 
 use std::path::{Path, PathBuf};
 
@@ -11,10 +12,10 @@ use wire::{Problem, Problems};
 /// A service definition that passed validation.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    pub file: ServiceFile,
+    pub(crate) file: ServiceFile,
     /// The file it came from, and its folder (relative paths start there).
     pub path: PathBuf,
-    pub base: PathBuf,
+    pub(crate) base: PathBuf,
     pub layout: Layout,
 }
 
@@ -23,14 +24,14 @@ pub struct ServiceConfig {
 pub struct Layout {
     /// The agent's root: releases/, current, previous, logs/, agent/.
     pub root: PathBuf,
-    pub router_dir: PathBuf,
-    pub control_dir: PathBuf,
+    pub(crate) router_dir: PathBuf,
+    pub(crate) control_dir: PathBuf,
     /// Generated configs and the processes' own logs.
-    pub run_dir: PathBuf,
+    pub(crate) run_dir: PathBuf,
 }
 
 impl Layout {
-    pub fn new(state_dir: &Path) -> Layout {
+    pub(crate) fn new(state_dir: &Path) -> Layout {
         Layout {
             root: state_dir.to_path_buf(),
             router_dir: state_dir.join("router"),
@@ -39,11 +40,11 @@ impl Layout {
         }
     }
 
-    pub fn journal(&self) -> PathBuf {
+    pub(crate) fn journal(&self) -> PathBuf {
         self.control_dir.join("journal.sqlite")
     }
 
-    pub fn control_status(&self) -> PathBuf {
+    pub(crate) fn control_status(&self) -> PathBuf {
         self.control_dir.join("control.json")
     }
 
@@ -51,7 +52,7 @@ impl Layout {
         self.control_dir.join("control.token")
     }
 
-    pub fn agent_status(&self) -> PathBuf {
+    pub(crate) fn agent_status(&self) -> PathBuf {
         self.root.join("agent").join("agent.json")
     }
 
@@ -63,7 +64,7 @@ impl Layout {
         self.router_dir.join("router.json")
     }
 
-    pub fn router_token(&self) -> PathBuf {
+    pub(crate) fn router_token(&self) -> PathBuf {
         self.router_dir.join("admin.token")
     }
 }
@@ -78,7 +79,7 @@ impl ServiceConfig {
         })
     }
 
-    pub fn from_file(file: ServiceFile, path: &Path, base: &Path) -> Result<ServiceConfig, Problems> {
+    pub(crate) fn from_file(file: ServiceFile, path: &Path, base: &Path) -> Result<ServiceConfig, Problems> {
         let mut out = Vec::new();
         if file.version != 1 {
             out.push(Problem::new(
@@ -101,48 +102,7 @@ impl ServiceConfig {
                 "is needed (releases may override it in slipway.release.toml)",
             ));
         }
-        let d = &file.deploy;
-        let c = &d.canary;
-        if c.steps.is_empty() {
-            out.push(Problem::new("deploy.canary.steps", "at least one step is needed"));
-        }
-        let mut last = 0;
-        for (i, s) in c.steps.iter().enumerate() {
-            if s.weight == 0 || s.weight > 100 {
-                out.push(Problem::new(
-                    format!("deploy.canary.steps[{i}].weight"),
-                    "must be between 1 and 100",
-                ));
-            } else if s.weight < last {
-                out.push(Problem::new(
-                    format!("deploy.canary.steps[{i}].weight"),
-                    "weights must not go down (a session never moves backwards)",
-                ));
-            }
-            last = s.weight;
-            if s.hold.0.is_zero() {
-                out.push(Problem::new(
-                    format!("deploy.canary.steps[{i}].hold"),
-                    "must be more than 0",
-                ));
-            }
-        }
-        if c.fresh_baseline && c.steps.iter().any(|s| s.weight > 50) {
-            out.push(Problem::new(
-                "deploy.canary.fresh_baseline",
-                "with a fresh baseline, canary weights above 50% leave it no comparable traffic",
-            ));
-        }
-        if c.instances == Some(0) {
-            out.push(Problem::new("deploy.canary.instances", "must be at least 1"));
-        }
-        out.extend(c.analysis.problems("deploy.canary.analysis"));
-        if d.rolling.max_surge == 0 && d.rolling.max_unavailable == 0 {
-            out.push(Problem::new(
-                "deploy.rolling",
-                "max_surge or max_unavailable must be above 0",
-            ));
-        }
+        out.extend(deploy_problems(&file.deploy));
         if file.listeners.is_empty() {
             out.push(Problem::new("listener", "at least one [[listener]] is needed"));
         }
@@ -191,7 +151,7 @@ impl ServiceConfig {
     }
 
     /// `[data]` with its paths resolved.
-    pub fn data(&self) -> crate::data::DataPlan {
+    pub(crate) fn data(&self) -> crate::data::DataPlan {
         let d = &self.file.data;
         crate::data::DataPlan {
             database: d.database.as_deref().map(|u| self.db_url(u)),
@@ -233,7 +193,7 @@ impl ServiceConfig {
     }
 
     /// The plan a new deploy starts with.
-    pub fn plan(&self) -> Plan {
+    pub(crate) fn plan(&self) -> Plan {
         let d = &self.file.deploy;
         let count = self.file.instance.count;
         Plan {
@@ -255,12 +215,12 @@ impl ServiceConfig {
         }
     }
 
-    pub fn default_strategy(&self) -> Strategy {
+    pub(crate) fn default_strategy(&self) -> Strategy {
         self.file.deploy.strategy
     }
 
     /// The router's config (written to run/router.toml).
-    pub fn router_file(&self) -> RouterConfigFile {
+    pub(crate) fn router_file(&self) -> RouterConfigFile {
         let r = &self.file.routing;
         RouterConfigFile {
             version: 1,
@@ -292,7 +252,7 @@ impl ServiceConfig {
     }
 
     /// The agent's config (written to run/agent.toml).
-    pub fn agent_file(&self) -> AgentConfigFile {
+    pub(crate) fn agent_file(&self) -> AgentConfigFile {
         let mut template = self.file.instance.template();
         if template.command.contains('/') && !Path::new(&template.command).is_absolute() {
             // Relative to slipway.toml, unless it names a file inside the release.
@@ -312,6 +272,53 @@ impl ServiceConfig {
             logs: self.file.logs.clone(),
         }
     }
+}
+
+/// What is wrong with `[deploy]`.
+fn deploy_problems(d: &wire::service::DeploySection) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let c = &d.canary;
+    if c.steps.is_empty() {
+        out.push(Problem::new("deploy.canary.steps", "at least one step is needed"));
+    }
+    let mut last = 0;
+    for (i, s) in c.steps.iter().enumerate() {
+        if s.weight == 0 || s.weight > 100 {
+            out.push(Problem::new(
+                format!("deploy.canary.steps[{i}].weight"),
+                "must be between 1 and 100",
+            ));
+        } else if s.weight < last {
+            out.push(Problem::new(
+                format!("deploy.canary.steps[{i}].weight"),
+                "weights must not go down (a session never moves backwards)",
+            ));
+        }
+        last = s.weight;
+        if s.hold.0.is_zero() {
+            out.push(Problem::new(
+                format!("deploy.canary.steps[{i}].hold"),
+                "must be more than 0",
+            ));
+        }
+    }
+    if c.fresh_baseline && c.steps.iter().any(|s| s.weight > 50) {
+        out.push(Problem::new(
+            "deploy.canary.fresh_baseline",
+            "with a fresh baseline, canary weights above 50% leave it no comparable traffic",
+        ));
+    }
+    if c.instances == Some(0) {
+        out.push(Problem::new("deploy.canary.instances", "must be at least 1"));
+    }
+    out.extend(c.analysis.problems("deploy.canary.analysis"));
+    if d.rolling.max_surge == 0 && d.rolling.max_unavailable == 0 {
+        out.push(Problem::new(
+            "deploy.rolling",
+            "max_surge or max_unavailable must be above 0",
+        ));
+    }
+    out
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {

@@ -1,10 +1,11 @@
-//! The service's data around deploys: expand migrations before a new release starts, contract ones once no live release uses what they drop, and record write gates from what the live releases read.
+//! The service's data around deploys: expand migrations before a release starts, contract ones after.
+//! Record write gates follow what the live releases read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent::releases::ReleaseStore;
+use agent::ReleaseStore;
 use records::Backend;
 use records::migrate::{self, LiveUse, MigrateError, Phase, RunOptions};
 use wire::agent::ReleaseManifest;

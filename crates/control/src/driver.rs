@@ -1,78 +1,79 @@
-//! The control loop: observe the agent and the router, feed the rollout machine (journaling each change before acting), and reconcile instances and routes towards what it wants.
+//! The control loop and the commands: observe, feed the machine (journaled first), judge, plan and execute.
+//! The state is published once the router confirmed its routes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use plumbing::client::ApiClient;
-use rollout::{Deploy, Desired, Event, GroupObs, Phase, Refused, Service};
-use wire::agent::{InstanceInfo, InstanceList, InstanceState, StartRequest, StopRequest};
-use wire::api::{DrainStatus, RouterStatus};
-use wire::judge::{Outcome, Verdict};
+use rollout::{Deploy, Event, Service, Transition, Update};
+use wire::RouteTable;
+use wire::agent::InstanceInfo;
+use wire::api::RouterStatus;
 use wire::metrics::MetricsSnapshot;
-use wire::service::{DeployInfo, GroupStatus, ServiceStatus};
-use wire::{Instance, Release, RouteState, RouteTable, UpstreamProtocol};
+use wire::service::{DeployInfo, ServiceStatus};
 
-use crate::analysis::{Activity, Analysis};
-use crate::config::ServiceConfig;
-use crate::journal::{Journal, JournalError};
+use crate::book::{Book, CommandError};
+use crate::config::{ConfigError, ServiceConfig};
+use crate::executor::{self, Parts};
+use crate::journal::JournalError;
+use crate::judging::Judging;
+use crate::planner::{self, HostDesired, HostObserved, Memory};
+use crate::view::{self, Verdicts};
 
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Why a command could not be carried out.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error("{0}")]
-    Refused(#[from] Refused),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("the journal could not record it, nothing changed: {0}")]
-    Journal(#[from] JournalError),
-    #[error("the data is not ready for this release, nothing started: {0}")]
-    Data(String),
+/// What the loop last saw of the host and did to the data: what `status` shows besides the machine.
+#[derive(Debug, Default)]
+struct Seen {
+    instances: Vec<InstanceInfo>,
+    router: Option<RouterStatus>,
+    /// The table the router last confirmed.
+    routes: Option<RouteTable>,
+    /// What the control plane last did to the data (`[data]`).
+    data: Option<String>,
 }
 
-/// What the loop knows besides the machine's state.
-#[derive(Default)]
-struct Live {
-    instances: Vec<InstanceInfo>,
-    agent_ok: bool,
-    analysis: Option<Analysis>,
-    activity: Activity,
-    /// Instances on their way out, since when (ms).
-    victims: BTreeMap<String, u64>,
-    last_table: Option<RouteTable>,
-    router: Option<RouterStatus>,
-    verdicts: BTreeMap<i64, Vec<Verdict>>,
+/// When the loop last brought the data in line with the live releases.
+#[derive(Debug, Default)]
+struct DataFollow {
+    /// The live releases it was last done for, and when to try again after a failure.
+    seen: Option<BTreeSet<String>>,
+    retry_at: u64,
+}
+
+/// What only the loop keeps between its turns.
+#[derive(Debug, Default)]
+pub(crate) struct LoopState {
+    memory: Memory,
+    judging: Judging,
+    /// Warnings already given (an unreachable agent or router is said once).
+    warned: BTreeSet<&'static str>,
+    data: DataFollow,
+    /// The deploy history as last saved, by deploy.
     saved: BTreeMap<i64, String>,
-    current_link: Option<String>,
-    warned: BTreeSet<String>,
-    /// The live releases `[data]` was last brought in line with, and when
-    /// to try again after a failure.
-    data_seen: Option<BTreeSet<String>>,
-    data_retry_at: u64,
-    data_note: Option<String>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub(crate) struct Reloaded {
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
 }
 
 /// The control plane.
 pub struct Control {
-    pub cfg: Mutex<ServiceConfig>,
+    pub(crate) cfg: Mutex<ServiceConfig>,
     pub token: String,
-    state: Mutex<Service>,
-    /// The state as of the last reconcile: what the API shows, so that a
-    /// deploy is never reported done before its routes are applied.
-    published: Mutex<Service>,
-    journal: Mutex<Journal>,
-    pub agent: ApiClient,
-    pub router: ApiClient,
-    live: Mutex<Live>,
-    /// Held while the data is moved for a starting release until its
-    /// deploy is recorded, and while the loop follows the live releases,
-    /// so the loop never sees the data moved but not the deploy.
+    book: Mutex<Book>,
+    seen: Mutex<Seen>,
+    verdicts: Mutex<Verdicts>,
+    parts: Parts,
+    /// Held while the data is moved for a starting release until its deploy is recorded, and while the loop
+    /// follows the live releases, so the loop never sees the data moved but not the deploy.
     data_turn: tokio::sync::Mutex<()>,
 }
 
@@ -82,72 +83,128 @@ impl std::fmt::Debug for Control {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Lines of what the data did, in one: "nothing to do" when empty.
+fn summary(lines: &[String]) -> String {
+    if lines.is_empty() {
+        "nothing to do".into()
+    } else {
+        lines.join("; ")
+    }
+}
+
 impl Control {
+    /// Reads slipway.toml again. Cohorts and deploy settings apply at once (the
+    /// next deploy, the next route table); listener, affinity, health and
+    /// instance changes need `slipway down` and `up`.
+    pub(crate) fn reload(&self) -> Result<Reloaded, ConfigError> {
+        let path = self.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
+        let new = ServiceConfig::load(&path)?;
+        let mut cur = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = Reloaded::default();
+        let (a, b) = (&cur.file, &new.file);
+        if a.routing.cohorts != b.routing.cohorts {
+            r.applied.push("routing.cohort".into());
+        }
+        if a.deploy != b.deploy {
+            r.applied.push("deploy (from the next deploy on)".into());
+        }
+        if a.instance.count != b.instance.count {
+            r.applied.push("instance.count (from the next deploy on)".into());
+        }
+        if a.listeners != b.listeners {
+            r.needs_restart.push("listener".into());
+        }
+        if a.routing.affinity != b.routing.affinity
+            || a.routing.client_version_header != b.routing.client_version_header
+            || a.routing.health != b.routing.health
+        {
+            r.needs_restart
+                .push("routing (affinity, client_version_header, health)".into());
+        }
+        let mut a_inst = a.instance.clone();
+        a_inst.count = b.instance.count;
+        if a_inst != b.instance || a.logs != b.logs {
+            r.needs_restart.push("instance".into());
+        }
+        if a.service != b.service {
+            r.needs_restart.push("service".into());
+        }
+        // Apply what applies live; keep the rest as it runs.
+        let mut merged = cur.file.clone();
+        merged.routing.cohorts = b.routing.cohorts.clone();
+        merged.deploy = b.deploy.clone();
+        merged.instance.count = b.instance.count;
+        cur.file = merged;
+        Ok(r)
+    }
+
     /// Opens the journal and replays it through the machine.
-    pub fn open(
-        cfg: ServiceConfig,
-        token: String,
-        agent: ApiClient,
-        router: ApiClient,
-    ) -> Result<Arc<Control>, JournalError> {
-        let journal = Journal::open(&cfg.layout.journal())?;
-        let mut state = Service::default();
-        let events = journal.events()?;
-        let n = events.len();
-        for (ev, at) in &events {
-            // Replay goes through the same function; a journaled event was accepted once.
-            let _ = state.on(ev, *at);
-        }
-        if n > 0 {
-            tracing::info!(events = n, current = ?state.current, deploy = ?state.active().map(|d| d.id), "journal replayed");
-        }
+    pub(crate) fn open(cfg: ServiceConfig, token: String, parts: Parts) -> Result<Arc<Control>, JournalError> {
+        let book = Book::open(&cfg.layout.journal())?;
         Ok(Arc::new(Control {
             cfg: Mutex::new(cfg),
             token,
-            published: Mutex::new(state.clone()),
-            state: Mutex::new(state),
-            journal: Mutex::new(journal),
-            agent,
-            router,
-            live: Mutex::new(Live::default()),
+            book: Mutex::new(book),
+            seen: Mutex::new(Seen::default()),
+            verdicts: Mutex::new(Verdicts::default()),
+            parts,
             data_turn: tokio::sync::Mutex::new(()),
         }))
     }
 
-    pub fn state(&self) -> Service {
-        lock(&self.state).clone()
+    pub(crate) fn state(&self) -> Service {
+        lock(&self.book).state().clone()
     }
 
-    /// The state the world has caught up with (see `published`).
-    pub fn published(&self) -> Service {
-        lock(&self.published).clone()
+    /// The state the world has caught up with.
+    fn published(&self) -> Service {
+        lock(&self.book).published().clone()
     }
 
     /// Applies an event; journals it before anything acts on it.
-    pub fn apply(&self, ev: Event, now: u64) -> Result<bool, CommandError> {
-        let mut st = lock(&self.state);
-        let before = st.clone();
-        let changed = st.on(&ev, now)?;
-        if changed && let Err(e) = lock(&self.journal).append(&ev, now) {
-            *st = before;
-            return Err(e.into());
+    pub(crate) fn apply(&self, ev: Event, now: u64) -> Result<Update, CommandError> {
+        let update = lock(&self.book).apply(&ev, now)?;
+        self.tell(&update.transitions);
+        Ok(update)
+    }
+
+    fn tell(&self, transitions: &[Transition]) {
+        if transitions.is_empty() {
+            return;
         }
-        Ok(changed)
+        let deploy = lock(&self.book).state().deploy.as_ref().map(|d| d.id);
+        for t in transitions {
+            tracing::info!(?deploy, "{t}");
+        }
+    }
+
+    /// An event of the loop's own: the verdict behind a move it caused is kept in the deploy's history.
+    fn record(&self, ev: Event, now: u64, lp: &LoopState) {
+        match self.apply(ev, now) {
+            Ok(u) if u.transitions.iter().any(Transition::judged) => {
+                let id = lock(&self.book).state().deploy.as_ref().map(|d| d.id);
+                if let (Some(v), Some(id)) = (lp.judging.last(), id) {
+                    lock(&self.verdicts).by_deploy.entry(id).or_default().push(v);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record what the loop saw"),
+        }
     }
 
     /// A deploy request: the release must exist on the host.
-    pub async fn deploy(
+    pub(crate) async fn deploy(
         &self,
         release: &str,
         strategy: Option<wire::service::Strategy>,
     ) -> Result<DeployInfo, CommandError> {
-        let rels: wire::agent::ReleaseList = self
-            .agent
-            .get("/v1/releases")
+        let rels = self
+            .parts
+            .releases()
             .await
             .map_err(|e| CommandError::NotFound(format!("cannot ask the agent for its releases: {e}")))?;
         if !rels.releases.iter().any(|r| r.id == release) {
@@ -175,15 +232,25 @@ impl Control {
         Ok(self.info(&st, d))
     }
 
-    /// Releases that may read and write the data: those with live
-    /// instances, and those the machine wants running (about to start).
+    pub(crate) async fn rollback(&self) -> Result<(), CommandError> {
+        // The previous release may start again: the gates come down first.
+        let _turn = self.data_turn.lock().await;
+        if let Some(prev) = self.state().previous {
+            self.prepare_data(&prev).await?;
+        }
+        let plan = lock(&self.cfg).plan();
+        self.apply(Event::Rollback { plan }, unix_ms())?;
+        Ok(())
+    }
+
+    /// Releases that may read and write the data: those with live instances, and those the machine wants running.
     fn live_releases(&self) -> BTreeSet<String> {
         let mut out: BTreeSet<String> = self.state().desired().groups.into_iter().map(|g| g.release).collect();
         out.extend(
-            lock(&self.live)
+            lock(&self.seen)
                 .instances
                 .iter()
-                .filter(|i| agent::supervisor::is_live(i.state))
+                .filter(|i| agent::is_live(i.state))
                 .map(|i| i.release.clone()),
         );
         out
@@ -207,12 +274,12 @@ impl Control {
         for l in &lines {
             tracing::info!(release, "data: {l}");
         }
-        lock(&self.live).data_note = Some(format!("before {release}: {}", summary(&lines)));
+        lock(&self.seen).data = Some(format!("before {release}: {}", summary(&lines)));
         Ok(())
     }
 
     /// Contract migrations and raised write gates once the live releases changed.
-    async fn follow_data(&self, now: u64) {
+    async fn follow_data(&self, lp: &mut LoopState, now: u64) {
         let (plan, root) = {
             let c = lock(&self.cfg);
             (c.data(), c.layout.root.clone())
@@ -222,334 +289,143 @@ impl Control {
         }
         let _turn = self.data_turn.lock().await;
         let live = self.live_releases();
-        {
-            let l = lock(&self.live);
-            if l.data_seen.as_ref() == Some(&live) && now < l.data_retry_at {
-                return;
-            }
+        if lp.data.seen.as_ref() == Some(&live) && now < lp.data.retry_at {
+            return;
         }
         let set = live.clone();
         let out = tokio::task::spawn_blocking(move || crate::data::after_change(&plan, &root, &set)).await;
-        let mut l = lock(&self.live);
-        l.data_seen = Some(live.clone());
-        match out {
+        lp.data.seen = Some(live.clone());
+        let note = match out {
             Ok(Ok(lines)) => {
                 for line in &lines {
                     tracing::info!("data: {line}");
                 }
                 // Done, or a contract step waits for a release to go:
                 // looked at again when the set of live releases changes.
-                l.data_retry_at = u64::MAX;
-                if !lines.is_empty() {
-                    let names: Vec<&str> = live.iter().map(String::as_str).collect();
-                    l.data_note = Some(format!("with {}: {}", names.join(", "), summary(&lines)));
-                }
+                lp.data.retry_at = u64::MAX;
+                let names: Vec<&str> = live.iter().map(String::as_str).collect();
+                (!lines.is_empty()).then(|| format!("with {}: {}", names.join(", "), summary(&lines)))
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "data: cannot bring the data in line with the live releases; retrying in 30 s");
-                l.data_retry_at = now + 30_000;
-                l.data_note = Some(format!("failed, retrying: {e}"));
+                let what = "data: cannot bring the data in line with the live releases; retrying in 30 s";
+                tracing::warn!(error = %e, "{what}");
+                lp.data.retry_at = now + 30_000;
+                Some(format!("failed, retrying: {e}"))
             }
             Err(e) => {
-                l.data_retry_at = now + 30_000;
-                l.data_note = Some(format!("failed: {e}"));
+                lp.data.retry_at = now + 30_000;
+                Some(format!("failed: {e}"))
             }
+        };
+        if let Some(n) = note {
+            lock(&self.seen).data = Some(n);
         }
-    }
-
-    pub async fn rollback(&self) -> Result<(), CommandError> {
-        // The previous release may start again: the gates come down first.
-        let _turn = self.data_turn.lock().await;
-        if let Some(prev) = self.state().previous {
-            self.prepare_data(&prev).await?;
-        }
-        let plan = lock(&self.cfg).plan();
-        self.apply(Event::Rollback { plan }, unix_ms())?;
-        Ok(())
     }
 
     /// One turn of the loop.
-    pub async fn tick(&self) {
+    pub(crate) async fn tick(&self, lp: &mut LoopState) {
         let now = unix_ms();
-        match self.agent.get::<InstanceList>("/v1/instances").await {
+        let instances = self.observe_agent(lp, now).await;
+        match self.parts.metrics().await {
+            Ok(snap) => self.judge(&snap, lp, now),
+            Err(e) => warn_once(lp, "router", &format!("router metrics unreachable: {e}")),
+        }
+        if let Ok(st) = self.parts.router_status().await {
+            lock(&self.seen).router = Some(st);
+        }
+        self.record(Event::Tick, now, lp);
+        if let Some(instances) = instances {
+            self.reconcile(instances, lp, now).await;
+            self.follow_data(lp, now).await;
+        }
+        self.save_history(lp);
+    }
+
+    /// The agent's instances, fed to the machine as its groups (none when the agent is unreachable).
+    async fn observe_agent(&self, lp: &mut LoopState, now: u64) -> Option<Vec<InstanceInfo>> {
+        match self.parts.instances().await {
             Ok(list) => {
-                let groups = observe_groups(&list.instances);
-                {
-                    let mut live = lock(&self.live);
-                    live.instances = list.instances;
-                    live.agent_ok = true;
-                }
-                if let Err(e) = self.apply(Event::Groups { groups }, now) {
-                    tracing::error!(error = %e, "cannot record instance observations");
-                }
+                let groups = planner::observe_groups(&list.instances);
+                lock(&self.seen).instances = list.instances.clone();
+                self.record(Event::Groups { groups }, now, lp);
+                Some(list.instances)
             }
             Err(e) => {
-                lock(&self.live).agent_ok = false;
-                self.warn_once("agent", &format!("agent unreachable, waiting: {e}"));
+                warn_once(lp, "agent", &format!("agent unreachable, waiting: {e}"));
+                None
             }
-        }
-        match self.router.get::<MetricsSnapshot>("/v1/metrics").await {
-            Ok(snap) => self.analyse(&snap, now),
-            Err(e) => self.warn_once("router", &format!("router metrics unreachable: {e}")),
-        }
-        if let Ok(st) = self.router.get::<RouterStatus>("/v1/status").await {
-            lock(&self.live).router = Some(st);
-        }
-        let before_log = self.state().deploy.as_ref().map_or(0, |d| d.log.len());
-        if let Err(e) = self.apply(Event::Tick, now) {
-            tracing::error!(error = %e, "cannot record a transition");
-        }
-        let st = self.state();
-        if let Some(d) = st.deploy.as_ref()
-            && d.log.len() > before_log
-        {
-            for (_, line) in &d.log[before_log..] {
-                tracing::info!(deploy = d.id, "{line}");
-            }
-            // The verdict that moved a step is part of the history.
-            if d.log[before_log..].iter().any(|(_, l)| l.starts_with("step "))
-                && let Some(v) = lock(&self.live).analysis.as_ref().and_then(|a| a.last.clone())
-            {
-                lock(&self.live).verdicts.entry(d.id).or_default().push(v);
-            }
-        }
-        if lock(&self.live).agent_ok {
-            self.reconcile(&st, now).await;
-            self.follow_data(now).await;
-        }
-        *lock(&self.published) = st.clone();
-        self.save_history(&st);
-    }
-
-    fn warn_once(&self, key: &str, msg: &str) {
-        if lock(&self.live).warned.insert(key.to_string()) {
-            tracing::warn!("{msg}");
         }
     }
 
-    fn analyse(&self, snap: &MetricsSnapshot, now: u64) {
+    /// Router metrics to the judge: its verdict, and the retiring releases that went quiet.
+    fn judge(&self, snap: &MetricsSnapshot, lp: &mut LoopState, now: u64) {
         let desired = self.state().desired();
-        let quiet = lock(&self.live).activity.update(snap, now);
-        let judge_cfg = lock(&self.cfg).file.deploy.canary.analysis.clone();
-        let mut verdict = None;
-        {
-            let mut live = lock(&self.live);
-            let live = &mut *live;
-            match &desired.analysis {
-                Some(spec) => {
-                    if live.analysis.as_ref().map(|a| a.key.as_str()) != Some(spec.key.as_str()) {
-                        live.analysis = Some(Analysis::new(&spec.key, &judge_cfg, now));
-                    }
-                    if let Some(a) = live.analysis.as_mut() {
-                        verdict = a.feed(snap, spec, &live.instances, now);
-                    }
-                }
-                None => live.analysis = None,
-            }
-        }
+        let (judge_cfg, idle_needed) = {
+            let c = lock(&self.cfg);
+            (
+                c.file.deploy.canary.analysis.clone(),
+                c.file.deploy.session_idle.as_millis(),
+            )
+        };
+        let instances = lock(&self.seen).instances.clone();
+        let (verdict, quiet) = lp
+            .judging
+            .observe(snap, desired.analysis.as_ref(), &instances, &judge_cfg, now);
+        lock(&self.verdicts).last = lp.judging.last();
         if let Some(v) = verdict {
-            let id = self.state().active().map(|d| d.id);
-            if let Ok(true) = self.apply(
+            self.record(
                 Event::Verdict {
                     outcome: v.outcome,
-                    reason: v.reason.clone(),
+                    reason: v.reason,
                 },
                 now,
-            ) && v.outcome == Outcome::Fail
-                && let Some(id) = id
-            {
-                lock(&self.live).verdicts.entry(id).or_default().push(v);
-            }
+                lp,
+            );
         }
-        let idle_needed = lock(&self.cfg).file.deploy.session_idle.as_millis();
         for r in self.state().retiring.iter().filter(|r| !r.stopping) {
             if let Some(q) = quiet.get(&r.release)
                 && *q >= idle_needed
             {
-                let _ = self.apply(
-                    Event::Idle {
-                        release: r.release.clone(),
-                        idle_ms: *q,
-                    },
-                    now,
-                );
+                let idle = Event::Idle {
+                    release: r.release.clone(),
+                    idle_ms: *q,
+                };
+                self.record(idle, now, lp);
             }
         }
     }
 
-    /// Brings instances and routes to what the machine wants.
-    async fn reconcile(&self, st: &Service, now: u64) {
-        let desired = st.desired();
-        let instances = lock(&self.live).instances.clone();
-        let running = |release: &str, group: &str| -> Vec<&InstanceInfo> {
-            let mut v: Vec<&InstanceInfo> = instances
-                .iter()
-                .filter(|i| i.release == release && i.group_name() == group)
-                .filter(|i| {
-                    matches!(
-                        i.state,
-                        InstanceState::Starting | InstanceState::Ready | InstanceState::Crashed
-                    )
-                })
-                .collect();
-            v.sort_by_key(|i| instance_number(&i.id));
-            v
-        };
-        // Start what is missing; mark what is too many as victims.
-        let mut keep: BTreeSet<String> = BTreeSet::new();
-        for g in &desired.groups {
-            let have = running(&g.release, &g.group);
-            for i in have.iter().take(g.count as usize) {
-                keep.insert(i.id.clone());
-            }
-            if (have.len() as u32) < g.count {
-                let req = StartRequest {
-                    release: g.release.clone(),
-                    count: g.count - have.len() as u32,
-                    group: (g.group != g.release).then(|| g.group.clone()),
-                };
-                match self.agent.post::<_, InstanceList>("/v1/instances", &req).await {
-                    Ok(l) => {
-                        for i in &l.instances {
-                            tracing::info!(instance = %i.id, release = %i.release, addr = %i.addr, "instance started");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(release = %g.release, error = %e, "cannot start instances");
-                        if matches!(&e, plumbing::client::ClientError::Api { status, .. } if status.as_u16() == 404)
-                            && st.active().is_some_and(|d| d.release == g.release)
-                        {
-                            let _ = self.apply(
-                                Event::Abort {
-                                    reason: format!("cannot start {}: {e}", g.release),
-                                },
-                                now,
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        let victims: Vec<&InstanceInfo> = instances
-            .iter()
-            .filter(|i| {
-                matches!(
-                    i.state,
-                    InstanceState::Starting
-                        | InstanceState::Ready
-                        | InstanceState::Crashed
-                        | InstanceState::CrashLoop
-                        | InstanceState::Failed
-                )
-            })
-            .filter(|i| !keep.contains(&i.id))
-            .collect();
-        {
-            let mut live = lock(&self.live);
-            let ids: BTreeSet<String> = victims.iter().map(|i| i.id.clone()).collect();
-            live.victims.retain(|id, _| ids.contains(id));
-            for id in ids {
-                live.victims.entry(id).or_insert(now);
-            }
-        }
-        let victim_set: BTreeMap<String, u64> = lock(&self.live).victims.clone();
-        // Drain start: instances that take no new sessions from now on (on
-        // their way out, or in a draining release) hear it at once through
-        // their drain hook, while the drain deadline runs.
-        let draining: BTreeSet<&str> = desired
-            .routes
-            .iter()
-            .filter(|r| r.state != RouteState::Active)
-            .map(|r| r.release.as_str())
-            .collect();
-        let leaving: Vec<String> = instances
-            .iter()
-            .filter(|i| i.state == InstanceState::Ready && !i.drain_notified)
-            .filter(|i| victim_set.contains_key(&i.id) || draining.contains(i.release.as_str()))
-            .map(|i| i.id.clone())
-            .collect();
-        if !leaving.is_empty() {
-            let req = wire::agent::NotifyDrainRequest { ids: leaving.clone() };
-            match self
-                .agent
-                .post::<_, InstanceList>("/v1/instances/notify-drain", &req)
-                .await
-            {
-                Ok(_) => tracing::info!(instances = ?leaving, "drain started; instances told through their drain hook"),
-                Err(e) => tracing::warn!(error = %e, "cannot notify draining instances"),
-            }
-        }
-        // Routes.
-        let (cohorts, deadline) = {
+    /// Brings the host's instances and routes to what the machine wants; publishes the state once the router
+    /// confirmed the table for it.
+    async fn reconcile(&self, instances: Vec<InstanceInfo>, lp: &mut LoopState, now: u64) {
+        let (st, seq) = lock(&self.book).snapshot();
+        let want = {
             let c = lock(&self.cfg);
-            (c.file.routing.cohorts.clone(), c.file.deploy.drain_deadline)
+            HostDesired::whole(&st.desired(), &c.file.routing.cohorts, c.file.deploy.drain_deadline)
         };
-        let table = build_table(&desired, &instances, &victim_set, &cohorts, deadline);
-        let unchanged = lock(&self.live).last_table.as_ref() == Some(&table);
-        if !unchanged {
-            match self
-                .router
-                .call::<_, wire::api::Applied>(http::Method::PUT, "/v1/routes", Some(&table))
-                .await
-            {
-                Ok(a) => {
-                    tracing::info!(generation = a.generation, "routes applied");
-                    lock(&self.live).last_table = Some(table);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot apply routes"),
-            }
-        }
-        // Stop victims once the router has nothing open on them.
-        if !victims.is_empty() && lock(&self.live).last_table.is_some() {
-            let drain: Option<DrainStatus> = self.router.get("/v1/drain").await.ok();
-            // The router closes long-lived connections (WebSocket 1012) at the
-            // drain deadline; give it a few seconds past that before stopping.
-            let deadline = lock(&self.cfg).file.deploy.drain_deadline.as_millis() + 5_000;
-            let mut stop = Vec::new();
-            for v in &victims {
-                let since = victim_set.get(&v.id).copied().unwrap_or(now);
-                let seen = drain.as_ref().and_then(|d| d.instance(&v.release, &v.id));
-                // Taken out of traffic: down, removed, or absent from the router.
-                let out = seen.is_none_or(|d| d.state == "down" || d.state == "removed");
-                let open = seen.map_or(0, |d| d.open_requests + d.open_long_lived);
-                let not_ready = v.state != InstanceState::Ready;
-                if not_ready || (out && open == 0) || now.saturating_sub(since) > deadline {
-                    stop.push(v.id.clone());
-                }
-            }
-            if !stop.is_empty() {
-                let req = StopRequest {
-                    ids: stop.clone(),
-                    ..Default::default()
-                };
-                match self.agent.post::<_, InstanceList>("/v1/instances/stop", &req).await {
-                    Ok(_) => tracing::info!(instances = ?stop, "instances drained from the router; stopping them"),
-                    Err(e) => tracing::error!(error = %e, "cannot stop instances"),
+        let seen = HostObserved { instances, drain: None };
+        let turn = executor::turn(&self.parts, &want, seen, &mut lp.memory, now).await;
+        lock(&self.seen).routes = lp.memory.table.clone();
+        for (release, why) in &turn.missing {
+            if st.active().is_some_and(|d| &d.release == release) {
+                let reason = format!("cannot start {release}: {why}");
+                if let Err(e) = self.apply(Event::Abort { reason }, now) {
+                    tracing::error!(error = %e, "cannot abort the deploy");
                 }
             }
         }
-        // The `current` link follows the current release.
-        if let Some(cur) = &desired.current
-            && lock(&self.live).current_link.as_deref() != Some(cur.as_str())
+        if turn.confirmed
+            && let Err(e) = lock(&self.book).publish(st, seq)
         {
-            #[derive(serde::Serialize)]
-            struct SetCurrent<'a> {
-                release: &'a str,
-            }
-            if self
-                .agent
-                .post::<_, wire::agent::ReleaseList>("/v1/releases/current", &SetCurrent { release: cur })
-                .await
-                .is_ok()
-            {
-                lock(&self.live).current_link = Some(cur.clone());
-            }
+            tracing::error!(error = %e, "cannot record what the router confirmed");
         }
     }
 
-    fn save_history(&self, st: &Service) {
+    /// Saves the published deploy to the history when its course changed.
+    fn save_history(&self, lp: &mut LoopState) {
+        let st = self.published();
         let Some(d) = st.deploy.as_ref() else { return };
-        let info = self.info(st, d);
+        let info = self.info(&st, d);
         let mut stable = info.clone();
         // Live counts change all the time; history records the deploy's course.
         stable.groups.clear();
@@ -557,110 +433,47 @@ impl Control {
         stable.progress = 0.0;
         stable.detail.clear();
         let key = serde_json::to_string(&stable).unwrap_or_default();
-        if lock(&self.live).saved.get(&d.id) == Some(&key) {
+        if lp.saved.get(&d.id) == Some(&key) {
             return;
         }
-        if lock(&self.journal).save_deploy(&info).is_ok() {
-            lock(&self.live).saved.insert(d.id, key);
+        if lock(&self.book).journal().save_deploy(&info).is_ok() {
+            lp.saved.insert(d.id, key);
         }
     }
 
     /// The API's view of a deploy.
-    pub fn info(&self, st: &Service, d: &Deploy) -> DeployInfo {
-        let live = lock(&self.live);
-        let desired = st.desired();
-        let active = !d.phase.finished();
-        let groups = if active {
-            desired
-                .groups
-                .iter()
-                .map(|g| {
-                    let route = desired
-                        .routes
-                        .iter()
-                        .find(|r| r.groups.contains(&g.group) && r.release == g.release);
-                    let ready = st
-                        .groups
-                        .get(&format!("{}/{}", g.release, g.group))
-                        .map_or(0, |o| o.ready);
-                    GroupStatus {
-                        release: g.release.clone(),
-                        group: g.group.clone(),
-                        wanted: g.count,
-                        ready,
-                        weight: route.map_or(0, |r| r.weight),
-                        state: route.map_or("unrouted", |r| r.state.as_str()).to_string(),
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let (detail, progress) = describe(st, d, unix_ms());
-        DeployInfo {
-            id: d.id,
-            release: d.release.clone(),
-            from: d.from.clone(),
-            strategy: d.strategy,
-            phase: d.phase.name().to_string(),
-            paused: d.paused_at.is_some(),
-            detail,
-            progress,
-            step: match d.phase {
-                Phase::Step { index, .. } => Some(index),
-                _ => None,
-            },
-            steps: d.plan.steps.len(),
-            canary_weight: d.canary_weight(),
-            started_ms: d.started_ms,
-            finished_ms: d.finished_ms,
-            outcome: d.outcome.clone(),
-            groups,
-            last_verdict: if active {
-                live.analysis.as_ref().and_then(|a| a.last.clone())
-            } else {
-                None
-            },
-            verdicts: live.verdicts.get(&d.id).cloned().unwrap_or_default(),
-            events: d
-                .log
-                .iter()
-                .map(|(at, l)| format!("+{}s {l}", at.saturating_sub(d.started_ms) / 1000))
-                .collect(),
-        }
+    pub(crate) fn info(&self, st: &Service, d: &Deploy) -> DeployInfo {
+        view::deploy_info(st, d, &lock(&self.verdicts), unix_ms())
     }
 
-    pub fn status(&self) -> ServiceStatus {
+    pub(crate) fn status(&self) -> ServiceStatus {
         self.status_of(self.published())
     }
 
     /// Status including commands accepted since the last turn.
-    pub fn status_now(&self) -> ServiceStatus {
+    pub(crate) fn status_now(&self) -> ServiceStatus {
         self.status_of(self.state())
     }
 
     fn status_of(&self, st: Service) -> ServiceStatus {
-        let live = lock(&self.live);
-        let name = lock(&self.cfg).file.service.name.clone();
-        let table = live.last_table.clone();
-        let router = live.router.clone();
-        let instances = live.instances.clone();
-        let data = live.data_note.clone();
-        drop(live);
+        let (instances, router, routes, data) = {
+            let s = lock(&self.seen);
+            (s.instances.clone(), s.router.clone(), s.routes.clone(), s.data.clone())
+        };
         ServiceStatus {
-            service: name,
+            service: lock(&self.cfg).file.service.name.clone(),
             current: st.current.clone(),
             previous: st.previous.clone(),
             deploy: st.deploy.as_ref().map(|d| self.info(&st, d)),
             router,
             instances,
-            routes: table,
+            routes,
             data,
         }
     }
 
-    pub fn history(&self, limit: usize) -> Vec<DeployInfo> {
-        let mut list = lock(&self.journal).deploys(limit).unwrap_or_default();
+    pub(crate) fn history(&self, limit: usize) -> Vec<DeployInfo> {
+        let mut list = lock(&self.book).journal().deploys(limit).unwrap_or_default();
         // The running deploy's live view replaces its saved one.
         let st = self.published();
         if let Some(d) = st.active()
@@ -671,185 +484,19 @@ impl Control {
         list
     }
 
-    pub fn deploy_info(&self, id: i64) -> Option<DeployInfo> {
+    pub(crate) fn deploy_info(&self, id: i64) -> Option<DeployInfo> {
         // Published first; a deploy accepted since the last turn is shown as it is.
         for st in [self.published(), self.state()] {
             if let Some(d) = st.deploy.as_ref().filter(|d| d.id == id) {
                 return Some(self.info(&st, d));
             }
         }
-        lock(&self.journal).deploy(id).ok().flatten()
+        lock(&self.book).journal().deploy(id).ok().flatten()
     }
 }
 
-/// Lines of what the data did, in one: "nothing to do" when empty.
-fn summary(lines: &[String]) -> String {
-    if lines.is_empty() {
-        "nothing to do".into()
-    } else {
-        lines.join("; ")
-    }
-}
-
-fn instance_number(id: &str) -> u64 {
-    id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
-}
-
-/// Groups as the machine sees them.
-pub fn observe_groups(instances: &[InstanceInfo]) -> Vec<GroupObs> {
-    let mut map: BTreeMap<(String, String), GroupObs> = BTreeMap::new();
-    for i in instances {
-        let g = map
-            .entry((i.release.clone(), i.group_name().to_string()))
-            .or_insert_with(|| GroupObs {
-                release: i.release.clone(),
-                group: i.group_name().to_string(),
-                live: 0,
-                ready: 0,
-                failed: None,
-            });
-        if agent::supervisor::is_live(i.state) && i.state != InstanceState::Draining {
-            g.live += 1;
-        }
-        if i.state == InstanceState::Ready {
-            g.ready += 1;
-        }
-        if matches!(i.state, InstanceState::CrashLoop | InstanceState::Failed) {
-            let why = i.note.clone().unwrap_or_else(|| i.state.as_str().to_string());
-            g.failed.get_or_insert(format!("{} {}: {why}", i.id, i.state.as_str()));
-        }
-    }
-    map.into_values().collect()
-}
-
-/// The route table for `desired` from the instances that are ready.
-pub fn build_table(
-    desired: &Desired,
-    instances: &[InstanceInfo],
-    victims: &BTreeMap<String, u64>,
-    cohorts: &[wire::CohortRule],
-    drain_deadline: wire::HumanDuration,
-) -> RouteTable {
-    let mut t = RouteTable::default();
-    for spec in &desired.routes {
-        let members: Vec<&InstanceInfo> = instances
-            .iter()
-            .filter(|i| i.release == spec.release && spec.groups.iter().any(|g| g == i.group_name()))
-            .filter(|i| i.state == InstanceState::Ready)
-            .collect();
-        if members.is_empty() && spec.state != RouteState::Active {
-            continue;
-        }
-        let mut r = Release::new(spec.release.clone(), spec.weight);
-        r.state = spec.state;
-        r.protocol = UpstreamProtocol::Http1;
-        r.drain_deadline = Some(if spec.drain_now {
-            wire::HumanDuration::from_millis(0)
-        } else {
-            drain_deadline
-        });
-        r.client_versions = members.iter().find_map(|i| i.client_versions.clone());
-        let mut sorted = members.clone();
-        sorted.sort_by_key(|i| instance_number(&i.id));
-        r.instances = sorted
-            .iter()
-            .map(|i| Instance {
-                id: i.id.clone(),
-                addr: i.addr.clone(),
-                // An instance on its way out takes nothing new; in-flight requests
-                // finish, long-lived connections get until the drain deadline.
-                state: if victims.contains_key(&i.id) {
-                    RouteState::Down
-                } else {
-                    RouteState::Active
-                },
-            })
-            .collect();
-        t.releases.push(r);
-    }
-    let present: BTreeSet<&str> = t.releases.iter().map(|r| r.id.as_str()).collect();
-    t.cohorts = cohorts
-        .iter()
-        .filter(|c| present.contains(c.release.as_str()))
-        .cloned()
-        .collect();
-    t
-}
-
-/// Words and a 0..=1 progress for a deploy.
-fn describe(st: &Service, d: &Deploy, now: u64) -> (String, f64) {
-    let ready = |r: &str| st.groups.get(&format!("{r}/{r}")).map_or(0, |g| g.ready);
-    let n = d.plan.count;
-    let paused = if d.paused_at.is_some() { " (paused)" } else { "" };
-    let k = d.plan.steps.len().max(1) as f64;
-    match &d.phase {
-        Phase::Starting => {
-            let want = match d.strategy {
-                wire::service::Strategy::Canary if d.from.is_some() => d.plan.canary_count,
-                _ => n,
-            };
-            (
-                format!(
-                    "starting {want} instances of {} ({}/{want} ready){paused}",
-                    d.release,
-                    ready(&d.release)
-                ),
-                0.05 * ready(&d.release) as f64 / want.max(1) as f64,
-            )
-        }
-        Phase::Step {
-            index,
-            since,
-            extensions,
-        } => {
-            let (w, hold) = d.plan.steps[*index];
-            let total = hold + *extensions as u64 * d.plan.extension_ms;
-            let at = d.paused_at.unwrap_or(now);
-            let elapsed = at.saturating_sub(*since).min(total);
-            let ext = if *extensions > 0 {
-                format!(", extended {extensions}x")
-            } else {
-                String::new()
-            };
-            (
-                format!(
-                    "step {} of {}: {w}% of new sessions on {}, {}s of {}s{ext}{paused}",
-                    index + 1,
-                    d.plan.steps.len(),
-                    d.release,
-                    elapsed / 1000,
-                    total / 1000
-                ),
-                0.05 + 0.9 * (*index as f64 + elapsed as f64 / total.max(1) as f64) / k,
-            )
-        }
-        Phase::Promoting => (
-            format!(
-                "promoting: scaling {} to {n} instances ({}/{n} ready){paused}",
-                d.release,
-                ready(&d.release)
-            ),
-            0.96,
-        ),
-        Phase::Checking { since } => {
-            let left = (since + d.plan.check_ms).saturating_sub(now) / 1000;
-            (
-                format!(
-                    "all {n} instances of {} up; switching every new session in {left}s{paused}",
-                    d.release
-                ),
-                0.5 + 0.5 * (now.saturating_sub(*since)) as f64 / d.plan.check_ms.max(1) as f64,
-            )
-        }
-        Phase::Rolling { added, removed, .. } => (
-            format!(
-                "{removed}/{n} old instances replaced, {}/{added} new ready{paused}",
-                ready(&d.release)
-            ),
-            (*added + *removed) as f64 / (2 * n).max(1) as f64,
-        ),
-        Phase::Aborting { reason } => (format!("aborting: {reason}"), 1.0),
-        Phase::Done => ("promoted".to_string(), 1.0),
-        Phase::Aborted => (format!("aborted: {}", d.outcome.clone().unwrap_or_default()), 1.0),
+fn warn_once(lp: &mut LoopState, key: &'static str, msg: &str) {
+    if lp.warned.insert(key) {
+        tracing::warn!("{msg}");
     }
 }

@@ -1,10 +1,18 @@
-//! The control plane's journal in SQLite: every state-changing event, written before its effects, and the deploy history.
+//! The control plane's journal in SQLite: the state-changing events, the published mark, the deploy history.
+//!
+//! The format is versioned by the database's `user_version` (`FORMAT`): an older journal is upgraded when it is
+//! opened, a newer one is refused with the version it has.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rollout::Event;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use wire::service::DeployInfo;
+
+/// The journal format this code writes.
+/// - 0: `events` (seq, at_ms, JSON `rollout::Event`) and `deploys` (id, JSON `DeployInfo`); no version.
+/// - 1: adds `published`, the last event whose state the router confirmed (what the API shows).
+pub(crate) const FORMAT: i64 = 1;
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -13,10 +21,16 @@ pub enum JournalError {
     Sql(#[from] rusqlite::Error),
     #[error("journal record {seq} is unreadable: {message}")]
     Record { seq: i64, message: String },
+    #[error(
+        "{} has journal format {found}, newer than the {FORMAT} this slipway reads; run the slipway that \
+         wrote it (or a newer one)",
+        path.display()
+    )]
+    Newer { path: PathBuf, found: i64 },
 }
 
-/// An append-only log of events plus the deploy history.
-pub struct Journal {
+/// An append-only log of events, the published mark, and the deploy history.
+pub(crate) struct Journal {
     db: Connection,
 }
 
@@ -26,32 +40,39 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+fn record(seq: i64) -> impl Fn(serde_json::Error) -> JournalError {
+    move |e| JournalError::Record {
+        seq,
+        message: e.to_string(),
+    }
+}
+
 impl Journal {
+    /// Opens (or creates) the journal, upgrading an older format.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let db = Connection::open(path)?;
+        let mut db = Connection::open(path)?;
         // WAL + full sync: an acknowledged append survives a crash of the process or the host.
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS events (
-                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                 at_ms INTEGER NOT NULL,
-                 body TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS deploys (
-                 id INTEGER PRIMARY KEY,
-                 body TEXT NOT NULL
-             );",
-        )?;
+        let found: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > FORMAT {
+            return Err(JournalError::Newer {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        if found < FORMAT {
+            upgrade(&mut db, found)?;
+            if found > 0 || has_events(&db)? {
+                tracing::info!(path = %path.display(), from = found, to = FORMAT, "journal upgraded");
+            }
+        }
         Ok(Journal { db })
     }
 
-    /// Appends one event; returns once it is on disk.
+    /// Appends one event; returns its sequence number once it is on disk.
     pub fn append(&self, event: &Event, at_ms: u64) -> Result<i64, JournalError> {
-        let body = serde_json::to_string(event).map_err(|e| JournalError::Record {
-            seq: -1,
-            message: e.to_string(),
-        })?;
+        let body = serde_json::to_string(event).map_err(record(-1))?;
         self.db.execute(
             "INSERT INTO events (at_ms, body) VALUES (?1, ?2)",
             params![at_ms as i64, body],
@@ -59,8 +80,8 @@ impl Journal {
         Ok(self.db.last_insert_rowid())
     }
 
-    /// Every event in order, for replay.
-    pub fn events(&self) -> Result<Vec<(Event, u64)>, JournalError> {
+    /// Every event in order, with its sequence number and time, for replay.
+    pub fn events(&self) -> Result<Vec<(i64, Event, u64)>, JournalError> {
         let mut stmt = self.db.prepare("SELECT seq, at_ms, body FROM events ORDER BY seq")?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
@@ -68,20 +89,31 @@ impl Journal {
         let mut out = Vec::new();
         for row in rows {
             let (seq, at, body) = row?;
-            let ev: Event = serde_json::from_str(&body).map_err(|e| JournalError::Record {
-                seq,
-                message: e.to_string(),
-            })?;
-            out.push((ev, at as u64));
+            let ev: Event = serde_json::from_str(&body).map_err(record(seq))?;
+            out.push((seq, ev, at as u64));
         }
         Ok(out)
     }
 
+    /// The last event whose resulting state the world caught up with (0: none).
+    pub fn published(&self) -> Result<i64, JournalError> {
+        let seq = self
+            .db
+            .query_row("SELECT seq FROM published WHERE only = 1", [], |r| r.get(0))
+            .optional()?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    pub fn mark_published(&self, seq: i64) -> Result<(), JournalError> {
+        self.db.execute(
+            "INSERT INTO published (only, seq) VALUES (1, ?1) ON CONFLICT(only) DO UPDATE SET seq = excluded.seq",
+            params![seq],
+        )?;
+        Ok(())
+    }
+
     pub fn save_deploy(&self, info: &DeployInfo) -> Result<(), JournalError> {
-        let body = serde_json::to_string(info).map_err(|e| JournalError::Record {
-            seq: info.id,
-            message: e.to_string(),
-        })?;
+        let body = serde_json::to_string(info).map_err(record(info.id))?;
         self.db.execute(
             "INSERT INTO deploys (id, body) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET body = excluded.body",
             params![info.id, body],
@@ -100,26 +132,47 @@ impl Journal {
         let mut out = Vec::new();
         for row in rows {
             let (id, body) = row?;
-            out.push(serde_json::from_str(&body).map_err(|e| JournalError::Record {
-                seq: id,
-                message: e.to_string(),
-            })?);
+            out.push(serde_json::from_str(&body).map_err(record(id))?);
         }
         Ok(out)
     }
 
     pub fn deploy(&self, id: i64) -> Result<Option<DeployInfo>, JournalError> {
-        let mut stmt = self.db.prepare("SELECT body FROM deploys WHERE id = ?1")?;
-        let mut rows = stmt.query(params![id])?;
-        match rows.next()? {
-            Some(r) => {
-                let body: String = r.get(0)?;
-                Ok(Some(serde_json::from_str(&body).map_err(|e| JournalError::Record {
-                    seq: id,
-                    message: e.to_string(),
-                })?))
-            }
-            None => Ok(None),
-        }
+        let body: Option<String> = self
+            .db
+            .query_row("SELECT body FROM deploys WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?;
+        body.map(|b| serde_json::from_str(&b).map_err(record(id))).transpose()
     }
+}
+
+fn has_events(db: &Connection) -> Result<bool, JournalError> {
+    Ok(db.query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))?)
+}
+
+/// Brings a journal of format `from` (0 for a new file) to `FORMAT`, in one transaction.
+fn upgrade(db: &mut Connection, from: i64) -> Result<(), JournalError> {
+    let tx = db.transaction()?;
+    if from < 1 {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 at_ms INTEGER NOT NULL,
+                 body TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS deploys (
+                 id INTEGER PRIMARY KEY,
+                 body TEXT NOT NULL
+             );
+             CREATE TABLE published (
+                 only INTEGER PRIMARY KEY CHECK (only = 1),
+                 seq INTEGER NOT NULL
+             );
+             -- Format 0 showed the whole journal's state: all of it counts as published.
+             INSERT INTO published (only, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM events;",
+        )?;
+    }
+    tx.pragma_update(None, "user_version", FORMAT)?;
+    tx.commit()?;
+    Ok(())
 }

@@ -1,22 +1,25 @@
 //! slipway's control plane: one-button deploys that survive their own crash.
 //!
-//! It runs beside an agent and a router, each its own process (started
-//! detached if missing, re-attached when running): if the control plane
-//! dies, the router keeps routing and the instances keep serving. Every
-//! 500 ms it observes the agent's instances and the router's metrics, feeds
-//! them and the operator's commands to the rollout machine (`rollout`),
-//! journals every event that changed the state in SQLite before acting, and
-//! reconciles instances and routes towards `Service::desired()`. Canary
-//! steps are judged by `judge` from router metrics. Started again, it
-//! replays the journal through the same machine and carries on.
+//! It runs beside an agent and a router, each its own process (started detached if missing, re-attached when
+//! running): if the control plane dies, the router keeps routing and the instances keep serving. Every 500 ms
+//! it observes the agent's instances and the router's metrics, feeds them and the operator's commands to the
+//! rollout machine (`rollout`), journaling every event that changed the state in SQLite before acting; then the
+//! pure `planner` decides the calls that bring instances and routes to `Service::desired()`, the `executor`
+//! makes them, and the state is published once the router confirmed its routes. Canary steps are judged by
+//! `judge` from router metrics. Started again, it replays the journal through the same machine and carries on.
 
-pub mod analysis;
-pub mod api;
-pub mod config;
-pub mod data;
-pub mod driver;
-pub mod journal;
-pub mod procs;
+mod analysis;
+mod api;
+mod book;
+mod config;
+mod data;
+mod driver;
+mod executor;
+mod journal;
+mod judging;
+mod planner;
+mod procs;
+mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,8 +28,14 @@ use std::time::Duration;
 use plumbing::client::ApiClient;
 use tokio::sync::watch;
 
-pub use config::{ConfigError, ServiceConfig};
+pub use api::ROUTES;
+pub use config::{ConfigError, Layout, ServiceConfig};
 pub use driver::Control;
+pub use journal::JournalError;
+pub use procs::{
+    ProcError, Running, agent_running, control_running, ensure_agent, ensure_control, ensure_router, router_running,
+    stop_process,
+};
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +45,7 @@ pub enum StartError {
     #[error(transparent)]
     Fs(#[from] plumbing::fs::FsError),
     #[error(transparent)]
-    Journal(#[from] journal::JournalError),
+    Journal(#[from] JournalError),
     #[error("{0}")]
     Client(#[from] plumbing::client::ClientError),
     #[error("cannot listen on {addr} for the admin API: {source}")]
@@ -88,12 +97,14 @@ pub async fn start(cfg: ServiceConfig, exe: PathBuf) -> Result<RunningControl, S
         .await
         .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??
     };
-    let agent = ApiClient::new(&agent.addr, Some(read_token(&cfg.layout.agent_token())?))?;
-    let router = ApiClient::new(&router.addr, Some(read_token(&cfg.layout.router_token())?))?;
+    let parts = executor::Parts {
+        agent: ApiClient::new(&agent.addr, Some(read_token(&cfg.layout.agent_token())?))?,
+        router: ApiClient::new(&router.addr, Some(read_token(&cfg.layout.router_token())?))?,
+    };
     let token = plumbing::fs::secret_file(&cfg.layout.control_token(), plumbing::fs::new_token)?;
     let listen = plumbing::api::Listen::parse(&cfg.file.service.admin, &cfg.base, "service.admin")
         .unwrap_or(plumbing::api::Listen::Tcp(([127, 0, 0, 1], 0).into()));
-    let control = Control::open(cfg.clone(), token, agent, router)?;
+    let control = Control::open(cfg.clone(), token, parts)?;
     let (stop, stop_rx) = watch::channel(false);
     let (api_addr, api_task) = plumbing::api::serve(&listen, api::router(control.clone()), stop_rx.clone())
         .await
@@ -118,13 +129,14 @@ async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut mtime = std::fs::metadata(c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default())
         .and_then(|m| m.modified())
         .ok();
+    let mut turns = driver::LoopState::default();
     loop {
-        c.tick().await;
+        c.tick(&mut turns).await;
         let path = c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
         let now = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if now != mtime {
             mtime = now;
-            match reload(&c) {
+            match c.reload() {
                 Ok(r) if !r.applied.is_empty() || !r.needs_restart.is_empty() => {
                     tracing::info!(applied = ?r.applied, needs_restart = ?r.needs_restart, "slipway.toml changed")
                 }
@@ -137,58 +149,6 @@ async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-}
-
-/// What a reload changed.
-#[derive(Debug, Default)]
-pub struct Reloaded {
-    pub applied: Vec<String>,
-    pub needs_restart: Vec<String>,
-}
-
-/// Reads slipway.toml again. Cohorts and deploy settings apply at once (the
-/// next deploy, the next route table); listener, affinity, health and
-/// instance changes need `slipway down` and `up`.
-pub fn reload(c: &Control) -> Result<Reloaded, ConfigError> {
-    let path = c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
-    let new = ServiceConfig::load(&path)?;
-    let mut cur = c.cfg.lock().unwrap_or_else(|e| e.into_inner());
-    let mut r = Reloaded::default();
-    let (a, b) = (&cur.file, &new.file);
-    if a.routing.cohorts != b.routing.cohorts {
-        r.applied.push("routing.cohort".into());
-    }
-    if a.deploy != b.deploy {
-        r.applied.push("deploy (from the next deploy on)".into());
-    }
-    if a.instance.count != b.instance.count {
-        r.applied.push("instance.count (from the next deploy on)".into());
-    }
-    if a.listeners != b.listeners {
-        r.needs_restart.push("listener".into());
-    }
-    if a.routing.affinity != b.routing.affinity
-        || a.routing.client_version_header != b.routing.client_version_header
-        || a.routing.health != b.routing.health
-    {
-        r.needs_restart
-            .push("routing (affinity, client_version_header, health)".into());
-    }
-    let mut a_inst = a.instance.clone();
-    a_inst.count = b.instance.count;
-    if a_inst != b.instance || a.logs != b.logs {
-        r.needs_restart.push("instance".into());
-    }
-    if a.service != b.service {
-        r.needs_restart.push("service".into());
-    }
-    // Apply what applies live; keep the rest as it runs.
-    let mut merged = cur.file.clone();
-    merged.routing.cohorts = b.routing.cohorts.clone();
-    merged.deploy = b.deploy.clone();
-    merged.instance.count = b.instance.count;
-    cur.file = merged;
-    Ok(r)
 }
 
 /// Runs the control plane until SIGTERM or SIGINT.

@@ -1,4 +1,4 @@
-//! The agent, router and control plane as separate processes: start them detached when missing, find them when running, stop them.
+//! The agent, the router and the control plane as processes: started detached when missing, found, stopped.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub struct Running {
 }
 
 pub fn alive(pid: u32) -> bool {
-    agent::process::start_time(pid).is_some()
+    agent::process_start_time(pid).is_some()
 }
 
 fn read_status(path: &Path, addr_field: &str) -> Option<Running> {
@@ -67,12 +67,11 @@ fn start(
     args: Vec<OsString>,
     log: PathBuf,
     wait: impl Fn() -> Option<Running>,
-    old_pid: Option<u32>,
 ) -> Result<Running, ProcError> {
-    let pid = agent::process::spawn_detached(exe, &args, &log).map_err(|source| ProcError::Spawn { what, source })?;
+    let pid = agent::spawn_detached(exe, &args, &log).map_err(|source| ProcError::Spawn { what, source })?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Some(r) = wait().filter(|r| Some(r.pid) != old_pid && r.pid == pid) {
+        if let Some(r) = wait().filter(|r| r.pid == pid) {
             return Ok(r);
         }
         if !alive(pid) {
@@ -95,14 +94,9 @@ pub fn ensure_agent(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcErro
     let conf = cfg.layout.run_dir.join("agent.toml");
     write_toml(&conf, &cfg.agent_file())?;
     let args = vec!["agent".into(), "--config".into(), conf.into_os_string()];
-    start(
-        "the agent",
-        exe,
-        args,
-        cfg.layout.run_dir.join("agent.log"),
-        || agent_running(cfg),
-        None,
-    )
+    start("the agent", exe, args, cfg.layout.run_dir.join("agent.log"), || {
+        agent_running(cfg)
+    })
 }
 
 /// The router, started if it is not running (it serves its saved table at once).
@@ -113,14 +107,9 @@ pub fn ensure_router(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcErr
     let conf = cfg.layout.run_dir.join("router.toml");
     write_toml(&conf, &cfg.router_file())?;
     let args = vec!["router".into(), "--config".into(), conf.into_os_string()];
-    start(
-        "the router",
-        exe,
-        args,
-        cfg.layout.run_dir.join("router.log"),
-        || router_running(cfg),
-        None,
-    )
+    start("the router", exe, args, cfg.layout.run_dir.join("router.log"), || {
+        router_running(cfg)
+    })
 }
 
 /// The control plane, started if it is not running.
@@ -135,12 +124,11 @@ pub fn ensure_control(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcEr
         args,
         cfg.layout.run_dir.join("control.log"),
         || control_running(cfg),
-        None,
     )
 }
 
 /// Sends SIGTERM and waits up to `grace` for the process to go, then SIGKILL.
-pub fn stop(pid: u32, grace: Duration) {
+pub fn stop_process(pid: u32, grace: Duration) {
     use nix::sys::signal::{Signal, kill};
     let p = nix::unistd::Pid::from_raw(pid as i32);
     let _ = kill(p, Signal::SIGTERM);

@@ -1,4 +1,4 @@
-//! Scenarios per strategy, and a seeded simulation that injects crashes, failed probes, verdicts and operator commands and replays the journal at every step.
+//! Scenarios per strategy, and a seeded simulation of noisy worlds and operators that replays the journal.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -206,7 +206,12 @@ fn inconclusive_steps_are_extended_then_aborted() {
         "{:?}",
         d.phase
     );
-    assert!(d.log.iter().any(|(_, l)| l.contains("held 5s longer")));
+    assert!(
+        d.log
+            .iter()
+            .any(|(_, t)| matches!(t, Transition::StepExtended { by_ms: 5_000, .. })
+                && t.to_string().contains("held 5s longer"))
+    );
     assert!(d.outcome.as_deref().unwrap_or("").contains("inconclusive") || matches!(d.phase, Phase::Aborting { .. }));
 }
 
@@ -277,6 +282,7 @@ fn only_one_deploy_at_a_time_and_commands_need_one() {
     deploy(&mut s, "v1", Strategy::Canary, now);
     run(&mut s, &mut w, &mut now, 3, None);
     deploy(&mut s, "v2", Strategy::Canary, now);
+    let before = s.clone();
     let err = s
         .on(
             &Event::Deploy {
@@ -288,9 +294,11 @@ fn only_one_deploy_at_a_time_and_commands_need_one() {
         )
         .unwrap_err();
     assert!(err.0.contains("only one deploy"), "{err}");
+    assert_eq!(s, before, "a refused deploy changes nothing");
     assert!(s.on(&Event::Rollback { plan: plan() }, now).is_err());
-    let again = s.clone();
-    assert_eq!(again, s, "a refused command changes nothing");
+    assert_eq!(s, before, "a refused rollback changes nothing");
+    assert!(s.on(&Event::Promote, now).is_err(), "nothing to promote while starting");
+    assert_eq!(s, before, "a refused promotion changes nothing");
 }
 
 #[test]
@@ -309,6 +317,118 @@ fn pause_stops_the_clock_and_promote_skips_ahead() {
     assert_eq!(s.current.as_deref(), Some("v2"));
 }
 
+/// The noisy world moves towards what is desired, with delays and failures: the agent's next report.
+fn noisy_groups(
+    live: &mut BTreeMap<(String, String), (u32, u32)>,
+    want: &Desired,
+    rng: &mut fastrand::Rng,
+    calm: bool,
+) -> Event {
+    let wanted: BTreeMap<(String, String), u32> = want
+        .groups
+        .iter()
+        .map(|g| ((g.release.clone(), g.group.clone()), g.count))
+        .collect();
+    let mut failed = None;
+    for (k, n) in &wanted {
+        let e = live.entry(k.clone()).or_insert((0, 0));
+        if e.0 < *n && (calm || rng.u8(0..3) > 0) {
+            e.0 += 1;
+        }
+        if e.0 > *n && (calm || rng.bool()) {
+            e.0 -= 1;
+        }
+        if e.1 < e.0 && (calm || rng.u8(0..3) > 0) {
+            e.1 += 1;
+        }
+        e.1 = e.1.min(e.0);
+        if !calm && rng.u16(0..400) == 0 {
+            failed = Some(k.clone());
+        }
+    }
+    for (k, v) in live.iter_mut() {
+        if !wanted.contains_key(k) && (calm || rng.bool()) {
+            v.0 = v.0.saturating_sub(1);
+            v.1 = v.1.min(v.0);
+        }
+    }
+    live.retain(|_, v| v.0 > 0);
+    let groups = live
+        .iter()
+        .map(|((r, g), (l, rd))| GroupObs {
+            release: r.clone(),
+            group: g.clone(),
+            live: *l,
+            ready: *rd,
+            failed: (failed.as_ref() == Some(&(r.clone(), g.clone()))).then(|| "crash loop".to_string()),
+        })
+        .collect();
+    Event::Groups { groups }
+}
+
+/// A busy operator: deploys, aborts, pauses, resumes, promotions and rollbacks.
+fn operator(rng: &mut fastrand::Rng, next_release: &mut u32) -> Option<Event> {
+    let strategies = [Strategy::Canary, Strategy::Rolling, Strategy::BlueGreen];
+    Some(match rng.u8(0..40) {
+        0..=3 => {
+            let r = format!("v{next_release}");
+            *next_release += 1;
+            Event::Deploy {
+                release: r,
+                strategy: strategies[rng.usize(0..3)],
+                plan: plan(),
+            }
+        }
+        4 => Event::Abort {
+            reason: "operator".into(),
+        },
+        5 => Event::Pause,
+        6 => Event::Resume,
+        7 => Event::Promote,
+        8 => Event::Rollback { plan: plan() },
+        _ => return None,
+    })
+}
+
+/// Active weights sum to 100, no release is routed twice or without instances, and no session goes back to a
+/// release it was promoted away from.
+fn check_routes(s: &Service, no_going_back: &BTreeSet<String>, at: &str) {
+    let d = s.desired();
+    let active_sum: u32 = d
+        .routes
+        .iter()
+        .filter(|r| r.state == RouteState::Active)
+        .map(|r| r.weight)
+        .sum();
+    let first_deploy_running = s
+        .active()
+        .is_some_and(|d| d.from.is_none() && !matches!(d.phase, Phase::Aborting { .. }));
+    if s.current.is_some() || first_deploy_running {
+        assert_eq!(active_sum, 100, "{at}: weights {:?}", d.routes);
+    }
+    let mut names = BTreeSet::new();
+    for r in &d.routes {
+        assert!(names.insert(r.release.clone()), "{at}: {} routed twice", r.release);
+        if r.weight > 0 {
+            let count: u32 = d
+                .groups
+                .iter()
+                .filter(|g| g.release == r.release)
+                .map(|g| g.count)
+                .sum();
+            assert!(count > 0, "{at}: {} has weight but no instances", r.release);
+            assert!(
+                !no_going_back.contains(&r.release),
+                "{at}: sessions sent back to {}: {:?} {:?} {:?}",
+                r.release,
+                d.routes,
+                s.deploy.as_ref().map(|d| &d.log),
+                s.retiring
+            );
+        }
+    }
+}
+
 /// Seeded simulation: a noisy world (slow and failing instances, random
 /// verdicts) and a busy operator (deploys, aborts, pauses, rollbacks). After
 /// every event the journal is replayed from scratch and must give the same
@@ -324,68 +444,23 @@ fn random_worlds_and_operators_with_crash_and_replay_at_every_step() {
         let mut now = 0u64;
         let mut next_release = 1;
         let mut no_going_back: BTreeSet<String> = BTreeSet::new();
-        let strategies = [Strategy::Canary, Strategy::Rolling, Strategy::BlueGreen];
         let apply = |s: &mut Service, journal: &mut Vec<(Event, u64)>, ev: Event, now: u64| {
-            if let Ok(true) = s.on(&ev, now) {
+            if s.on(&ev, now).is_ok_and(|u| u.changed) {
                 journal.push((ev, now));
             }
         };
         for step in 0..400 {
             now += rng.u64(200..3_000);
             let calm = step >= 250;
-            // The world moves towards what is desired, with delays and failures.
-            let want = s.desired();
-            let wanted: BTreeMap<(String, String), u32> = want
-                .groups
-                .iter()
-                .map(|g| ((g.release.clone(), g.group.clone()), g.count))
-                .collect();
-            let mut failed = None;
-            for (k, n) in &wanted {
-                let e = live.entry(k.clone()).or_insert((0, 0));
-                if e.0 < *n && (calm || rng.u8(0..3) > 0) {
-                    e.0 += 1;
-                }
-                if e.0 > *n && (calm || rng.bool()) {
-                    e.0 -= 1;
-                }
-                if e.1 < e.0 && (calm || rng.u8(0..3) > 0) {
-                    e.1 += 1;
-                }
-                e.1 = e.1.min(e.0);
-                if !calm && rng.u16(0..400) == 0 {
-                    failed = Some(k.clone());
-                }
-            }
-            for (k, v) in live.iter_mut() {
-                if !wanted.contains_key(k) && (calm || rng.bool()) {
-                    v.0 = v.0.saturating_sub(1);
-                    v.1 = v.1.min(v.0);
-                }
-            }
-            live.retain(|_, v| v.0 > 0);
-            let groups = live
-                .iter()
-                .map(|((r, g), (l, rd))| GroupObs {
-                    release: r.clone(),
-                    group: g.clone(),
-                    live: *l,
-                    ready: *rd,
-                    failed: (failed.as_ref() == Some(&(r.clone(), g.clone()))).then(|| "crash loop".to_string()),
-                })
-                .collect();
-            apply(&mut s, &mut journal, Event::Groups { groups }, now);
+            let groups = noisy_groups(&mut live, &s.desired(), &mut rng, calm);
+            apply(&mut s, &mut journal, groups, now);
             for r in s.retiring.clone() {
                 if calm || rng.bool() {
-                    apply(
-                        &mut s,
-                        &mut journal,
-                        Event::Idle {
-                            release: r.release,
-                            idle_ms: rng.u64(0..20_000),
-                        },
-                        now,
-                    );
+                    let idle = Event::Idle {
+                        release: r.release,
+                        idle_ms: rng.u64(0..20_000),
+                    };
+                    apply(&mut s, &mut journal, idle, now);
                 }
             }
             let verdict = match (calm, rng.u8(0..20)) {
@@ -394,43 +469,18 @@ fn random_worlds_and_operators_with_crash_and_replay_at_every_step() {
                 (_, 1..=5) => Outcome::Inconclusive,
                 _ => Outcome::Pass,
             };
-            apply(
-                &mut s,
-                &mut journal,
-                Event::Verdict {
-                    outcome: verdict,
-                    reason: "sim".into(),
-                },
-                now,
-            );
-            if !calm {
-                let cmd = match rng.u8(0..40) {
-                    0..=3 => {
-                        let r = format!("v{next_release}");
-                        next_release += 1;
-                        Some(Event::Deploy {
-                            release: r,
-                            strategy: strategies[rng.usize(0..3)],
-                            plan: plan(),
-                        })
-                    }
-                    4 => Some(Event::Abort {
-                        reason: "operator".into(),
-                    }),
-                    5 => Some(Event::Pause),
-                    6 => Some(Event::Resume),
-                    7 => Some(Event::Promote),
-                    8 => Some(Event::Rollback { plan: plan() }),
-                    _ => None,
-                };
-                if let Some(cmd) = cmd {
-                    if matches!(cmd, Event::Rollback { .. }) {
-                        // A rollback may bring back a release: it is allowed to move sessions.
-                        no_going_back.clear();
-                    }
-                    apply(&mut s, &mut journal, cmd, now);
+            let verdict = Event::Verdict {
+                outcome: verdict,
+                reason: "sim".into(),
+            };
+            apply(&mut s, &mut journal, verdict, now);
+            if !calm && let Some(cmd) = operator(&mut rng, &mut next_release) {
+                if matches!(cmd, Event::Rollback { .. }) {
+                    // A rollback may bring back a release: it is allowed to move sessions.
+                    no_going_back.clear();
                 }
-            } else if s.active().is_some_and(|d| d.paused_at.is_some()) {
+                apply(&mut s, &mut journal, cmd, now);
+            } else if calm && s.active().is_some_and(|d| d.paused_at.is_some()) {
                 apply(&mut s, &mut journal, Event::Resume, now);
             }
             apply(&mut s, &mut journal, Event::Tick, now);
@@ -444,50 +494,7 @@ fn random_worlds_and_operators_with_crash_and_replay_at_every_step() {
                 }
                 assert_eq!(replayed, s, "seed {seed} step {step}: replay differs");
             }
-
-            // Routing invariants.
-            let d = s.desired();
-            let active_sum: u32 = d
-                .routes
-                .iter()
-                .filter(|r| r.state == RouteState::Active)
-                .map(|r| r.weight)
-                .sum();
-            let first_deploy_running = s
-                .active()
-                .is_some_and(|d| d.from.is_none() && !matches!(d.phase, Phase::Aborting { .. }));
-            if s.current.is_some() || first_deploy_running {
-                assert_eq!(active_sum, 100, "seed {seed} step {step}: weights {:?}", d.routes);
-            }
-            let mut names = BTreeSet::new();
-            for r in &d.routes {
-                assert!(
-                    names.insert(r.release.clone()),
-                    "seed {seed}: {} routed twice",
-                    r.release
-                );
-                if r.weight > 0 {
-                    let count: u32 = d
-                        .groups
-                        .iter()
-                        .filter(|g| g.release == r.release)
-                        .map(|g| g.count)
-                        .sum();
-                    assert!(
-                        count > 0,
-                        "seed {seed} step {step}: {} has weight but no instances",
-                        r.release
-                    );
-                    assert!(
-                        !no_going_back.contains(&r.release),
-                        "seed {seed} step {step}: sessions sent back to {}: {:?} {:?} {:?}",
-                        r.release,
-                        d.routes,
-                        s.deploy.as_ref().map(|d| &d.log),
-                        s.retiring
-                    );
-                }
-            }
+            check_routes(&s, &no_going_back, &format!("seed {seed} step {step}"));
             if let Some(dep) = &s.deploy
                 && dep.phase == Phase::Done
                 && dep.finished_ms == Some(now)

@@ -68,7 +68,7 @@ async fn settle(api: &plumbing::client::ApiClient, release: &str, limit: Duratio
         let s: wire::service::ServiceStatus = api.get("/v1/status").await.unwrap();
         if s.instances
             .iter()
-            .filter(|i| agent::supervisor::is_live(i.state) || i.state == wire::agent::InstanceState::Draining)
+            .filter(|i| agent::is_live(i.state) || i.state == wire::agent::InstanceState::Draining)
             .all(|i| i.release == release)
         {
             return;
@@ -207,7 +207,7 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("slipway.toml"), service_toml(&demo)).unwrap();
     let cfg = control::ServiceConfig::load(&dir.join("slipway.toml")).unwrap();
-    let store = agent::releases::ReleaseStore::new(cfg.state_dir());
+    let store = agent::ReleaseStore::new(cfg.state_dir());
     for (id, m) in [
         ("v1", ""),
         ("v2", ""),
@@ -284,21 +284,18 @@ async fn main() {
     let total = load.stop().await;
     running.shutdown().await;
     // Stop everything the bench started.
-    if let Ok(list) = agent::supervisor::saved_instances(cfg.state_dir()) {
+    if let Ok(list) = agent::saved_instances(cfg.state_dir()) {
         for i in list {
             if let Some(pid) = i.pid {
-                agent::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                agent::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
-    for r in [
-        control::procs::router_running(&cfg),
-        control::procs::agent_running(&cfg),
-    ]
-    .into_iter()
-    .flatten()
+    for r in [control::router_running(&cfg), control::agent_running(&cfg)]
+        .into_iter()
+        .flatten()
     {
-        control::procs::stop(r.pid, Duration::from_secs(3));
+        control::stop_process(r.pid, Duration::from_secs(3));
     }
     if let Some(row) = nginx_run(&demo, rate, websockets, &dir).await {
         rows.push(row);

@@ -66,18 +66,18 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(cfg) = &self.cfg {
             // Instances first (each is its own session), then the helpers.
-            if let Ok(list) = agent::supervisor::saved_instances(cfg.state_dir()) {
+            if let Ok(list) = agent::saved_instances(cfg.state_dir()) {
                 for i in list {
                     if let Some(pid) = i.pid {
-                        agent::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                        agent::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                 }
             }
-            for r in [control::procs::router_running(cfg), control::procs::agent_running(cfg)]
+            for r in [control::router_running(cfg), control::agent_running(cfg)]
                 .into_iter()
                 .flatten()
             {
-                control::procs::stop(r.pid, Duration::from_secs(3));
+                control::stop_process(r.pid, Duration::from_secs(3));
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -93,7 +93,7 @@ fn add_release(dir: &Path, root: &Path, id: &str, manifest: &str) -> anyhow::Res
     std::fs::create_dir_all(&src)?;
     std::fs::write(src.join("slipway.release.toml"), manifest)?;
     std::fs::write(src.join("README"), format!("demo release {id}\n"))?;
-    agent::releases::ReleaseStore::new(root).add(&src, id)?;
+    agent::ReleaseStore::new(root).add(&src, id)?;
     Ok(())
 }
 
@@ -123,7 +123,7 @@ async fn deploy_and_wait(
             );
         }
         seen = d.events.len();
-        if !started_reported && d.phase == "step" {
+        if !started_reported && d.phase == wire::service::DeployPhase::Step {
             started_reported = true;
             on_start(&d);
         }

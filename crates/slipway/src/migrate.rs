@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use agent::releases::{MANIFEST, ReleaseStore};
-use agent::supervisor::{is_live, saved_instances};
+use agent::{RELEASE_MANIFEST, ReleaseStore};
+use agent::{is_live, saved_instances};
 use records::migrate::{self, Conn, LiveUse, Phase};
 
 /// The releases with running instances under `root`, and what each declares it uses.
@@ -21,7 +21,7 @@ pub fn live_uses(root: &Path) -> anyhow::Result<Vec<LiveUse>> {
     let store = ReleaseStore::new(root);
     let mut out = Vec::new();
     for r in releases {
-        let path = store.path(&r).join(MANIFEST);
+        let path = store.path(&r).join(RELEASE_MANIFEST);
         let uses = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let m: wire::agent::ReleaseManifest =

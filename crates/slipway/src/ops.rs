@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use control::ServiceConfig;
-use control::procs;
 use plumbing::client::ApiClient;
 use wire::service::{DeployInfo, DeployList, DeployRequest, ServiceStatus, Strategy};
 
@@ -33,11 +32,11 @@ pub fn exe() -> anyhow::Result<PathBuf> {
 pub fn up(cfg: &ServiceConfig) -> anyhow::Result<()> {
     let exe = exe()?;
     std::fs::create_dir_all(cfg.state_dir()).with_context(|| format!("cannot create {}", cfg.state_dir().display()))?;
-    let agent = procs::ensure_agent(cfg, &exe)?;
+    let agent = control::ensure_agent(cfg, &exe)?;
     println!("agent          pid {:<7} API {}", agent.pid, agent.addr);
-    let router = procs::ensure_router(cfg, &exe)?;
+    let router = control::ensure_router(cfg, &exe)?;
     println!("router         pid {:<7} admin {}", router.pid, router.addr);
-    let control = procs::ensure_control(cfg, &exe)?;
+    let control = control::ensure_control(cfg, &exe)?;
     println!("control plane  pid {:<7} API {}", control.pid, control.addr);
     if let Ok(v) = std::fs::read(cfg.layout.router_status())
         && let Ok(st) = serde_json::from_slice::<wire::api::RouterStatus>(&v)
@@ -61,18 +60,18 @@ pub fn up(cfg: &ServiceConfig) -> anyhow::Result<()> {
 
 /// Stops instances, then the control plane, the router and the agent.
 pub async fn down(cfg: &ServiceConfig) -> anyhow::Result<()> {
-    if let Some(a) = procs::agent_running(cfg) {
+    if let Some(a) = control::agent_running(cfg) {
         let token = std::fs::read_to_string(cfg.layout.agent_token()).unwrap_or_default();
         let api = ApiClient::new(&a.addr, Some(token.trim().to_string()))?;
-        if let Some(c) = procs::control_running(cfg) {
-            procs::stop(c.pid, Duration::from_secs(5));
+        if let Some(c) = control::control_running(cfg) {
+            control::stop_process(c.pid, Duration::from_secs(5));
             println!("control plane stopped");
         }
         let list: wire::agent::InstanceList = api.get("/v1/instances").await.unwrap_or_default();
         let ids: Vec<String> = list
             .instances
             .iter()
-            .filter(|i| agent::supervisor::is_live(i.state))
+            .filter(|i| agent::is_live(i.state))
             .map(|i| i.id.clone())
             .collect();
         if !ids.is_empty() {
@@ -86,7 +85,7 @@ pub async fn down(cfg: &ServiceConfig) -> anyhow::Result<()> {
                 if !l
                     .instances
                     .iter()
-                    .any(|i| agent::supervisor::is_live(i.state) || i.state == wire::agent::InstanceState::Draining)
+                    .any(|i| agent::is_live(i.state) || i.state == wire::agent::InstanceState::Draining)
                 {
                     break;
                 }
@@ -94,14 +93,14 @@ pub async fn down(cfg: &ServiceConfig) -> anyhow::Result<()> {
             }
             println!("{} instances stopped", ids.len());
         }
-        procs::stop(a.pid, Duration::from_secs(5));
+        control::stop_process(a.pid, Duration::from_secs(5));
         println!("agent stopped");
-    } else if let Some(c) = procs::control_running(cfg) {
-        procs::stop(c.pid, Duration::from_secs(5));
+    } else if let Some(c) = control::control_running(cfg) {
+        control::stop_process(c.pid, Duration::from_secs(5));
         println!("control plane stopped");
     }
-    if let Some(r) = procs::router_running(cfg) {
-        procs::stop(r.pid, Duration::from_secs(35));
+    if let Some(r) = control::router_running(cfg) {
+        control::stop_process(r.pid, Duration::from_secs(35));
         println!("router stopped");
     }
     Ok(())
@@ -109,7 +108,7 @@ pub async fn down(cfg: &ServiceConfig) -> anyhow::Result<()> {
 
 /// A client of the running control plane.
 pub fn control_client(cfg: &ServiceConfig) -> anyhow::Result<ApiClient> {
-    let running = procs::control_running(cfg).with_context(|| {
+    let running = control::control_running(cfg).with_context(|| {
         format!(
             "no control plane runs for {} (start it with `slipway up`)",
             cfg.path.display()

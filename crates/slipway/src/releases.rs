@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent::releases::ReleaseStore;
-use agent::supervisor::{is_live, saved_instances};
+use agent::ReleaseStore;
+use agent::{is_live, saved_instances};
 
 /// Adds a release and prints where it went.
 pub fn add(root: &Path, source: &Path, id: &str) -> anyhow::Result<()> {
@@ -104,7 +104,7 @@ fn log_files(root: &Path, target: &str) -> anyhow::Result<Vec<(String, PathBuf)>
         .filter(|i| i.id == target || i.release == target)
         .map(|i| i.id.clone())
         .collect();
-    if ids.is_empty() && agent::logs::instance_dir(root, target).is_dir() {
+    if ids.is_empty() && agent::log_dir(root, target).is_dir() {
         ids.push(target.to_string());
     }
     if ids.is_empty() {
@@ -113,7 +113,7 @@ fn log_files(root: &Path, target: &str) -> anyhow::Result<Vec<(String, PathBuf)>
     Ok(ids
         .into_iter()
         .map(|id| {
-            let p = agent::logs::log_path(root, &id);
+            let p = agent::log_path(root, &id);
             (id, p)
         })
         .collect())
@@ -126,7 +126,7 @@ pub fn logs(root: &Path, target: &str, lines: usize, follow: bool) -> anyhow::Re
     let mut out = std::io::stdout().lock();
     for (id, path) in &files {
         let dir = path.parent().unwrap_or(root);
-        for l in agent::logs::tail(dir, lines) {
+        for l in agent::log_tail(dir, lines) {
             if many {
                 writeln!(out, "[{id}] {l}")?;
             } else {
@@ -145,7 +145,7 @@ pub fn logs(root: &Path, target: &str, lines: usize, follow: bool) -> anyhow::Re
     loop {
         std::thread::sleep(Duration::from_millis(200));
         for (i, (id, path)) in files.iter().enumerate() {
-            let (bytes, new_pos) = agent::logs::read_new(path, pos[i]);
+            let (bytes, new_pos) = agent::follow_log(path, pos[i]);
             pos[i] = new_pos;
             if bytes.is_empty() {
                 continue;

@@ -456,7 +456,7 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_and_says_why() {
 /// Starts `slipway router` the way systemd socket activation does: the
 /// listening socket as fd 3 with LISTEN_FDS=1 and LISTEN_PID set.
 fn start_activated(dir: &TempDir, listener: &std::net::TcpListener) -> tokio::process::Child {
-    agent::process::spawn(agent::process::Launch {
+    agent::spawn_instance(agent::Launch {
         program: PathBuf::from(env!("CARGO_BIN_EXE_slipway")),
         args: vec![
             "router".into(),

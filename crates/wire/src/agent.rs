@@ -358,6 +358,12 @@ pub struct NotifyDrainRequest {
     pub ids: Vec<String>,
 }
 
+/// `POST /v1/releases/current`: point the `current` link at a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetCurrentRequest {
+    pub release: String,
+}
+
 /// `GET /v1/instances` and answers to start/stop.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct InstanceList {

@@ -388,7 +388,85 @@ pub struct GroupStatus {
     pub wanted: u32,
     pub ready: u32,
     pub weight: u32,
-    pub state: String,
+    pub state: GroupRoute,
+}
+
+/// How the router treats a group's release: its route state, or no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupRoute {
+    Active,
+    Draining,
+    Down,
+    /// Not in the route table.
+    Unrouted,
+}
+
+impl GroupRoute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupRoute::Active => "active",
+            GroupRoute::Draining => "draining",
+            GroupRoute::Down => "down",
+            GroupRoute::Unrouted => "unrouted",
+        }
+    }
+}
+
+impl From<crate::RouteState> for GroupRoute {
+    fn from(s: crate::RouteState) -> GroupRoute {
+        match s {
+            crate::RouteState::Active => GroupRoute::Active,
+            crate::RouteState::Draining => GroupRoute::Draining,
+            crate::RouteState::Down => GroupRoute::Down,
+        }
+    }
+}
+
+impl std::fmt::Display for GroupRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a deploy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployPhase {
+    /// New instances are starting.
+    Starting,
+    /// A canary step holds its weight until it is judged.
+    Step,
+    /// The canary passed: scaling up before taking all traffic.
+    Promoting,
+    /// Blue-green: the new set must stay ready before the switch.
+    Checking,
+    /// Rolling: old instances are replaced a few at a time.
+    Rolling,
+    Aborting,
+    Done,
+    Aborted,
+}
+
+impl DeployPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployPhase::Starting => "starting",
+            DeployPhase::Step => "step",
+            DeployPhase::Promoting => "promoting",
+            DeployPhase::Checking => "checking",
+            DeployPhase::Rolling => "rolling",
+            DeployPhase::Aborting => "aborting",
+            DeployPhase::Done => "done",
+            DeployPhase::Aborted => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for DeployPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One deploy, as the API and the history show it.
@@ -398,8 +476,7 @@ pub struct DeployInfo {
     pub release: String,
     pub from: Option<String>,
     pub strategy: Strategy,
-    /// starting, step, promoting, draining, aborting, aborted, done, ...
-    pub phase: String,
+    pub phase: DeployPhase,
     pub paused: bool,
     /// Words for the current phase ("step 2 of 3: weight 10%, 40s of 2m").
     pub detail: String,
@@ -426,7 +503,7 @@ impl DeployInfo {
     }
 
     pub fn aborted(&self) -> bool {
-        self.phase == "aborted"
+        self.phase == DeployPhase::Aborted
     }
 }
 
@@ -449,4 +526,39 @@ pub struct ServiceStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployList {
     pub deploys: Vec<DeployInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_phases_and_group_routes_keep_the_strings_the_api_always_had() {
+        use DeployPhase::*;
+        for p in [Starting, Step, Promoting, Checking, Rolling, Aborting, Done, Aborted] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(serde_json::from_value::<DeployPhase>(p.as_str().into()).unwrap(), p);
+        }
+        for g in [
+            GroupRoute::Active,
+            GroupRoute::Draining,
+            GroupRoute::Down,
+            GroupRoute::Unrouted,
+        ] {
+            assert_eq!(serde_json::to_value(g).unwrap(), g.as_str());
+        }
+        for s in [
+            crate::RouteState::Active,
+            crate::RouteState::Draining,
+            crate::RouteState::Down,
+        ] {
+            assert_eq!(GroupRoute::from(s).as_str(), s.as_str());
+        }
+        // A history entry saved before these were enums reads the same.
+        let old = r#"{"release":"v2","group":"v2","wanted":1,"ready":1,"weight":10,"state":"unrouted"}"#;
+        let g: GroupStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(g.state, GroupRoute::Unrouted);
+        assert_eq!(serde_json::to_string(&g).unwrap(), old);
+        assert!(serde_json::from_str::<DeployPhase>("\"draining\"").is_err());
+    }
 }

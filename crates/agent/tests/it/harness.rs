@@ -76,7 +76,7 @@ impl Harness {
         let src = self.dir.join(format!("src-{id}"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("slipway.release.toml"), manifest).unwrap();
-        agent::releases::ReleaseStore::new(self.root())
+        agent::ReleaseStore::new(self.root())
             .add(&src, id)
             .expect("release added");
     }
@@ -129,13 +129,13 @@ impl Harness {
 
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    agent::process::start_time(pid).is_some()
+    agent::process_start_time(pid).is_some()
 }
 
 /// Kills every process of an instance's group at the end of a test.
 pub fn kill_group(pid: Option<u32>) {
     if let Some(p) = pid {
-        agent::process::signal_group(p, nix::sys::signal::Signal::SIGKILL);
+        agent::signal_group(p, nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -147,7 +147,7 @@ impl Drop for Harness {
                 kill_group(i.pid);
             }
         }
-        if let Ok(saved) = agent::supervisor::saved_instances(&self.root()) {
+        if let Ok(saved) = agent::saved_instances(&self.root()) {
             for i in saved {
                 kill_group(i.pid);
             }

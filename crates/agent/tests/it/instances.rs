@@ -1,4 +1,4 @@
-//! Instances: start, ready, stop; stop deadlines; crashes, backoff and crash loops; drain hooks; LISTEN_FDS; logs; re-adoption.
+//! Instances: start, stop and their deadlines, crashes and crash loops, drain hooks, LISTEN_FDS, logs, re-adoption.
 
 use std::time::{Duration, Instant};
 
@@ -185,7 +185,7 @@ async fn draining_calls_the_drain_hook_before_the_stop_signal() {
     assert_eq!(during.text(), "game");
     h.wait_state(&i.id, InstanceState::Stopped, Duration::from_secs(10))
         .await;
-    let log = std::fs::read_to_string(agent::logs::log_path(&h.root(), &i.id)).unwrap();
+    let log = std::fs::read_to_string(agent::log_path(&h.root(), &i.id)).unwrap();
     assert!(log.contains("SIGTERM, shutting down"), "{log}");
 }
 
@@ -197,7 +197,7 @@ async fn instances_can_get_their_listening_socket_as_fd_3() {
     let ready = h.wait_state(&i.id, InstanceState::Ready, Duration::from_secs(10)).await;
     assert_eq!(testkit::get(addr(&ready), "/", &[]).await.unwrap().text(), "v1");
     // The app did not bind a port of its own: it serves on the one the agent bound.
-    let log = std::fs::read_to_string(agent::logs::log_path(&h.root(), &i.id)).unwrap();
+    let log = std::fs::read_to_string(agent::log_path(&h.root(), &i.id)).unwrap();
     assert!(log.contains(&format!("listening on {}", ready.addr)), "{log}");
     // A restart hands it a socket on the same port again.
     kill_group(ready.pid);
@@ -220,13 +220,13 @@ async fn instance_output_goes_to_size_rotated_files() {
     h.add_release("chatty", "[start.env]\nDEMO_LOG_RATE = \"2000\"\n");
     let i = &h.start_instances("chatty", 1).await[0];
     let ready = h.wait_state(&i.id, InstanceState::Ready, Duration::from_secs(10)).await;
-    let dir = agent::logs::instance_dir(&h.root(), &i.id);
+    let dir = agent::log_dir(&h.root(), &i.id);
     testkit::wait_for("two rotations", Duration::from_secs(10), || async {
         dir.join("output.log.2").exists().then_some(())
     })
     .await;
     assert!(!dir.join("output.log.3").exists(), "keeps 2 rotated files");
-    let tail = agent::logs::tail(&dir, 5);
+    let tail = agent::log_tail(&dir, 5);
     assert_eq!(tail.len(), 5);
     assert!(tail.iter().all(|l| l.contains("log line")), "{tail:?}");
     kill_group(ready.pid);
@@ -345,6 +345,44 @@ async fn notify_drain_warns_open_websockets_at_drain_start_and_the_stop_does_not
     .await;
     h.wait_state(&i.id, InstanceState::Stopped, Duration::from_secs(10))
         .await;
-    let log = std::fs::read_to_string(agent::logs::log_path(&h.root(), &i.id)).unwrap();
+    let log = std::fs::read_to_string(agent::log_path(&h.root(), &i.id)).unwrap();
     assert_eq!(log.matches("drain hook called").count(), 1, "the hook runs once: {log}");
+}
+
+#[tokio::test]
+async fn an_agent_started_on_an_instance_table_of_the_previous_format_carries_on_with_it() {
+    // The table an agent of the previous format left behind: a ready instance whose process is gone since,
+    // a stopped one and a crash-looping one.
+    let dir = testkit::TempDir::new("agent");
+    let state = dir.join("root/agent/instances.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/instances-v0.json"),
+        &state,
+    )
+    .unwrap();
+    let src = dir.join("src-v1");
+    std::fs::create_dir_all(&src).unwrap();
+    agent::ReleaseStore::new(dir.join("root")).add(&src, "v1").unwrap();
+    let h = Harness::start_in(dir, "").await;
+    let looped = h.instance("bad-0").await;
+    assert_eq!(
+        looped.state,
+        InstanceState::CrashLoop,
+        "a final state stays: {looped:?}"
+    );
+    let gone = h.instance("v1-0").await;
+    assert_ne!(
+        gone.state,
+        InstanceState::Ready,
+        "a process that is gone is not adopted: {gone:?}"
+    );
+    // Instance numbers go on from the saved ones: nothing is started under an id that was used.
+    let started = h.start_instances("v1", 1).await;
+    assert_eq!(started[0].id, "v1-2");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["format"], 1, "written back in this agent's format");
+    for i in h.list().await {
+        kill_group(i.pid);
+    }
 }

@@ -1,11 +1,11 @@
-//! Release folders: adding from folders and archives, immutability, the atomic `current` switch, pruning rules.
+//! Release folders: added from folders and archives, immutable, an atomic `current` switch, pruning rules.
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use agent::releases::{ReleaseError, ReleaseStore};
+use agent::{ReleaseError, ReleaseStore};
 use testkit::TempDir;
 
 fn source_tree(dir: &TempDir, name: &str) -> std::path::PathBuf {

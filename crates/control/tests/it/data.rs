@@ -1,4 +1,5 @@
-//! Deploys move the data with them: expand migrations before a new release starts, contract after the old one is gone, write gates from what the live releases read; a migration that fails refuses the deploy.
+//! Deploys move the data with them: expand before a release starts, contract after, write gates follow readers.
+//! A migration that fails refuses the deploy.
 
 use std::time::Duration;
 
@@ -31,7 +32,8 @@ sql = "ALTER TABLE players ADD COLUMN first_name TEXT"
 check = "SELECT 1 FROM pragma_table_info('players') WHERE name = 'first_name'"
 [[step]]
 phase = "backfill"
-sql = "UPDATE players SET first_name = upper(name) WHERE id IN (SELECT id FROM players WHERE first_name IS NULL LIMIT 2)"
+sql = """UPDATE players SET first_name = upper(name) \
+    WHERE id IN (SELECT id FROM players WHERE first_name IS NULL LIMIT 2)"""
 repeat = true
 [[step]]
 phase = "contract"
@@ -102,11 +104,7 @@ async fn a_deploy_expands_before_the_new_release_and_contracts_after_the_old_one
         },
     )
     .await;
-    assert!(
-        !s.instances
-            .iter()
-            .any(|i| i.release == "v1" && agent::supervisor::is_live(i.state))
-    );
+    assert!(!s.instances.iter().any(|i| i.release == "v1" && agent::is_live(i.state)));
     let note = s.data.unwrap_or_default();
     assert!(note.contains("write gate of player: 3"), "{note}");
 

@@ -1,4 +1,4 @@
-//! A service on a temp folder: agent and router as real processes, the control plane in-process (or as a process), load through the router.
+//! A service on a temp folder: agent and router as processes, the control plane in-process, load through the router.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,7 +54,7 @@ impl Fixture {
         let path = dir.join("slipway.toml");
         std::fs::write(&path, edit(service_toml(&dir, extra))).unwrap();
         let cfg = ServiceConfig::load(&path).expect("test service config is valid");
-        let store = agent::releases::ReleaseStore::new(cfg.state_dir());
+        let store = agent::ReleaseStore::new(cfg.state_dir());
         for (id, manifest) in [
             ("v1", ""),
             ("v2", ""),
@@ -139,23 +139,23 @@ impl Fixture {
 impl Drop for Fixture {
     /// Leaves no process behind: instances, router, agent (and a control plane process).
     fn drop(&mut self) {
-        if let Ok(list) = agent::supervisor::saved_instances(self.cfg.state_dir()) {
+        if let Ok(list) = agent::saved_instances(self.cfg.state_dir()) {
             for i in list {
                 if let Some(pid) = i.pid {
-                    agent::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    agent::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                 }
             }
         }
         for r in [
-            control::procs::control_running(&self.cfg),
-            control::procs::router_running(&self.cfg),
-            control::procs::agent_running(&self.cfg),
+            control::control_running(&self.cfg),
+            control::router_running(&self.cfg),
+            control::agent_running(&self.cfg),
         ]
         .into_iter()
         .flatten()
         {
             if r.pid != std::process::id() {
-                control::procs::stop(r.pid, Duration::from_secs(2));
+                control::stop_process(r.pid, Duration::from_secs(2));
             }
         }
     }

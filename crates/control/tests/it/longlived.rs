@@ -1,4 +1,5 @@
-//! A deploy with players connected: 200 WebSockets on v1 stay through a canary to v2 until they leave or the drain deadline passes, hear the drain at its start, then get 1012 and reconnect to v2; nobody sees an error.
+//! Players through a canary: WebSockets on v1 stay until they leave or the drain deadline, then reconnect to v2.
+//! They hear the drain at its start, get 1012 at its end, and nobody sees an error.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
