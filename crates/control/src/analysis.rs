@@ -1,48 +1,66 @@
-//! Turns router metrics snapshots into judge windows for the instance groups being compared, and tracks when retiring releases go quiet.
+//! Router snapshots to verdicts for the instance groups a deploy compares (through the judge's tracker), the
+//! step's hold and error-budget share from the deploy, and when retiring releases go quiet.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use judge::{Judge, Observation, Window};
-use rollout::AnalysisSpec;
-use wire::agent::InstanceInfo;
+use judge::{Member, Members, RestoreError, Tracker};
+use rollout::{AnalysisSpec, Deploy, Phase};
+use serde::{Deserialize, Serialize};
+use wire::agent::{InstanceInfo, InstanceState};
 use wire::judge::{JudgeConfig, Verdict};
-use wire::metrics::{Counters, MetricsSnapshot};
+use wire::metrics::MetricsSnapshot;
 
 /// The analysis of one canary step (or one rolling deploy).
+#[derive(Debug)]
 pub struct Analysis {
     pub key: String,
-    judge: Judge,
-    started_ms: u64,
-    router_id: Option<String>,
-    /// Last counters per (release, instance).
-    prev: BTreeMap<(String, String), Counters>,
+    tracker: Tracker,
     pub last: Option<Verdict>,
 }
 
-impl std::fmt::Debug for Analysis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Analysis").field("key", &self.key).finish()
-    }
+/// An analysis as it is journaled: a restarted control plane continues the same test from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedAnalysis {
+    pub key: String,
+    pub tracker: Tracker,
 }
 
-fn counters(snap: &MetricsSnapshot) -> BTreeMap<(String, String), Counters> {
-    let mut out = BTreeMap::new();
-    for r in &snap.releases {
-        for i in &r.instances {
-            out.insert((r.release.clone(), i.instance.clone()), i.counters.clone());
-        }
-    }
-    out
+/// How many analyses share the deploy's error budget: one per canary step, one for a rolling deploy.
+fn analyses(deploy: Option<&Deploy>) -> u32 {
+    deploy.map_or(1, |d| match d.phase {
+        Phase::Rolling { .. } => 1,
+        _ => d.plan.steps.len().max(1) as u32,
+    })
+}
+
+/// When the current step's hold ends (later while paused: paused time does not count).
+fn hold_end(deploy: Option<&Deploy>, now_ms: u64) -> Option<u64> {
+    let d = deploy?;
+    let Phase::Step { index, since, .. } = d.phase else {
+        return None;
+    };
+    let paused = d.paused_at.map_or(0, |p| now_ms.saturating_sub(p));
+    Some(since + d.plan.steps.get(index)?.1 + paused)
+}
+
+fn members(instances: &[InstanceInfo], groups: &[(String, String)]) -> Vec<Member> {
+    instances
+        .iter()
+        .filter(|i| groups.iter().any(|(r, g)| &i.release == r && i.group_name() == g))
+        .map(|i| Member {
+            release: i.release.clone(),
+            instance: i.id.clone(),
+            started_at_ms: i.started_at_ms,
+            ready: i.state == InstanceState::Ready,
+        })
+        .collect()
 }
 
 impl Analysis {
-    pub fn new(key: &str, config: &JudgeConfig, now_ms: u64) -> Analysis {
+    pub fn new(key: &str, config: &JudgeConfig, deploy: Option<&Deploy>, now_ms: u64) -> Analysis {
         Analysis {
             key: key.to_string(),
-            judge: Judge::new(config),
-            started_ms: now_ms,
-            router_id: None,
-            prev: BTreeMap::new(),
+            tracker: Tracker::new(config, analyses(deploy), now_ms),
             last: None,
         }
     }
@@ -52,51 +70,38 @@ impl Analysis {
         &mut self,
         snap: &MetricsSnapshot,
         spec: &AnalysisSpec,
+        deploy: Option<&Deploy>,
         instances: &[InstanceInfo],
         now_ms: u64,
     ) -> Option<Verdict> {
-        let now = counters(snap);
-        if self.router_id.as_deref() != Some(snap.router_id.as_str()) {
-            // First look, or the router restarted (its counters began again).
-            self.router_id = Some(snap.router_id.clone());
-            self.prev = now;
+        let m = Members {
+            canary: members(instances, &spec.canary_groups),
+            baseline: members(instances, &spec.baseline_groups),
+        };
+        if !self.tracker.feed(snap, &m, now_ms) {
             return self.last.clone();
         }
-        let members = |groups: &[(String, String)]| -> BTreeSet<(String, String)> {
-            instances
-                .iter()
-                .filter(|i| groups.iter().any(|(r, g)| &i.release == r && i.group_name() == g))
-                .map(|i| (i.release.clone(), i.id.clone()))
-                .collect()
-        };
-        let window = |set: &BTreeSet<(String, String)>| {
-            let mut w = Counters::default();
-            for k in set {
-                if let Some(c) = now.get(k) {
-                    let d = match self.prev.get(k) {
-                        Some(p) => c.since(p),
-                        None => c.clone(),
-                    };
-                    w.add(&d);
-                }
-            }
-            Window {
-                requests: w.requests,
-                errors: w.errors(),
-                latency: w.latency_us,
-            }
-        };
-        let canary = window(&members(&spec.canary_groups));
-        let baseline = window(&members(&spec.baseline_groups));
-        self.prev = now;
-        self.judge.observe(&Observation {
-            at_ms: now_ms.saturating_sub(self.started_ms),
-            baseline,
-            canary,
-        });
-        let v = self.judge.verdict();
+        let v = self.tracker.verdict(now_ms, hold_end(deploy, now_ms));
         self.last = Some(v.clone());
         Some(v)
+    }
+
+    /// The state to journal with the deploy.
+    pub fn save(&self) -> SavedAnalysis {
+        SavedAnalysis {
+            key: self.key.clone(),
+            tracker: self.tracker.clone(),
+        }
+    }
+
+    /// Continues a journaled analysis.
+    pub fn restore(saved: SavedAnalysis) -> Result<Analysis, RestoreError> {
+        saved.tracker.check()?;
+        Ok(Analysis {
+            key: saved.key,
+            tracker: saved.tracker,
+            last: None,
+        })
     }
 }
 

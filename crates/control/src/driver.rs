@@ -328,7 +328,8 @@ impl Control {
     }
 
     fn analyse(&self, snap: &MetricsSnapshot, now: u64) {
-        let desired = self.state().desired();
+        let st = self.state();
+        let desired = st.desired();
         let quiet = lock(&self.live).activity.update(snap, now);
         let judge_cfg = lock(&self.cfg).file.deploy.canary.analysis.clone();
         let mut verdict = None;
@@ -338,10 +339,10 @@ impl Control {
             match &desired.analysis {
                 Some(spec) => {
                     if live.analysis.as_ref().map(|a| a.key.as_str()) != Some(spec.key.as_str()) {
-                        live.analysis = Some(Analysis::new(&spec.key, &judge_cfg, now));
+                        live.analysis = Some(Analysis::new(&spec.key, &judge_cfg, st.active(), now));
                     }
                     if let Some(a) = live.analysis.as_mut() {
-                        verdict = a.feed(snap, spec, &live.instances, now);
+                        verdict = a.feed(snap, spec, st.active(), &live.instances, now);
                     }
                 }
                 None => live.analysis = None,

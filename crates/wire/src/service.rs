@@ -237,11 +237,11 @@ pub struct CanarySettings {
 fn default_steps() -> Vec<CanaryStep> {
     vec![
         CanaryStep {
-            weight: 1,
-            hold: HumanDuration::from_secs(30),
+            weight: 10,
+            hold: HumanDuration::from_secs(60),
         },
         CanaryStep {
-            weight: 10,
+            weight: 25,
             hold: HumanDuration::from_secs(120),
         },
         CanaryStep {
