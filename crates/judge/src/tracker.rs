@@ -277,11 +277,18 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    /// A histogram with `count` values near each of the given µs.
     fn h(pairs: &[(u64, u64)]) -> Histogram {
         Histogram {
             count: pairs.iter().map(|p| p.1).sum(),
             sum_us: 0,
-            buckets: pairs.iter().map(|&(le_us, count)| Bucket { le_us, count }).collect(),
+            buckets: pairs
+                .iter()
+                .map(|&(us, count)| Bucket {
+                    le_us: wire::metrics::bucket_upper_us(wire::metrics::bucket_index(us * 100)),
+                    count,
+                })
+                .collect(),
         }
     }
 

@@ -227,9 +227,17 @@ impl Judge {
             return verdict(Outcome::Inconclusive, reason, alarm, metrics);
         }
         for m in &mut metrics {
-            m.outcome = Outcome::Pass;
+            if m.outcome != Outcome::Fail {
+                m.outcome = Outcome::Pass;
+            }
         }
-        let seen: Vec<String> = metrics.iter().map(|m| format!("{} {}", m.name, m.reason)).collect();
+        let seen: Vec<String> = metrics
+            .iter()
+            .map(|m| match m.outcome {
+                Outcome::Fail => format!("{} failed (not critical): {}", m.name, m.reason),
+                _ => format!("{} {}", m.name, m.reason),
+            })
+            .collect();
         let reason = format!(
             "step passed after {elapsed_s:.0}s: {}; this step would have caught {caught} with 95% probability",
             seen.join(", ")
