@@ -14,6 +14,8 @@ use wire::metrics::MetricsSnapshot;
 #[derive(Debug)]
 pub struct Analysis {
     pub key: String,
+    /// The deploy it belongs to (the next step's analysis carries on from it).
+    deploy: Option<i64>,
     tracker: Tracker,
     pub last: Option<Verdict>,
 }
@@ -22,6 +24,7 @@ pub struct Analysis {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedAnalysis {
     pub key: String,
+    pub deploy: Option<i64>,
     pub tracker: Tracker,
 }
 
@@ -57,10 +60,25 @@ fn members(instances: &[InstanceInfo], groups: &[(String, String)]) -> Vec<Membe
 }
 
 impl Analysis {
-    pub fn new(key: &str, config: &JudgeConfig, deploy: Option<&Deploy>, now_ms: u64) -> Analysis {
+    /// The analysis `key` of `deploy` from `now_ms`. When `previous` was the
+    /// same deploy's previous step, the new one keeps what it learned about
+    /// the traffic and its windowing (see [`Tracker::next_step`]).
+    pub fn new(
+        key: &str,
+        config: &JudgeConfig,
+        deploy: Option<&Deploy>,
+        previous: Option<Analysis>,
+        now_ms: u64,
+    ) -> Analysis {
+        let id = deploy.map(|d| d.id);
+        let tracker = match previous {
+            Some(p) if p.deploy.is_some() && p.deploy == id => p.tracker.next_step(config, analyses(deploy), now_ms),
+            _ => Tracker::new(config, analyses(deploy), now_ms),
+        };
         Analysis {
             key: key.to_string(),
-            tracker: Tracker::new(config, analyses(deploy), now_ms),
+            deploy: id,
+            tracker,
             last: None,
         }
     }
@@ -90,6 +108,7 @@ impl Analysis {
     pub fn save(&self) -> SavedAnalysis {
         SavedAnalysis {
             key: self.key.clone(),
+            deploy: self.deploy,
             tracker: self.tracker.clone(),
         }
     }
@@ -99,6 +118,7 @@ impl Analysis {
         saved.tracker.check()?;
         Ok(Analysis {
             key: saved.key,
+            deploy: saved.deploy,
             tracker: saved.tracker,
             last: None,
         })
@@ -125,5 +145,144 @@ impl Activity {
             out.insert(r.release.clone(), now_ms.saturating_sub(e.1));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rollout::Plan;
+    use wire::metrics::{Counters, InstanceMetrics, ReleaseMetrics};
+    use wire::service::Strategy;
+
+    use super::*;
+
+    fn deploy(phase: Phase, paused_at: Option<u64>) -> Deploy {
+        Deploy {
+            id: 7,
+            release: "v2".into(),
+            from: Some("v1".into()),
+            strategy: Strategy::Canary,
+            plan: Plan {
+                count: 2,
+                steps: vec![(10, 60_000), (50, 120_000)],
+                canary_count: 1,
+                fresh_baseline: false,
+                extension_ms: 60_000,
+                max_extensions: 3,
+                continue_when_inconclusive: false,
+                max_surge: 1,
+                max_unavailable: 0,
+                bake_ms: 0,
+                check_ms: 0,
+                rollback_window_ms: 0,
+                drain_deadline_ms: 0,
+                session_idle_ms: 0,
+                start_timeout_ms: 0,
+            },
+            phase,
+            started_ms: 0,
+            finished_ms: None,
+            outcome: None,
+            paused_at,
+            last_verdict: None,
+            log: Vec::new(),
+            rollback: false,
+        }
+    }
+
+    #[test]
+    fn the_hold_ends_with_the_step_and_paused_time_does_not_count() {
+        let step = |index| Phase::Step {
+            index,
+            since: 1_000,
+            extensions: 1,
+        };
+        assert_eq!(hold_end(Some(&deploy(step(1), None)), 5_000), Some(121_000));
+        assert_eq!(hold_end(Some(&deploy(step(0), Some(30_000))), 50_000), Some(81_000));
+        let rolling = Phase::Rolling {
+            added: 1,
+            removed: 0,
+            ready_since: None,
+        };
+        assert_eq!(hold_end(Some(&deploy(rolling.clone(), None)), 5_000), None);
+        assert_eq!(analyses(Some(&deploy(step(0), None))), 2);
+        assert_eq!(analyses(Some(&deploy(rolling, None))), 1);
+    }
+
+    fn snapshot(canary: u64, base: u64) -> MetricsSnapshot {
+        let rel = |name: &str, n: u64| {
+            let c = Counters {
+                requests: n,
+                ..Counters::default()
+            };
+            ReleaseMetrics {
+                release: name.into(),
+                totals: c.clone(),
+                instances: vec![InstanceMetrics {
+                    instance: format!("{name}-0"),
+                    addr: String::new(),
+                    healthy: true,
+                    counters: c,
+                }],
+            }
+        };
+        MetricsSnapshot {
+            router_id: "r1".into(),
+            generation: 1,
+            uptime_ms: 0,
+            releases: vec![rel("v2", canary), rel("v1", base)],
+            unrouted: Counters::default(),
+        }
+    }
+
+    fn instance(release: &str) -> InstanceInfo {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("{release}-0"), "release": release, "addr": "127.0.0.1:1", "port": 1,
+            "pid": 1, "state": "ready", "healthy": true, "restarts": 0, "started_at_ms": 0
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_journaled_analysis_continues_the_same_test_and_a_misrouted_canary_fails_at_the_hold_end() {
+        let spec = AnalysisSpec {
+            key: "7/step-1".into(),
+            canary_groups: vec![("v2".into(), "v2".into())],
+            baseline_groups: vec![("v1".into(), "v1".into())],
+        };
+        let d = deploy(
+            Phase::Step {
+                index: 0,
+                since: 0,
+                extensions: 0,
+            },
+            None,
+        );
+        let instances = [instance("v2"), instance("v1")];
+        let mut a = Analysis::new(&spec.key, &JudgeConfig::default(), Some(&d), None, 0);
+        assert_eq!(a.feed(&snapshot(0, 0), &spec, Some(&d), &instances, 0), None);
+        let mut restored = None;
+        for k in 1..=130u64 {
+            let now = k * 500;
+            let snap = snapshot(0, k * 100);
+            let v = a.feed(&snap, &spec, Some(&d), &instances, now).unwrap();
+            if let Some(r) = restored.as_mut() {
+                let w = Analysis::feed(r, &snap, &spec, Some(&d), &instances, now).unwrap();
+                assert_eq!(serde_json::to_string(&v).unwrap(), serde_json::to_string(&w).unwrap());
+            }
+            if k == 40 {
+                let saved = serde_json::to_string(&a.save()).unwrap();
+                restored = Some(Analysis::restore(serde_json::from_str(&saved).unwrap()).unwrap());
+            }
+        }
+        let v = a.last.clone().unwrap();
+        assert_eq!(v.outcome, wire::judge::Outcome::Fail, "{v:?}");
+        assert_eq!(v.alarm, Some(wire::judge::Alarm::NoCanaryTraffic));
+        // The next step of the same deploy carries on without a first look.
+        let mut next = Analysis::new("7/step-2", &JudgeConfig::default(), Some(&d), Some(a), 65_000);
+        assert!(
+            next.feed(&snapshot(10, 13_100), &spec, Some(&d), &instances, 65_500)
+                .is_some()
+        );
     }
 }

@@ -339,7 +339,13 @@ impl Control {
             match &desired.analysis {
                 Some(spec) => {
                     if live.analysis.as_ref().map(|a| a.key.as_str()) != Some(spec.key.as_str()) {
-                        live.analysis = Some(Analysis::new(&spec.key, &judge_cfg, st.active(), now));
+                        live.analysis = Some(Analysis::new(
+                            &spec.key,
+                            &judge_cfg,
+                            st.active(),
+                            live.analysis.take(),
+                            now,
+                        ));
                     }
                     if let Some(a) = live.analysis.as_mut() {
                         verdict = a.feed(snap, spec, st.active(), &live.instances, now);
