@@ -2,7 +2,7 @@
 //! and by Flagger-style and Kayenta-style reference judges on the same traffic.
 //!
 //! Usage: cargo run --release -p judge --features sim --example sim -- [--deploys N] [--threads T]
-//! [--only FAMILY] [--out FILE]
+//! [--only FAMILY] [--seed N] [--out FILE]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -378,6 +378,7 @@ fn main() {
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = String::from("bench/out/judge.json");
     let mut only: Option<String> = None;
+    let mut seed = 1u64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -385,9 +386,10 @@ fn main() {
             "--deploys" => deploys = val().parse().expect("--deploys N"),
             "--threads" => threads = val().parse().expect("--threads T"),
             "--only" => only = Some(val()),
+            "--seed" => seed = val().parse().expect("--seed N"),
             "--out" => out = val(),
             "--help" | "-h" => {
-                println!("sim [--deploys N (1000)] [--threads T] [--only FAMILY] [--out FILE]");
+                println!("sim [--deploys N (1000)] [--threads T] [--only FAMILY] [--seed N (1)] [--out FILE]");
                 return;
             }
             other => panic!("unknown argument {other}"),
@@ -406,12 +408,12 @@ fn main() {
     let started = std::time::Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, results, cells) = (next.clone(), results.clone(), cells.clone());
+            let (next, results, cells, seed) = (next.clone(), results.clone(), cells.clone(), seed);
             std::thread::spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(c) = cells.get(i) else { return };
-                    let row = run_cell(c, deploys, 1_000 + i as u64);
+                    let row = run_cell(c, deploys, seed * 1_000 + i as u64);
                     eprintln!(
                         "[{:>5.0}s] {}/{}: {} / {}",
                         started.elapsed().as_secs_f64(),

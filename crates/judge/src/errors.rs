@@ -109,7 +109,7 @@ impl ErrorTest {
             (count(&c.warm), count(&c.warming))
         };
         let base = (b.requests(), b.errors());
-        let temper = self.dispersion.temper();
+        let temper = self.dispersion.temper((warm.1 + warming.1 + base.1) as f64);
         for (part, mine) in self.parts.iter_mut().zip([warm, warming]) {
             part.observe(self.up, mine, base, temper, o.at_ms);
         }
@@ -130,6 +130,14 @@ impl ErrorTest {
                 (base.1 as f64, 1.0 - share)
             };
             self.dispersion.record(o.at_ms, hits, events, share);
+        }
+        // Half of the baseline against the other: the same release, so any
+        // extra variance of its split is burstiness.
+        let [(na, xa), (nb, xb)] = o.baseline_halves;
+        if na > 0 && nb > 0 {
+            let (xa, xb) = (xa.min(na), xb.min(nb));
+            self.dispersion
+                .record_aa(xa as f64, (xa + xb) as f64, na as f64 / (na + nb) as f64);
         }
     }
 

@@ -105,7 +105,7 @@ impl LatencyTest {
             let e = ec + eb;
             if e > 0.0 {
                 let pi0 = nc / (nc + nb);
-                self.evidence.update(ec, eb, pi0, self.dispersion.temper());
+                self.evidence.update(ec, eb, pi0, self.dispersion.temper(e));
                 let rate = |x: f64, n: f64| (x + 0.5) / (n + 1.0);
                 let (pc, pb) = (
                     rate(self.past_c + ec, self.canary.total() + nc),

@@ -142,6 +142,9 @@ pub struct Observation {
     pub at_ms: u64,
     pub baseline: Side,
     pub canary: Side,
+    /// (requests, errors) of two halves of the baseline's instances: an A/A
+    /// comparison that shows how bursty errors are before the canary has many.
+    pub baseline_halves: [(u64, u64); 2],
 }
 
 pub(crate) fn fmt_rate(x: u64, n: u64) -> String {

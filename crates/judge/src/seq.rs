@@ -150,16 +150,23 @@ pub(crate) fn would_catch(events: f64, p1: f64, p0: f64, target: f64) -> bool {
     mean - 1.645 * sd >= target && events * p1c >= (target / step).max(3.0)
 }
 
-/// Extra variance of events that come in bursts (clusters within a window,
-/// or episodes lasting seconds): the Pearson residuals of the canary's share
-/// per block of [`BLOCK_MS`] around its pooled fit, as a beta-binomial
-/// correlation `ρ` of the events within a block. Every window is then
-/// tempered so that a block of `X` expected events counts like
-/// `X / (1 + (X−1)ρ)` independent ones. The estimate uses past blocks only,
-/// so tempering by it keeps the test valid when events are independent.
+/// Extra variance of events that come in bursts, at two scales: clusters
+/// within a window (a bad upstream connection failing the requests queued
+/// on it) and episodes lasting seconds (blocks of [`BLOCK_MS`]). At each
+/// scale, the Pearson residuals of the canary's share around its pooled fit
+/// estimate a beta-binomial correlation `ρ`, and `x` events then count like
+/// `x / (1 + (x−1)ρ)` independent ones. Within windows the estimate starts
+/// from "events cluster" (`ρ = 1`, worth [`WITHIN_PRIOR`] pairs of events),
+/// across blocks from "no episodes", and both learn from the canary's share
+/// and from an A/A split of the baseline's instances (which shows burstiness
+/// long before the canary has many errors). Both use past data only, so
+/// tempering by them keeps the test valid when events are independent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Dispersion {
-    /// Σ (residual − 1) and Σ (X − 1) over finished blocks with two events or more.
+    /// Σ (residual − 1) and Σ (x − 1) over windows with two events or more.
+    w_excess: f64,
+    w_pairs: f64,
+    /// The same over finished blocks, and their number and events.
     excess: f64,
     pairs: f64,
     blocks: f64,
@@ -169,23 +176,37 @@ pub(crate) struct Dispersion {
     hits: f64,
     x: f64,
     expected: f64,
+    /// The same for the A/A split.
+    aa_hits: f64,
+    aa_x: f64,
+    aa_expected: f64,
 }
 
 /// Events are pooled over blocks this long to see bursts that span windows.
 pub(crate) const BLOCK_MS: u64 = 5_000;
-/// Prior weight (in event pairs) of "no overdispersion".
-const DISPERSION_PRIOR: f64 = 5.0;
+/// Weight of "events cluster" (ρ = 1) within windows, in pairs of events:
+/// the very first windows count as one event each, then the data decide.
+const WITHIN_PRIOR: f64 = 1.0;
+/// Weight of "no episodes" (ρ = 0) across blocks, in pairs of events.
+const PRIOR_PAIRS: f64 = 5.0;
+
+fn residual(hits: f64, x: f64, share: f64) -> f64 {
+    (hits - x * share).powi(2) / (x * share * (1.0 - share))
+}
 
 impl Dispersion {
-    /// Tempering for the next window.
-    pub(crate) fn temper(&self) -> f64 {
-        let rho = (self.excess / (self.pairs + DISPERSION_PRIOR)).clamp(0.0, 1.0);
+    /// Tempering for the next window, which holds `x` events.
+    pub(crate) fn temper(&self, x: f64) -> f64 {
+        let within = ((self.w_excess + WITHIN_PRIOR) / (self.w_pairs + WITHIN_PRIOR)).clamp(0.0, 1.0);
+        let across = (self.excess / (self.pairs + PRIOR_PAIRS)).clamp(0.0, 1.0);
         let per_block = if self.blocks > 0.0 {
             self.events / self.blocks
         } else {
             1.0
         };
-        1.0 / (1.0 + (per_block - 1.0).max(0.0) * rho)
+        let a = 1.0 / (1.0 + (x - 1.0).max(0.0) * within);
+        let b = 1.0 / (1.0 + (per_block - 1.0).max(0.0) * across);
+        a.min(b)
     }
 
     /// Records a window ending at `at_ms`: `hits` of `x` events from the
@@ -198,36 +219,62 @@ impl Dispersion {
             self.block_end_ms = at_ms + BLOCK_MS;
         }
         if x > 0.0 && share > 0.0 && share < 1.0 {
+            if x >= 2.0 {
+                self.w_excess += residual(hits, x, share) - 1.0;
+                self.w_pairs += x - 1.0;
+            }
             self.hits += hits;
             self.x += x;
             self.expected += x * share;
         }
     }
 
-    /// The estimate, without the block being filled (for the next step's test).
+    /// Records an A/A window (two halves of one release) at the window scale,
+    /// and into the A/A block being filled.
+    pub(crate) fn record_aa(&mut self, hits: f64, x: f64, share: f64) {
+        if x > 0.0 && share > 0.0 && share < 1.0 {
+            if x >= 2.0 {
+                self.w_excess += residual(hits, x, share) - 1.0;
+                self.w_pairs += x - 1.0;
+            }
+            self.aa_hits += hits;
+            self.aa_x += x;
+            self.aa_expected += x * share;
+        }
+    }
+
+    /// The estimates, without the block being filled (for the next step's test).
     pub(crate) fn carried(&self) -> Dispersion {
         Dispersion {
-            excess: self.excess,
-            pairs: self.pairs,
-            blocks: self.blocks,
-            events: self.events,
-            ..Dispersion::default()
+            block_end_ms: 0,
+            hits: 0.0,
+            x: 0.0,
+            expected: 0.0,
+            aa_hits: 0.0,
+            aa_x: 0.0,
+            aa_expected: 0.0,
+            ..self.clone()
         }
     }
 
     fn finish(&mut self) {
-        let (x, hits) = (self.x, self.hits);
         self.blocks += 1.0;
-        self.events += x;
-        if x >= 2.0 {
-            let share = self.expected / x;
-            let r = (hits - self.expected).powi(2) / (x * share * (1.0 - share));
-            self.excess += r - 1.0;
-            self.pairs += x - 1.0;
+        self.events += self.x;
+        for (hits, x, expected) in [
+            (self.hits, self.x, self.expected),
+            (self.aa_hits, self.aa_x, self.aa_expected),
+        ] {
+            if x >= 2.0 {
+                self.excess += residual(hits, x, expected / x) - 1.0;
+                self.pairs += x - 1.0;
+            }
         }
         self.hits = 0.0;
         self.x = 0.0;
         self.expected = 0.0;
+        self.aa_hits = 0.0;
+        self.aa_x = 0.0;
+        self.aa_expected = 0.0;
     }
 }
 
@@ -291,7 +338,10 @@ mod tests {
     fn clustered_events_raise_the_dispersion_and_independent_ones_do_not() {
         let mut rng = fastrand::Rng::with_seed(9);
         let (mut clustered, mut independent) = (Dispersion::default(), Dispersion::default());
-        assert_eq!(clustered.temper(), 1.0);
+        assert!(
+            clustered.temper(10.0) < 0.2,
+            "clusters are assumed until seen otherwise"
+        );
         for i in 0..2_000u64 {
             // Ten events per block, in clusters of five that share a side.
             let hits = (0..2).filter(|_| rng.f64() < 0.2).count() as f64 * 5.0;
@@ -299,7 +349,8 @@ mod tests {
             let hits = (0..10).filter(|_| rng.f64() < 0.2).count() as f64;
             independent.record(i * BLOCK_MS, hits, 10.0, 0.2);
         }
-        assert!(clustered.temper() < 0.4, "{}", clustered.temper());
-        assert!(independent.temper() > 0.9, "{}", independent.temper());
+        assert!(clustered.temper(10.0) < 0.4, "{}", clustered.temper(10.0));
+        assert!(independent.temper(10.0) > 0.9, "{}", independent.temper(10.0));
+        assert_eq!(independent.temper(1.0), 1.0);
     }
 }

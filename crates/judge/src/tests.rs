@@ -296,6 +296,7 @@ fn sub_millisecond_differences_are_never_a_latency_regression() {
             at_ms: k * 500,
             baseline: warm(window(500, 0, 300)),
             canary: warm(window(500, 0, 390)),
+            ..Observation::default()
         });
     }
     let v = j.verdict(300_000, Some(120_000));
@@ -307,6 +308,7 @@ fn sub_millisecond_differences_are_never_a_latency_regression() {
             at_ms: k * 500,
             baseline: warm(window(500, 0, 3_000)),
             canary: warm(window(500, 0, 30_000)),
+            ..Observation::default()
         });
     }
     assert_eq!(j.verdict(30_000, Some(120_000)).outcome, Outcome::Fail);
@@ -334,6 +336,7 @@ fn a_non_critical_metric_alone_does_not_fail_the_step() {
             at_ms: k * 500,
             baseline: warm(base),
             canary: warm(canary),
+            ..Observation::default()
         });
     }
     let v = j.verdict(120_000, Some(120_000));
@@ -351,6 +354,7 @@ fn the_step_passes_only_at_the_end_of_its_hold_and_says_what_it_could_have_caugh
             at_ms: k * 500,
             baseline: warm(window(180, 1, 50_000)),
             canary: warm(window(20, 0, 50_000)),
+            ..Observation::default()
         });
         if k * 500 < 120_000 {
             assert_eq!(j.verdict(k * 500, Some(120_000)).outcome, Outcome::Inconclusive);
@@ -372,6 +376,7 @@ fn too_little_traffic_is_inconclusive_and_none_at_all_for_the_canary_fails_with_
             at_ms: k * 1000,
             baseline: warm(window(5, 0, 50_000)),
             canary: warm(window(u64::from(k % 10 == 0), 0, 50_000)),
+            ..Observation::default()
         });
     }
     let v = j.verdict(60_000, Some(60_000));
@@ -383,6 +388,7 @@ fn too_little_traffic_is_inconclusive_and_none_at_all_for_the_canary_fails_with_
             at_ms: k * 1000,
             baseline: warm(window(5, 0, 50_000)),
             canary: Side::default(),
+            ..Observation::default()
         });
     }
     let during = j.verdict(30_000, Some(60_000));
@@ -407,6 +413,7 @@ fn the_strict_pass_rule_waits_until_the_traffic_proves_the_canary() {
             at_ms: k * 500,
             baseline: warm(window(50, 0, 50_000)),
             canary: warm(window(2, 0, 50_000)),
+            ..Observation::default()
         });
     }
     let v = j.verdict(60_000, Some(60_000));
@@ -455,6 +462,7 @@ proptest! {
                 at_ms: at,
                 baseline: warm(window(*nb, nb / 50, *usb)),
                 canary: warm(window(*nc, (*ec).min(*nc), *usc)),
+                ..Observation::default()
             });
             let v = j.verdict(at, Some(hold_s * 1000));
             if v.outcome == Outcome::Pass {

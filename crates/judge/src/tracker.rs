@@ -234,8 +234,9 @@ impl Tracker {
             self.router_id = Some(snap.router_id.clone());
         }
         let mut sides = [Side::default(), Side::default()];
-        for (side, list) in sides.iter_mut().zip([&members.canary, &members.baseline]) {
-            for m in list {
+        let mut halves = [(0, 0); 2];
+        for (k, (side, list)) in sides.iter_mut().zip([&members.canary, &members.baseline]).enumerate() {
+            for (i, m) in list.iter().enumerate() {
                 let warming = self.warming(m, now_ms);
                 if fresh {
                     continue;
@@ -245,13 +246,13 @@ impl Tracker {
                 };
                 let empty = Seen::default();
                 let p = self.prev.get(&key(&m.release, &m.instance)).unwrap_or(&empty);
+                let (n, e) = (c.requests.saturating_sub(p.requests), c.errors.saturating_sub(p.errors));
+                if k == 1 {
+                    halves[i % 2].0 += n;
+                    halves[i % 2].1 += e;
+                }
                 let w = if warming { &mut side.warming } else { &mut side.warm };
-                add(
-                    w,
-                    c.requests.saturating_sub(p.requests),
-                    c.errors.saturating_sub(p.errors),
-                    &since(&c.latency, &p.latency),
-                );
+                add(w, n, e, &since(&c.latency, &p.latency));
             }
         }
         self.prev = now;
@@ -263,6 +264,7 @@ impl Tracker {
             at_ms: now_ms,
             baseline,
             canary,
+            baseline_halves: halves,
         });
         true
     }
