@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::seq::{Dispersion, Evidence, target_ln, would_catch};
+use crate::seq::{Dispersion, Evidence, Fit, target_ln, would_catch};
 use crate::{Observation, fmt_odds, fmt_rate};
 
 /// The test of one kind of canary request (warm, or warming up) against the baseline.
@@ -69,6 +69,7 @@ pub(crate) struct ErrorTest {
     parts: [Part; 2],
     /// Bursts, from all canary requests against the baseline's.
     dispersion: Dispersion,
+    fit: Fit,
     n_b: u64,
     x_b: u64,
 }
@@ -94,6 +95,7 @@ impl ErrorTest {
             up,
             parts: [Part::new(f, abs, start_ms), Part::new(fw, warm_abs.max(abs), start_ms)],
             dispersion: Dispersion::default(),
+            fit: Fit::default(),
             n_b: 0,
             x_b: 0,
         }
@@ -115,22 +117,17 @@ impl ErrorTest {
         }
         self.n_b += base.0;
         self.x_b += base.1;
-        // The canary's share of this window's errors at the rates seen so far.
+        // The canary's share of this window's errors at the recent rates.
         let (n, x) = (warm.0 + warming.0, warm.1 + warming.1);
-        let (n_c, _) = self.requests();
-        let x_c = self.parts[0].x_c + self.parts[1].x_c;
-        let rate = |x: u64, n: u64| (x as f64 + 0.5) / (n as f64 + 1.0);
-        let (c, bb) = (n as f64 * rate(x_c, n_c), base.0 as f64 * rate(self.x_b, self.n_b));
+        let (c_side, b_side) = ((x as f64, n as f64), (base.1 as f64, base.0 as f64));
+        let share = self.fit.share(o.at_ms, c_side, b_side);
         let events = (x + base.1) as f64;
-        if c + bb > 0.0 {
-            let share = c / (c + bb);
-            let (hits, share) = if self.up {
-                (x as f64, share)
-            } else {
-                (base.1 as f64, 1.0 - share)
-            };
-            self.dispersion.record(o.at_ms, hits, events, share);
-        }
+        let (hits, share) = if self.up {
+            (x as f64, share)
+        } else {
+            (base.1 as f64, 1.0 - share)
+        };
+        self.dispersion.record(o.at_ms, hits, events, share);
         // Half of the baseline against the other: the same release, so any
         // extra variance of its split is burstiness.
         let [(na, xa), (nb, xb)] = o.baseline_halves;

@@ -6,7 +6,7 @@ use wire::metrics::BUCKETS;
 
 use crate::errors::Finding;
 use crate::hist::{Dense, lower_us, share_above, share_below, upper_us};
-use crate::seq::{Dispersion, Evidence, target_ln, would_catch};
+use crate::seq::{Dispersion, Evidence, Fit, target_ln, would_catch};
 use crate::{Observation, fmt_odds};
 
 /// The baseline's recent latencies forget at this pace (once they hold enough samples).
@@ -20,6 +20,7 @@ pub(crate) struct LatencyTest {
     abs_us: f64,
     evidence: Evidence,
     dispersion: Dispersion,
+    fit: Fit,
     /// The baseline's recent latencies (decayed), where thresholds come from.
     recent: Dense,
     last_ms: Option<u64>,
@@ -40,6 +41,7 @@ impl LatencyTest {
             abs_us,
             evidence: Evidence::new(start_ms),
             dispersion: Dispersion::default(),
+            fit: Fit::default(),
             recent: Dense::default(),
             last_ms: None,
             canary: Dense::default(),
@@ -106,12 +108,8 @@ impl LatencyTest {
             if e > 0.0 {
                 let pi0 = nc / (nc + nb);
                 self.evidence.update(ec, eb, pi0, self.dispersion.temper(e));
-                let rate = |x: f64, n: f64| (x + 0.5) / (n + 1.0);
-                let (pc, pb) = (
-                    rate(self.past_c + ec, self.canary.total() + nc),
-                    rate(self.past_b + eb, self.base.total() + nb),
-                );
-                self.dispersion.record(o.at_ms, ec, e, nc * pc / (nc * pc + nb * pb));
+                let share = self.fit.share(o.at_ms, (ec, nc), (eb, nb));
+                self.dispersion.record(o.at_ms, ec, e, share);
             }
             self.past_c += ec;
             self.past_b += eb;

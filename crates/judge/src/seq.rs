@@ -161,6 +161,36 @@ pub(crate) fn would_catch(events: f64, p1: f64, p0: f64, target: f64) -> bool {
 /// and from an A/A split of the baseline's instances (which shows burstiness
 /// long before the canary has many errors). Both use past data only, so
 /// tempering by them keeps the test valid when events are independent.
+/// Recent counts of both sides (decayed with a ~20 s memory): the fit a
+/// window's share is compared with, so a regression that starts mid-step is
+/// soon the new normal for the fit instead of looking like burstiness.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Fit {
+    hits_c: f64,
+    n_c: f64,
+    hits_b: f64,
+    n_b: f64,
+    last_ms: u64,
+}
+
+const FIT_MEMORY_MS: f64 = 20_000.0;
+
+impl Fit {
+    /// Adds a window and returns the share of its events the canary would
+    /// have at the recent rates: `n_c`, `n_b` requests, `hits_*` events.
+    pub(crate) fn share(&mut self, at_ms: u64, (hits_c, n_c): (f64, f64), (hits_b, n_b): (f64, f64)) -> f64 {
+        let keep = (-(at_ms.saturating_sub(self.last_ms) as f64) / FIT_MEMORY_MS).exp();
+        self.last_ms = at_ms;
+        self.hits_c = self.hits_c * keep + hits_c;
+        self.n_c = self.n_c * keep + n_c;
+        self.hits_b = self.hits_b * keep + hits_b;
+        self.n_b = self.n_b * keep + n_b;
+        let rate = |h: f64, n: f64| (h + 0.5) / (n + 1.0);
+        let (c, b) = (n_c * rate(self.hits_c, self.n_c), n_b * rate(self.hits_b, self.n_b));
+        if c + b > 0.0 { c / (c + b) } else { 0.5 }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Dispersion {
     /// Σ (residual − 1) and Σ (x − 1) over windows with two events or more.
