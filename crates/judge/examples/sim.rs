@@ -50,8 +50,18 @@ fn onset(s: Scenario, at_s: u64, errors: f64, slow: f64) -> Scenario {
 }
 
 fn grid() -> Vec<Cell> {
-    let d = Scenario::default_plan;
     let mut out = Vec::new();
+    plan_cells(&mut out);
+    warmup_and_outage_cells(&mut out);
+    onset_cells(&mut out);
+    burst_cells(&mut out);
+    traffic_cells(&mut out);
+    out
+}
+
+/// Cells for the default plan end to end, healthy and bad.
+fn plan_cells(out: &mut Vec<Cell>) {
+    let d = Scenario::default_plan;
     for rps in [20.0, 200.0, 2000.0] {
         out.push(cell("default plan", format!("identical, {rps} rps"), true, d(rps)));
         out.push(cell(
@@ -79,6 +89,11 @@ fn grid() -> Vec<Cell> {
         true,
         bad(d(200.0), 0.005, 1.05),
     ));
+}
+
+/// Cells for warm-up shapes and outages shared by both releases.
+fn warmup_and_outage_cells(out: &mut Vec<Cell>) {
+    let d = Scenario::default_plan;
     let warm = |w| Scenario { warmup: w, ..d(200.0) };
     out.push(cell(
         "warm-up",
@@ -156,6 +171,11 @@ fn grid() -> Vec<Cell> {
             ..d(200.0)
         },
     ));
+}
+
+/// Cells for regressions that start at 0, 30 or 60 s.
+fn onset_cells(out: &mut Vec<Cell>) {
+    let d = Scenario::default_plan;
     for rps in [200.0, 2000.0] {
         for at in [0, 30, 60] {
             let one = Scenario::one_step(rps, 10, 120_000);
@@ -181,6 +201,11 @@ fn grid() -> Vec<Cell> {
             onset(d(200.0), at, 0.02, 1.0),
         ));
     }
+}
+
+/// Cells for bursty errors, and canaries at the tolerance limit.
+fn burst_cells(out: &mut Vec<Cell>) {
+    let d = Scenario::default_plan;
     let bursty = Bursts {
         per_min: 1.0,
         errors: 0.05,
@@ -246,6 +271,11 @@ fn grid() -> Vec<Cell> {
         true,
         bad(d(2000.0), 0.005, 1.15),
     ));
+}
+
+/// Cells for heavy tails, low and zero canary traffic, a traffic drop.
+fn traffic_cells(out: &mut Vec<Cell>) {
+    let d = Scenario::default_plan;
     let pareto = |s: Scenario| Scenario {
         latency: Latency::Pareto {
             min_us: 10_000.0,
@@ -300,7 +330,6 @@ fn grid() -> Vec<Cell> {
         false,
         drop(bad(d(200.0), 0.02, 1.0)),
     ));
-    out
 }
 
 #[derive(Default)]
@@ -373,42 +402,49 @@ fn run_cell(c: &Cell, deploys: u32, seed: u64) -> Row {
     row
 }
 
-fn main() {
-    let mut deploys = 1000u32;
-    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut out = String::from("bench/out/judge.json");
-    let mut only: Option<String> = None;
-    let mut seed = 1u64;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
-        match a.as_str() {
-            "--deploys" => deploys = val().parse().expect("--deploys N"),
-            "--threads" => threads = val().parse().expect("--threads T"),
-            "--only" => only = Some(val()),
-            "--seed" => seed = val().parse().expect("--seed N"),
-            "--out" => out = val(),
+struct Args {
+    deploys: u32,
+    threads: usize,
+    out: String,
+    only: Option<String>,
+    seed: u64,
+}
+
+fn args() -> Option<Args> {
+    let mut a = Args {
+        deploys: 1000,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        out: String::from("bench/out/judge.json"),
+        only: None,
+        seed: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--deploys" => a.deploys = val().parse().expect("--deploys N"),
+            "--threads" => a.threads = val().parse().expect("--threads T"),
+            "--only" => a.only = Some(val()),
+            "--seed" => a.seed = val().parse().expect("--seed N"),
+            "--out" => a.out = val(),
             "--help" | "-h" => {
                 println!("sim [--deploys N (1000)] [--threads T] [--only FAMILY] [--seed N (1)] [--out FILE]");
-                return;
+                return None;
             }
             other => panic!("unknown argument {other}"),
         }
     }
-    let cells: Vec<Cell> = grid()
-        .into_iter()
-        .filter(|c| {
-            only.as_deref()
-                .is_none_or(|f| c.family.contains(f) || c.case.contains(f))
-        })
-        .collect();
-    let cells = Arc::new(cells);
+    Some(a)
+}
+
+/// Runs every cell on `a.threads` threads; rows in the cells' order.
+fn run_all(cells: Arc<Vec<Cell>>, a: &Args, started: std::time::Instant) -> Vec<Row> {
     let next = Arc::new(AtomicUsize::new(0));
     let results: Arc<Mutex<Vec<Option<Row>>>> = Arc::new(Mutex::new((0..cells.len()).map(|_| None).collect()));
-    let started = std::time::Instant::now();
-    let workers: Vec<_> = (0..threads)
+    let (deploys, seed) = (a.deploys, a.seed);
+    let workers: Vec<_> = (0..a.threads)
         .map(|_| {
-            let (next, results, cells, seed) = (next.clone(), results.clone(), cells.clone(), seed);
+            let (next, results, cells) = (next.clone(), results.clone(), cells.clone());
             std::thread::spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -430,82 +466,93 @@ fn main() {
     for w in workers {
         w.join().unwrap();
     }
-    let rows: Vec<Row> = Arc::try_unwrap(results)
-        .ok()
-        .unwrap()
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(Option::unwrap)
-        .collect();
+    let rows = std::mem::take(&mut *results.lock().unwrap());
+    rows.into_iter().map(Option::unwrap).collect()
+}
+
+/// Prints one row of the markdown table and returns it as JSON.
+fn report(c: &Cell, r: &Row, deploys: u32) -> String {
     let n = f64::from(deploys);
     let share = |x: u32| 100.0 * f64::from(x) / n;
-    println!("{deploys} deploys per case; times in s (to fail: from the regression's onset).\n");
+    let (mut of, mut op, mut ff) = (
+        r.ours.fail_ms.clone(),
+        r.ours.promote_ms.clone(),
+        r.flagger.fail_ms.clone(),
+    );
+    let (f50, f95, p50, fl50) = (
+        pct(&mut of, 0.5),
+        pct(&mut of, 0.95),
+        pct(&mut op, 0.5),
+        pct(&mut ff, 0.5),
+    );
+    println!(
+        "| {} | {} | {} | {:.1}% ({}) | {:.1}% | {} / {} | {:.1}% | {:.1}% / {:.1}% ({}) | {:.1}% / {:.1}% |",
+        c.family,
+        c.case,
+        if c.good { "yes" } else { "no" },
+        share(r.ours.promoted),
+        secs(p50),
+        share(r.ours.failed),
+        secs(f50),
+        secs(f95),
+        share(r.ours.aborted),
+        share(r.flagger.promoted),
+        share(r.flagger.failed),
+        secs(fl50),
+        share(r.kayenta.promoted),
+        share(r.kayenta.failed),
+    );
+    if let Some(why) = &r.first_reason {
+        eprintln!("  first healthy failure in {}: {why}", c.case);
+    }
+    format!(
+        "{{\"family\":\"{}\",\"case\":\"{}\",\"good\":{},\"slipway\":{{\"promoted\":{},\"promote_median_s\":{},\
+         \"failed\":{},\"fail_median_s\":{},\"fail_p95_s\":{},\"aborted\":{}}},\"flagger\":{{\"promoted\":{},\
+         \"failed\":{},\"fail_median_s\":{}}},\"kayenta\":{{\"promoted\":{},\"failed\":{}}}}}",
+        c.family,
+        c.case,
+        c.good,
+        f64::from(r.ours.promoted) / n,
+        json_num(p50),
+        f64::from(r.ours.failed) / n,
+        json_num(f50),
+        json_num(f95),
+        f64::from(r.ours.aborted) / n,
+        f64::from(r.flagger.promoted) / n,
+        f64::from(r.flagger.failed) / n,
+        json_num(fl50),
+        f64::from(r.kayenta.promoted) / n,
+        f64::from(r.kayenta.failed) / n,
+    )
+}
+
+fn main() {
+    let Some(a) = args() else { return };
+    let cells: Vec<Cell> = grid()
+        .into_iter()
+        .filter(|c| {
+            a.only
+                .as_deref()
+                .is_none_or(|f| c.family.contains(f) || c.case.contains(f))
+        })
+        .collect();
+    let cells = Arc::new(cells);
+    let started = std::time::Instant::now();
+    let rows = run_all(cells.clone(), &a, started);
+    println!(
+        "{} deploys per case; times in s (to fail: from the regression's onset).\n",
+        a.deploys
+    );
     println!(
         "| family | case | healthy? | slipway promoted (median s) | failed | median / p95 s to fail | aborted | \
          Flagger-style promoted / failed (median s) | Kayenta-style promoted / failed |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let mut json = Vec::new();
-    for (c, r) in cells.iter().zip(rows) {
-        let (mut of, mut op, mut ff) = (
-            r.ours.fail_ms.clone(),
-            r.ours.promote_ms.clone(),
-            r.flagger.fail_ms.clone(),
-        );
-        let (f50, f95, p50, fl50) = (
-            pct(&mut of, 0.5),
-            pct(&mut of, 0.95),
-            pct(&mut op, 0.5),
-            pct(&mut ff, 0.5),
-        );
-        println!(
-            "| {} | {} | {} | {:.1}% ({}) | {:.1}% | {} / {} | {:.1}% | {:.1}% / {:.1}% ({}) | {:.1}% / {:.1}% |",
-            c.family,
-            c.case,
-            if c.good { "yes" } else { "no" },
-            share(r.ours.promoted),
-            secs(p50),
-            share(r.ours.failed),
-            secs(f50),
-            secs(f95),
-            share(r.ours.aborted),
-            share(r.flagger.promoted),
-            share(r.flagger.failed),
-            secs(fl50),
-            share(r.kayenta.promoted),
-            share(r.kayenta.failed),
-        );
-        if let Some(why) = &r.first_reason {
-            eprintln!("  first healthy failure in {}: {why}", c.case);
-        }
-        json.push(format!(
-            "{{\"family\":\"{}\",\"case\":\"{}\",\"good\":{},\"slipway\":{{\"promoted\":{},\"promote_median_s\":{},\
-             \"failed\":{},\"fail_median_s\":{},\"fail_p95_s\":{},\"aborted\":{}}},\"flagger\":{{\"promoted\":{},\
-             \"failed\":{},\"fail_median_s\":{}}},\"kayenta\":{{\"promoted\":{},\"failed\":{}}}}}",
-            c.family,
-            c.case,
-            c.good,
-            f64::from(r.ours.promoted) / n,
-            json_num(p50),
-            f64::from(r.ours.failed) / n,
-            json_num(f50),
-            json_num(f95),
-            f64::from(r.ours.aborted) / n,
-            f64::from(r.flagger.promoted) / n,
-            f64::from(r.flagger.failed) / n,
-            json_num(fl50),
-            f64::from(r.kayenta.promoted) / n,
-            f64::from(r.kayenta.failed) / n,
-        ));
-    }
-    if let Some(dir) = std::path::Path::new(&out).parent() {
+    let json: Vec<String> = cells.iter().zip(&rows).map(|(c, r)| report(c, r, a.deploys)).collect();
+    if let Some(dir) = std::path::Path::new(&a.out).parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(
-        &out,
-        format!("{{\"deploys\":{deploys},\"cells\":[\n{}\n]}}\n", json.join(",\n")),
-    )
-    .expect("write results");
-    eprintln!("wrote {out} in {:.0}s", started.elapsed().as_secs_f64());
+    let text = format!("{{\"deploys\":{},\"cells\":[\n{}\n]}}\n", a.deploys, json.join(",\n"));
+    std::fs::write(&a.out, text).expect("write results");
+    eprintln!("wrote {} in {:.0}s", a.out, started.elapsed().as_secs_f64());
 }

@@ -26,12 +26,12 @@
 //! level in that window. So an outage shared by both releases, a traffic
 //! surge or a slow dependency moves both sides together and cancels out.
 //!
-//! **Errors.** Events are errors. `π₀` uses the tolerance in force for each
-//! canary request: `relative_tolerance` for warm instances, the wide
-//! `warmup_relative_tolerance` (3× the baseline by default) for warming ones.
-//! A failure also needs the canary's observed rate to exceed the baseline's
-//! by more than the absolute tolerance (0.1 point; 5 points for warm-up
-//! requests): a practical-significance gate, which can only remove failures.
+//! **Errors.** Events are errors. Warm canary requests are held to
+//! `relative_tolerance`, warming ones to the wide `warmup_relative_tolerance`
+//! (3× the baseline by default), each in a test of its own. A failure also
+//! needs that part's observed rate to exceed the baseline's by more than its
+//! absolute tolerance (0.1 point; 5 points while warming up): a
+//! practical-significance gate, which can only remove failures.
 //!
 //! **Latency.** Events are requests past a threshold. In each window the
 //! threshold `T` is a bucket boundary at the `quantile` of the baseline's
@@ -56,28 +56,41 @@
 //! with probability at most `α_m`, however often it is looked at. A clearly
 //! bad canary makes it grow exponentially, which stops it in seconds.
 //!
-//! **Bursts.** Events that come in clusters (a bad upstream connection
-//! failing the requests queued on it) are not independent. Each test
-//! estimates, from past windows only, the beta-binomial correlation `ρ` of
-//! events within a window (Pearson residuals of the canary's share around
-//! its pooled fit), and a window with `x` events then counts as
-//! `x / (1 + (x−1)ρ)` independent ones (its likelihood ratio raised to that
-//! power over `x`). A likelihood ratio raised to a power ≤ 1 chosen before it
-//! is seen still has expectation ≤ 1, so the tempering never breaks the
-//! guarantee when events are independent, and it restores it approximately
-//! when they cluster within windows.
+//! **Bursts.** Errors that come in clusters (a bad upstream connection
+//! failing the requests queued on it) or episodes (an instance's bad
+//! upstream for a few seconds) are not independent. Each test estimates a
+//! beta-binomial correlation `ρ` of its events, within windows and within
+//! 5-second blocks, from the Pearson residuals of the canary's share around
+//! a fit of the recent rates (~20 s memory, so a late regression soon fits
+//! and is not taken for burstiness), and for errors also from an A/A split of
+//! the baseline's instances in two halves, which shows how bursty the
+//! service is long before the canary has many errors. `x` events then count
+//! as `x / (1 + (x−1)ρ)` independent ones (the window's likelihood ratio is
+//! raised to that power over `x`). Within windows the estimate starts from
+//! "events cluster" (ρ = 1, worth one pair of events), so a first window
+//! full of errors counts as one until the data say otherwise. A likelihood
+//! ratio raised to a power ≤ 1 chosen before it is seen still has
+//! expectation ≤ 1, so the tempering never breaks the guarantee when events
+//! are independent, and restores it approximately when they are not.
+//!
+//! **Steps.** Each step gets a new judge (new evidence, its own share of the
+//! budget) that keeps what the previous step's judge learned about the
+//! traffic: the burst estimates and the baseline's recent latencies
+//! ([`Tracker::next_step`]), so no window is lost between steps either.
 //!
 //! # The error budget, per deploy
 //!
 //! `alpha` (default 1%) is the chance that a canary within every tolerance
 //! fails **anywhere in the deploy**. It is split evenly over the deploy's
 //! analyses (its steps) and, within one, over each metric's directions:
-//! `α_m = alpha / (steps · Σ directions)` (3 steps × 3 metrics: 0.11% each).
-//! By the union bound the chances add up to at most `alpha`. This holds for
-//! independent requests given each window's traffic (any traffic pattern,
-//! any number of looks, restarts of the control plane included, since the
-//! saved state continues the same test); warm-up requests are held to the
-//! warm-up tolerances. `bench/judge` measures it at the tolerance limit.
+//! `α_m = alpha / (steps · Σ directions)` (3 steps × 3 metrics: 0.11% each);
+//! an error-rate test gives half of its `α_m` to warm requests and half to
+//! warming ones. By the union bound the chances add up to at most `alpha`.
+//! This holds for independent requests given each window's traffic (any
+//! traffic pattern, any number of looks, restarts of the control plane
+//! included, since the saved state continues the same test); warm-up
+//! requests are held to the warm-up tolerances. `bench/judge` measures it at
+//! the tolerance limit, and for bursty errors.
 //!
 //! # Verdicts
 //!

@@ -87,7 +87,7 @@ impl Evidence {
     /// by `temper` (in (0, 1]; a likelihood ratio to a power ≤ 1 keeps its
     /// expectation ≤ 1 under H0).
     pub(crate) fn update(&mut self, successes: f64, failures: f64, p0: f64, temper: f64) {
-        if !(p0 > 0.0 && p0 < 1.0) || successes + failures <= 0.0 || !(temper > 0.0) {
+        if !(p0 > 0.0 && p0 < 1.0) || successes + failures <= 0.0 || temper.is_nan() || temper <= 0.0 {
             return;
         }
         let l0 = logit(p0);
@@ -191,6 +191,14 @@ impl Fit {
     }
 }
 
+/// Events of one block being filled, and the canary's (or half A's) share of them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Block {
+    hits: f64,
+    x: f64,
+    expected: f64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Dispersion {
     /// Σ (residual − 1) and Σ (x − 1) over windows with two events or more.
@@ -201,15 +209,10 @@ pub(crate) struct Dispersion {
     pairs: f64,
     blocks: f64,
     events: f64,
-    /// The block being filled: its end, hits, events and expected hits.
+    /// When the block being filled ends, and its canary and A/A events.
     block_end_ms: u64,
-    hits: f64,
-    x: f64,
-    expected: f64,
-    /// The same for the A/A split.
-    aa_hits: f64,
-    aa_x: f64,
-    aa_expected: f64,
+    block: Block,
+    aa: Block,
 }
 
 /// Events are pooled over blocks this long to see bursts that span windows.
@@ -240,7 +243,7 @@ impl Dispersion {
     }
 
     /// Records a window ending at `at_ms`: `hits` of `x` events from the
-    /// canary, where the pooled fit so far expects a share `share`.
+    /// canary, where the fit of the recent rates expects a share `share`.
     pub(crate) fn record(&mut self, at_ms: u64, hits: f64, x: f64, share: f64) {
         if at_ms >= self.block_end_ms {
             if self.block_end_ms > 0 {
@@ -248,63 +251,54 @@ impl Dispersion {
             }
             self.block_end_ms = at_ms + BLOCK_MS;
         }
-        if x > 0.0 && share > 0.0 && share < 1.0 {
-            if x >= 2.0 {
-                self.w_excess += residual(hits, x, share) - 1.0;
-                self.w_pairs += x - 1.0;
-            }
-            self.hits += hits;
-            self.x += x;
-            self.expected += x * share;
+        if self.within(hits, x, share) {
+            self.block.hits += hits;
+            self.block.x += x;
+            self.block.expected += x * share;
         }
     }
 
-    /// Records an A/A window (two halves of one release) at the window scale,
-    /// and into the A/A block being filled.
+    /// Records an A/A window (half A's `hits` of `x` events, `share` its
+    /// share of the requests), in the same block as the last [`Self::record`].
     pub(crate) fn record_aa(&mut self, hits: f64, x: f64, share: f64) {
-        if x > 0.0 && share > 0.0 && share < 1.0 {
-            if x >= 2.0 {
-                self.w_excess += residual(hits, x, share) - 1.0;
-                self.w_pairs += x - 1.0;
-            }
-            self.aa_hits += hits;
-            self.aa_x += x;
-            self.aa_expected += x * share;
+        if self.within(hits, x, share) {
+            self.aa.hits += hits;
+            self.aa.x += x;
+            self.aa.expected += x * share;
         }
+    }
+
+    /// Adds a window's residual; false if the window says nothing.
+    fn within(&mut self, hits: f64, x: f64, share: f64) -> bool {
+        if !(x > 0.0 && share > 0.0 && share < 1.0) {
+            return false;
+        }
+        if x >= 2.0 {
+            self.w_excess += residual(hits, x, share) - 1.0;
+            self.w_pairs += x - 1.0;
+        }
+        true
     }
 
     /// The estimates, without the block being filled (for the next step's test).
     pub(crate) fn carried(&self) -> Dispersion {
         Dispersion {
             block_end_ms: 0,
-            hits: 0.0,
-            x: 0.0,
-            expected: 0.0,
-            aa_hits: 0.0,
-            aa_x: 0.0,
-            aa_expected: 0.0,
+            block: Block::default(),
+            aa: Block::default(),
             ..self.clone()
         }
     }
 
     fn finish(&mut self) {
         self.blocks += 1.0;
-        self.events += self.x;
-        for (hits, x, expected) in [
-            (self.hits, self.x, self.expected),
-            (self.aa_hits, self.aa_x, self.aa_expected),
-        ] {
-            if x >= 2.0 {
-                self.excess += residual(hits, x, expected / x) - 1.0;
-                self.pairs += x - 1.0;
+        self.events += self.block.x;
+        for b in [std::mem::take(&mut self.block), std::mem::take(&mut self.aa)] {
+            if b.x >= 2.0 {
+                self.excess += residual(b.hits, b.x, b.expected / b.x) - 1.0;
+                self.pairs += b.x - 1.0;
             }
         }
-        self.hits = 0.0;
-        self.x = 0.0;
-        self.expected = 0.0;
-        self.aa_hits = 0.0;
-        self.aa_x = 0.0;
-        self.aa_expected = 0.0;
     }
 }
 

@@ -578,7 +578,7 @@ impl World<'_> {
 
     /// Serves one tick ending at `t` with the canary at `weight`%; returns
     /// per-side (requests, errors, latency sum, count, dense latencies).
-    fn tick(&mut self, t: u64, weight: u32) -> [(u64, u64, u64, u64, Vec<u64>); 2] {
+    fn tick(&mut self, t: u64, weight: u32) -> Sides {
         let s = self.s;
         let dt = s.tick_ms as f64 / 1000.0;
         let w = if s.no_canary_traffic {
@@ -588,7 +588,7 @@ impl World<'_> {
         };
         let rate = self.rate(t);
         let cluster = s.bursts.map_or(1.0, |b| b.cluster);
-        let mut out: [(u64, u64, u64, u64, Vec<u64>); 2] = Default::default();
+        let mut out: Sides = Default::default();
         out[0].4 = vec![0; BUCKETS];
         out[1].4 = vec![0; BUCKETS];
         for i in 0..self.insts.len() {
@@ -683,54 +683,128 @@ impl World<'_> {
 /// long after the baseline started.
 const START_MS: u64 = 3_600_000;
 
-/// Runs one deploy of `s` with `seed`; every judge sees the same traffic.
-pub fn run(s: &Scenario, seed: u64) -> Result {
-    let mut insts = Vec::new();
-    for (rel, n, canary) in [
-        ("canary", s.canary_instances, true),
-        ("baseline", s.baseline_instances, false),
-    ] {
-        for k in 0..n {
-            insts.push(Inst {
-                release: rel,
-                id: format!("{rel}-{k}"),
-                canary,
-                requests: 0,
-                errors: 0,
-                dense: vec![0; BUCKETS],
-                sum_us: 0,
-                first_ms: None,
-                episode_until: 0,
-            });
+impl<'a> World<'a> {
+    fn new(s: &'a Scenario, seed: u64) -> World<'a> {
+        let mut insts = Vec::new();
+        for (rel, n, canary) in [
+            ("canary", s.canary_instances, true),
+            ("baseline", s.baseline_instances, false),
+        ] {
+            for k in 0..n {
+                insts.push(Inst {
+                    release: rel,
+                    id: format!("{rel}-{k}"),
+                    canary,
+                    requests: 0,
+                    errors: 0,
+                    dense: vec![0; BUCKETS],
+                    sum_us: 0,
+                    first_ms: None,
+                    episode_until: 0,
+                });
+            }
+        }
+        World {
+            s,
+            rng: Rng::new(seed),
+            buckets: Buckets {
+                base: s.latency,
+                cache: Vec::new(),
+            },
+            insts,
         }
     }
-    let mut world = World {
-        s,
-        rng: Rng::new(seed),
-        buckets: Buckets {
-            base: s.latency,
-            cache: Vec::new(),
-        },
-        insts,
-    };
+}
+
+/// The reference judges and how they ended, if they did.
+struct References {
+    flagger: Flagger,
+    kayenta: Kayenta,
+    flagger_end: Option<End>,
+    kayenta_end: Option<End>,
+}
+
+type Sides = [(u64, u64, u64, u64, Vec<u64>); 2];
+
+impl References {
+    fn new(s: &Scenario) -> References {
+        References {
+            flagger: Flagger {
+                requests: 0,
+                errors: 0,
+                hist: vec![0; BUCKETS],
+                failed_checks: 0,
+                p99_limit_us: 1.5 * s.latency.quantile_us(0.99),
+                last_check: 0,
+            },
+            kayenta: Kayenta::default(),
+            flagger_end: None,
+            kayenta_end: None,
+        }
+    }
+
+    fn observe(&mut self, t: u64, sides: &Sides) {
+        let [c, b] = sides;
+        if self.flagger_end.is_none() && self.flagger.observe(t, c.0, c.1, &c.4) {
+            self.flagger_end = Some(End::Failed(t, "5 failed checks".into()));
+        }
+        self.kayenta.observe(t, [(b.0, b.1, b.2, b.3), (c.0, c.1, c.2, c.3)]);
+    }
+
+    /// Kayenta judges at the end of each nominal hold.
+    fn end_step(&mut self, t: u64) {
+        if self.kayenta_end.is_none() && self.kayenta.fails() {
+            self.kayenta_end = Some(End::Failed(t, "Mann-Whitney High".into()));
+        }
+        self.kayenta.next_step();
+    }
+}
+
+/// One step as rollout runs it: its hold (extended while inconclusive).
+struct StepRun {
+    start: u64,
+    hold: u64,
+    hold_end: u64,
+    extensions: u32,
+}
+
+/// What slipway's judge and the plan make of one tick: the step goes on, is
+/// done (passed, or inconclusive with `continue`), or the deploy ended.
+enum Next {
+    Wait,
+    Done,
+    End(End),
+}
+
+fn judge_tick(s: &Scenario, tracker: &mut Tracker, world: &World, members: &Members, t: u64, st: &mut StepRun) -> Next {
+    tracker.feed(&world.snapshot(), members, START_MS + t);
+    let v = tracker.verdict(START_MS + t, Some(START_MS + st.start + st.hold));
+    match v.outcome {
+        Outcome::Fail if v.alarm.is_some() => Next::End(End::Aborted(t, v.reason)),
+        Outcome::Fail => Next::End(End::Failed(t, v.reason)),
+        _ if t < st.hold_end => Next::Wait,
+        Outcome::Pass => Next::Done,
+        _ if st.extensions < s.max_extensions => {
+            st.extensions += 1;
+            st.hold_end += s.extension_ms;
+            Next::Wait
+        }
+        _ if s.continue_when_inconclusive => Next::Done,
+        _ => Next::End(End::Aborted(t, v.reason)),
+    }
+}
+
+/// Runs one deploy of `s` with `seed`; every judge sees the same traffic.
+pub fn run(s: &Scenario, seed: u64) -> Result {
+    let mut world = World::new(s, seed);
     let members = world.members();
-    let mut flagger = Flagger {
-        requests: 0,
-        errors: 0,
-        hist: vec![0; BUCKETS],
-        failed_checks: 0,
-        p99_limit_us: 1.5 * s.latency.quantile_us(0.99),
-        last_check: 0,
-    };
-    let mut kayenta = Kayenta::default();
-    let (mut ours, mut flag, mut kay) = (None, None, None);
+    let mut refs = References::new(s);
+    let mut ours = None;
     let mut t = 0u64;
     let steps = s.steps.len() as u32;
-    let mut tracker_slot: Option<Tracker> = None;
+    let mut previous: Option<Tracker> = None;
     for &(weight, hold) in &s.steps {
-        let step_start = t;
-        let mut hold_end = t + hold;
-        let mut tracker = match tracker_slot.take() {
+        let mut tracker = match previous.take() {
             Some(old) => old.next_step(&s.judge, steps, START_MS + t),
             None => {
                 let mut first = Tracker::new(&s.judge, steps, START_MS + t);
@@ -738,60 +812,38 @@ pub fn run(s: &Scenario, seed: u64) -> Result {
                 first
             }
         };
-        let mut extensions = 0;
+        let mut st = StepRun {
+            start: t,
+            hold,
+            hold_end: t + hold,
+            extensions: 0,
+        };
         loop {
             t += s.tick_ms;
             let sides = world.tick(t, weight);
-            if flag.is_none() && flagger.observe(t, sides[0].0, sides[0].1, &sides[0].4) {
-                flag = Some(End::Failed(t, "5 failed checks".into()));
-            }
-            kayenta.observe(
-                t,
-                [
-                    (sides[1].0, sides[1].1, sides[1].2, sides[1].3),
-                    (sides[0].0, sides[0].1, sides[0].2, sides[0].3),
-                ],
-            );
+            refs.observe(t, &sides);
             if ours.is_none() {
-                tracker.feed(&world.snapshot(), &members, START_MS + t);
-                let v = tracker.verdict(START_MS + t, Some(START_MS + step_start + hold));
-                match v.outcome {
-                    Outcome::Fail if v.alarm.is_some() => ours = Some(End::Aborted(t, v.reason)),
-                    Outcome::Fail => ours = Some(End::Failed(t, v.reason)),
-                    Outcome::Pass if t >= hold_end => break,
-                    _ if t >= hold_end => {
-                        if extensions < s.max_extensions {
-                            extensions += 1;
-                            hold_end += s.extension_ms;
-                        } else if s.continue_when_inconclusive {
-                            break;
-                        } else {
-                            ours = Some(End::Aborted(t, v.reason));
-                        }
-                    }
-                    _ => {}
+                match judge_tick(s, &mut tracker, &world, &members, t, &mut st) {
+                    Next::Wait => {}
+                    Next::Done => break,
+                    Next::End(e) => ours = Some(e),
                 }
             }
-            let reference_done = t >= step_start + hold;
-            if ours.is_some() && reference_done {
+            // The reference judges follow the nominal holds.
+            if ours.is_some() && t >= st.start + hold {
                 break;
             }
         }
-        // The reference judges follow the nominal holds.
-        if kay.is_none() && kayenta.fails() {
-            kay = Some(End::Failed(t, "Mann-Whitney High".into()));
-        }
-        kayenta.next_step();
-        if ours.is_some() && (flag.is_some() && kay.is_some()) {
+        refs.end_step(t);
+        if ours.is_some() && refs.flagger_end.is_some() && refs.kayenta_end.is_some() {
             break;
         }
-        tracker_slot = Some(tracker);
+        previous = Some(tracker);
     }
     let nominal = s.nominal_ms();
-    let end_ours = ours.unwrap_or(End::Promoted(t));
     Result {
-        slipway: end_ours,
-        flagger: flag.unwrap_or(End::Promoted(nominal)),
-        kayenta: kay.unwrap_or(End::Promoted(nominal)),
+        slipway: ours.unwrap_or(End::Promoted(t)),
+        flagger: refs.flagger_end.unwrap_or(End::Promoted(nominal)),
+        kayenta: refs.kayenta_end.unwrap_or(End::Promoted(nominal)),
     }
 }

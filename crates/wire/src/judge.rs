@@ -394,3 +394,76 @@ pub struct Verdict {
     pub elapsed_s: f64,
     pub metrics: Vec<MetricVerdict>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_every_bad_value_is_listed_at_once() {
+        assert!(JudgeConfig::default().problems("a").is_empty());
+        let bad: JudgeConfig = toml::from_str(
+            r#"
+alpha = 0.7
+min_requests = 0
+warmup_absolute_tolerance = 2.0
+metrics = [
+  { name = "e", kind = "error_rate", relative_tolerance = 20.0, detectable_ratio = 1.0 },
+  { name = "e", kind = "latency", quantile = 1.5, tolerance = 0.3, detectable_increase = 0.2 },
+]
+"#,
+        )
+        .unwrap();
+        let keys: Vec<String> = bad.problems("a").into_iter().map(|p| p.path).collect();
+        for k in [
+            "a.alpha",
+            "a.min_requests",
+            "a.warmup_absolute_tolerance",
+            "a.metrics[0].relative_tolerance",
+            "a.metrics[0].detectable_ratio",
+            "a.metrics[1].name",
+            "a.metrics[1].quantile",
+            "a.metrics[1].detectable_increase",
+        ] {
+            assert!(keys.iter().any(|p| p == k), "{k} missing from {keys:?}");
+        }
+        assert!(toml::from_str::<JudgeConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn a_latency_floor_reads_as_a_duration_and_verdicts_read_back_with_nan() {
+        let c: JudgeConfig = toml::from_str(
+            r#"metrics = [{ name = "p50", kind = "latency", quantile = 0.5, absolute_tolerance = "500us" }]"#,
+        )
+        .unwrap();
+        let MetricKind::Latency { absolute_tolerance, .. } = &c.metrics[0].kind else {
+            panic!()
+        };
+        assert_eq!(absolute_tolerance.0, std::time::Duration::from_micros(500));
+        assert!(c.metrics[0].critical, "metrics are critical unless said otherwise");
+        let v = Verdict {
+            outcome: Outcome::Fail,
+            reason: "r".into(),
+            alarm: Some(Alarm::NoCanaryTraffic),
+            elapsed_s: 1.0,
+            metrics: vec![MetricVerdict {
+                name: "m".into(),
+                outcome: Outcome::Fail,
+                critical: true,
+                reason: String::new(),
+                baseline: f64::NAN,
+                canary: 1.0,
+                effect: f64::NAN,
+                evidence: 1.0,
+                bound: 2.0,
+                baseline_samples: 0,
+                canary_samples: 1,
+                detectable: None,
+            }],
+        };
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(json.contains("\"alarm\":\"no_canary_traffic\""), "{json}");
+        let back: Verdict = serde_json::from_str(&json).unwrap();
+        assert!(back.metrics[0].baseline.is_nan() && back.alarm == v.alarm);
+    }
+}
