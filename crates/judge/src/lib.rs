@@ -21,9 +21,11 @@
 //! earlier. Given the window's traffic, the question for each "event" (an
 //! error, or a request slower than a threshold) is only *which release it
 //! came from*. If the canary is within tolerance, an event is the canary's
-//! with probability at most `π₀ = f·n_c / (f·n_c + n_b)` (`f` = 1 + the
-//! relative tolerance, `n` = the window's requests), whatever the baseline's
-//! level in that window. So an outage shared by both releases, a traffic
+//! with probability at most `π₀ = f·n_c / (f·n_c + n_b)` (`n` = the window's
+//! requests, `f` = 1 + the relative error tolerance; 1 for latency, whose
+//! tolerance is in the threshold), whatever the baseline's level in that
+//! window. (For latency the exact law given the window is hypergeometric,
+//! which this binomial dominates in convex order, so the test stays valid.) So an outage shared by both releases, a traffic
 //! surge or a slow dependency moves both sides together and cancels out.
 //!
 //! **Errors.** Events are errors. Warm canary requests are held to
