@@ -359,7 +359,8 @@ impl Control {
 
     /// Router metrics to the judge: its verdict, and the retiring releases that went quiet.
     fn judge(&self, snap: &MetricsSnapshot, lp: &mut LoopState, now: u64) {
-        let desired = self.state().desired();
+        let st = self.state();
+        let desired = st.desired();
         let (judge_cfg, idle_needed) = {
             let c = lock(&self.cfg);
             (
@@ -370,7 +371,7 @@ impl Control {
         let instances = lock(&self.seen).instances.clone();
         let (verdict, quiet) = lp
             .judging
-            .observe(snap, desired.analysis.as_ref(), &instances, &judge_cfg, now);
+            .observe(snap, desired.analysis.as_ref(), st.active(), &instances, &judge_cfg, now);
         lock(&self.verdicts).last = lp.judging.last();
         if let Some(v) = verdict {
             self.record(

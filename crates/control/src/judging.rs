@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use rollout::AnalysisSpec;
+use rollout::{AnalysisSpec, Deploy};
 use wire::agent::InstanceInfo;
 use wire::judge::{JudgeConfig, Verdict};
 use wire::metrics::MetricsSnapshot;
@@ -25,6 +25,7 @@ impl Judging {
         &mut self,
         snap: &MetricsSnapshot,
         spec: Option<&AnalysisSpec>,
+        deploy: Option<&Deploy>,
         instances: &[InstanceInfo],
         config: &JudgeConfig,
         now: u64,
@@ -35,9 +36,13 @@ impl Judging {
             return (None, quiet);
         };
         if self.analysis.as_ref().map(|a| a.key.as_str()) != Some(spec.key.as_str()) {
-            self.analysis = Some(Analysis::new(&spec.key, config, now));
+            // A new step carries on from the previous step's analysis.
+            self.analysis = Some(Analysis::new(&spec.key, config, deploy, self.analysis.take(), now));
         }
-        let verdict = self.analysis.as_mut().and_then(|a| a.feed(snap, spec, instances, now));
+        let verdict = self
+            .analysis
+            .as_mut()
+            .and_then(|a| a.feed(snap, spec, deploy, instances, now));
         (verdict, quiet)
     }
 

@@ -193,7 +193,8 @@ impl std::str::FromStr for Strategy {
     }
 }
 
-/// One canary step: a weight held for a while, then judged.
+/// One canary step: a weight held for a while, judged all along. It passes
+/// when its hold ends with no metric failed and enough traffic seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryStep {
@@ -202,7 +203,9 @@ pub struct CanaryStep {
     pub hold: HumanDuration,
 }
 
-/// What to do when a step is still inconclusive after its extensions.
+/// What to do when a step still had too little traffic to judge after its
+/// extensions. (A canary that got no request at all while the baseline was
+/// served fails instead: it is never promoted, whatever this says.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnInconclusive {
@@ -211,9 +214,13 @@ pub enum OnInconclusive {
     Continue,
 }
 
+/// `[deploy.canary]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanarySettings {
+    /// Default: 10% for 1 minute, 25% for 2 minutes, 50% for 2 minutes (5
+    /// minutes in all; a healthy release promotes in that time at 20
+    /// requests/s and above).
     #[serde(default = "default_steps")]
     pub steps: Vec<CanaryStep>,
     /// Start a fresh baseline of the canary's size to compare against.
@@ -222,7 +229,7 @@ pub struct CanarySettings {
     /// Canary instances (default: the service's instance count).
     #[serde(default)]
     pub instances: Option<u32>,
-    /// An inconclusive step is held this much longer...
+    /// A step with too little traffic at the end of its hold is held this much longer...
     #[serde(default = "default_extension")]
     pub extension: HumanDuration,
     /// ...at most this many times, then `on_inconclusive` applies.
@@ -230,6 +237,8 @@ pub struct CanarySettings {
     pub max_extensions: u32,
     #[serde(default)]
     pub on_inconclusive: OnInconclusive,
+    /// `[deploy.canary.analysis]`: the judge's metrics, tolerances, warm-up
+    /// and error budget (see `wire::judge::JudgeConfig`).
     #[serde(default)]
     pub analysis: JudgeConfig,
 }
@@ -237,11 +246,11 @@ pub struct CanarySettings {
 fn default_steps() -> Vec<CanaryStep> {
     vec![
         CanaryStep {
-            weight: 1,
-            hold: HumanDuration::from_secs(30),
+            weight: 10,
+            hold: HumanDuration::from_secs(60),
         },
         CanaryStep {
-            weight: 10,
+            weight: 25,
             hold: HumanDuration::from_secs(120),
         },
         CanaryStep {
