@@ -149,14 +149,15 @@ impl Activity {
 }
 
 #[cfg(test)]
-mod tests {
-    use rollout::Plan;
-    use wire::metrics::{Counters, InstanceMetrics, ReleaseMetrics};
+pub(crate) mod fixtures {
+    //! A canary deploy, its instances and router snapshots, for tests of the analysis and what journals it.
+
+    use rollout::{Deploy, Phase, Plan};
+    use wire::agent::InstanceInfo;
+    use wire::metrics::{Counters, InstanceMetrics, MetricsSnapshot, ReleaseMetrics};
     use wire::service::Strategy;
 
-    use super::*;
-
-    fn deploy(phase: Phase, paused_at: Option<u64>) -> Deploy {
+    pub(crate) fn deploy(phase: Phase, paused_at: Option<u64>) -> Deploy {
         Deploy {
             id: 7,
             release: "v2".into(),
@@ -190,26 +191,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_hold_ends_with_the_step_and_paused_time_does_not_count() {
-        let step = |index| Phase::Step {
-            index,
-            since: 1_000,
-            extensions: 1,
-        };
-        assert_eq!(hold_end(Some(&deploy(step(1), None)), 5_000), Some(121_000));
-        assert_eq!(hold_end(Some(&deploy(step(0), Some(30_000))), 50_000), Some(81_000));
-        let rolling = Phase::Rolling {
-            added: 1,
-            removed: 0,
-            ready_since: None,
-        };
-        assert_eq!(hold_end(Some(&deploy(rolling.clone(), None)), 5_000), None);
-        assert_eq!(analyses(Some(&deploy(step(0), None))), 2);
-        assert_eq!(analyses(Some(&deploy(rolling, None))), 1);
-    }
-
-    fn snapshot(canary: u64, base: u64) -> MetricsSnapshot {
+    pub(crate) fn snapshot(canary: u64, base: u64) -> MetricsSnapshot {
         let rel = |name: &str, n: u64| {
             let c = Counters {
                 requests: n,
@@ -235,12 +217,37 @@ mod tests {
         }
     }
 
-    fn instance(release: &str) -> InstanceInfo {
+    pub(crate) fn instance(release: &str) -> InstanceInfo {
         serde_json::from_value(serde_json::json!({
             "id": format!("{release}-0"), "release": release, "addr": "127.0.0.1:1", "port": 1,
             "pid": 1, "state": "ready", "healthy": true, "restarts": 0, "started_at_ms": 0
         }))
         .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{deploy, instance, snapshot};
+    use super::*;
+
+    #[test]
+    fn the_hold_ends_with_the_step_and_paused_time_does_not_count() {
+        let step = |index| Phase::Step {
+            index,
+            since: 1_000,
+            extensions: 1,
+        };
+        assert_eq!(hold_end(Some(&deploy(step(1), None)), 5_000), Some(121_000));
+        assert_eq!(hold_end(Some(&deploy(step(0), Some(30_000))), 50_000), Some(81_000));
+        let rolling = Phase::Rolling {
+            added: 1,
+            removed: 0,
+            ready_since: None,
+        };
+        assert_eq!(hold_end(Some(&deploy(rolling.clone(), None)), 5_000), None);
+        assert_eq!(analyses(Some(&deploy(step(0), None))), 2);
+        assert_eq!(analyses(Some(&deploy(rolling, None))), 1);
     }
 
     #[test]

@@ -189,7 +189,10 @@ mod tests {
         let err = Book::open(&path).unwrap_err();
         assert!(matches!(err, JournalError::Newer { found: 7, .. }), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("journal format 7, newer than the 1"), "{msg}");
+        assert!(
+            msg.contains(&format!("journal format 7, newer than the {}", crate::journal::FORMAT)),
+            "{msg}"
+        );
         assert_eq!(user_version(&path), 7);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }

@@ -323,6 +323,19 @@ impl Control {
     }
 
     /// One turn of the loop.
+    /// The loop's state for a (re)started control plane: the journaled analysis evidence is offered to the judge.
+    pub(crate) fn loop_state(&self) -> LoopState {
+        let mut lp = LoopState::default();
+        match lock(&self.book).journal().saved_analysis() {
+            Ok(Some(saved)) => lp.judging.offer(saved),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the journaled analysis is unreadable; a running canary step starts over")
+            }
+        }
+        lp
+    }
+
     pub(crate) async fn tick(&self, lp: &mut LoopState) {
         let now = unix_ms();
         let instances = self.observe_agent(lp, now).await;
@@ -369,10 +382,20 @@ impl Control {
             )
         };
         let instances = lock(&self.seen).instances.clone();
-        let (verdict, quiet) = lp
-            .judging
-            .observe(snap, desired.analysis.as_ref(), st.active(), &instances, &judge_cfg, now);
+        let (verdict, quiet) = lp.judging.observe(
+            snap,
+            desired.analysis.as_ref(),
+            st.active(),
+            &instances,
+            &judge_cfg,
+            now,
+        );
         lock(&self.verdicts).last = lp.judging.last();
+        if let Some(saved) = lp.judging.due_save(now)
+            && let Err(e) = lock(&self.book).journal().save_analysis(&saved, now)
+        {
+            warn_once(lp, "analysis", &format!("cannot journal the analysis: {e}"));
+        }
         if let Some(v) = verdict {
             self.record(
                 Event::Verdict {

@@ -12,7 +12,8 @@ use wire::service::DeployInfo;
 /// The journal format this code writes.
 /// - 0: `events` (seq, at_ms, JSON `rollout::Event`) and `deploys` (id, JSON `DeployInfo`); no version.
 /// - 1: adds `published`, the last event whose state the router confirmed (what the API shows).
-pub(crate) const FORMAT: i64 = 1;
+/// - 2: adds `analysis`, the running canary analysis's evidence (JSON `analysis::SavedAnalysis`).
+pub(crate) const FORMAT: i64 = 2;
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,26 @@ impl Journal {
         Ok(())
     }
 
+    /// Keeps the running analysis's evidence (one at a time: at most one deploy runs).
+    pub fn save_analysis<T: serde::Serialize>(&self, saved: &T, at_ms: u64) -> Result<(), JournalError> {
+        let body = serde_json::to_string(saved).map_err(record(-1))?;
+        self.db.execute(
+            "INSERT INTO analysis (only, at_ms, body) VALUES (1, ?1, ?2)
+             ON CONFLICT(only) DO UPDATE SET at_ms = excluded.at_ms, body = excluded.body",
+            params![at_ms as i64, body],
+        )?;
+        Ok(())
+    }
+
+    /// The analysis evidence last saved, if any.
+    pub fn saved_analysis<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, JournalError> {
+        let body: Option<String> = self
+            .db
+            .query_row("SELECT body FROM analysis WHERE only = 1", [], |r| r.get(0))
+            .optional()?;
+        body.map(|b| serde_json::from_str(&b).map_err(record(-1))).transpose()
+    }
+
     pub fn save_deploy(&self, info: &DeployInfo) -> Result<(), JournalError> {
         let body = serde_json::to_string(info).map_err(record(info.id))?;
         self.db.execute(
@@ -170,6 +191,15 @@ fn upgrade(db: &mut Connection, from: i64) -> Result<(), JournalError> {
              );
              -- Format 0 showed the whole journal's state: all of it counts as published.
              INSERT INTO published (only, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM events;",
+        )?;
+    }
+    if from < 2 {
+        tx.execute_batch(
+            "CREATE TABLE analysis (
+                 only INTEGER PRIMARY KEY CHECK (only = 1),
+                 at_ms INTEGER NOT NULL,
+                 body TEXT NOT NULL
+             );",
         )?;
     }
     tx.pragma_update(None, "user_version", FORMAT)?;

@@ -129,7 +129,7 @@ async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut mtime = std::fs::metadata(c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default())
         .and_then(|m| m.modified())
         .ok();
-    let mut turns = driver::LoopState::default();
+    let mut turns = c.loop_state();
     loop {
         c.tick(&mut turns).await;
         let path = c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
