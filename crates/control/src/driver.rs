@@ -510,7 +510,8 @@ impl Control {
                 let since = victim_set.get(&v.id).copied().unwrap_or(now);
                 let seen = drain.as_ref().and_then(|d| d.instance(&v.release, &v.id));
                 // Taken out of traffic: down, removed, or absent from the router.
-                let out = seen.is_none_or(|d| d.state == "down" || d.state == "removed");
+                let out = seen
+                    .is_none_or(|d| matches!(d.state, wire::api::DrainState::Down | wire::api::DrainState::Removed));
                 let open = seen.map_or(0, |d| d.open_requests + d.open_long_lived);
                 let not_ready = v.state != InstanceState::Ready;
                 if not_ready || (out && open == 0) || now.saturating_sub(since) > deadline {

@@ -1,4 +1,4 @@
-//! Session cookies that name a release, authenticated with a keyed BLAKE3 MAC so clients cannot pick their own release.
+//! Session cookies that name a release, signed with a keyed BLAKE3 MAC so clients cannot forge one.
 
 use http::HeaderMap;
 
@@ -64,15 +64,18 @@ impl CookieSigner {
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    for h in headers.get_all(http::header::COOKIE) {
-        let Ok(s) = h.to_str() else { continue };
-        for pair in s.split(';') {
-            if let Some(v) = pair.trim_start().strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-                return Some(v.trim_end());
-            }
-        }
-    }
-    None
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .find_map(|h| cookie_in(h.to_str().ok()?, name))
+}
+
+/// The value of cookie `name` in one `Cookie` header value.
+pub fn cookie_in<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header
+        .split(';')
+        .find_map(|pair| pair.trim_start().strip_prefix(name)?.strip_prefix('='))
+        .map(str::trim_end)
 }
 
 #[cfg(test)]
