@@ -37,6 +37,7 @@ impl ConnCtx {
     }
 
     /// `x-forwarded-proto` for requests from this connection.
+    #[inline(always)]
     pub fn proto(&self) -> &'static str {
         if self.listener.tls { "https" } else { "http" }
     }

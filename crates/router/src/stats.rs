@@ -38,6 +38,7 @@ impl Default for Stats {
 }
 
 /// Microseconds since `t`, the latency unit of every histogram.
+#[inline(always)]
 pub fn micros_since(t: Instant) -> u64 {
     t.elapsed().as_micros().min(u64::MAX as u128) as u64
 }

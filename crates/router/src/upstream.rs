@@ -373,6 +373,7 @@ impl Upstream {
 
     /// Passive health from a response status: a 5xx counts as a failure.
     /// `may_eject` is asked only then (see [`record_failure`](Self::record_failure)).
+    #[inline(always)]
     pub fn record_status(&self, status: u16, may_eject: impl FnOnce() -> bool) {
         if status >= 500 {
             self.record_failure(may_eject());
@@ -407,6 +408,7 @@ pub struct Inflight {
 
 impl Inflight {
     /// Counts a request as started on `upstream`.
+    #[inline(always)]
     pub fn start(upstream: Arc<Upstream>) -> Inflight {
         upstream.stats.request_started();
         Inflight { upstream, conn: None }

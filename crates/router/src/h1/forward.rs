@@ -32,16 +32,21 @@ fn up_error(code: ErrorCode, why: impl Into<String>) -> UpError {
     UpError { code, why: why.into() }
 }
 
-/// Why an attempt to get a response from an upstream failed.
+/// Why sending a request head on a connection failed.
 enum UpFail {
     /// Nothing reached the upstream, or a reused connection died without
-    /// answering an idempotent request: safe to try again. `connect` is
-    /// true for a failed connect (which counts against the instance's health).
-    Retry {
-        why: String,
-        connect: bool,
-    },
+    /// answering an idempotent request: safe to try again.
+    Retry(String),
     Failed(UpError),
+}
+
+/// What happens after a response body: see `respond_head`.
+struct Plan {
+    dechunk: bool,
+    /// The client connection stays open.
+    keep: bool,
+    /// The upstream connection may be pooled again.
+    reusable: bool,
 }
 
 /// A request under way to one upstream connection.
@@ -87,7 +92,7 @@ where
         {
             return self.upstream_failed(&s.up, e, ex.started, false).await;
         }
-        if let Err(e) = self.final_response_head(&mut s).await {
+        if let Err(e) = self.read_response_head(&mut s).await {
             return self.upstream_failed(&s.up, e, ex.started, false).await;
         }
         let status = self.rhead.status;
@@ -101,8 +106,9 @@ where
         if upgrade && status == 101 {
             return self.tunnel(s, routed.set_cookie.as_ref()).await;
         }
-        self.respond(s, routed.set_cookie.as_ref(), rframing, ex.keep_alive)
-            .await
+        let plan = self.respond_head(&s, routed.set_cookie.as_ref(), rframing, ex.keep_alive);
+        let ok = self.relay_body(&mut s.us, rframing, plan.dechunk, &s.up).await;
+        self.finish(s, ok, plan)
     }
 
     /// Writes the request head for the upstream into `out`.
@@ -159,21 +165,16 @@ where
                 None => write::header(out, b"host", upstream.addr.to_string().as_bytes()),
             }
         }
-        let peer = self.ctx.forwarded_for.as_bytes();
-        match prev_xff {
-            Some(p) => write::header_list(out, b"x-forwarded-for", p, peer),
-            None => write::header(out, b"x-forwarded-for", peer),
-        }
-        write::header(out, b"x-forwarded-proto", self.ctx.proto().as_bytes());
+        write::forwarded(out, prev_xff, self.ctx.forwarded_for.as_bytes(), self.ctx.listener.tls);
         if upgrade {
             write::header(out, b"connection", b"upgrade");
         }
         write::end_head(out);
     }
 
-    /// Sends `out` on a connection to the routed instance, or, where that is
-    /// safe, once more on another one. The error says who failed and whether
-    /// the client connection may stay open.
+    /// Sends `out` (head and buffered body) on a connection to the routed
+    /// instance, or, where that is safe, once more on another one. The error
+    /// says who failed and whether the client connection may stay open.
     async fn send_request(
         &mut self,
         routed: &Routed,
@@ -186,80 +187,57 @@ where
         let mut open = Inflight::start(up.clone());
         up.stats.bytes_in(initial as u64);
         let idempotent = is_idempotent(&self.buf[self.head.method.clone()]);
-        let mut attempts = 0;
+        let mut fresh = false;
         loop {
-            attempts += 1;
-            match self.send_head(&up, whole, idempotent, attempts > 1).await {
-                Ok(us) => {
-                    return Ok(Sending {
-                        us,
-                        up,
-                        open,
-                        body,
-                        complete: whole,
-                        extra: BytesMut::new(),
-                    });
-                }
-                Err(UpFail::Retry { why, connect }) => {
-                    if connect {
-                        up.record_failure(release.healthy_active() > 1);
+            let (why, connect) = match up.checkout_raw(fresh).await {
+                Err(e) => (e.to_string(), true),
+                Ok((mut us, reused)) => match self.send_head(&mut us, &up, reused && whole, idempotent).await {
+                    Ok(()) => {
+                        let extra = BytesMut::new();
+                        let complete = whole;
+                        return Ok(Sending {
+                            us,
+                            up,
+                            open,
+                            body,
+                            complete,
+                            extra,
+                        });
                     }
-                    if attempts >= 2 {
-                        return Err((up, up_error(ErrorCode::UpstreamUnreachable, why), whole));
-                    }
-                    tracing::debug!(%why, "retrying the request");
-                    if let Some(next) = release.pick_instance(routed.sticky(), Some(&up))
-                        && !Arc::ptr_eq(&next, &up)
-                    {
-                        up = next;
-                        open = Inflight::start(up.clone());
-                    }
-                }
-                Err(UpFail::Failed(e)) => return Err((up, e, false)),
+                    Err(UpFail::Retry(why)) => (why, false),
+                    Err(UpFail::Failed(e)) => return Err((up, e, false)),
+                },
+            };
+            // Nothing reached the upstream: safe to try again, once.
+            if connect {
+                up.record_failure(release.healthy_active() > 1);
+            }
+            if fresh {
+                return Err((up, up_error(ErrorCode::UpstreamUnreachable, why), whole));
+            }
+            fresh = true;
+            tracing::debug!(%why, "retrying the request");
+            if let Some(next) = release.pick_instance(routed.sticky(), Some(&up))
+                && !Arc::ptr_eq(&next, &up)
+            {
+                up = next;
+                open = Inflight::start(up.clone());
             }
         }
     }
 
-    /// Reads the final response head into `rhead`, forwarding interim 1xx
-    /// responses (and sending the body after a 100 Continue).
-    async fn final_response_head(&mut self, s: &mut Sending) -> Result<(), UpError> {
-        loop {
-            self.read_response_head(&mut s.us, &s.up).await?;
-            let status = self.rhead.status;
-            if !(100..200).contains(&status) || status == 101 {
-                return Ok(());
-            }
-            let n = self.rhead.len;
-            if self.head.minor == 1 {
-                let _ = self.io.write_all(&self.ubuf[..n]).await;
-            }
-            self.ubuf.advance(n);
-            if status == 100 && !s.complete {
-                self.stream_body(s).await?;
-            }
-        }
-    }
-
-    /// Sends the response head and body to the client, pools the upstream
-    /// connection if it can serve again, and keeps pipelined bytes.
-    async fn respond(
+    /// Writes the client's response head into `resp` and decides what
+    /// happens to both connections after the body.
+    fn respond_head(
         &mut self,
-        s: Sending,
+        s: &Sending,
         set_cookie: Option<&HeaderValue>,
         rframing: Framing,
         keep_alive: bool,
-    ) -> Next {
-        let Sending {
-            mut us,
-            up,
-            open,
-            complete,
-            extra,
-            ..
-        } = s;
+    ) -> Plan {
         let dechunk = self.head.minor == 0 && rframing == Framing::Chunked;
-        let keep = keep_alive && complete && !self.stopping() && rframing != Framing::Close && !dechunk;
-        let upstream_reusable = complete
+        let keep = keep_alive && s.complete && !self.stopping() && rframing != Framing::Close && !dechunk;
+        let reusable = s.complete
             && self.rhead.minor == 1
             && rframing != Framing::Close
             && !self.rhead.has_token(&self.ubuf, "connection", "close");
@@ -270,9 +248,21 @@ where
         };
         let skip = |name: &[u8]| is_hop_by_hop(name) || (dechunk && name.eq_ignore_ascii_case(b"transfer-encoding"));
         self.client_head(skip, set_cookie, ending);
-        let ok = self.relay_body(&mut us, rframing, dechunk, &up).await;
+        Plan {
+            dechunk,
+            keep,
+            reusable,
+        }
+    }
+
+    /// After the body went out (`ok`) or broke off: pools the upstream
+    /// connection if it can serve again and keeps pipelined bytes.
+    fn finish(&mut self, s: Sending, ok: bool, plan: Plan) -> Next {
+        let Sending {
+            us, up, open, extra, ..
+        } = s;
         drop(open);
-        if ok && upstream_reusable && self.ubuf.is_empty() {
+        if ok && plan.reusable && self.ubuf.is_empty() {
             up.checkin_raw(us);
         } else {
             drop(us);
@@ -285,7 +275,7 @@ where
         if !extra.is_empty() {
             self.buf.extend_from_slice(&extra);
         }
-        if keep { Next::KeepAlive } else { Next::Close }
+        if plan.keep { Next::KeepAlive } else { Next::Close }
     }
 
     /// Answers a request its upstream failed; the connection stays open only
@@ -300,30 +290,19 @@ where
         if keep { Next::KeepAlive } else { Next::Close }
     }
 
-    /// Gets a connection and writes `out` (head and buffered body) to it.
+    /// Writes `out` to a connection. `retryable`: a pooled connection and the
+    /// whole request, which may go elsewhere if the upstream had closed it.
     async fn send_head(
         &mut self,
-        up: &Arc<Upstream>,
-        whole: bool,
+        us: &mut RawConn,
+        up: &Upstream,
+        retryable: bool,
         idempotent: bool,
-        fresh: bool,
-    ) -> Result<RawConn, UpFail> {
-        let (mut s, reused) = match up.checkout_raw(fresh).await {
-            Ok(x) => x,
-            Err(e) => {
-                return Err(UpFail::Retry {
-                    why: e.to_string(),
-                    connect: true,
-                });
-            }
-        };
-        if let Err(e) = s.s.write_all(&self.out).await {
+    ) -> Result<(), UpFail> {
+        if let Err(e) = write::all(&mut us.s, &self.out).await {
             // A pooled connection the upstream had closed: nothing was processed.
-            if reused && whole {
-                return Err(UpFail::Retry {
-                    why: format!("{}: {e}", up.addr),
-                    connect: false,
-                });
+            if retryable {
+                return Err(UpFail::Retry(format!("{}: {e}", up.addr)));
             }
             return Err(UpFail::Failed(up_error(
                 ErrorCode::UpstreamFailed,
@@ -331,21 +310,16 @@ where
             )));
         }
         self.ubuf.clear();
-        if reused && whole && idempotent {
+        if retryable && idempotent {
             // A reused connection may have been closed by the upstream just
             // now; if it answers nothing at all, the request may be retried.
-            match self.fill_ubuf(&mut s, up).await {
+            match self.fill_ubuf(us, up).await {
                 Ok(true) => {}
-                Ok(false) => {
-                    return Err(UpFail::Retry {
-                        why: format!("{} closed a reused connection", up.addr),
-                        connect: false,
-                    });
-                }
+                Ok(false) => return Err(UpFail::Retry(format!("{} closed a reused connection", up.addr))),
                 Err(e) => return Err(UpFail::Failed(e)),
             }
         }
-        Ok(s)
+        Ok(())
     }
 
     /// Reads more of the response into `ubuf` within the response timeout;
@@ -372,23 +346,39 @@ where
         }
     }
 
-    async fn read_response_head(&mut self, s: &mut RawConn, up: &Upstream) -> Result<(), UpError> {
+    /// Reads the final response head into `rhead`, forwarding interim 1xx
+    /// responses (and sending the body after a 100 Continue).
+    async fn read_response_head(&mut self, s: &mut Sending) -> Result<(), UpError> {
         loop {
             if !self.ubuf.is_empty() {
                 match self.rhead.parse_response(&self.ubuf) {
-                    Ok(true) => return Ok(()),
+                    Ok(true) => {
+                        let status = self.rhead.status;
+                        if !(100..200).contains(&status) || status == 101 {
+                            return Ok(());
+                        }
+                        let n = self.rhead.len;
+                        if self.head.minor == 1 {
+                            let _ = self.io.write_all(&self.ubuf[..n]).await;
+                        }
+                        self.ubuf.advance(n);
+                        if status == 100 && !s.complete {
+                            self.stream_body(s).await?;
+                        }
+                        continue;
+                    }
                     Ok(false) if self.ubuf.len() >= MAX_HEAD => {
                         return Err(up_error(ErrorCode::UpstreamFailed, "response head over 64 KiB"));
                     }
                     Ok(false) => {}
                     Err(_) => {
-                        let why = format!("{} sent a malformed response", up.addr);
+                        let why = format!("{} sent a malformed response", s.up.addr);
                         return Err(up_error(ErrorCode::UpstreamFailed, why));
                     }
                 }
             }
-            if !self.fill_ubuf(s, up).await? {
-                let why = format!("{} closed the connection without a response", up.addr);
+            if !self.fill_ubuf(&mut s.us, &s.up).await? {
+                let why = format!("{} closed the connection without a response", s.up.addr);
                 return Err(up_error(ErrorCode::UpstreamFailed, why));
             }
         }
@@ -487,7 +477,7 @@ where
                 } else {
                     self.resp.extend_from_slice(&self.ubuf[..n]);
                 }
-                if self.io.write_all(&self.resp).await.is_err() {
+                if write::all(&mut self.io, &self.resp).await.is_err() {
                     return false;
                 }
             } else if dechunk {
@@ -496,7 +486,7 @@ where
                         return false;
                     }
                 }
-            } else if n > 0 && self.io.write_all(&self.ubuf[..n]).await.is_err() {
+            } else if n > 0 && write::all(&mut self.io, &self.ubuf[..n]).await.is_err() {
                 return false;
             }
             self.ubuf.advance(n);
