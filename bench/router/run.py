@@ -2,11 +2,14 @@
 """Router throughput and latency: direct vs slipway vs nginx vs HAProxy, same upstream, same load, one worker each.
 
 Usage: python3 bench/router/run.py [--rounds 5] [--seconds 10] [--rate 20000] [--conns 64]
+                                  [--slipway NAME=BINARY ...] [--no-build]
 
 Installs wrk, nginx and haproxy from Debian and oha from crates.io if missing,
 builds slipway and demo-app in release mode, pins every proxy (and a second
 upstream used for the direct baseline) to CPU 0 and the load generator plus
 the proxies' upstream to CPU 1, then interleaves the targets round by round.
+--slipway adds another slipway binary as a target of the same run (say, the
+build before a change), and --no-build serves target/release as it is.
 Results (medians over rounds) go to bench/out/router.json and a markdown table
 on stdout.
 """
@@ -20,7 +23,7 @@ def sh(*args, **kw):
     return subprocess.run(args, check=True, **kw)
 
 
-def ensure_tools():
+def ensure_tools(build=True):
     missing = [p for p, b in [("wrk", "wrk"), ("nginx-light", "nginx"), ("haproxy", "haproxy")] if not shutil.which(b)]
     if missing:
         print("installing", missing, file=sys.stderr)
@@ -28,7 +31,8 @@ def ensure_tools():
     if not shutil.which("oha"):
         print("installing oha from crates.io (a few minutes)", file=sys.stderr)
         sh("cargo", "install", "oha", "--locked")
-    sh("cargo", "build", "--release", "-q", "-p", "slipway", "-p", "demo-app", cwd=ROOT)
+    if build:
+        sh("cargo", "build", "--release", "-q", "-p", "slipway", "-p", "demo-app", cwd=ROOT)
 
 
 def free_port():
@@ -113,8 +117,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--rate", type=int, default=20000, help="open-loop request rate")
+    ap.add_argument("--slipway", action="append", default=[], metavar="NAME=BINARY",
+                    help="another slipway binary to measure as target NAME")
+    ap.add_argument("--no-build", action="store_true", help="do not build; serve target/release as it is")
     a = ap.parse_args()
-    ensure_tools()
+    ensure_tools(build=not a.no_build)
     tmp = tempfile.mkdtemp(prefix="slipway-bench-")
     procs = []
     try:
@@ -128,7 +135,22 @@ def main():
         with open(f"{tmp}/router.toml", "w") as f:
             f.write(f'state_dir = "state"\nworkers = 1\ninitial_routes = "routes.toml"\nadmin = {{ listen = "127.0.0.1:0" }}\n'
                     f'health = {{ kind = "none" }}\n[[listener]]\nname = "web"\nkind = "http"\naddr = "127.0.0.1:{sp}"\n')
+        key = os.urandom(32).hex()  # one cookie key, so the session cookie is valid on every slipway target
+        for state in ["state"] + [f"state-{s.split('=', 1)[0]}" for s in a.slipway]:
+            os.makedirs(f"{tmp}/{state}", mode=0o700)
+            fd = os.open(f"{tmp}/{state}/cookie.key", os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, key.encode() + b"\n")
+            os.close(fd)
         procs.append(spawn(0, [os.path.join(ROOT, "target/release/slipway"), "router", "--config", f"{tmp}/router.toml"]))
+        extra = {}
+        for spec in a.slipway:
+            name, binary = spec.split("=", 1)
+            port = free_port()
+            with open(f"{tmp}/{name}.toml", "w") as f:
+                f.write(f'state_dir = "state-{name}"\nworkers = 1\ninitial_routes = "routes.toml"\n'
+                        f'admin = {{ listen = "127.0.0.1:0" }}\nhealth = {{ kind = "none" }}\n'
+                        f'[[listener]]\nname = "web"\nkind = "http"\naddr = "127.0.0.1:{port}"\n')
+            extra[name] = (port, spawn(0, [os.path.abspath(binary), "router", "--config", f"{tmp}/{name}.toml"]))
         with open(f"{tmp}/nginx.conf", "w") as f:
             f.write(f"""worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
 events {{ worker_connections 8192; }}
@@ -158,13 +180,16 @@ backend be
   server s1 127.0.0.1:{up}
 """)
         procs.append(spawn(0, ["haproxy", "-f", f"{tmp}/haproxy.cfg"]))
-        for p in (up, direct, sp, ng, ha):
+        procs.extend(p for _, p in extra.values())
+        for p in (up, direct, sp, ng, ha, *(port for port, _ in extra.values())):
             wait_port(p)
         # A real session: the same valid cookie goes to every target.
         cookie = urllib.request.urlopen(f"http://127.0.0.1:{sp}/").headers["set-cookie"].split(";")[0]
         headers = [f"Cookie: {cookie}"]
         targets = {"direct": direct, "slipway": sp, "nginx": ng, "haproxy": ha}
         sessions = {"direct": procs[1].pid, "slipway": procs[2].pid, "nginx": procs[3].pid, "haproxy": procs[4].pid}
+        for name, (port, proc) in extra.items():
+            targets[name], sessions[name] = port, proc.pid
         closed = {k: [] for k in targets}
         opened = {k: [] for k in targets}
         names = list(targets)

@@ -94,7 +94,7 @@ fn drain_view(d: &DrainStatus) -> DrainView {
     d.instances
         .iter()
         .map(|i| {
-            let out = matches!(i.state.as_str(), "down" | "removed");
+            let out = matches!(i.state, wire::api::DrainState::Down | wire::api::DrainState::Removed);
             let traffic = Traffic {
                 out,
                 open: i.open_requests + i.open_long_lived,

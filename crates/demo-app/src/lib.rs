@@ -114,11 +114,6 @@ impl App {
         self.draining.load(Ordering::Relaxed)
     }
 
-    pub fn set_error_rate(&self, rate: f64) {
-        self.error_ppm
-            .store((rate.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
-    }
-
     async fn handle(self: Arc<App>, req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
         if req.uri().path() == "/stream" {
             self.requests.fetch_add(1, Ordering::Relaxed);

@@ -1,4 +1,4 @@
-//! The admin API (loopback or Unix socket, bearer token): route table get/put/patch, metrics (JSON and Prometheus), drain status.
+//! The admin API (loopback or Unix socket, bearer token): routes, metrics, drain status, upgrades.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -233,7 +233,14 @@ fn write_counters(out: &mut String, labels: &str, c: &Counters) {
 pub fn prometheus_text(s: &Shared) -> String {
     let snap = s.metrics();
     let mut out = String::new();
-    out.push_str("# TYPE slipway_requests_total counter\n# TYPE slipway_responses_total counter\n# TYPE slipway_upstream_failures_total counter\n# TYPE slipway_open_requests gauge\n# TYPE slipway_upstream_connections gauge\n# TYPE slipway_long_lived_connections gauge\n# TYPE slipway_bytes_total counter\n# TYPE slipway_request_duration_seconds histogram\n# TYPE slipway_instance_healthy gauge\n# TYPE slipway_route_generation gauge\n# TYPE slipway_open_websockets gauge\n# TYPE slipway_open_tcp_connections gauge\n");
+    out.push_str(
+        "# TYPE slipway_requests_total counter\n# TYPE slipway_responses_total counter\n\
+        # TYPE slipway_upstream_failures_total counter\n# TYPE slipway_open_requests gauge\n\
+        # TYPE slipway_upstream_connections gauge\n# TYPE slipway_long_lived_connections gauge\n\
+        # TYPE slipway_bytes_total counter\n# TYPE slipway_request_duration_seconds histogram\n\
+        # TYPE slipway_instance_healthy gauge\n# TYPE slipway_route_generation gauge\n\
+        # TYPE slipway_open_websockets gauge\n# TYPE slipway_open_tcp_connections gauge\n",
+    );
     let _ = writeln!(out, "slipway_route_generation {}", snap.generation);
     let (ws, tcp) = s.long_lived.counts();
     let _ = writeln!(out, "slipway_open_websockets {ws}");

@@ -1,4 +1,7 @@
-//! Router self-upgrade: the old process starts the new binary, hands it the listening sockets (SCM_RIGHTS) and the state it needs over a Unix socket, and leaves only once the new one reports ready; the new side takes them over.
+//! Router self-upgrade: hand the listening sockets and state to a new process, which takes them over.
+//!
+//! The old process starts the new binary, sends it the sockets (SCM_RIGHTS) and
+//! its state over a Unix socket, and leaves only once the new one reports ready.
 //!
 //! Both processes accept on the very same listening sockets (one kernel
 //! accept queue, shared), so nothing queued is lost when the old one stops
@@ -9,14 +12,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plumbing::fds::{FdError, recv_msg, send_msg};
 use tokio::sync::oneshot;
-use wire::api::{Handover, HandoverSocket, TakeoverMsg, UpgradeRequest, Upgraded};
+use wire::RouteTable;
+use wire::api::{Handover, HandoverHealth, HandoverSocket, TakeoverMsg, UpgradeRequest, Upgraded};
 
-use crate::shared::Shared;
+use crate::config::Config;
 
 /// How long a new router gets to report ready unless the request says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,11 +109,19 @@ impl Drop for SocketFile {
     }
 }
 
+/// What the new router takes over besides the sockets.
+pub struct Outgoing<'a> {
+    pub config: &'a Config,
+    pub table: &'a RouteTable,
+    pub cookie_key: &'a [u8; 32],
+    pub health: Vec<HandoverHealth>,
+}
+
 /// Starts the new router and hands everything over. Returns once the new
 /// process serves; the caller then stops accepting and leaves.
-pub async fn hand_over(shared: &Arc<Shared>, sockets: &Sockets, req: UpgradeRequest) -> Result<Upgraded, UpgradeError> {
+pub async fn hand_over(out: Outgoing<'_>, sockets: &Sockets, req: UpgradeRequest) -> Result<Upgraded, UpgradeError> {
     let started = Instant::now();
-    let config_path = shared.config.config_path.clone().ok_or(UpgradeError::NoConfigFile)?;
+    let config_path = out.config.config_path.clone().ok_or(UpgradeError::NoConfigFile)?;
     let binary = match req.binary {
         Some(b) => b,
         None => current_binary().map_err(|e| UpgradeError::Binary {
@@ -120,8 +131,7 @@ pub async fn hand_over(shared: &Arc<Shared>, sockets: &Sockets, req: UpgradeRequ
     };
     check_binary(&binary)?;
     let timeout = req.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0);
-    let table = shared.current();
-    let generation = table.generation;
+    let generation = out.table.generation;
     let mut fds = Vec::new();
     let mut listeners = Vec::new();
     let dup = |fd: &OwnedFd| {
@@ -154,13 +164,13 @@ pub async fn hand_over(shared: &Arc<Shared>, sockets: &Sockets, req: UpgradeRequ
         format: 1,
         from_pid: std::process::id(),
         from_version: env!("CARGO_PKG_VERSION").to_string(),
-        table: (*table).clone(),
-        cookie_key: crate::state::hex(shared.signer.key()),
+        table: out.table.clone(),
+        cookie_key: crate::state::hex(out.cookie_key),
         listeners,
         admin,
-        health: shared.health_states(),
+        health: out.health,
     };
-    let sock_path = shared
+    let sock_path = out
         .config
         .state_dir
         .join(format!("upgrade-{}.sock", std::process::id()));

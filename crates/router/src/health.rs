@@ -1,4 +1,4 @@
-//! Active health checks: one task per upstream that probes it (HTTP GET or TCP connect) and feeds rise/fall counters.
+//! Active health checks: one task per upstream probes it and feeds rise/fall counters.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -33,10 +33,11 @@ async fn check_loop(weak: Weak<Upstream>) {
                     .await
                     .unwrap_or(false);
                 if let Some(now_ok) = up.health.active_result(ok, check.rise, check.fall) {
+                    let (release, instance, addr) = (&up.release, &up.id, up.addr);
                     if now_ok {
-                        tracing::info!(release = %up.release, instance = %up.id, addr = %up.addr, "instance healthy again");
+                        tracing::info!(%release, %instance, %addr, "instance healthy again");
                     } else {
-                        tracing::warn!(release = %up.release, instance = %up.id, addr = %up.addr, "instance failed its health checks");
+                        tracing::warn!(%release, %instance, %addr, "instance failed its health checks");
                     }
                 }
             }

@@ -7,62 +7,49 @@
 //! the current table, saved to disk, compiled and swapped atomically, so it
 //! affects new sessions only and never interrupts a request in flight.
 //!
-//! The router depends on nothing but `wire`: if the control plane dies, it
-//! keeps serving the last table it applied, and on start it serves the table
-//! saved in its state folder without waiting for anybody.
+//! The router depends on no other part of slipway but `wire` and `plumbing`:
+//! if the control plane dies, it keeps serving the last table it applied, and
+//! on start it serves the table saved in its state folder without waiting.
 
-pub mod admin;
-pub mod affinity;
-pub mod body;
-pub mod config;
-pub mod h1;
-pub mod handover;
-pub mod health;
-pub mod listener;
-pub mod longlived;
-pub mod proxy;
-pub mod route;
-pub mod shared;
-pub mod state;
-pub mod stats;
-pub mod table;
-pub mod upstream;
+mod admin;
+mod affinity;
+mod body;
+mod clock;
+mod config;
+mod conn;
+mod h1;
+mod handover;
+mod health;
+mod listener;
+mod longlived;
+mod proxy;
+mod reply;
+mod route;
+mod send;
+mod shared;
+mod state;
+mod stats;
+mod table;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plumbing::lifecycle::{Signals, Stop};
 use tokio::sync::{mpsc, watch};
 use wire::api::{BoundListener, UpgradeRequest, Upgraded};
 use wire::router_config::ListenerKind;
 
-pub use config::{AdminListen, Config, ConfigError};
-pub use handover::{Inherited, UpgradeError};
-pub use shared::{ApplyError, Shared};
+pub use config::{Config, ConfigError};
+pub use handover::{TakeoverError, report_failure};
+pub use shared::ApplyError;
+pub use state::{StateError, read_status};
 
-/// Milliseconds since the router started; the only clock the data plane reads.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    start: Instant,
-}
-
-impl Clock {
-    pub fn new() -> Clock {
-        Clock { start: Instant::now() }
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
-}
+use clock::Clock;
+use handover::{Inherited, UpgradeError};
+use shared::Shared;
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,10 +111,6 @@ pub enum Exit {
 }
 
 impl RunningRouter {
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         let (_, listeners) = self.shared.bound.get()?;
@@ -143,17 +126,19 @@ impl RunningRouter {
         &self.shared.token
     }
 
-    /// Open client connections.
-    pub fn open_connections(&self) -> usize {
-        self.connections.count()
-    }
-
     /// Starts a new router process from `req.binary` (default: this binary)
     /// and hands it the sockets and state. On success the new process
     /// serves and this one should [`leave`](Self::leave); on failure this
     /// one keeps serving as before.
-    pub async fn upgrade(&self, req: UpgradeRequest) -> Result<Upgraded, UpgradeError> {
-        let mut done = handover::hand_over(&self.shared, &self.sockets, req).await?;
+    async fn upgrade(&self, req: UpgradeRequest) -> Result<Upgraded, UpgradeError> {
+        let table = self.shared.current();
+        let out = handover::Outgoing {
+            config: &self.shared.config,
+            table: &table,
+            cookie_key: self.shared.signer.key(),
+            health: self.shared.health_states(),
+        };
+        let mut done = handover::hand_over(out, &self.sockets, req).await?;
         done.old_connections = self.connections.count() as u64;
         tracing::info!(
             new_pid = done.new_pid,
@@ -166,7 +151,7 @@ impl RunningRouter {
 
     /// Serves until SIGTERM/SIGINT or a successful self-upgrade (admin API
     /// or SIGUSR2), then leaves: see [`leave`](Self::leave).
-    pub async fn serve(mut self, grace: Duration) -> Exit {
+    async fn serve(mut self, grace: Duration) -> Exit {
         let mut signals = std::mem::take(&mut self.signals);
         if let Some(tx) = self.upgrade_tx.take() {
             let _ = self.shared.upgrades.set(tx);
@@ -243,11 +228,6 @@ impl RunningRouter {
             None => self.connections.wait_idle().await,
         }
     }
-
-    /// Same as [`leave`](Self::leave).
-    pub async fn shutdown(self, grace: Duration) {
-        self.leave(grace).await;
-    }
 }
 
 /// Binds every listener and the admin API, serves the saved (or initial)
@@ -258,7 +238,7 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
 
 /// Like [`start`], but serves on inherited sockets where they fit the
 /// config (binding the rest) and starts from inherited state when given.
-pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningRouter, StartError> {
+async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningRouter, StartError> {
     let signals = Signals::catch(true);
     let clock = Clock::new();
     std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
@@ -273,16 +253,7 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<Runn
     let token = state::secret_file(&config.token_file, plumbing::fs::new_token).map_err(state::StateError::from)?;
     let initial = match inherited.table.take() {
         Some(t) => t,
-        None => {
-            let saved = match state::load_table(&config.state_dir) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "saved route table unreadable; starting from the initial routes");
-                    None
-                }
-            };
-            saved.or_else(|| config.initial_routes.clone()).unwrap_or_default()
-        }
+        None => saved_or_initial(&config)?,
     };
     let shared = Arc::new(Shared::new(config.clone(), signer, token, clock));
     if let Some(pid) = inherited.from_pid {
@@ -291,42 +262,7 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<Runn
 
     // Bind (or take over) everything before serving anything, so a bad
     // address fails the start.
-    let mut bound = Vec::new();
-    let mut sockets = Vec::new();
-    let mut keep = handover::Sockets::default();
-    for l in &config.listeners {
-        let bind_err = |source| StartError::Bind {
-            name: l.name.clone(),
-            addr: l.addr,
-            source,
-        };
-        let std_listener = match inherited.take_listener(&l.name, l.addr) {
-            Some(s) => s,
-            None => listener::bind_std(l.addr).map_err(bind_err)?,
-        };
-        let addr = std_listener.local_addr().map_err(bind_err)?;
-        let dup = std::os::fd::OwnedFd::from(std_listener.try_clone().map_err(bind_err)?);
-        keep.listeners.push((l.name.clone(), addr.to_string(), dup));
-        std_listener.set_nonblocking(true).map_err(bind_err)?;
-        let sock = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
-        bound.push(BoundListener {
-            name: l.name.clone(),
-            kind: match l.kind {
-                ListenerKind::Http => "http".into(),
-                ListenerKind::Tcp => "tcp".into(),
-            },
-            addr: addr.to_string(),
-            tls: l.tls.is_some(),
-        });
-        sockets.push((l.clone(), sock));
-    }
-    for (name, l) in inherited.listeners.drain(..) {
-        tracing::warn!(
-            listener = name.as_deref().unwrap_or("?"),
-            addr = ?l.local_addr().ok(),
-            "an inherited socket fits no listener in the config; it is closed"
-        );
-    }
+    let (bound, sockets, mut keep) = bind_listeners(&config, &mut inherited)?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let admin_err = |source| StartError::Admin {
@@ -350,18 +286,7 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<Runn
     shared.restore_health(&inherited.health);
     let (upgrade_tx, upgrades) = mpsc::channel(4);
 
-    let (sweeper, mut sweeper_rx) = watch::channel(());
-    {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => shared.long_lived.sweep(&shared.clock),
-                    r = sweeper_rx.changed() => if r.is_err() { return },
-                }
-            }
-        });
-    }
+    let sweeper = spawn_sweeper(shared.clone());
     let connections = Arc::new(listener::ConnTracker::default());
     for (cfg, sock) in sockets {
         tasks.spawn(listener::accept_loop(
@@ -372,9 +297,8 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<Runn
             connections.clone(),
         ));
     }
-    let status = admin::status_of(&shared);
-    if let Ok(json) = serde_json::to_vec_pretty(&status) {
-        let _ = state::write_atomic(&config.state_dir.join(state::STATUS_FILE), &json, 0o644);
+    if let Err(e) = state::write_status(&config.state_dir, admin::status_of(&shared)) {
+        tracing::warn!(error = %e, "cannot write the router status file");
     }
     Ok(RunningRouter {
         shared,
@@ -387,6 +311,100 @@ pub async fn start_with(config: Config, mut inherited: Inherited) -> Result<Runn
         _sweeper: sweeper,
         signals,
     })
+}
+
+/// The table saved in the state folder, else the config's initial routes.
+/// A saved table of a newer format fails the start rather than be overwritten.
+fn saved_or_initial(config: &Config) -> Result<wire::RouteTable, StartError> {
+    let saved = match state::load_table(&config.state_dir) {
+        Ok(t) => t,
+        Err(e @ state::StateError::NewerFormat { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "saved route table unreadable; starting from the initial routes");
+            None
+        }
+    };
+    Ok(saved.or_else(|| config.initial_routes.clone()).unwrap_or_default())
+}
+
+type Listening = (
+    Vec<BoundListener>,
+    Vec<(config::Listener, tokio::net::TcpListener)>,
+    handover::Sockets,
+);
+
+/// Binds (or takes over from `inherited`) every listener of the config;
+/// also returns duplicates of the sockets for a later handover.
+fn bind_listeners(config: &Config, inherited: &mut Inherited) -> Result<Listening, StartError> {
+    let mut bound = Vec::new();
+    let mut sockets = Vec::new();
+    let mut keep = handover::Sockets::default();
+    for l in &config.listeners {
+        let bind_err = |source| StartError::Bind {
+            name: l.name.clone(),
+            addr: l.addr,
+            source,
+        };
+        let std_listener = match inherited.take_listener(&l.name, l.addr) {
+            Some(s) => s,
+            None => listener::bind_std(l.addr).map_err(bind_err)?,
+        };
+        let addr = std_listener.local_addr().map_err(bind_err)?;
+        let dup = std::os::fd::OwnedFd::from(std_listener.try_clone().map_err(bind_err)?);
+        keep.listeners.push((l.name.clone(), addr.to_string(), dup));
+        std_listener.set_nonblocking(true).map_err(bind_err)?;
+        let sock = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
+        bound.push(BoundListener {
+            name: l.name.clone(),
+            kind: l.kind,
+            addr: addr.to_string(),
+            tls: l.tls.is_some(),
+        });
+        sockets.push((l.clone(), sock));
+    }
+    for (name, l) in inherited.listeners.drain(..) {
+        tracing::warn!(
+            listener = name.as_deref().unwrap_or("?"),
+            addr = ?l.local_addr().ok(),
+            "an inherited socket fits no listener in the config; it is closed"
+        );
+    }
+    Ok((bound, sockets, keep))
+}
+
+/// Cuts long-lived connections past their deadlines every 200 ms, until the
+/// returned sender is dropped.
+fn spawn_sweeper(shared: Arc<Shared>) -> watch::Sender<()> {
+    let (sweeper, mut sweeper_rx) = watch::channel(());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => shared.long_lived.sweep(&shared.clock),
+                r = sweeper_rx.changed() => if r.is_err() { return },
+            }
+        }
+    });
+    sweeper
+}
+
+/// Prints where the router serves; returns its status.
+fn announce(router: &RunningRouter) -> wire::api::RouterStatus {
+    let status = admin::status_of(&router.shared);
+    for l in &status.listeners {
+        let scheme = match (l.kind, l.tls) {
+            (ListenerKind::Tcp, _) => "tcp",
+            (_, true) => "https",
+            _ => "http",
+        };
+        println!("slipway router: listener {} on {scheme}://{}", l.name, l.addr);
+    }
+    println!(
+        "slipway router: admin API on {} (token in {}), serving route generation {}",
+        status.admin,
+        router.shared.config.token_file.display(),
+        status.generation
+    );
+    status
 }
 
 /// Runs the router until SIGTERM or SIGINT (or a self-upgrade hands it
@@ -445,21 +463,7 @@ pub fn run(config: Config, takeover: Option<PathBuf>) -> Result<Exit, StartError
                 return Err(e);
             }
         };
-        let status = admin::status_of(router.shared());
-        for l in &status.listeners {
-            let scheme = match (l.kind.as_str(), l.tls) {
-                ("tcp", _) => "tcp",
-                (_, true) => "https",
-                _ => "http",
-            };
-            println!("slipway router: listener {} on {scheme}://{}", l.name, l.addr);
-        }
-        println!(
-            "slipway router: admin API on {} (token in {}), serving route generation {}",
-            status.admin,
-            router.shared().config.token_file.display(),
-            status.generation
-        );
+        let status = announce(&router);
         if let Some(t) = takeover.take() {
             let from = t.handover.from_pid;
             if let Err(e) = t.ready(status.generation) {

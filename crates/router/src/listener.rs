@@ -1,4 +1,4 @@
-//! Public listeners: binding, accept loops, TLS with ALPN, HTTP/1.1 + HTTP/2 serving, and raw TCP proxying.
+//! Public listeners: binding, accept loops, TLS with ALPN, HTTP/1 or HTTP/2 dispatch, raw TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use wire::router_config::{AffinityMode, ListenerKind};
 
 use crate::config::Listener;
-use crate::proxy::{ConnCtx, ListenerCtx};
+use crate::conn::{ConnCtx, ListenerCtx, stopped};
 use crate::shared::Shared;
 use crate::table::{Choice, How, Inputs, RequestView};
 
@@ -24,11 +24,6 @@ pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Counts open client connections so shutdown can wait for them.
@@ -80,7 +75,6 @@ pub async fn accept_loop(
     tracker: Arc<ConnTracker>,
 ) {
     let ctx = Arc::new(ListenerCtx {
-        name: cfg.name.clone(),
         affinity: cfg.affinity,
         tls: cfg.tls.is_some(),
         drain_deadline_ms: cfg.drain_deadline.as_millis(),
@@ -297,9 +291,7 @@ async fn proxy_tcp(
     };
     let refuse = |why: &str| {
         tracing::warn!(%peer, reason = why, "tcp connection refused");
-        shared.unrouted.request_started();
-        shared.unrouted.response(503, 0);
-        shared.unrouted.request_done();
+        shared.unrouted.answered(503, 0);
     };
     let (index, how) = match table.choose(&TcpView(peer.ip()), &inputs) {
         Choice::Release { index, how } => (index, how),

@@ -1,4 +1,7 @@
-//! Long-lived connections (WebSocket tunnels, raw TCP): a registry per instance, cut at their drain deadline with a proper "going away" — a WebSocket close frame 1012 injected at a frame boundary.
+//! WebSocket tunnels and raw TCP connections: registered per instance, cut at their drain deadline.
+//!
+//! A cut is a proper "going away": a WebSocket gets a close frame 1012,
+//! injected at a frame boundary of the server's stream.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -8,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::Clock;
+use crate::clock::Clock;
 use crate::upstream::Upstream;
 
 /// Why a long-lived connection is being closed.
@@ -86,10 +89,6 @@ impl Registry {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// WebSockets and TCP connections open, in that order.
     pub fn counts(&self) -> (usize, usize) {
         let c = self.conns.lock().unwrap_or_else(|e| e.into_inner());
@@ -144,22 +143,6 @@ impl Registry {
             {
                 let _ = e.cut.send(Some(Cut::RouterLeaving));
             }
-        }
-    }
-
-    /// Cuts every connection (the router is leaving).
-    pub fn cut_all(&self, why: Cut) {
-        for e in self.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            if e.cut.borrow().is_none() {
-                let _ = e.cut.send(Some(why));
-            }
-        }
-    }
-
-    /// Resolves once no long-lived connection is open.
-    pub async fn wait_empty(&self) {
-        while !self.is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

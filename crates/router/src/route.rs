@@ -1,49 +1,16 @@
-//! The per-request routing decision shared by the HTTP/1 fast path and the HTTP/2 path, and the error replies the router makes itself.
+//! The per-request routing decision that both HTTP paths share.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 use wire::router_config::AffinityMode;
 
-use crate::proxy::ConnCtx;
+use crate::conn::ConnCtx;
+use crate::reply::{ErrorCode, Reply};
 use crate::shared::Shared;
 use crate::table::{CRelease, Choice, Compiled, How, Inputs, RequestView, bucket_of};
 use crate::upstream::Upstream;
-
-/// A response the router makes itself: JSON `{"error", "reason"}` plus an
-/// `x-slipway-error` header naming the code.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn new(status: StatusCode, code: &'static str, reason: &str) -> Reply {
-        Reply {
-            status,
-            code,
-            body: serde_json::json!({ "error": code, "reason": reason }).to_string(),
-        }
-    }
-
-    /// Serializes as an HTTP/1.1 response into `out`.
-    pub fn write_h1(&self, out: &mut Vec<u8>, close: bool) {
-        use std::io::Write;
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\nx-slipway-error: {}\r\ncontent-length: {}\r\n{}\r\n",
-            self.status.as_u16(),
-            self.status.canonical_reason().unwrap_or(""),
-            self.code,
-            self.body.len(),
-            if close { "connection: close\r\n" } else { "" },
-        );
-        out.extend_from_slice(self.body.as_bytes());
-    }
-}
 
 /// Where a request goes.
 pub struct Routed {
@@ -113,17 +80,14 @@ fn upgrade_required(releases: &[CRelease], version: &semver::Version, header_nam
             })
         })
         .collect();
+    let code = ErrorCode::UpgradeRequired;
     let body = serde_json::json!({
-        "error": "upgrade_required",
+        "error": code.as_str(),
         "reason": format!("no release serves client version {version} (from header {header_name}); update the client"),
         "client_version": version.to_string(),
         "served": served,
     });
-    Reply {
-        status: StatusCode::UPGRADE_REQUIRED,
-        code: "upgrade_required",
-        body: body.to_string(),
-    }
+    Reply::with_body(code, body)
 }
 
 /// Chooses release and instance for a request, or the reply that refuses it.
@@ -141,7 +105,7 @@ pub fn decide(
             Some(v) => Some(v),
             None => {
                 let reason = format!("header {} is not a version like 1.2.3", cfg.version_header);
-                return Err(Reply::new(StatusCode::BAD_REQUEST, "bad_client_version", &reason));
+                return Err(Reply::new(ErrorCode::BadClientVersion, &reason));
             }
         },
     };
@@ -170,13 +134,13 @@ pub fn decide(
             return Err(upgrade_required(&table.releases, &v, cfg.version_header.as_str()));
         }
         Choice::Unavailable(reason) => {
-            return Err(Reply::new(StatusCode::SERVICE_UNAVAILABLE, "no_release", reason));
+            return Err(Reply::new(ErrorCode::NoRelease, reason));
         }
     };
     let release = &table.releases[index];
     let upstream = release.pick_instance(how != How::Weight, None).ok_or_else(|| {
         let reason = format!("release {} has no healthy instance", release.id);
-        Reply::new(StatusCode::SERVICE_UNAVAILABLE, "no_instance", &reason)
+        Reply::new(ErrorCode::NoInstance, &reason)
     })?;
     let set_cookie = (uses_cookie && how != How::Key && sticky != Some(&*release.id))
         .then(|| release.set_cookie[conn.listener.tls as usize].clone());
@@ -204,17 +168,5 @@ mod tests {
         );
         assert_eq!(parse_client_version("banana"), None);
         assert_eq!(parse_client_version("1.2.3.4"), None);
-    }
-
-    #[test]
-    fn replies_serialize_as_http1() {
-        let mut out = Vec::new();
-        Reply::new(StatusCode::BAD_GATEWAY, "upstream_failed", "it broke").write_h1(&mut out, true);
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
-        assert!(text.contains("x-slipway-error: upstream_failed\r\n"));
-        assert!(text.contains("connection: close\r\n"));
-        let body = text.split("\r\n\r\n").nth(1).unwrap();
-        assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
     }
 }

@@ -1,4 +1,4 @@
-//! Router-wide state: the live compiled table, the registry of upstreams that outlives table swaps, applying changes, and snapshots.
+//! Router-wide state: the live table, upstreams that outlive table swaps, applying changes, snapshots.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -9,8 +9,8 @@ use wire::api::{Applied, BoundListener, DrainStatus, HandoverHealth, InstanceDra
 use wire::metrics::{Counters, InstanceMetrics, MetricsSnapshot, ReleaseMetrics};
 use wire::{Problem, Problems, RouteDiff, RouteState, RouteTable};
 
-use crate::Clock;
 use crate::affinity::CookieSigner;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::stats::Stats;
 use crate::table::{CCohort, CInstance, CRelease, Compiled, Matcher, Subject};
@@ -395,7 +395,7 @@ impl Shared {
                     release: u.release.to_string(),
                     instance: u.id.to_string(),
                     addr: u.addr.to_string(),
-                    state: u.state_name().to_string(),
+                    state: u.drain_state(),
                     healthy: u.healthy(),
                     open_requests,
                     open_upstream_connections: u.stats.open_connections(),

@@ -1,6 +1,7 @@
-//! Lock-free per-instance counters and latency histograms, and their conversion to wire snapshots.
+//! Lock-free per-instance counters and latency histograms, and their wire snapshots.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 use wire::metrics::{BUCKETS, Counters, Histogram, StatusClasses, bucket_index};
 
@@ -36,6 +37,12 @@ impl Default for Stats {
     }
 }
 
+/// Microseconds since `t`, the latency unit of every histogram.
+#[inline(always)]
+pub fn micros_since(t: Instant) -> u64 {
+    t.elapsed().as_micros().min(u64::MAX as u128) as u64
+}
+
 /// Decrements a gauge without wrapping below zero.
 fn dec(g: &AtomicU64) {
     let _ = g.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
@@ -50,6 +57,13 @@ impl Stats {
 
     pub fn request_done(&self) {
         dec(&self.open_requests);
+    }
+
+    /// A request answered at once, without a request in flight (the router's own replies).
+    pub fn answered(&self, status: u16, latency_us: u64) {
+        self.request_started();
+        self.response(status, latency_us);
+        self.request_done();
     }
 
     /// A response head went to the client `latency_us` after the request head came in.

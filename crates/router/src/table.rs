@@ -370,7 +370,7 @@ mod tests {
                 eject_after_failures: 1,
                 ejection_time: std::time::Duration::from_secs(100),
             }),
-            crate::Clock::new(),
+            crate::clock::Clock::new(),
         ))
     }
 

@@ -1,18 +1,20 @@
-//! One routed instance: its route state, health (active and passive), counters and connection pool.
+//! One routed instance: route state, health (active and passive), counters, connection pool.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use wire::api::DrainState;
 use wire::{HealthCheck, RouteState, UpstreamProtocol};
 
-use crate::Clock;
 use crate::body::ReqBody;
-use crate::stats::Stats;
+use crate::clock::Clock;
+use crate::reply::{ErrorCode, Reply};
+use crate::stats::{Stats, micros_since};
 
 /// Settings every upstream shares, from `[upstream]` in the router config.
 #[derive(Debug, Clone)]
@@ -126,8 +128,14 @@ impl Upstream {
         }
     }
 
-    pub fn state_name(&self) -> &'static str {
-        self.state().map_or("removed", RouteState::as_str)
+    /// The state drain reports show.
+    pub fn drain_state(&self) -> DrainState {
+        match self.state() {
+            Some(RouteState::Active) => DrainState::Active,
+            Some(RouteState::Draining) => DrainState::Draining,
+            Some(RouteState::Down) => DrainState::Down,
+            None => DrainState::Removed,
+        }
     }
 
     /// Leaving active closes idle keep-alive connections at once (they are
@@ -354,6 +362,26 @@ impl Upstream {
         Ok(sender)
     }
 
+    /// Counts and logs a request this instance failed (`why` names it), and
+    /// makes the client's reply.
+    pub fn failed(&self, code: ErrorCode, why: &str, started: Instant) -> Reply {
+        self.stats.upstream_failure();
+        self.stats.response(code.status().as_u16(), micros_since(started));
+        tracing::warn!(release = %self.release, instance = %self.id, reason = %why, "upstream failed");
+        Reply::new(code, why)
+    }
+
+    /// Passive health from a response status: a 5xx counts as a failure.
+    /// `may_eject` is asked only then (see [`record_failure`](Self::record_failure)).
+    #[inline(always)]
+    pub fn record_status(&self, status: u16, may_eject: impl FnOnce() -> bool) {
+        if status >= 500 {
+            self.record_failure(may_eject());
+        } else {
+            self.record_success();
+        }
+    }
+
     /// Passive health: a request got an answer that is not a 5xx.
     pub fn record_success(&self) {
         self.health.success();
@@ -368,6 +396,43 @@ impl Upstream {
         }
         self.health
             .failure(self.clock.now_ms(), s.eject_after_failures, s.ejection_time, may_eject);
+    }
+}
+
+/// Keeps an instance's in-flight count up while a request is open, and gives
+/// its connection back to the pool if the response was read to the end.
+pub struct Inflight {
+    upstream: Arc<Upstream>,
+    conn: Option<PooledConn>,
+}
+
+impl Inflight {
+    /// Counts a request as started on `upstream`.
+    #[inline(always)]
+    pub fn start(upstream: Arc<Upstream>) -> Inflight {
+        upstream.stats.request_started();
+        Inflight { upstream, conn: None }
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    pub fn set_conn(&mut self, conn: PooledConn) {
+        self.conn = Some(conn);
+    }
+
+    /// The response finished cleanly: the connection may serve another request.
+    pub fn finish(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.upstream.checkin(conn);
+        }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.upstream.stats.request_done();
     }
 }
 
@@ -418,6 +483,7 @@ impl Default for Health {
 }
 
 impl Health {
+    #[cfg(test)]
     pub fn is_healthy(&self, now_ms: u64) -> bool {
         self.active_ok.load(Relaxed) && now_ms >= self.ejected_until_ms.load(Relaxed)
     }
@@ -449,10 +515,6 @@ impl Health {
             self.last_ejection_ms.store(now_ms, Relaxed);
             self.ejection_multiplier.store(1, Relaxed);
         }
-    }
-
-    pub fn is_ejected(&self, now_ms: u64) -> bool {
-        now_ms < self.ejected_until_ms.load(Relaxed)
     }
 
     fn success(&self) {

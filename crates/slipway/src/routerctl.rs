@@ -11,21 +11,21 @@ use wire::api::{RouterStatus, UpgradeRequest, Upgraded};
 pub fn router_client(path: &Path) -> anyhow::Result<(router::Config, RouterStatus, ApiClient)> {
     let config = router::Config::load(path)
         .map_err(|e| anyhow::anyhow!("{e}\nthe running router was not touched; fix the config first"))?;
-    let status_file = config.state_dir.join(router::state::STATUS_FILE);
-    let text = std::fs::read_to_string(&status_file).with_context(|| {
-        format!(
-            "no router has run from {} yet ({} is missing)",
-            path.display(),
-            status_file.display()
-        )
+    let status = router::read_status(&config.state_dir).map_err(|e| match e {
+        router::StateError::Io { path: file, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::anyhow!(
+                "no router has run from {} yet ({} is missing)",
+                path.display(),
+                file.display()
+            )
+        }
+        e => e.into(),
     })?;
-    let status: RouterStatus =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a router status", status_file.display()))?;
     if !Path::new(&format!("/proc/{}", status.pid)).exists() {
         anyhow::bail!(
-            "no router is running from {}: {} names pid {}, which is gone",
+            "no router is running from {}: its status file in {} names pid {}, which is gone",
             path.display(),
-            status_file.display(),
+            config.state_dir.display(),
             status.pid
         );
     }

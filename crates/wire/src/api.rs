@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::problem::Problem;
+use crate::router_config::ListenerKind;
 
 /// Body of every non-2xx admin API answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +27,7 @@ pub struct Applied {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoundListener {
     pub name: String,
-    pub kind: String,
+    pub kind: ListenerKind,
     pub addr: String,
     pub tls: bool,
 }
@@ -54,6 +55,35 @@ pub struct RouterStatus {
     pub took_over_from: Option<u32>,
 }
 
+/// `routes.json` in the router's state folder from format 1 on: the last
+/// applied table. Format 0 (before versions) was the bare table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedRoutes {
+    pub format: u64,
+    pub table: crate::RouteTable,
+}
+
+/// `router.json` in the router's state folder from format 1 on: the status
+/// with its format beside the fields. Format 0 (before versions) was the bare status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub format: u64,
+    #[serde(flatten)]
+    pub status: RouterStatus,
+}
+
+/// Where an instance stands in the router's table, as drain reports show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainState {
+    Active,
+    Draining,
+    Down,
+    /// No longer in the table (requests or connections may still be open).
+    Removed,
+}
+
 /// Drain progress of one instance, including instances already removed from
 /// the table that still have requests or connections open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +91,7 @@ pub struct InstanceDrain {
     pub release: String,
     pub instance: String,
     pub addr: String,
-    /// `active`, `draining`, `down`, or `removed` (no longer in the table).
-    pub state: String,
+    pub state: DrainState,
     pub healthy: bool,
     pub open_requests: u64,
     pub open_upstream_connections: u64,
@@ -167,4 +196,27 @@ pub enum TakeoverMsg {
     Ready { pid: u32, generation: u64 },
     /// Cannot take over; the old process must keep serving.
     Failed { pid: u32, error: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_states_and_listener_kinds_keep_their_strings_on_the_wire() {
+        let states = [
+            (DrainState::Active, "active"),
+            (DrainState::Draining, "draining"),
+            (DrainState::Down, "down"),
+            (DrainState::Removed, "removed"),
+        ];
+        for (state, text) in states {
+            assert_eq!(serde_json::to_value(state).unwrap(), text);
+            assert_eq!(serde_json::from_value::<DrainState>(text.into()).unwrap(), state);
+        }
+        for (kind, text) in [(ListenerKind::Http, "http"), (ListenerKind::Tcp, "tcp")] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), text);
+        }
+        assert!(serde_json::from_value::<DrainState>("gone".into()).is_err());
+    }
 }

@@ -1,4 +1,7 @@
-//! A streaming scanner for `Transfer-Encoding: chunked` bodies: finds where a message ends so the bytes can pass through unchanged, and yields the payload for clients that cannot read chunked.
+//! A strict streaming scanner for chunked bodies: where a message ends, and its payload.
+//!
+//! The bytes pass through unchanged once their end is found; the payload is
+//! yielded for clients that cannot read chunked.
 //!
 //! It is strict on purpose (CRLF only, hex sizes, extensions after `;`):
 //! the bytes go to the upstream unchanged, so anything the upstream might

@@ -1,9 +1,10 @@
-//! Parsed HTTP/1.x request and response heads as offsets into the read buffer (no per-header allocation), and message framing rules.
+//! HTTP/1.x heads parsed as offsets into the read buffer, and the message framing rules.
 
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 
+use crate::affinity::cookie_in;
 use crate::table::RequestView;
 
 pub const MAX_HEADERS: usize = 128;
@@ -261,15 +262,25 @@ impl RequestView for RequestHead<'_> {
 
 /// The value of cookie `name` in the head's `Cookie` headers.
 pub fn find_cookie<'b>(head: &Head, buf: &'b [u8], name: &str) -> Option<&'b str> {
-    for v in head.values(buf, "cookie") {
-        let Ok(s) = std::str::from_utf8(v) else { continue };
-        for pair in s.split(';') {
-            if let Some(v) = pair.trim_start().strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-                return Some(v.trim_end());
-            }
-        }
+    head.values(buf, "cookie")
+        .find_map(|v| cookie_in(std::str::from_utf8(v).ok()?, name))
+}
+
+/// Splits an absolute-form target (`http://host/path`) into origin-form path
+/// and authority; other targets come back unchanged with no authority.
+pub fn absolute_form(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        &target[7..]
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        &target[8..]
+    } else {
+        return (target, None);
+    };
+    match rest.iter().position(|b| *b == b'/' || *b == b'?') {
+        // A target like `http://h?q` keeps `?q`; the caller adds the `/`.
+        Some(i) => (&rest[i..], Some(&rest[..i])),
+        None => (b"/", Some(rest)),
     }
-    None
 }
 
 #[cfg(test)]
@@ -333,9 +344,18 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_targets_become_origin_form() {
+        assert_eq!(absolute_form(b"/a?b"), (&b"/a?b"[..], None));
+        assert_eq!(absolute_form(b"http://h:1/a?b"), (&b"/a?b"[..], Some(&b"h:1"[..])));
+        assert_eq!(absolute_form(b"http://h"), (&b"/"[..], Some(&b"h"[..])));
+        assert_eq!(absolute_form(b"*"), (&b"*"[..], None));
+    }
+
+    #[test]
     fn views_find_headers_cookies_and_query() {
         let (h, b) = req(
-            "GET /p?a=1&beta=yes HTTP/1.1\r\nHost: x\r\nX-Beta: 1\r\nCookie: a=b; team=qa\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+            "GET /p?a=1&beta=yes HTTP/1.1\r\nHost: x\r\nX-Beta: 1\r\nCookie: a=b; team=qa\r\n\
+            Connection: keep-alive, Upgrade\r\n\r\n",
         );
         let v = RequestHead {
             head: &h,

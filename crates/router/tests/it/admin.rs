@@ -1,4 +1,4 @@
-//! The admin API: token, routes, metrics (JSON and Prometheus), and serving the saved table after a restart.
+//! The admin API: token, routes, metrics, and serving the saved table after a restart.
 
 use std::time::Duration;
 
@@ -148,5 +148,5 @@ async fn the_admin_api_can_listen_on_a_unix_socket() {
     assert_eq!(status, 200);
     let st: wire::api::RouterStatus = serde_json::from_slice(&body).unwrap();
     assert_eq!(st.listeners[0].name, "web");
-    r.shutdown(Duration::from_secs(1)).await;
+    r.leave(Duration::from_secs(1)).await;
 }

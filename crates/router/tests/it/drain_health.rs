@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use testkit::{Client, wait_for};
+use wire::api::DrainState;
 use wire::{HealthCheck, HealthKind, HumanDuration, RouteState};
 
 use crate::harness::{App, Harness, release, table};
@@ -36,7 +37,7 @@ async fn drain_lets_requests_finish_and_reports_when_it_is_done() {
     h.put(&t).await;
     let d = h.drain().await;
     let a_status = d.instance("v1", "v1-0").unwrap();
-    assert_eq!(a_status.state, "draining");
+    assert_eq!(a_status.state, DrainState::Draining);
     assert!(!a_status.drained, "requests still open: {a_status:?}");
     assert_eq!(
         a_status.idle_upstream_connections, 0,
@@ -93,7 +94,7 @@ async fn removing_an_instance_mid_request_does_not_cut_it() {
         .instance("v1", "v1-0")
         .cloned()
         .expect("still reported while busy");
-    assert_eq!(removed.state, "removed");
+    assert_eq!(removed.state, DrainState::Removed);
     assert_eq!(removed.open_requests, 1);
     let r = slow.await.unwrap().unwrap();
     assert_eq!((r.status.as_u16(), r.header("x-instance")), (200, Some(a.name())));

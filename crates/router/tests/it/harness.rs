@@ -67,7 +67,7 @@ impl Harness {
 
     pub async fn stop(&mut self) {
         if let Some(r) = self.router.take() {
-            r.shutdown(Duration::from_secs(5)).await;
+            r.leave(Duration::from_secs(5)).await;
         }
     }
 

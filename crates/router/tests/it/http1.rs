@@ -1,4 +1,4 @@
-//! The HTTP/1 fast path at the byte level: framing, pipelining, 100-continue, HTTP/1.0, smuggling refusals, keep-alive rules.
+//! The HTTP/1 fast path byte by byte: framing, pipelining, 100-continue, smuggling, keep-alive.
 
 use std::time::Duration;
 
@@ -185,7 +185,8 @@ async fn pipelined_requests_are_answered_in_order() {
     let (_a, h) = setup().await;
     let mut s = TcpStream::connect(h.web).await.unwrap();
     s.write_all(
-        b"GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\nPOST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /status/202 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\nPOST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n\
+        abcGET /status/202 HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await
     .unwrap();
@@ -299,7 +300,8 @@ async fn forwarded_headers_and_absolute_targets() {
     let (_a, h) = setup().await;
     let mut s = TcpStream::connect(h.web).await.unwrap();
     s.write_all(
-        b"GET http://example.test:8080/headers?x=1 HTTP/1.1\r\nHost: other\r\nX-Forwarded-For: 10.1.1.1\r\nX-Forwarded-Proto: https\r\nConnection: keep-alive, x-drop-me\r\nX-Drop-Me: 1\r\n\r\n",
+        b"GET http://example.test:8080/headers?x=1 HTTP/1.1\r\nHost: other\r\nX-Forwarded-For: 10.1.1.1\r\n\
+        X-Forwarded-Proto: https\r\nConnection: keep-alive, x-drop-me\r\nX-Drop-Me: 1\r\n\r\n",
     )
     .await
     .unwrap();

@@ -1,4 +1,4 @@
-//! A router that leaves (shutdown or handover): idle keep-alive connections get their next request answered, WebSockets stay until the listener's drain deadline and then get 1012, open counts are reported.
+//! A leaving router: idle connections get their next request answered, WebSockets a deadline and 1012.
 
 use std::time::{Duration, Instant};
 

@@ -9,4 +9,5 @@ mod errors;
 mod http1;
 mod leave;
 mod protocols;
+mod state_files;
 mod swaps;

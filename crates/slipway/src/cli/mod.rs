@@ -160,7 +160,7 @@ fn router(
     crate::init_logging("info");
     let config = router::Config::load(config).map_err(|e| {
         if let Some(sock) = &takeover {
-            router::handover::report_failure(sock, &e.to_string());
+            router::report_failure(sock, &e.to_string());
         }
         usage(e)
     })?;

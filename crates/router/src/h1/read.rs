@@ -1,0 +1,217 @@
+//! Reading from the client: request heads with their timeouts, and request bodies.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use super::chunked::{ChunkError, ChunkScanner};
+use super::head::{Framing, HeadError};
+use super::{Conn, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_HEAD};
+use crate::conn::stopped;
+use crate::reply::{ErrorCode, Reply};
+
+/// Request bodies up to this size are read and dropped after a refusal so the
+/// connection can stay open; larger ones close it.
+const DISCARD_LIMIT: u64 = 64 * 1024;
+/// Largest request body buffered for an h2c upstream.
+const WHOLE_BODY_LIMIT: u64 = 16 << 20;
+/// When the router leaves, how long an idle keep-alive connection is kept
+/// for a request that may already be on its way (answered with
+/// `Connection: close`) before it is closed. Closing at once would race
+/// with such a request, which the client would see as a failure.
+const LEAVE_LINGER: Duration = Duration::from_secs(2);
+
+/// How a request body is being consumed.
+#[derive(Debug)]
+pub(super) enum BodyState {
+    Length(u64),
+    Chunked(ChunkScanner),
+    Done,
+}
+
+impl BodyState {
+    pub(super) fn new(f: Framing) -> BodyState {
+        match f {
+            Framing::Length(n) if n > 0 => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkScanner::default()),
+            _ => BodyState::Done,
+        }
+    }
+
+    /// How many bytes of `input` belong to the body.
+    pub(super) fn take(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        let n = match self {
+            BodyState::Done => 0,
+            BodyState::Length(left) => {
+                let n = (*left).min(input.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *self = BodyState::Done;
+                }
+                n as usize
+            }
+            BodyState::Chunked(sc) => {
+                let n = sc.scan(input, None)?;
+                if sc.is_done() {
+                    *self = BodyState::Done;
+                }
+                n
+            }
+        };
+        Ok(n)
+    }
+
+    /// Like [`take`](Self::take), appending the body's payload (chunked
+    /// framing removed) to `payload`.
+    fn take_payload(
+        &mut self,
+        input: &[u8],
+        ranges: &mut Vec<std::ops::Range<usize>>,
+        payload: &mut BytesMut,
+    ) -> Result<usize, ChunkError> {
+        let BodyState::Chunked(sc) = self else {
+            let n = self.take(input)?;
+            payload.extend_from_slice(&input[..n]);
+            return Ok(n);
+        };
+        ranges.clear();
+        let n = sc.scan(input, Some(ranges))?;
+        for r in ranges.iter() {
+            payload.extend_from_slice(&input[r.clone()]);
+        }
+        if sc.is_done() {
+            *self = BodyState::Done;
+        }
+        Ok(n)
+    }
+
+    pub(super) fn done(&self) -> bool {
+        matches!(self, BodyState::Done)
+    }
+}
+
+/// How reading a whole request body ended, if not with the body.
+pub(super) enum WholeBody {
+    Refused(Reply),
+    /// The client went away or stalled: close without an answer.
+    Gone,
+}
+
+impl<S> Conn<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Reads until a full request head is in `buf`. `None`: close quietly.
+    pub(super) async fn read_head(&mut self) -> Result<Option<()>, Reply> {
+        let mut lingering = false;
+        loop {
+            if !self.buf.is_empty() {
+                match self.head.parse_request(&self.buf) {
+                    Ok(true) => return Ok(Some(())),
+                    Ok(false) if self.buf.len() >= MAX_HEAD => {
+                        return Err(Reply::new(ErrorCode::HeadTooLarge, "request head over 64 KiB"));
+                    }
+                    Ok(false) => {}
+                    Err(HeadError::TooManyHeaders) => {
+                        return Err(Reply::new(ErrorCode::TooManyHeaders, "more than 128 request headers"));
+                    }
+                    Err(HeadError::Malformed) => {
+                        return Err(Reply::new(ErrorCode::BadRequest, "malformed request head"));
+                    }
+                }
+            }
+            let idle = self.buf.is_empty();
+            if idle && self.stopping() && !lingering {
+                lingering = true;
+                self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
+            } else if !lingering || !idle {
+                let limit = if idle { IDLE_TIMEOUT } else { HEADER_TIMEOUT };
+                self.sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(8192);
+            }
+            tokio::select! {
+                biased;
+                r = self.io.read_buf(&mut self.buf) => match r {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
+                },
+                _ = self.sleep.as_mut() => {
+                    if idle {
+                        return Ok(None);
+                    }
+                    return Err(Reply::new(ErrorCode::HeadTimeout, "request head not received in time"));
+                }
+                _ = stopped(&mut self.stop), if idle && !lingering => {
+                    lingering = true;
+                    self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
+                }
+            }
+        }
+    }
+
+    /// Reads and drops a small request body so the connection can be reused.
+    pub(super) async fn skip_body(&mut self, framing: Framing) -> bool {
+        let mut body = BodyState::new(framing);
+        if let Framing::Length(n) = framing
+            && n > DISCARD_LIMIT
+        {
+            return false;
+        }
+        let mut consumed = self.head.len;
+        let mut total = 0u64;
+        loop {
+            match body.take(&self.buf[consumed..]) {
+                Ok(n) => {
+                    consumed += n;
+                    total += n as u64;
+                }
+                Err(_) => return false,
+            }
+            if body.done() {
+                self.buf.advance(consumed);
+                self.head.len = 0;
+                return true;
+            }
+            if total > DISCARD_LIMIT {
+                return false;
+            }
+            self.buf.truncate(consumed);
+            self.buf.reserve(8192);
+            match tokio::time::timeout(HEADER_TIMEOUT, self.io.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Reads the whole request body (up to 16 MiB), chunked framing removed;
+    /// `consumed` is set past it.
+    pub(super) async fn read_whole_body(&mut self, framing: Framing) -> Result<BytesMut, WholeBody> {
+        let mut body = BodyState::new(framing);
+        let mut collected = BytesMut::new();
+        let mut consumed = self.head.len;
+        let mut ranges = Vec::new();
+        loop {
+            let n = body
+                .take_payload(&self.buf[consumed..], &mut ranges, &mut collected)
+                .map_err(|_| WholeBody::Refused(Reply::new(ErrorCode::BadFraming, "malformed chunked body")))?;
+            consumed += n;
+            if body.done() {
+                self.consumed = consumed;
+                return Ok(collected);
+            }
+            if collected.len() as u64 > WHOLE_BODY_LIMIT {
+                let why = "request bodies to an h2c release are limited to 16 MiB over HTTP/1";
+                return Err(WholeBody::Refused(Reply::new(ErrorCode::BodyTooLarge, why)));
+            }
+            self.buf.reserve(16 * 1024);
+            match tokio::time::timeout(HEADER_TIMEOUT, self.io.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(WholeBody::Gone),
+            }
+        }
+    }
+}
