@@ -256,7 +256,7 @@ impl Shared {
         for (i, c) in table.cohorts.iter().enumerate() {
             match compile_cohort(c, &table) {
                 Ok(cc) => cohorts.push(cc),
-                Err(msg) => problems.push(Problem::new(format!("cohorts[{i}]"), msg)),
+                Err(msg) => problems.push(Problem::new(format!("cohort[{i}]"), msg)),
             }
         }
         Problems::check(problems)?;
