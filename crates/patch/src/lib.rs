@@ -1,8 +1,30 @@
 //! Signed, content-addressed client releases.
 
+pub(crate) mod apply;
 pub(crate) mod canonical;
+pub(crate) mod client;
 pub(crate) mod chunker;
+pub(crate) mod delta;
 pub(crate) mod fsx;
 pub(crate) mod hash;
+pub(crate) mod install;
 pub(crate) mod keys;
+pub(crate) mod manifest;
 pub(crate) mod meta;
+pub(crate) mod pack;
+pub(crate) mod plan;
+pub(crate) mod publish;
+pub(crate) mod repo;
+pub(crate) mod report;
+pub(crate) mod serve;
+pub(crate) mod source;
+pub(crate) mod spec;
+pub(crate) mod trust;
+
+pub use publish::{publish, PublishOptions, PublishError, Published};
+pub use meta::Role;
+pub use repo::{init, rotate, sign_timestamp, unix_now, Expiry, Keyring, Repo, RepoError};
+pub use serve::{serve, start as start_server};
+pub use report::Report;
+pub use apply::{ApplyStats, Progress};
+pub use client::{Client, ClientError, ClientOptions, UpdateOutcome, UpdateRequest, VerifyReport};
