@@ -15,8 +15,8 @@ use crate::delta;
 use crate::hash::Hash;
 use crate::manifest::{FileEntry, Manifest};
 use crate::pack;
-use crate::plan::{Action, Fetch, FetchKind, Piece, Plan};
 use crate::plan::Local;
+use crate::plan::{Action, Fetch, FetchKind, Piece, Plan};
 use crate::source::{FetchError, Source};
 
 /// Ranges closer than this are fetched as one (the gap is downloaded and dropped).
@@ -48,7 +48,10 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(bytes_per_sec: u64) -> Pacer {
-        Pacer { rate: bytes_per_sec.max(1) as f64, next: Mutex::new(Instant::now()) }
+        Pacer {
+            rate: bytes_per_sec.max(1) as f64,
+            next: Mutex::new(Instant::now()),
+        }
     }
 
     /// Waits until `bytes` more may be fetched.
@@ -79,7 +82,10 @@ pub enum ApplyError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ApplyError + '_ {
-    move |source| ApplyError::Io { path: path.to_path_buf(), source }
+    move |source| ApplyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// How to run.
@@ -153,7 +159,9 @@ impl Exec<'_> {
         if !fallback.is_empty() {
             self.fetch_all(&fallback, &mut stats)?;
         }
-        let builds: Vec<usize> = (0..self.plan.files.len()).filter(|&i| matches!(self.plan.files[i].action, Action::Build { .. })).collect();
+        let builds: Vec<usize> = (0..self.plan.files.len())
+            .filter(|&i| matches!(self.plan.files[i].action, Action::Build { .. }))
+            .collect();
         builds.par_iter().try_for_each(|&pi| self.finish(self.entry(pi)))?;
         crate::fsx::sync_dir(&self.out);
         Ok(stats)
@@ -179,16 +187,25 @@ impl Exec<'_> {
     /// Opens (or creates) the partial file and copies every seed chunk into it, checking each.
     fn copy_seeds(&self, pi: usize, f: &FileEntry, pieces: &[Piece], extra: &mut Vec<Fetch>) -> Result<(), ApplyError> {
         let tmp = self.tmp_path(f);
-        let out = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&tmp).map_err(io_err(&tmp))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         out.set_len(f.size).map_err(io_err(&tmp))?;
         let mut open: HashMap<usize, std::fs::File> = HashMap::new();
         let mut buf = Vec::new();
         for ((off, c), piece) in f.offsets().zip(pieces) {
-            let Piece::Seed { source, offset } = *piece else { continue };
+            let Piece::Seed { source, offset } = *piece else {
+                continue;
+            };
             let ok = (|| {
                 let src = match open.entry(source) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(std::fs::File::open(&self.local.sources[source]).ok()?),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(std::fs::File::open(&self.local.sources[source]).ok()?)
+                    }
                 };
                 buf.resize(c.len() as usize, 0);
                 crate::fsx::read_at(src, offset, &mut buf).ok()?;
@@ -199,7 +216,10 @@ impl Exec<'_> {
                 // The local copy changed since it was indexed: fetch that chunk instead.
                 None => extra.push(Fetch {
                     blob: c.blob(),
-                    kind: FetchKind::Chunk { hash: c.hash(), len: c.len() },
+                    kind: FetchKind::Chunk {
+                        hash: c.hash(),
+                        len: c.len(),
+                    },
                     dests: vec![(pi, off)],
                 }),
             }
@@ -221,7 +241,9 @@ impl Exec<'_> {
             for _ in 0..self.opts.concurrency.max(1) {
                 s.spawn(|| {
                     while !abort.load(Ordering::Relaxed) {
-                        let Some(r) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
+                        let Some(r) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                            break;
+                        };
                         let res = self.fetch_range(&r, fetches, &patching, &fallback);
                         match res {
                             Ok(n) => {
@@ -246,7 +268,13 @@ impl Exec<'_> {
         Ok(fallback.into_inner().unwrap_or_default())
     }
 
-    fn fetch_range(&self, r: &Range, fetches: &[Fetch], patching: &Mutex<()>, fallback: &Mutex<Vec<Fetch>>) -> Result<u64, ApplyError> {
+    fn fetch_range(
+        &self,
+        r: &Range,
+        fetches: &[Fetch],
+        patching: &Mutex<()>,
+        fallback: &Mutex<Vec<Fetch>>,
+    ) -> Result<u64, ApplyError> {
         let len = r.end - r.start;
         if let Some(p) = &self.opts.pacer {
             p.wait(len);
@@ -261,14 +289,18 @@ impl Exec<'_> {
             let what = || format!("{name} bytes {}+{}", x.blob.offset, x.blob.len);
             match x.kind {
                 FetchKind::Chunk { hash, len } => {
-                    let data = pack::open_chunk(stored, len, hash).map_err(|message| ApplyError::Tampered { what: what(), message })?;
+                    let data = pack::open_chunk(stored, len, hash)
+                        .map_err(|message| ApplyError::Tampered { what: what(), message })?;
                     for &(pi, off) in &x.dests {
                         self.write(pi, off, &data)?;
                     }
                 }
                 FetchKind::Delta { hash } => {
                     if Hash::of(stored) != hash {
-                        return Err(ApplyError::Tampered { what: what(), message: format!("content does not match delta {}", hash.short()) });
+                        return Err(ApplyError::Tampered {
+                            what: what(),
+                            message: format!("content does not match delta {}", hash.short()),
+                        });
                     }
                     let (pi, patch) = x.dests[0];
                     let _one_at_a_time = patching.lock();
@@ -284,7 +316,10 @@ impl Exec<'_> {
 
     fn write(&self, pi: usize, off: u64, data: &[u8]) -> Result<(), ApplyError> {
         let tmp = self.tmp_path(self.entry(pi));
-        let f = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(io_err(&tmp))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         crate::fsx::write_at(&f, off, data).map_err(io_err(&tmp))
     }
 
@@ -293,16 +328,24 @@ impl Exec<'_> {
     fn rebuild(&self, pi: usize, patch: usize, stored: &[u8]) -> Result<bool, ApplyError> {
         let f = self.entry(pi);
         let p = &f.patches[patch];
-        let Action::Build { pieces } = &self.plan.files[pi].action else { return Ok(false) };
-        let Some(Piece::Patch { source, .. }) = pieces.iter().find(|x| matches!(x, Piece::Patch { patch: q, .. } if *q == patch)) else {
+        let Action::Build { pieces } = &self.plan.files[pi].action else {
+            return Ok(false);
+        };
+        let Some(Piece::Patch { source, .. }) = pieces
+            .iter()
+            .find(|x| matches!(x, Piece::Patch { patch: q, .. } if *q == patch))
+        else {
             return Ok(false);
         };
         let mut base = vec![0u8; p.base[1] as usize];
-        let read = std::fs::File::open(&self.local.sources[*source]).and_then(|src| crate::fsx::read_at(&src, p.base[0], &mut base));
+        let read = std::fs::File::open(&self.local.sources[*source])
+            .and_then(|src| crate::fsx::read_at(&src, p.base[0], &mut base));
         if read.is_err() {
             return Ok(false);
         }
-        let Ok(out) = delta::apply(p.method, &base, stored, p.target[1]) else { return Ok(false) };
+        let Ok(out) = delta::apply(p.method, &base, stored, p.target[1]) else {
+            return Ok(false);
+        };
         drop(base);
         let [t0, tl] = p.target;
         let ok = f
@@ -318,11 +361,20 @@ impl Exec<'_> {
     /// Chunk fetches for the pieces a failed delta was to rebuild.
     fn patch_chunks(&self, pi: usize, patch: usize) -> Vec<Fetch> {
         let f = self.entry(pi);
-        let Action::Build { pieces } = &self.plan.files[pi].action else { return Vec::new() };
+        let Action::Build { pieces } = &self.plan.files[pi].action else {
+            return Vec::new();
+        };
         f.offsets()
             .zip(pieces)
             .filter(|(_, x)| matches!(x, Piece::Patch { patch: q, .. } if *q == patch))
-            .map(|((off, c), _)| Fetch { blob: c.blob(), kind: FetchKind::Chunk { hash: c.hash(), len: c.len() }, dests: vec![(pi, off)] })
+            .map(|((off, c), _)| Fetch {
+                blob: c.blob(),
+                kind: FetchKind::Chunk {
+                    hash: c.hash(),
+                    len: c.len(),
+                },
+                dests: vec![(pi, off)],
+            })
             .collect()
     }
 
@@ -330,11 +382,16 @@ impl Exec<'_> {
     fn finish(&self, f: &FileEntry) -> Result<(), ApplyError> {
         use std::os::unix::fs::PermissionsExt;
         let tmp = self.tmp_path(f);
-        std::fs::File::open(&tmp).and_then(|h| h.sync_all()).map_err(io_err(&tmp))?;
+        std::fs::File::open(&tmp)
+            .and_then(|h| h.sync_all())
+            .map_err(io_err(&tmp))?;
         let got = crate::hash::hash_file(&tmp).map_err(io_err(&tmp))?;
         if got != f.hash {
             let _ = std::fs::remove_file(&tmp);
-            return Err(ApplyError::Tampered { what: f.path.clone(), message: format!("the built file hashes to {}", got.short()) });
+            return Err(ApplyError::Tampered {
+                what: f.path.clone(),
+                message: format!("the built file hashes to {}", got.short()),
+            });
         }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode)).map_err(io_err(&tmp))?;
         let dst = self.out.join(&f.path);
@@ -354,7 +411,9 @@ fn merge_extra(fetches: &mut Vec<Fetch>, extra: Vec<Fetch>) {
         }
     }
     for x in extra {
-        let FetchKind::Chunk { hash, .. } = x.kind else { continue };
+        let FetchKind::Chunk { hash, .. } = x.kind else {
+            continue;
+        };
         match by_hash.get(&hash) {
             Some(&i) => fetches[i].dests.extend(x.dests),
             None => {
@@ -388,7 +447,12 @@ pub fn ranges(fetches: &[Fetch]) -> VecDeque<Range> {
                 r.end = r.end.max(end);
                 r.items.push(i);
             }
-            _ => out.push_back(Range { pack: b.pack, start: b.offset, end, items: vec![i] }),
+            _ => out.push_back(Range {
+                pack: b.pack,
+                start: b.offset,
+                end,
+                items: vec![i],
+            }),
         }
     }
     out
@@ -401,12 +465,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn fetch(pack: u32, offset: u64, len: u64) -> Fetch {
-        Fetch { blob: Blob { pack, offset, len }, kind: FetchKind::Delta { hash: Hash::default() }, dests: vec![] }
+        Fetch {
+            blob: Blob { pack, offset, len },
+            kind: FetchKind::Delta { hash: Hash::default() },
+            dests: vec![],
+        }
     }
 
     #[test]
     fn neighbours_merge_and_far_or_other_packs_do_not() {
-        let f = vec![fetch(0, 100, 10), fetch(0, 0, 100), fetch(0, 110 + MERGE_GAP + 1, 5), fetch(1, 0, 5)];
+        let f = vec![
+            fetch(0, 100, 10),
+            fetch(0, 0, 100),
+            fetch(0, 110 + MERGE_GAP + 1, 5),
+            fetch(1, 0, 5),
+        ];
         let r: Vec<Range> = ranges(&f).into_iter().collect();
         assert_eq!(r.len(), 3);
         assert_eq!((r[0].start, r[0].end, r[0].items.clone()), (0, 110, vec![1, 0]));

@@ -91,7 +91,8 @@ mod tests {
 
     #[test]
     fn keys_are_sorted_by_bytes_and_nothing_is_padded() {
-        let v = json!({"b": 1, "a": [true, null, -3], "B": {"z": "x", "é": "\u{1}\"\\/"}, "aa": 18446744073709551615u64});
+        let v =
+            json!({"b": 1, "a": [true, null, -3], "B": {"z": "x", "é": "\u{1}\"\\/"}, "aa": 18446744073709551615u64});
         assert_eq!(
             String::from_utf8(to_vec(&v).unwrap()).unwrap(),
             r#"{"B":{"z":"x","é":"\u0001\"\\/"},"a":[true,null,-3],"aa":18446744073709551615,"b":1}"#

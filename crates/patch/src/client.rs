@@ -36,7 +36,9 @@ pub enum ClientError {
     NoRoot(String),
     #[error("the repo has no release yet")]
     NoRelease,
-    #[error("release {want} is older than the installed release {have}; a publisher rolls back by publishing a new release")]
+    #[error(
+        "release {want} is older than the installed release {have}; a publisher rolls back by publishing a new release"
+    )]
     Downgrade { have: u64, want: u64 },
     #[error("nothing is installed in {0}")]
     NotInstalled(String),
@@ -45,7 +47,10 @@ pub enum ClientError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
-    move |source| ClientError::Io { path: path.to_path_buf(), source }
+    move |source| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// How a client runs.
@@ -62,7 +67,12 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> ClientOptions {
-        ClientOptions { concurrency: 4, rate: None, progress: Arc::new(NoProgress), now: None }
+        ClientOptions {
+            concurrency: 4,
+            rate: None,
+            progress: Arc::new(NoProgress),
+            now: None,
+        }
     }
 }
 
@@ -123,7 +133,12 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Client({} from {})", self.layout.dir.display(), self.source.describe())
+        write!(
+            f,
+            "Client({} from {})",
+            self.layout.dir.display(),
+            self.source.describe()
+        )
     }
 }
 
@@ -138,7 +153,12 @@ impl Client {
 
     pub fn with_source(dir: &Path, source: Box<dyn Source>, opts: ClientOptions) -> Client {
         let pacer = opts.rate.map(|r| Arc::new(Pacer::new(r)));
-        Client { layout: Layout { dir: dir.to_path_buf() }, source, opts, pacer }
+        Client {
+            layout: Layout { dir: dir.to_path_buf() },
+            source,
+            opts,
+            pacer,
+        }
     }
 
     fn now(&self) -> u64 {
@@ -146,7 +166,11 @@ impl Client {
     }
 
     fn apply_opts(&self) -> ApplyOptions {
-        ApplyOptions { concurrency: self.opts.concurrency, pacer: self.pacer.clone(), progress: self.opts.progress.clone() }
+        ApplyOptions {
+            concurrency: self.opts.concurrency,
+            pacer: self.pacer.clone(),
+            progress: self.opts.progress.clone(),
+        }
     }
 
     /// The folder the game runs from.
@@ -180,20 +204,42 @@ impl Client {
         }
         trust::root_is_current(&root, now)?;
         let rotated = trust::online_keys_rotated(&first, &root);
-        let (trusted_ts, trusted_snap): (Option<Timestamp>, Option<Snapshot>) =
-            if rotated { (None, None) } else { (self.read_local("timestamp.json"), self.read_local("snapshot.json")) };
-        let ts_bytes = self.source.get(repo::TIMESTAMP, trust::MAX_TIMESTAMP)?.ok_or_else(|| ClientError::Missing(repo::TIMESTAMP.into()))?;
+        let (trusted_ts, trusted_snap): (Option<Timestamp>, Option<Snapshot>) = if rotated {
+            (None, None)
+        } else {
+            (self.read_local("timestamp.json"), self.read_local("snapshot.json"))
+        };
+        let ts_bytes = self
+            .source
+            .get(repo::TIMESTAMP, trust::MAX_TIMESTAMP)?
+            .ok_or_else(|| ClientError::Missing(repo::TIMESTAMP.into()))?;
         let ts = trust::timestamp(&root, &ts_bytes, trusted_ts.as_ref(), now)?;
         let name = repo::snapshot_name(ts.snapshot.version);
-        let snap_bytes = self.source.get(&name, ts.snapshot.length.min(trust::MAX_SNAPSHOT))?.ok_or(ClientError::Missing(name))?;
+        let snap_bytes = self
+            .source
+            .get(&name, ts.snapshot.length.min(trust::MAX_SNAPSHOT))?
+            .ok_or(ClientError::Missing(name))?;
         let snap = trust::snapshot(&root, &ts, &snap_bytes, trusted_snap.as_ref(), now)?;
-        Ok(Fresh { root, root_bytes, ts_bytes, snap, snap_bytes })
+        Ok(Fresh {
+            root,
+            root_bytes,
+            ts_bytes,
+            snap,
+            snap_bytes,
+        })
     }
 
     fn save_trust(&self, f: &Fresh) -> Result<(), ClientError> {
-        for (name, b) in [("root.json", &f.root_bytes), ("timestamp.json", &f.ts_bytes), ("snapshot.json", &f.snap_bytes)] {
+        for (name, b) in [
+            ("root.json", &f.root_bytes),
+            ("timestamp.json", &f.ts_bytes),
+            ("snapshot.json", &f.snap_bytes),
+        ] {
             let p = self.layout.file(name);
-            plumbing::fs::write_atomic(&p, b, 0o600).map_err(|e| ClientError::Io { path: p.clone(), source: std::io::Error::other(e) })?;
+            plumbing::fs::write_atomic(&p, b, 0o600).map_err(|e| ClientError::Io {
+                path: p.clone(),
+                source: std::io::Error::other(e),
+            })?;
         }
         Ok(())
     }
@@ -208,11 +254,20 @@ impl Client {
             return Err(ClientError::NoRelease);
         }
         if seq < state.seq {
-            return Err(ClientError::Downgrade { have: state.seq, want: seq });
+            return Err(ClientError::Downgrade {
+                have: state.seq,
+                want: seq,
+            });
         }
-        let r = *fresh.snap.releases.get(&seq).ok_or(TrustError::NotListed { seq, snapshot: fresh.snap.version })?;
+        let r = *fresh.snap.releases.get(&seq).ok_or(TrustError::NotListed {
+            seq,
+            snapshot: fresh.snap.version,
+        })?;
         let name = repo::manifest_name(seq, r.version);
-        let mbytes = self.source.get(&name, r.length.min(trust::MAX_MANIFEST))?.ok_or(ClientError::Missing(name))?;
+        let mbytes = self
+            .source
+            .get(&name, r.length.min(trust::MAX_MANIFEST))?
+            .ok_or(ClientError::Missing(name))?;
         let m = trust::manifest(&fresh.root, &fresh.snap, seq, &mbytes, self.now())?;
         let from = (state.seq > 0).then_some(state.seq);
         if seq == state.seq && self.layout.current_seq() == Some(seq) {
@@ -221,24 +276,50 @@ impl Client {
         let selected = select(&m, req.tags.as_deref(), &state);
         let stats = self.build_release(&m, &selected, &state)?;
         let tree = self.layout.release(seq);
-        let mut next = State { seq, release: m.release.id.clone(), manifest: Some(r), present: BTreeMap::new() };
+        let mut next = State {
+            seq,
+            release: m.release.id.clone(),
+            manifest: Some(r),
+            present: BTreeMap::new(),
+        };
         for &i in &selected {
             let f = &m.files[i];
             let stamp = Stamp::of(&tree.join(&f.path)).map_err(io_err(&tree.join(&f.path)))?;
             next.present.insert(f.path.clone(), FileState { hash: f.hash, stamp });
         }
         self.save_trust(&fresh)?;
-        self.layout.switch(seq, &next, &mbytes).map_err(io_err(&self.layout.dir))?;
+        self.layout
+            .switch(seq, &next, &mbytes)
+            .map_err(io_err(&self.layout.dir))?;
         self.cleanup(seq);
-        Ok(UpdateOutcome { from, to: seq, release: m.release.id.clone(), up_to_date: false, files: selected.len(), stats })
+        Ok(UpdateOutcome {
+            from,
+            to: seq,
+            release: m.release.id.clone(),
+            up_to_date: false,
+            files: selected.len(),
+            stats,
+        })
     }
 
     /// Already on `seq`: keep the fresher metadata and fetch newly tagged files in place.
-    fn refresh_same(&self, req: &UpdateRequest, fresh: &Fresh, m: &Manifest, mbytes: &[u8], state: &mut State, r: meta::MetaRef) -> Result<UpdateOutcome, ClientError> {
+    fn refresh_same(
+        &self,
+        req: &UpdateRequest,
+        fresh: &Fresh,
+        m: &Manifest,
+        mbytes: &[u8],
+        state: &mut State,
+        r: meta::MetaRef,
+    ) -> Result<UpdateOutcome, ClientError> {
         self.save_trust(fresh)?;
         if state.manifest != Some(r) {
-            plumbing::fs::write_atomic(&self.layout.file("manifest.json"), mbytes, 0o600)
-                .map_err(|e| ClientError::Io { path: self.layout.file("manifest.json"), source: std::io::Error::other(e) })?;
+            plumbing::fs::write_atomic(&self.layout.file("manifest.json"), mbytes, 0o600).map_err(|e| {
+                ClientError::Io {
+                    path: self.layout.file("manifest.json"),
+                    source: std::io::Error::other(e),
+                }
+            })?;
             state.manifest = Some(r);
             self.layout.save_state(state).map_err(io_err(&self.layout.meta()))?;
         }
@@ -247,9 +328,20 @@ impl Client {
             .map(|i| m.files[i].path.clone())
             .filter(|p| !state.present.contains_key(p))
             .collect();
-        let stats = if want.is_empty() { ApplyStats::default() } else { self.fetch_locked(m, &want, &HashSet::new())? };
+        let stats = if want.is_empty() {
+            ApplyStats::default()
+        } else {
+            self.fetch_locked(m, &want, &HashSet::new())?
+        };
         let state = self.state()?;
-        Ok(UpdateOutcome { from: Some(state.seq), to: state.seq, release: m.release.id.clone(), up_to_date: want.is_empty(), files: state.present.len(), stats })
+        Ok(UpdateOutcome {
+            from: Some(state.seq),
+            to: state.seq,
+            release: m.release.id.clone(),
+            up_to_date: want.is_empty(),
+            files: state.present.len(),
+            stats,
+        })
     }
 
     /// Builds release `m` (the `selected` files) in its staging tree, reusing what a killed run left.
@@ -266,8 +358,18 @@ impl Client {
         self.clean_other_stages(seq);
         let mut local = Local::default();
         if let Some(old) = self.layout.manifest().map_err(io_err(&self.layout.meta()))? {
-            let files: Vec<_> = old.files.iter().filter(|f| state.present.contains_key(&f.path)).collect();
-            install::scan_tree(&self.layout.release(state.seq), &files, &state.present, false, &mut local);
+            let files: Vec<_> = old
+                .files
+                .iter()
+                .filter(|f| state.present.contains_key(&f.path))
+                .collect();
+            install::scan_tree(
+                &self.layout.release(state.seq),
+                &files,
+                &state.present,
+                false,
+                &mut local,
+            );
         }
         // Files already finished in the staging tree are kept if they are right.
         let mut todo = Vec::new();
@@ -285,10 +387,20 @@ impl Client {
         }
         let in_place: HashMap<usize, Vec<bool>> = todo
             .iter()
-            .filter_map(|&i| install::in_place(&stage.join("tmp").join(m.files[i].hash.hex()), &m.files[i]).map(|v| (i, v)))
+            .filter_map(|&i| {
+                install::in_place(&stage.join("tmp").join(m.files[i].hash.hex()), &m.files[i]).map(|v| (i, v))
+            })
             .collect();
         let plan = plan::plan(m, &todo, &local, &in_place);
-        let exec = Exec { m, plan: &plan, local: &local, tmp: stage.join("tmp"), out: tree.clone(), source: self.source.as_ref(), opts: &self.apply_opts() };
+        let exec = Exec {
+            m,
+            plan: &plan,
+            local: &local,
+            tmp: stage.join("tmp"),
+            out: tree.clone(),
+            source: self.source.as_ref(),
+            opts: &self.apply_opts(),
+        };
         let stats = exec.run()?;
         std::fs::create_dir_all(&tree).map_err(io_err(&tree))?;
         if let Some(d) = released.parent() {
@@ -334,10 +446,16 @@ impl Client {
         let _lock = self.layout.lock().map_err(io_err(&self.layout.meta()))?;
         let (state, m) = self.installed()?;
         if m.file(path).is_none() {
-            return Err(ClientError::NotInRelease { path: path.into(), seq: state.seq });
+            return Err(ClientError::NotInRelease {
+                path: path.into(),
+                seq: state.seq,
+            });
         }
         let p = self.layout.release(state.seq).join(path);
-        let fresh = state.present.get(path).is_some_and(|k| Stamp::of(&p).is_ok_and(|s| s == k.stamp));
+        let fresh = state
+            .present
+            .get(path)
+            .is_some_and(|k| Stamp::of(&p).is_ok_and(|s| s == k.stamp));
         if !fresh {
             self.fetch_locked(&m, &[path.to_string()], &HashSet::new())?;
         }
@@ -346,7 +464,12 @@ impl Client {
 
     /// Fetches `paths` of the installed release into the live tree (each appears whole, by rename).
     /// `suspect` paths are re-read rather than trusted by their stamp.
-    fn fetch_locked(&self, m: &Manifest, paths: &[String], suspect: &HashSet<String>) -> Result<ApplyStats, ClientError> {
+    fn fetch_locked(
+        &self,
+        m: &Manifest,
+        paths: &[String],
+        suspect: &HashSet<String>,
+    ) -> Result<ApplyStats, ClientError> {
         let mut state = self.state()?;
         let tree = self.layout.release(state.seq);
         let mut known = state.present.clone();
@@ -357,10 +480,20 @@ impl Client {
         let idx = install::by_path(m);
         let want: Vec<usize> = paths.iter().filter_map(|p| idx.get(p.as_str()).copied()).collect();
         let stage = self.layout.stage(state.seq).join("tmp");
-        let in_place: HashMap<usize, Vec<bool>> =
-            want.iter().filter_map(|&i| install::in_place(&stage.join(m.files[i].hash.hex()), &m.files[i]).map(|v| (i, v))).collect();
+        let in_place: HashMap<usize, Vec<bool>> = want
+            .iter()
+            .filter_map(|&i| install::in_place(&stage.join(m.files[i].hash.hex()), &m.files[i]).map(|v| (i, v)))
+            .collect();
         let plan = plan::plan(m, &want, &local, &in_place);
-        let exec = Exec { m, plan: &plan, local: &local, tmp: stage, out: tree.clone(), source: self.source.as_ref(), opts: &self.apply_opts() };
+        let exec = Exec {
+            m,
+            plan: &plan,
+            local: &local,
+            tmp: stage,
+            out: tree.clone(),
+            source: self.source.as_ref(),
+            opts: &self.apply_opts(),
+        };
         let stats = exec.run()?;
         for &i in &want {
             let f = &m.files[i];
@@ -383,7 +516,11 @@ impl Client {
             }
             let _lock = self.layout.lock().map_err(io_err(&self.layout.meta()))?;
             let (state, m) = self.installed()?;
-            let mut missing: Vec<&crate::manifest::FileEntry> = m.files.iter().filter(|f| !state.present.contains_key(&f.path)).collect();
+            let mut missing: Vec<&crate::manifest::FileEntry> = m
+                .files
+                .iter()
+                .filter(|f| !state.present.contains_key(&f.path))
+                .collect();
             if missing.is_empty() {
                 return Ok(done);
             }
@@ -410,7 +547,12 @@ impl Client {
         let tree = self.layout.release(state.seq);
         let present: Vec<_> = m.files.iter().filter(|f| state.present.contains_key(&f.path)).collect();
         let scanned = install::scan_tree(&tree, &present, &state.present, true, &mut Local::default());
-        let mut report = VerifyReport { seq: state.seq, checked: present.len(), damaged: scanned.damaged.clone(), repaired: Vec::new() };
+        let mut report = VerifyReport {
+            seq: state.seq,
+            checked: present.len(),
+            damaged: scanned.damaged.clone(),
+            repaired: Vec::new(),
+        };
         if repair && !report.damaged.is_empty() {
             let suspect: HashSet<String> = report.damaged.iter().cloned().collect();
             self.fetch_locked(&m, &report.damaged, &suspect)?;

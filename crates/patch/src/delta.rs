@@ -33,8 +33,10 @@ fn window_log(base: usize, target: usize) -> u32 {
 pub fn zstd_encode(base: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
     let mut cctx = CCtx::create();
     cctx.set_parameter(CParameter::CompressionLevel(level)).map_err(zerr)?;
-    cctx.set_parameter(CParameter::EnableLongDistanceMatching(true)).map_err(zerr)?;
-    cctx.set_parameter(CParameter::WindowLog(window_log(base.len(), target.len()))).map_err(zerr)?;
+    cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
+        .map_err(zerr)?;
+    cctx.set_parameter(CParameter::WindowLog(window_log(base.len(), target.len())))
+        .map_err(zerr)?;
     cctx.set_parameter(CParameter::ChecksumFlag(false)).map_err(zerr)?;
     cctx.set_pledged_src_size(Some(target.len() as u64)).map_err(zerr)?;
     cctx.ref_prefix(base).map_err(zerr)?;
@@ -57,7 +59,11 @@ pub fn bsdiff_encode(base: &[u8], target: &[u8]) -> Result<Vec<u8>, DeltaError> 
 pub fn best(base: &[u8], target: &[u8], level: i32) -> Result<(Method, Vec<u8>), DeltaError> {
     let z = zstd_encode(base, target, level)?;
     let b = bsdiff_encode(base, target)?;
-    Ok(if b.len() < z.len() { (Method::Bsdiff, b) } else { (Method::Zstd, z) })
+    Ok(if b.len() < z.len() {
+        (Method::Bsdiff, b)
+    } else {
+        (Method::Zstd, z)
+    })
 }
 
 /// Rebuilds exactly `len` bytes from `base` and a delta.
@@ -72,7 +78,10 @@ pub fn apply(method: Method, base: &[u8], delta: &[u8], len: u64) -> Result<Vec<
             out
         }
         Method::Bsdiff => {
-            let mut w = Bounded { out: Vec::with_capacity(len as usize), cap: len };
+            let mut w = Bounded {
+                out: Vec::with_capacity(len as usize),
+                cap: len,
+            };
             qbsdiff::Bspatch::new(delta)
                 .and_then(|p| p.apply(base, &mut w))
                 .map_err(DeltaError::Bsdiff)?;
@@ -80,7 +89,10 @@ pub fn apply(method: Method, base: &[u8], delta: &[u8], len: u64) -> Result<Vec<
         }
     };
     if out.len() as u64 != len {
-        return Err(DeltaError::Length { got: out.len() as u64, want: len });
+        return Err(DeltaError::Length {
+            got: out.len() as u64,
+            want: len,
+        });
     }
     Ok(out)
 }
@@ -110,7 +122,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| ((i * 31 + seed as usize) % 251) as u8 ^ (i / 97) as u8).collect()
+        (0..n)
+            .map(|i| ((i * 31 + seed as usize) % 251) as u8 ^ (i / 97) as u8)
+            .collect()
     }
 
     #[test]

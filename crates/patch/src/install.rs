@@ -65,9 +65,16 @@ impl Layout {
     /// Creates the private folder and takes the install's lock (released on drop).
     pub fn lock(&self) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
         crate::fsx::create_private_dir(&self.meta())?;
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.file("lock"))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.file("lock"))?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            std::io::Error::new(std::io::ErrorKind::WouldBlock, format!("another update holds {} ({e})", self.file("lock").display()))
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("another update holds {} ({e})", self.file("lock").display()),
+            )
         })
     }
 
@@ -106,7 +113,9 @@ impl Layout {
         match std::fs::read(self.file("manifest.json")) {
             Ok(b) => {
                 let (_, signed) = crate::meta::open("manifest.json", &b).map_err(std::io::Error::other)?;
-                Ok(Some(crate::meta::parse_signed("manifest.json", signed).map_err(std::io::Error::other)?))
+                Ok(Some(
+                    crate::meta::parse_signed("manifest.json", signed).map_err(std::io::Error::other)?,
+                ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -116,8 +125,13 @@ impl Layout {
     /// Makes release `seq` (its tree, state and manifest ready) the current one: `current` moves
     /// with one rename, then the state follows; a kill in between is finished by [`Layout::state`].
     pub fn switch(&self, seq: u64, state: &State, manifest_bytes: &[u8]) -> std::io::Result<()> {
-        let write = |name: &str, b: &[u8]| plumbing::fs::write_atomic(&self.file(name), b, 0o600).map_err(std::io::Error::other);
-        write("state.next.json", &serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+        let write = |name: &str, b: &[u8]| {
+            plumbing::fs::write_atomic(&self.file(name), b, 0o600).map_err(std::io::Error::other)
+        };
+        write(
+            "state.next.json",
+            &serde_json::to_vec(state).map_err(std::io::Error::other)?,
+        )?;
         let tmp = self.dir.join(".current.tmp");
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(Path::new(META_DIR).join("releases").join(seq.to_string()), &tmp)?;
@@ -145,17 +159,27 @@ pub fn chunk_file(path: &Path) -> std::io::Result<(Hash, u64, Vec<(u64, Hash)>)>
     let size = f.metadata()?.len();
     let mut whole = blake3::Hasher::new();
     let mut chunks = Vec::new();
-    crate::chunker::chunk_stream::<_, std::io::Error>(std::io::BufReader::with_capacity(1 << 20, f), crate::chunker::profile_for(size), |o, b| {
-        whole.update(b);
-        chunks.push((o, Hash::of(b)));
-        Ok(())
-    })?;
+    crate::chunker::chunk_stream::<_, std::io::Error>(
+        std::io::BufReader::with_capacity(1 << 20, f),
+        crate::chunker::profile_for(size),
+        |o, b| {
+            whole.update(b);
+            chunks.push((o, Hash::of(b)));
+            Ok(())
+        },
+    )?;
     Ok((whole.finalize().into(), size, chunks))
 }
 
 /// Indexes the files of a tree as seeds. A file whose stamp matches `known` is trusted to hold the
 /// hash recorded for it (`rehash` reads every file regardless); others are read and chunked.
-pub fn scan_tree(tree: &Path, files: &[&FileEntry], known: &BTreeMap<String, FileState>, rehash: bool, local: &mut Local) -> Scanned {
+pub fn scan_tree(
+    tree: &Path,
+    files: &[&FileEntry],
+    known: &BTreeMap<String, FileState>,
+    rehash: bool,
+    local: &mut Local,
+) -> Scanned {
     let mut good = BTreeMap::new();
     let mut damaged = Vec::new();
     for f in files {
@@ -166,7 +190,9 @@ pub fn scan_tree(tree: &Path, files: &[&FileEntry], known: &BTreeMap<String, Fil
             }
             continue;
         };
-        let trusted = known.get(&f.path).filter(|k| !rehash && k.stamp == stamp && k.hash == f.hash);
+        let trusted = known
+            .get(&f.path)
+            .filter(|k| !rehash && k.stamp == stamp && k.hash == f.hash);
         let src = local.add_source(&abs.to_string_lossy());
         if trusted.is_some() {
             add_entry(local, src, f);

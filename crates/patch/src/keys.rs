@@ -164,7 +164,10 @@ impl KeyPair {
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| err(format!("not a key file: {e}")))?;
         if file.keytype != "ed25519" {
-            return Err(err(format!("key type {:?} is not supported (ed25519 only)", file.keytype)));
+            return Err(err(format!(
+                "key type {:?} is not supported (ed25519 only)",
+                file.keytype
+            )));
         }
         let seed = Hash::parse(&file.private).ok_or_else(|| err("the private key is not 64 hex digits".into()))?;
         Ok(KeyPair::from_seed(&file.role, seed.0))
@@ -183,7 +186,10 @@ mod tests {
         let p = dir.join("keys/targets.key");
         k.save(&p).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(dir.join("keys")).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(dir.join("keys")).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let back = KeyPair::load(&p).unwrap();
         assert_eq!(back.id(), k.id());
         assert!(k.save(&p).is_err(), "never overwrites a key");

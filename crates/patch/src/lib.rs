@@ -2,8 +2,8 @@
 
 pub(crate) mod apply;
 pub(crate) mod canonical;
-pub(crate) mod client;
 pub(crate) mod chunker;
+pub(crate) mod client;
 pub(crate) mod delta;
 pub(crate) mod fsx;
 pub(crate) mod hash;
@@ -21,10 +21,10 @@ pub(crate) mod source;
 pub(crate) mod spec;
 pub(crate) mod trust;
 
-pub use publish::{publish, PublishOptions, PublishError, Published};
-pub use meta::Role;
-pub use repo::{init, rotate, sign_timestamp, unix_now, Expiry, Keyring, Repo, RepoError};
-pub use serve::{serve, start as start_server};
-pub use report::Report;
 pub use apply::{ApplyStats, Progress};
 pub use client::{Client, ClientError, ClientOptions, UpdateOutcome, UpdateRequest, VerifyReport};
+pub use meta::{Role, Root};
+pub use publish::{PublishError, PublishOptions, Published, publish};
+pub use repo::{Expiry, Keyring, Repo, RepoError, init, rotate, sign_timestamp, unix_now};
+pub use report::{Report, human as human_bytes};
+pub use serve::{serve, start as start_server};

@@ -223,7 +223,18 @@ mod tests {
 
     #[test]
     fn paths_that_escape_or_hide_are_refused() {
-        for bad in ["", "/etc/passwd", "a/../b", "../x", "a//b", "./a", "a/.", "a\\b", "a\nb", ".slipway-patch/x"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "../x",
+            "a//b",
+            "./a",
+            "a/.",
+            "a\\b",
+            "a\nb",
+            ".slipway-patch/x",
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["a", "bin/game", "data/level 3/ü.pak", "..a/b..", ".hidden"] {
@@ -253,7 +264,11 @@ mod tests {
             target: [3, 10],
             method: Method::Zstd,
             hash: Hash::default(),
-            blob: Blob { pack: 0, offset: 0, len: 9 },
+            blob: Blob {
+                pack: 0,
+                offset: 0,
+                len: 9,
+            },
         });
         let mut wrong_size = file("d", &[10]);
         wrong_size.size = 11;
@@ -262,11 +277,28 @@ mod tests {
             product: "p".into(),
             version: 1,
             expires: 0,
-            release: ReleaseInfo { seq: 1, id: "v1".into(), created: 0 },
-            files: vec![file("a", &[1]), file("a", &[1]), file("a/b", &[1]), bad_patch, wrong_size, file("../e", &[1])],
+            release: ReleaseInfo {
+                seq: 1,
+                id: "v1".into(),
+                created: 0,
+            },
+            files: vec![
+                file("a", &[1]),
+                file("a", &[1]),
+                file("a/b", &[1]),
+                bad_patch,
+                wrong_size,
+                file("../e", &[1]),
+            ],
         };
         let p = m.validate().unwrap_err().join("\n");
-        for want in ["a: listed twice", "a: is a file and a folder of a/b", "not on chunk boundaries", "add up to 10", "../e"] {
+        for want in [
+            "a: listed twice",
+            "a: is a file and a folder of a/b",
+            "not on chunk boundaries",
+            "add up to 10",
+            "../e",
+        ] {
             assert!(p.contains(want), "{want} missing in {p}");
         }
     }

@@ -310,7 +310,9 @@ mod tests {
         assert!(root.check("root", Role::Root, signed, &sigs).is_err());
         // Changing one byte of the signed content breaks every signature.
         let env = seal(&root, &[&a, &b]);
-        let s = String::from_utf8(env).unwrap().replace("\"version\":1", "\"version\":2");
+        let s = String::from_utf8(env)
+            .unwrap()
+            .replace("\"version\":1", "\"version\":2");
         let (sigs, signed) = open("root", s.as_bytes()).unwrap();
         assert!(root.check("root", Role::Root, signed, &sigs).is_err());
     }

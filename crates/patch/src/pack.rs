@@ -77,7 +77,11 @@ impl PackWriter {
         let mut next = 0u32;
         for e in std::fs::read_dir(repo.join("packs"))? {
             let name = e?.file_name();
-            if let Some(n) = name.to_str().and_then(|s| s.strip_suffix(".pack")).and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(n) = name
+                .to_str()
+                .and_then(|s| s.strip_suffix(".pack"))
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 next = next.max(n + 1);
             }
         }
@@ -105,7 +109,9 @@ impl PackWriter {
                 .open(pack_path(&self.repo, n))?;
             self.current = Some((n, BufWriter::with_capacity(1 << 20, f), 0));
         }
-        let Some((pack, w, len)) = self.current.as_mut() else { unreachable!() };
+        let Some((pack, w, len)) = self.current.as_mut() else {
+            unreachable!()
+        };
         w.write_all(bytes)?;
         let blob = Blob {
             pack: *pack,
@@ -164,7 +170,12 @@ pub fn open_chunk(stored: &[u8], len: u64, hash: Hash) -> Result<Vec<u8>, String
     let mut out = Vec::with_capacity(len as usize);
     zstd::zstd_safe::DCtx::create()
         .decompress(&mut out, stored)
-        .map_err(|c| format!("not a zstd frame of {len} bytes ({})", zstd::zstd_safe::get_error_name(c)))?;
+        .map_err(|c| {
+            format!(
+                "not a zstd frame of {len} bytes ({})",
+                zstd::zstd_safe::get_error_name(c)
+            )
+        })?;
     if out.len() as u64 != len || Hash::of(&out) != hash {
         return Err(format!("content does not match chunk {}", hash.short()));
     }
@@ -189,7 +200,10 @@ mod tests {
         let idx = Index::load(dir.path()).unwrap();
         assert_eq!(idx.chunks.len(), 1);
         assert_eq!(idx.chunks[&h], (b, data.len() as u32));
-        assert_eq!(open_chunk(&read_blob(dir.path(), b).unwrap(), data.len() as u64, h).unwrap(), data);
+        assert_eq!(
+            open_chunk(&read_blob(dir.path(), b).unwrap(), data.len() as u64, h).unwrap(),
+            data
+        );
         assert_eq!(read_blob(dir.path(), d).unwrap(), b"delta");
         assert!(open_chunk(b"delta", 5, h).is_err());
         // The next writer starts a new pack; old packs are never reopened.

@@ -108,7 +108,10 @@ pub fn plan(m: &Manifest, selected: &[usize], local: &Local, in_place: &HashMap<
         let plan_idx = p.files.len();
         p.file_download.push(0);
         if let Some(&source) = local.files.get(&f.hash) {
-            p.files.push(FilePlan { file: fi, action: Action::Link { source } });
+            p.files.push(FilePlan {
+                file: fi,
+                action: Action::Link { source },
+            });
             continue;
         }
         let starts: Vec<u64> = f.offsets().map(|(o, _)| o).collect();
@@ -118,7 +121,9 @@ pub fn plan(m: &Manifest, selected: &[usize], local: &Local, in_place: &HashMap<
         };
         pieces.resize(f.chunks.len(), None);
         for (pi, patch) in f.patches.iter().enumerate() {
-            let Some(&source) = local.files.get(&patch.from) else { continue };
+            let Some(&source) = local.files.get(&patch.from) else {
+                continue;
+            };
             let a = starts.partition_point(|&s| s < patch.target[0]);
             let b = starts.partition_point(|&s| s < patch.target[0] + patch.target[1]);
             if a >= b || pieces[a..b].iter().any(|x| matches!(x, Some(Piece::Patch { .. }))) {
@@ -143,7 +148,11 @@ pub fn plan(m: &Manifest, selected: &[usize], local: &Local, in_place: &HashMap<
             p.file_download[plan_idx] += patch.blob.len;
             for x in &mut pieces[a..b] {
                 if x.is_none() {
-                    *x = Some(Piece::Patch { patch: pi, fetch, source });
+                    *x = Some(Piece::Patch {
+                        patch: pi,
+                        fetch,
+                        source,
+                    });
                 }
             }
         }
@@ -159,7 +168,10 @@ pub fn plan(m: &Manifest, selected: &[usize], local: &Local, in_place: &HashMap<
                     let fetch = *by_chunk.entry(c.hash()).or_insert_with(|| {
                         p.fetches.push(Fetch {
                             blob: c.blob(),
-                            kind: FetchKind::Chunk { hash: c.hash(), len: c.len() },
+                            kind: FetchKind::Chunk {
+                                hash: c.hash(),
+                                len: c.len(),
+                            },
                             dests: Vec::new(),
                         });
                         p.chunk_bytes += c.blob().len;
@@ -171,7 +183,10 @@ pub fn plan(m: &Manifest, selected: &[usize], local: &Local, in_place: &HashMap<
                 })
             })
             .collect();
-        p.files.push(FilePlan { file: fi, action: Action::Build { pieces } });
+        p.files.push(FilePlan {
+            file: fi,
+            action: Action::Build { pieces },
+        });
     }
     p
 }

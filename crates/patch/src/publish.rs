@@ -49,11 +49,19 @@ pub enum PublishError {
     #[error("{0}")]
     Corrupt(String),
     #[error("the upgrade from release {from} downloads {bytes} bytes, more than --max-bytes {max}; not published")]
-    TooBig { from: u64, bytes: u64, max: u64, report: Box<Report> },
+    TooBig {
+        from: u64,
+        bytes: u64,
+        max: u64,
+        report: Box<Report>,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
-    move |source| PublishError::Io { path: path.to_path_buf(), source }
+    move |source| PublishError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A published release.
@@ -86,7 +94,10 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
         .iter()
         .find(|(s, r)| repo.manifest(**s, r).is_ok_and(|m| m.release.id == o.release_id))
     {
-        return Err(PublishError::Build(format!("release id {:?} is already release {seq}", o.release_id)));
+        return Err(PublishError::Build(format!(
+            "release id {:?} is already release {seq}",
+            o.release_id
+        )));
     }
     let spec = match std::fs::read_to_string(o.build.join(SPEC_FILE)) {
         Ok(text) => Spec::parse(&text).map_err(PublishError::Build)?,
@@ -110,13 +121,20 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
     let stored = w.written;
     w.finish().map_err(io_err(&repo.dir))?;
 
-    let seq = snapshot.latest.max(snapshot.releases.keys().next_back().copied().unwrap_or(0)) + 1;
+    let seq = snapshot
+        .latest
+        .max(snapshot.releases.keys().next_back().copied().unwrap_or(0))
+        + 1;
     let manifest = Manifest {
         kind: "manifest".into(),
         product: root.product.clone(),
         version: 1,
         expires: o.now + o.expiry.targets,
-        release: ReleaseInfo { seq, id: o.release_id.to_string(), created: o.now },
+        release: ReleaseInfo {
+            seq,
+            id: o.release_id.to_string(),
+            created: o.now,
+        },
         files,
     };
     manifest
@@ -124,7 +142,11 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
         .map_err(|p| PublishError::Corrupt(format!("the new manifest is invalid: {}", p.join("; "))))?;
     let mut report = report::build(&manifest, &olds, &changed, stored, started.elapsed().as_secs_f64());
     if let Some(max) = o.max_bytes
-        && let Some(worst) = report.paths.iter().filter(|p| p.from.is_some()).max_by_key(|p| p.download)
+        && let Some(worst) = report
+            .paths
+            .iter()
+            .filter(|p| p.from.is_some())
+            .max_by_key(|p| p.download)
         && worst.download > max
     {
         return Err(PublishError::TooBig {
@@ -136,7 +158,11 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
     }
     let bytes = meta::seal(&manifest, &targets);
     repo.write(&repo::manifest_name(seq, 1), &bytes)?;
-    let mref = MetaRef { version: 1, length: bytes.len() as u64, blake3: Hash::of(&bytes) };
+    let mref = MetaRef {
+        version: 1,
+        length: bytes.len() as u64,
+        blake3: Hash::of(&bytes),
+    };
     let mut releases = snapshot.releases.clone();
     releases.insert(seq, mref);
     let next = Snapshot {
@@ -147,9 +173,16 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
         releases,
     };
     report.publish_secs = started.elapsed().as_secs_f64();
-    repo.write(&format!("reports/{seq}.json"), &serde_json::to_vec_pretty(&report).unwrap_or_default())?;
+    repo.write(
+        &format!("reports/{seq}.json"),
+        &serde_json::to_vec_pretty(&report).unwrap_or_default(),
+    )?;
     repo.commit(&next, o.keys, &root, o.now, &o.expiry)?;
-    Ok(Published { seq, manifest: mref, report })
+    Ok(Published {
+        seq,
+        manifest: mref,
+        report,
+    })
 }
 
 /// Every regular file under `dir` (but the spec), sorted by path; every problem at once.
@@ -167,7 +200,11 @@ fn scan(dir: &Path) -> Result<Vec<BuildFile>, PublishError> {
                 problems.push(format!("{}: the name is not UTF-8", e.path().display()));
                 continue;
             };
-            let path = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            let path = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
             let ft = e.file_type().map_err(io_err(&e.path()))?;
             if ft.is_dir() {
                 stack.push((e.path(), path));
@@ -179,9 +216,15 @@ fn scan(dir: &Path) -> Result<Vec<BuildFile>, PublishError> {
                     problems.push(format!("{path}: {m}"));
                 }
                 let meta = e.metadata().map_err(io_err(&e.path()))?;
-                out.push(BuildFile { path, abs: e.path(), mode: meta.permissions().mode() & 0o777 });
+                out.push(BuildFile {
+                    path,
+                    abs: e.path(),
+                    mode: meta.permissions().mode() & 0o777,
+                });
             } else {
-                problems.push(format!("{path}: only regular files and folders can be published (symlink or special file)"));
+                problems.push(format!(
+                    "{path}: only regular files and folders can be published (symlink or special file)"
+                ));
             }
         }
     }
@@ -214,8 +257,11 @@ impl Batch<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         let level = self.level;
-        let packed: Vec<std::io::Result<Vec<u8>>> =
-            self.items.par_iter().map(|(_, d)| zstd::bulk::compress(d, level)).collect();
+        let packed: Vec<std::io::Result<Vec<u8>>> = self
+            .items
+            .par_iter()
+            .map(|(_, d)| zstd::bulk::compress(d, level))
+            .collect();
         for ((h, d), z) in self.items.drain(..).zip(packed) {
             let blob = self.w.add(&z?, Some((h, d.len() as u32)))?;
             self.index.chunks.insert(h, (blob, d.len() as u32));
@@ -226,20 +272,36 @@ impl Batch<'_> {
 }
 
 /// Chunks every file, storing new chunks; returns the manifest entries (no deltas yet).
-fn chunk_build(build: &[BuildFile], spec: &Spec, index: &mut Index, w: &mut PackWriter, level: i32) -> Result<Vec<FileEntry>, PublishError> {
+fn chunk_build(
+    build: &[BuildFile],
+    spec: &Spec,
+    index: &mut Index,
+    w: &mut PackWriter,
+    level: i32,
+) -> Result<Vec<FileEntry>, PublishError> {
     let mut lists: Vec<(Vec<(Hash, u32)>, Hash, u64)> = Vec::with_capacity(build.len());
-    let mut batch = Batch { items: Vec::new(), bytes: 0, index, w, level };
+    let mut batch = Batch {
+        items: Vec::new(),
+        bytes: 0,
+        index,
+        w,
+        level,
+    };
     for bf in build {
         let f = std::fs::File::open(&bf.abs).map_err(io_err(&bf.abs))?;
         let size = f.metadata().map_err(io_err(&bf.abs))?.len();
         let mut whole = blake3::Hasher::new();
         let mut chunks = Vec::new();
-        chunker::chunk_stream::<_, std::io::Error>(std::io::BufReader::with_capacity(1 << 20, f), chunker::profile_for(size), |_, data| {
-            whole.update(data);
-            let h = Hash::of(data);
-            chunks.push((h, data.len() as u32));
-            batch.push(h, data)
-        })
+        chunker::chunk_stream::<_, std::io::Error>(
+            std::io::BufReader::with_capacity(1 << 20, f),
+            chunker::profile_for(size),
+            |_, data| {
+                whole.update(data);
+                let h = Hash::of(data);
+                chunks.push((h, data.len() as u32));
+                batch.push(h, data)
+            },
+        )
         .map_err(io_err(&bf.abs))?;
         let total: u64 = chunks.iter().map(|c| c.1 as u64).sum();
         lists.push((chunks, whole.finalize().into(), total));
@@ -285,19 +347,32 @@ pub(crate) struct Region {
 /// Where deltas could replace missing chunks of `new` (relative to a release holding `present`),
 /// with the part of `old` each would be made from.
 pub(crate) fn regions(new: &FileEntry, old: &FileEntry, present: &HashSet<Hash>) -> Vec<Region> {
-    let chunks: Vec<(u64, u64, bool)> = new.offsets().map(|(o, c)| (o, c.len(), present.contains(&c.hash()))).collect();
+    let chunks: Vec<(u64, u64, bool)> = new
+        .offsets()
+        .map(|(o, c)| (o, c.len(), present.contains(&c.hash())))
+        .collect();
     let missing: Vec<usize> = (0..chunks.len()).filter(|&i| !chunks[i].2).collect();
-    let (Some(&first), Some(&last)) = (missing.first(), missing.last()) else { return Vec::new() };
+    let (Some(&first), Some(&last)) = (missing.first(), missing.last()) else {
+        return Vec::new();
+    };
     if new.size <= MAX_PATCH_TARGET && old.size <= MAX_PATCH_BASE {
         let t0 = chunks[first].0;
         let t1 = chunks[last].0 + chunks[last].1;
-        return vec![Region { target: (t0, t1 - t0), base: (0, old.size) }];
+        return vec![Region {
+            target: (t0, t1 - t0),
+            base: (0, old.size),
+        }];
     }
     // Runs of missing chunks (joined across gaps under 1 MiB), cut at MAX_PATCH_TARGET.
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for &i in &missing {
         match runs.last_mut() {
-            Some((a, b)) if chunks[i].0 - (chunks[*b].0 + chunks[*b].1) < (1 << 20) && chunks[i].0 + chunks[i].1 - chunks[*a].0 <= MAX_PATCH_TARGET => *b = i,
+            Some((a, b))
+                if chunks[i].0 - (chunks[*b].0 + chunks[*b].1) < (1 << 20)
+                    && chunks[i].0 + chunks[i].1 - chunks[*a].0 <= MAX_PATCH_TARGET =>
+            {
+                *b = i
+            }
             _ => runs.push((i, i)),
         }
     }
@@ -310,12 +385,19 @@ pub(crate) fn regions(new: &FileEntry, old: &FileEntry, present: &HashSet<Hash>)
         .map(|(a, b)| {
             let t0 = chunks[a].0;
             let t1 = chunks[b].0 + chunks[b].1;
-            let d = (0..a).rev().find_map(shift).or_else(|| (b + 1..chunks.len()).find_map(shift)).unwrap_or(0);
+            let d = (0..a)
+                .rev()
+                .find_map(shift)
+                .or_else(|| (b + 1..chunks.len()).find_map(shift))
+                .unwrap_or(0);
             let margin = 1i64 << 20;
             let lo = (t0 as i64 + d - margin).clamp(0, old.size as i64) as u64;
             let hi = (t1 as i64 + d + margin).clamp(0, old.size as i64) as u64;
             let hi = hi.min(lo + MAX_PATCH_BASE);
-            Region { target: (t0, t1 - t0), base: (lo, hi - lo) }
+            Region {
+                target: (t0, t1 - t0),
+                base: (lo, hi - lo),
+            }
         })
         .filter(|r| r.base.1 > 0)
         .collect()
@@ -328,8 +410,10 @@ fn read_old(repo: &Repo, f: &FileEntry, start: u64, len: u64) -> Result<Vec<u8>,
         if o + c.len() <= start || o >= start + len {
             continue;
         }
-        let stored = pack::read_blob(&repo.dir, c.blob()).map_err(io_err(&pack::pack_path(&repo.dir, c.blob().pack)))?;
-        let data = pack::open_chunk(&stored, c.len(), c.hash()).map_err(|m| PublishError::Corrupt(format!("{}: {m}", f.path)))?;
+        let stored =
+            pack::read_blob(&repo.dir, c.blob()).map_err(io_err(&pack::pack_path(&repo.dir, c.blob().pack)))?;
+        let data = pack::open_chunk(&stored, c.len(), c.hash())
+            .map_err(|m| PublishError::Corrupt(format!("{}: {m}", f.path)))?;
         let a = start.saturating_sub(o) as usize;
         let b = ((start + len).min(o + c.len()) - o) as usize;
         out.extend_from_slice(&data[a..b]);
@@ -347,8 +431,15 @@ fn read_new(bf: &BuildFile, start: u64, len: u64) -> Result<Vec<u8>, PublishErro
 /// Bytes of `target` not found in `base`, by fine (1/4/16 KiB) content-defined chunks: the report's
 /// measure of content that really changed.
 fn fine_changed(base: &[u8], target: &[u8]) -> u64 {
-    let p = chunker::Profile { min: 1 << 10, avg: 4 << 10, max: 16 << 10 };
-    let have: HashSet<blake3::Hash> = chunker::cuts(base, p).iter().map(|(o, l)| blake3::hash(&base[*o as usize..*o as usize + l])).collect();
+    let p = chunker::Profile {
+        min: 1 << 10,
+        avg: 4 << 10,
+        max: 16 << 10,
+    };
+    let have: HashSet<blake3::Hash> = chunker::cuts(base, p)
+        .iter()
+        .map(|(o, l)| blake3::hash(&base[*o as usize..*o as usize + l]))
+        .collect();
     chunker::cuts(target, p)
         .iter()
         .filter(|(o, l)| !have.contains(&blake3::hash(&target[*o as usize..*o as usize + l])))
@@ -374,7 +465,10 @@ fn make_deltas(
     w: &mut PackWriter,
     level: i32,
 ) -> Result<HashMap<(usize, u64), u64>, PublishError> {
-    let presents: Vec<HashSet<Hash>> = olds.iter().map(|m| m.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.hash())).collect()).collect();
+    let presents: Vec<HashSet<Hash>> = olds
+        .iter()
+        .map(|m| m.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.hash())).collect())
+        .collect();
     let mut jobs = Vec::new();
     for (fi, f) in files.iter().enumerate() {
         for (k, m) in olds.iter().enumerate() {
@@ -388,7 +482,12 @@ fn make_deltas(
         .par_iter()
         .map(|&(fi, k, old)| {
             let new = &files_ro[fi];
-            let mut r = DeltaResult { file: fi, from_seq: olds[k].release.seq, keep: Vec::new(), changed: 0 };
+            let mut r = DeltaResult {
+                file: fi,
+                from_seq: olds[k].release.seq,
+                keep: Vec::new(),
+                changed: 0,
+            };
             for region in regions(new, old, &presents[k]) {
                 let base = read_old(repo, old, region.base.0, region.base.1)?;
                 let target = read_new(&build[fi], region.target.0, region.target.1)?;
@@ -396,7 +495,11 @@ fn make_deltas(
                 let (method, bytes) = delta::best(&base, &target, level)?;
                 let cost: u64 = new
                     .offsets()
-                    .filter(|(o, c)| *o >= region.target.0 && o + c.len() <= region.target.0 + region.target.1 && !presents[k].contains(&c.hash()))
+                    .filter(|(o, c)| {
+                        *o >= region.target.0
+                            && o + c.len() <= region.target.0 + region.target.1
+                            && !presents[k].contains(&c.hash())
+                    })
                     .map(|(_, c)| c.blob().len)
                     .sum();
                 if (bytes.len() as u64) < cost {
@@ -406,7 +509,11 @@ fn make_deltas(
                         target: [region.target.0, region.target.1],
                         method,
                         hash: Hash::of(&bytes),
-                        blob: Blob { pack: 0, offset: 0, len: bytes.len() as u64 },
+                        blob: Blob {
+                            pack: 0,
+                            offset: 0,
+                            len: bytes.len() as u64,
+                        },
                     };
                     r.keep.push((p, bytes));
                 }

@@ -197,7 +197,14 @@ impl Repo {
 
     /// Writes a new snapshot and the timestamp that names it (in that order, so a client reading the
     /// old timestamp still finds its snapshot).
-    pub fn commit(&self, snapshot: &Snapshot, keys: &Keyring, root: &Root, now: u64, exp: &Expiry) -> Result<(), RepoError> {
+    pub fn commit(
+        &self,
+        snapshot: &Snapshot,
+        keys: &Keyring,
+        root: &Root,
+        now: u64,
+        exp: &Expiry,
+    ) -> Result<(), RepoError> {
         let sbytes = meta::seal(snapshot, &keys.need(root, Role::Snapshot)?);
         self.write(&snapshot_name(snapshot.version), &sbytes)?;
         let prev = self.timestamp().map(|t| t.version).unwrap_or(0);
@@ -224,12 +231,25 @@ impl Repo {
 
 /// `keys init`: new keys (n root keys with threshold k, one key per online role) and root v1, plus an
 /// empty snapshot and timestamp so the repo is valid before its first release.
-pub fn init(repo: &Repo, keys_dir: &Path, product: &str, root_keys: u32, threshold: u32, now: u64, exp: &Expiry) -> Result<Root, RepoError> {
+pub fn init(
+    repo: &Repo,
+    keys_dir: &Path,
+    product: &str,
+    root_keys: u32,
+    threshold: u32,
+    now: u64,
+    exp: &Expiry,
+) -> Result<Root, RepoError> {
     if repo.path(&root_name(1)).exists() {
-        return Err(RepoError::Usage(format!("{} already has a root; use `keys rotate`", repo.dir.display())));
+        return Err(RepoError::Usage(format!(
+            "{} already has a root; use `keys rotate`",
+            repo.dir.display()
+        )));
     }
     if threshold == 0 || threshold > root_keys {
-        return Err(RepoError::Usage(format!("a threshold of {threshold} of {root_keys} root keys cannot be met")));
+        return Err(RepoError::Usage(format!(
+            "a threshold of {threshold} of {root_keys} root keys cannot be met"
+        )));
     }
     if product.is_empty() {
         return Err(RepoError::Usage("the product name is empty".into()));
@@ -245,14 +265,24 @@ pub fn init(repo: &Repo, keys_dir: &Path, product: &str, root_keys: u32, thresho
         roles: BTreeMap::new(),
     };
     for role in Role::ALL {
-        let (n, t) = if role == Role::Root { (root_keys, threshold) } else { (1, 1) };
+        let (n, t) = if role == Role::Root {
+            (root_keys, threshold)
+        } else {
+            (1, 1)
+        };
         let mut ids = Vec::new();
         for _ in 0..n {
             let k = ring.generate(role)?;
             root.keys.insert(k.id(), k.public());
             ids.push(k.id());
         }
-        root.roles.insert(role, RoleKeys { keyids: ids, threshold: t });
+        root.roles.insert(
+            role,
+            RoleKeys {
+                keyids: ids,
+                threshold: t,
+            },
+        );
     }
     let signers = ring.for_role(&root, Role::Root);
     repo.write_root(&root, &signers)?;
@@ -283,7 +313,11 @@ pub fn rotate(
     let mut root = old.clone();
     root.version += 1;
     root.expires = now + exp.root;
-    let rk = root.roles.get(&role).cloned().ok_or_else(|| RepoError::Usage(format!("no {role} role")))?;
+    let rk = root
+        .roles
+        .get(&role)
+        .cloned()
+        .ok_or_else(|| RepoError::Usage(format!("no {role} role")))?;
     let removed: Vec<String> = match revoke {
         Some(id) => {
             let full = rk.keyids.iter().find(|k| k.starts_with(id) && id.len() >= 8).cloned();
@@ -298,7 +332,13 @@ pub fn rotate(
         root.keys.insert(k.id(), k.public());
         ids.push(k.id());
     }
-    root.roles.insert(role, RoleKeys { keyids: ids, threshold: rk.threshold });
+    root.roles.insert(
+        role,
+        RoleKeys {
+            keyids: ids,
+            threshold: rk.threshold,
+        },
+    );
     let still_used: Vec<String> = root.roles.values().flat_map(|r| r.keyids.clone()).collect();
     root.keys.retain(|id, _| still_used.contains(id));
     let mut signers: Vec<&KeyPair> = old_signers.iter().collect();
@@ -308,7 +348,14 @@ pub fn rotate(
     Ok(root)
 }
 
-fn resign_after_rotation(repo: &Repo, ring: &Keyring, root: &Root, manifests: bool, now: u64, exp: &Expiry) -> Result<(), RepoError> {
+fn resign_after_rotation(
+    repo: &Repo,
+    ring: &Keyring,
+    root: &Root,
+    manifests: bool,
+    now: u64,
+    exp: &Expiry,
+) -> Result<(), RepoError> {
     let mut snap = repo.snapshot()?;
     if manifests {
         let targets = ring.need(root, Role::Targets)?;

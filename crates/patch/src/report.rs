@@ -55,7 +55,13 @@ pub struct FileCost {
 }
 
 /// Sizes every path to `new` from `olds` (newest first) and from nothing.
-pub fn build(new: &Manifest, olds: &[Manifest], changed: &HashMap<(usize, u64), u64>, stored: u64, secs: f64) -> Report {
+pub fn build(
+    new: &Manifest,
+    olds: &[Manifest],
+    changed: &HashMap<(usize, u64), u64>,
+    stored: u64,
+    secs: f64,
+) -> Report {
     let all: Vec<usize> = (0..new.files.len()).collect();
     let mut paths = Vec::new();
     let mut warnings = Vec::new();
@@ -71,24 +77,53 @@ pub fn build(new: &Manifest, olds: &[Manifest], changed: &HashMap<(usize, u64), 
             files_changed += 1;
             let ch = old
                 .and_then(|m| changed.get(&(fp.file, m.release.seq)).copied())
-                .unwrap_or_else(|| f.chunks.iter().filter(|c| !present.contains(&c.hash())).map(|c| c.len()).sum());
+                .unwrap_or_else(|| {
+                    f.chunks
+                        .iter()
+                        .filter(|c| !present.contains(&c.hash()))
+                        .map(|c| c.len())
+                        .sum()
+                });
             changed_total += ch;
             let delta = pieces.iter().any(|x| matches!(x, plan::Piece::Patch { .. }));
-            top.push(FileCost { path: f.path.clone(), download: *dl, changed: ch, delta });
+            top.push(FileCost {
+                path: f.path.clone(),
+                download: *dl,
+                changed: ch,
+                delta,
+            });
         }
         top.sort_by(|a, b| b.download.cmp(&a.download).then(a.path.cmp(&b.path)));
         let download = p.download();
-        let ratio = if changed_total == 0 { if download == 0 { 0.0 } else { f64::INFINITY } } else { download as f64 / changed_total as f64 };
+        let ratio = if changed_total == 0 {
+            if download == 0 { 0.0 } else { f64::INFINITY }
+        } else {
+            download as f64 / changed_total as f64
+        };
         if let Some(m) = old
             && download as f64 > WARN_RATIO * changed_total as f64
             && download.saturating_sub(changed_total) >= WARN_MIN_EXCESS
         {
             let mut culprits: Vec<&FileCost> = top
                 .iter()
-                .filter(|f| f.download as f64 > WARN_RATIO * f.changed as f64 && f.download - f.changed.min(f.download) >= 64 << 10)
+                .filter(|f| {
+                    f.download as f64 > WARN_RATIO * f.changed as f64
+                        && f.download - f.changed.min(f.download) >= 64 << 10
+                })
                 .collect();
             culprits.sort_by_key(|f| std::cmp::Reverse(f.download - f.changed.min(f.download)));
-            let names: Vec<String> = culprits.iter().take(5).map(|f| format!("{} ({} to download for {} changed)", f.path, human(f.download), human(f.changed))).collect();
+            let names: Vec<String> = culprits
+                .iter()
+                .take(5)
+                .map(|f| {
+                    format!(
+                        "{} ({} to download for {} changed)",
+                        f.path,
+                        human(f.download),
+                        human(f.changed)
+                    )
+                })
+                .collect();
             warnings.push(format!(
                 "the upgrade from {} (release {}) downloads {} for {} of changed content ({:.1}x); files responsible: {}. \
                  Content that moves or is re-encoded inside a file (a repacked or compressed archive) defeats patching",
@@ -134,7 +169,11 @@ pub fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 impl Report {
@@ -158,7 +197,11 @@ impl Report {
                 (Some(seq), Some(id)) => format!("{id} ({seq}) -> {}", self.seq),
                 _ => "fresh install".to_string(),
             };
-            let ratio = if p.ratio < 0.0 { "-".to_string() } else { format!("{:.2}", p.ratio) };
+            let ratio = if p.ratio < 0.0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}", p.ratio)
+            };
             s.push_str(&format!(
                 "{:<22} {:>12} {:>12} {:>12} {:>8} {:>12} {:>7}\n",
                 from,

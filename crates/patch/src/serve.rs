@@ -26,13 +26,18 @@ pub async fn serve(repo: PathBuf, listener: tokio::net::TcpListener) -> std::io:
                 let repo = repo.clone();
                 async move { Ok::<_, Infallible>(respond(&repo, &req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
 /// Binds `addr` and serves; returns the bound address and the server task.
-pub async fn start(repo: PathBuf, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+pub async fn start(
+    repo: PathBuf,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let l = tokio::net::TcpListener::bind(addr).await?;
     let local = l.local_addr()?;
     Ok((local, tokio::spawn(serve(repo, l))))
@@ -72,7 +77,11 @@ pub fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
         }
         (false, _) => {
             let s: u64 = a.parse().ok()?;
-            let e = if b.is_empty() { size.saturating_sub(1) } else { b.parse::<u64>().ok()?.min(size.saturating_sub(1)) };
+            let e = if b.is_empty() {
+                size.saturating_sub(1)
+            } else {
+                b.parse::<u64>().ok()?.min(size.saturating_sub(1))
+            };
             if b.parse::<u64>().is_ok_and(|e| e < s) {
                 return None;
             }
@@ -89,12 +98,19 @@ pub fn parse_range(h: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 async fn respond(repo: &Path, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
-        r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let Some(rel) = repo_path(req.uri().path()) else { return reply(StatusCode::NOT_FOUND, "not found\n") };
+    let Some(rel) = repo_path(req.uri().path()) else {
+        return reply(StatusCode::NOT_FOUND, "not found\n");
+    };
     let path = repo.join(rel);
-    let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let head = req.method() == Method::HEAD;
     let cacheable = !(rel == "timestamp.json" || rel == "root.json");
     match tokio::task::spawn_blocking(move || read(&path, range.as_deref(), head)).await {
@@ -104,7 +120,11 @@ async fn respond(repo: &Path, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             h.insert(header::ACCEPT_RANGES, header::HeaderValue::from_static("bytes"));
             h.insert(
                 header::CACHE_CONTROL,
-                header::HeaderValue::from_static(if cacheable { "public, max-age=31536000, immutable" } else { "no-cache" }),
+                header::HeaderValue::from_static(if cacheable {
+                    "public, max-age=31536000, immutable"
+                } else {
+                    "no-cache"
+                }),
             );
             if let Some((start, len)) = served
                 && let Ok(v) = header::HeaderValue::from_str(&format!("bytes {start}-{}/{total}", start + len - 1))
@@ -119,7 +139,9 @@ async fn respond(repo: &Path, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             r
         }
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => reply(StatusCode::NOT_FOUND, "not found\n"),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => reply(StatusCode::PAYLOAD_TOO_LARGE, "ask for a range\n"),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            reply(StatusCode::PAYLOAD_TOO_LARGE, "ask for a range\n")
+        }
         _ => reply(StatusCode::INTERNAL_SERVER_ERROR, "cannot read\n"),
     }
 }

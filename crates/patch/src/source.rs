@@ -48,7 +48,9 @@ pub fn open(url: &str) -> Result<Box<dyn Source>, FetchError> {
         )));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
-    Ok(Box::new(Dir { root: PathBuf::from(path) }))
+    Ok(Box::new(Dir {
+        root: PathBuf::from(path),
+    }))
 }
 
 /// A repo folder on this machine.
@@ -64,27 +66,45 @@ impl Source for Dir {
         let f = match std::fs::File::open(&p) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FetchError::Io { what: rel.into(), message: e.to_string() }),
+            Err(e) => {
+                return Err(FetchError::Io {
+                    what: rel.into(),
+                    message: e.to_string(),
+                });
+            }
         };
         let mut out = Vec::new();
-        f.take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| FetchError::Io { what: rel.into(), message: e.to_string() })?;
+        f.take(limit + 1).read_to_end(&mut out).map_err(|e| FetchError::Io {
+            what: rel.into(),
+            message: e.to_string(),
+        })?;
         if out.len() as u64 > limit {
-            return Err(FetchError::TooLarge { what: rel.into(), limit });
+            return Err(FetchError::TooLarge {
+                what: rel.into(),
+                limit,
+            });
         }
         Ok(Some(out))
     }
 
     fn get_range(&self, rel: &str, start: u64, len: u64) -> Result<Vec<u8>, FetchError> {
         use std::os::unix::fs::FileExt;
-        let io = |e: std::io::Error| FetchError::Io { what: rel.into(), message: e.to_string() };
+        let io = |e: std::io::Error| FetchError::Io {
+            what: rel.into(),
+            message: e.to_string(),
+        };
         let f = std::fs::File::open(self.root.join(rel)).map_err(io)?;
         let mut buf = vec![0u8; len as usize];
         let mut got = 0usize;
         while got < buf.len() {
             match f.read_at(&mut buf[got..], start + got as u64).map_err(io)? {
-                0 => return Err(FetchError::Short { what: rel.into(), got: got as u64, want: len }),
+                0 => {
+                    return Err(FetchError::Short {
+                        what: rel.into(),
+                        got: got as u64,
+                        want: len,
+                    });
+                }
                 n => got += n,
             }
         }
@@ -117,7 +137,11 @@ impl std::fmt::Debug for Http {
 impl Http {
     /// `rest` is the URL after `http://`.
     pub fn new(rest: &str) -> Result<Http, FetchError> {
-        let bad = || FetchError::Url(format!("http://{rest}: not a URL of the form http://host[:port][/path]"));
+        let bad = || {
+            FetchError::Url(format!(
+                "http://{rest}: not a URL of the form http://host[:port][/path]"
+            ))
+        };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, p) = v6.split_once(']').ok_or_else(bad)?;
@@ -140,7 +164,10 @@ impl Http {
             .thread_name("patch-http")
             .enable_all()
             .build()
-            .map_err(|e| FetchError::Io { what: "http client".into(), message: e.to_string() })?;
+            .map_err(|e| FetchError::Io {
+                what: "http client".into(),
+                message: e.to_string(),
+            })?;
         Ok(Http {
             rt,
             host,
@@ -151,7 +178,11 @@ impl Http {
     }
 
     fn authority(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     async fn connection(&self, what: &str) -> Result<SendRequest<Empty<Bytes>>, FetchError> {
@@ -167,18 +198,33 @@ impl Http {
                 None => break,
             }
         }
-        let io = |e: &dyn std::fmt::Display| FetchError::Io { what: what.into(), message: e.to_string() };
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| io(&e))?;
+        let io = |e: &dyn std::fmt::Display| FetchError::Io {
+            what: what.into(),
+            message: e.to_string(),
+        };
+        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| io(&e))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| io(&e))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| io(&e))?;
         tokio::spawn(conn);
         Ok(sender)
     }
 
     /// One GET; returns the status and at most `limit` bytes of body (more is an error).
-    async fn request(&self, rel: &str, range: Option<(u64, u64)>, limit: u64) -> Result<(u16, Option<String>, Vec<u8>), FetchError> {
+    async fn request(
+        &self,
+        rel: &str,
+        range: Option<(u64, u64)>,
+        limit: u64,
+    ) -> Result<(u16, Option<String>, Vec<u8>), FetchError> {
         let what = rel.to_string();
-        let io = |e: &dyn std::fmt::Display| FetchError::Io { what: what.clone(), message: e.to_string() };
+        let io = |e: &dyn std::fmt::Display| FetchError::Io {
+            what: what.clone(),
+            message: e.to_string(),
+        };
         let mut c = self.connection(rel).await?;
         let mut req = http::Request::get(format!("{}/{rel}", self.prefix)).header(http::header::HOST, self.authority());
         if let Some((start, len)) = range {
@@ -187,12 +233,21 @@ impl Http {
         let req = req.body(Empty::new()).map_err(|e| io(&e))?;
         let resp = c.send_request(req).await.map_err(|e| io(&e))?;
         let status = resp.status().as_u16();
-        let content_range = resp.headers().get(http::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let content_range = resp
+            .headers()
+            .get(http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut body = resp.into_body();
         let mut out = Vec::new();
         loop {
             let frame = match tokio::time::timeout(IDLE, body.frame()).await {
-                Err(_) => return Err(FetchError::Timeout { what, secs: IDLE.as_secs() }),
+                Err(_) => {
+                    return Err(FetchError::Timeout {
+                        what,
+                        secs: IDLE.as_secs(),
+                    });
+                }
                 Ok(None) => break,
                 Ok(Some(f)) => f.map_err(|e| io(&e))?,
             };
@@ -214,7 +269,10 @@ impl Http {
         self.rt.block_on(async {
             match tokio::time::timeout(Duration::from_secs(600), f).await {
                 Ok(r) => r,
-                Err(_) => Err(FetchError::Timeout { what: what.into(), secs: 600 }),
+                Err(_) => Err(FetchError::Timeout {
+                    what: what.into(),
+                    secs: 600,
+                }),
             }
         })
     }
@@ -226,7 +284,10 @@ impl Source for Http {
         match status {
             200 => Ok(Some(body)),
             404 => Ok(None),
-            s => Err(FetchError::Status { what: rel.into(), status: s }),
+            s => Err(FetchError::Status {
+                what: rel.into(),
+                status: s,
+            }),
         }
     }
 
@@ -234,14 +295,24 @@ impl Source for Http {
         let what = format!("{rel} bytes {start}+{len}");
         let (status, content_range, body) = self.run(&what, self.request(rel, Some((start, len)), len))?;
         if status != 206 {
-            return Err(FetchError::Status { what: format!("{what} (a Range request needs 206)"), status });
+            return Err(FetchError::Status {
+                what: format!("{what} (a Range request needs 206)"),
+                status,
+            });
         }
         let want = format!("bytes {start}-{}/", start + len - 1);
         if !content_range.as_deref().is_some_and(|c| c.starts_with(&want)) {
-            return Err(FetchError::Io { what, message: format!("Content-Range {content_range:?} is not the range asked for") });
+            return Err(FetchError::Io {
+                what,
+                message: format!("Content-Range {content_range:?} is not the range asked for"),
+            });
         }
         if body.len() as u64 != len {
-            return Err(FetchError::Short { what, got: body.len() as u64, want: len });
+            return Err(FetchError::Short {
+                what,
+                got: body.len() as u64,
+                want: len,
+            });
         }
         Ok(body)
     }
@@ -259,7 +330,10 @@ mod tests {
     #[test]
     fn urls_name_a_host_port_and_prefix() {
         let h = Http::new("127.0.0.1:8080/repo/").unwrap();
-        assert_eq!((h.host.as_str(), h.port, h.prefix.as_str()), ("127.0.0.1", 8080, "/repo"));
+        assert_eq!(
+            (h.host.as_str(), h.port, h.prefix.as_str()),
+            ("127.0.0.1", 8080, "/repo")
+        );
         let h = Http::new("[::1]:81").unwrap();
         assert_eq!((h.host.as_str(), h.port, h.prefix.as_str()), ("::1", 81, ""));
         assert_eq!(Http::new("cdn.example").unwrap().port, 80);

@@ -38,15 +38,24 @@ impl Spec {
         let mut problems = Vec::new();
         for (i, r) in spec.rules.iter().enumerate() {
             if r.glob.is_empty() || r.glob.starts_with('/') {
-                problems.push(format!("{SPEC_FILE}: files[{i}].glob {:?} must be a relative pattern", r.glob));
+                problems.push(format!(
+                    "{SPEC_FILE}: files[{i}].glob {:?} must be a relative pattern",
+                    r.glob
+                ));
             }
             for t in &r.tags {
                 if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                    problems.push(format!("{SPEC_FILE}: files[{i}].tags: {t:?} is not a tag (letters, digits, -_.)"));
+                    problems.push(format!(
+                        "{SPEC_FILE}: files[{i}].tags: {t:?} is not a tag (letters, digits, -_.)"
+                    ));
                 }
             }
         }
-        if problems.is_empty() { Ok(spec) } else { Err(problems.join("\n")) }
+        if problems.is_empty() {
+            Ok(spec)
+        } else {
+            Err(problems.join("\n"))
+        }
     }
 
     /// Priority and tags of `path`.

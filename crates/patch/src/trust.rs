@@ -18,14 +18,28 @@ pub const MAX_MANIFEST: u64 = 512 << 20;
 pub enum TrustError {
     #[error(transparent)]
     Meta(#[from] MetaError),
-    #[error("{what} expired at {expires} (it is now {now}): the repo or a mirror serves stale metadata (freeze attack?)")]
+    #[error(
+        "{what} expired at {expires} (it is now {now}): the repo or a mirror serves stale metadata (freeze attack?)"
+    )]
     Expired { what: String, expires: u64, now: u64 },
     #[error("{what}: version {got} is older than the trusted version {have} (rollback attack?)")]
     Rollback { what: String, have: u64, got: u64 },
     #[error("{what}: got {got_len} bytes with hash {got}, but {by} lists {want_len} bytes with hash {want}")]
-    Mismatch { what: String, by: String, got_len: u64, got: String, want_len: u64, want: String },
+    Mismatch {
+        what: String,
+        by: String,
+        got_len: u64,
+        got: String,
+        want_len: u64,
+        want: String,
+    },
     #[error("{what}: version {got}, but {by} says {want}")]
-    Version { what: String, by: String, got: u64, want: u64 },
+    Version {
+        what: String,
+        by: String,
+        got: u64,
+        want: u64,
+    },
     #[error("release {seq} is not listed in snapshot v{snapshot} (mix-and-match?)")]
     NotListed { seq: u64, snapshot: u64 },
     #[error("{what}: its _type is {got:?}, not {want:?}")]
@@ -38,7 +52,11 @@ pub enum TrustError {
 
 fn not_expired(what: &str, expires: u64, now: u64) -> Result<(), TrustError> {
     if now >= expires {
-        return Err(TrustError::Expired { what: what.to_string(), expires, now });
+        return Err(TrustError::Expired {
+            what: what.to_string(),
+            expires,
+            now,
+        });
     }
     Ok(())
 }
@@ -60,7 +78,11 @@ fn matches(what: &str, by: &str, bytes: &[u8], r: &MetaRef) -> Result<(), TrustE
 
 fn kind(what: &str, got: &str, want: &str) -> Result<(), TrustError> {
     if got != want {
-        return Err(TrustError::Type { what: what.into(), got: got.into(), want: want.into() });
+        return Err(TrustError::Type {
+            what: what.into(),
+            got: got.into(),
+            want: want.into(),
+        });
     }
     Ok(())
 }
@@ -85,7 +107,12 @@ pub fn next_root(trusted: &Root, bytes: &[u8]) -> Result<Root, TrustError> {
     root.validate()?;
     root.check(&what, Role::Root, signed, &sigs)?;
     if root.version != want {
-        return Err(TrustError::Version { what, by: format!("root v{}", trusted.version), got: root.version, want });
+        return Err(TrustError::Version {
+            what,
+            by: format!("root v{}", trusted.version),
+            got: root.version,
+            want,
+        });
     }
     Ok(root)
 }
@@ -98,7 +125,9 @@ pub fn root_is_current(root: &Root, now: u64) -> Result<(), TrustError> {
 /// Whether a root rotation replaced the timestamp or snapshot keys, which makes the trusted
 /// timestamp and snapshot meaningless (TUF's recovery from a fast-forward attack).
 pub fn online_keys_rotated(old: &Root, new: &Root) -> bool {
-    [Role::Timestamp, Role::Snapshot].into_iter().any(|r| old.roles.get(&r) != new.roles.get(&r))
+    [Role::Timestamp, Role::Snapshot]
+        .into_iter()
+        .any(|r| old.roles.get(&r) != new.roles.get(&r))
 }
 
 pub fn timestamp(root: &Root, bytes: &[u8], trusted: Option<&Timestamp>, now: u64) -> Result<Timestamp, TrustError> {
@@ -109,7 +138,11 @@ pub fn timestamp(root: &Root, bytes: &[u8], trusted: Option<&Timestamp>, now: u6
     kind(what, &ts.kind, "timestamp")?;
     if let Some(t) = trusted {
         if ts.version < t.version {
-            return Err(TrustError::Rollback { what: what.into(), have: t.version, got: ts.version });
+            return Err(TrustError::Rollback {
+                what: what.into(),
+                have: t.version,
+                got: ts.version,
+            });
         }
         if ts.snapshot.version < t.snapshot.version {
             return Err(TrustError::Rollback {
@@ -123,7 +156,13 @@ pub fn timestamp(root: &Root, bytes: &[u8], trusted: Option<&Timestamp>, now: u6
     Ok(ts)
 }
 
-pub fn snapshot(root: &Root, ts: &Timestamp, bytes: &[u8], trusted: Option<&Snapshot>, now: u64) -> Result<Snapshot, TrustError> {
+pub fn snapshot(
+    root: &Root,
+    ts: &Timestamp,
+    bytes: &[u8],
+    trusted: Option<&Snapshot>,
+    now: u64,
+) -> Result<Snapshot, TrustError> {
     let what = format!("snapshot v{}", ts.snapshot.version);
     matches(&what, "timestamp.json", bytes, &ts.snapshot)?;
     let (sigs, signed) = meta::open(&what, bytes)?;
@@ -131,20 +170,37 @@ pub fn snapshot(root: &Root, ts: &Timestamp, bytes: &[u8], trusted: Option<&Snap
     let s: Snapshot = meta::parse_signed(&what, signed)?;
     kind(&what, &s.kind, "snapshot")?;
     if s.version != ts.snapshot.version {
-        return Err(TrustError::Version { what, by: "timestamp.json".into(), got: s.version, want: ts.snapshot.version });
+        return Err(TrustError::Version {
+            what,
+            by: "timestamp.json".into(),
+            got: s.version,
+            want: ts.snapshot.version,
+        });
     }
     if let Some(t) = trusted {
         if s.version < t.version {
-            return Err(TrustError::Rollback { what: what.clone(), have: t.version, got: s.version });
+            return Err(TrustError::Rollback {
+                what: what.clone(),
+                have: t.version,
+                got: s.version,
+            });
         }
         if s.latest < t.latest {
-            return Err(TrustError::Rollback { what: format!("{what}'s latest release"), have: t.latest, got: s.latest });
+            return Err(TrustError::Rollback {
+                what: format!("{what}'s latest release"),
+                have: t.latest,
+                got: s.latest,
+            });
         }
         for (seq, old) in &t.releases {
             if let Some(new) = s.releases.get(seq)
                 && new.version < old.version
             {
-                return Err(TrustError::Rollback { what: format!("release {seq}'s manifest"), have: old.version, got: new.version });
+                return Err(TrustError::Rollback {
+                    what: format!("release {seq}'s manifest"),
+                    have: old.version,
+                    got: new.version,
+                });
             }
         }
     }
@@ -155,7 +211,10 @@ pub fn snapshot(root: &Root, ts: &Timestamp, bytes: &[u8], trusted: Option<&Snap
 /// The manifest of release `seq`: listed in the snapshot, with the length and hash it lists (checked
 /// before parsing), signed by the targets role, of this product, not expired, and valid.
 pub fn manifest(root: &Root, snap: &Snapshot, seq: u64, bytes: &[u8], now: u64) -> Result<Manifest, TrustError> {
-    let r = snap.releases.get(&seq).ok_or(TrustError::NotListed { seq, snapshot: snap.version })?;
+    let r = snap.releases.get(&seq).ok_or(TrustError::NotListed {
+        seq,
+        snapshot: snap.version,
+    })?;
     let what = format!("release {seq}'s manifest");
     matches(&what, &format!("snapshot v{}", snap.version), bytes, r)?;
     let (sigs, signed) = meta::open(&what, bytes)?;
@@ -171,9 +230,15 @@ pub fn manifest(root: &Root, snap: &Snapshot, seq: u64, bytes: &[u8], now: u64) 
         });
     }
     if m.product != root.product {
-        return Err(TrustError::Product { got: m.product, want: root.product.clone() });
+        return Err(TrustError::Product {
+            got: m.product,
+            want: root.product.clone(),
+        });
     }
     not_expired(&what, m.expires, now)?;
-    m.validate().map_err(|p| TrustError::Invalid { seq, problems: p.join("; ") })?;
+    m.validate().map_err(|p| TrustError::Invalid {
+        seq,
+        problems: p.join("; "),
+    })?;
     Ok(m)
 }

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod migrate;
 pub mod ops;
+pub mod patch;
 pub mod records;
 pub mod releases;
 pub mod routerctl;

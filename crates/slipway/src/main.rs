@@ -140,6 +140,11 @@ enum Command {
         #[arg(long, short, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
         config: PathBuf,
     },
+    /// Signed client releases: publish, keys, update, fetch, verify, serve.
+    Patch {
+        #[command(subcommand)]
+        command: slipway::patch::PatchCommand,
+    },
     /// Schema-versioned records: versions per kind, the background crawler, write gates, verify, the HTTP service.
     Records {
         #[command(subcommand)]
@@ -497,6 +502,7 @@ fn main() -> ExitCode {
             };
             exit_with(result, "slipway records")
         }
+        Command::Patch { command } => exit_with(slipway::patch::run(command), "slipway patch"),
         Command::DemoApp { args } => demo_app::cli::main(std::iter::once("demo-app".into()).chain(args)),
         Command::Demo => {
             slipway::init_logging("warn");

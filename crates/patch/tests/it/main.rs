@@ -1,4 +1,4 @@
 //! Integration tests of the patch crate: publish into real repo folders and update real install folders.
 
-mod support;
 mod roundtrip;
+mod support;

@@ -17,7 +17,9 @@ fn an_install_updates_from_nothing_and_then_fetches_only_the_change() {
     assert_eq!(p1.seq, 1);
 
     let mut v2 = v1.clone();
-    v2.get_mut("bin/game").unwrap().splice(300_000..300_010, b"a one-line change".iter().copied());
+    v2.get_mut("bin/game")
+        .unwrap()
+        .splice(300_000..300_010, b"a one-line change".iter().copied());
     v2.insert("data/level2.pak".into(), text(3, 100_000));
     v2.remove("readme.txt");
     let b2 = fx.build_dir("b2");
@@ -26,11 +28,19 @@ fn an_install_updates_from_nothing_and_then_fetches_only_the_change() {
     print!("{}", p2.report.render());
     let from1 = p2.report.paths.iter().find(|p| p.from == Some(1)).unwrap();
     assert!(from1.delta_bytes > 0, "a delta was chosen for bin/game");
-    assert!(from1.download < 120_000, "downloads {} for a small change", from1.download);
+    assert!(
+        from1.download < 120_000,
+        "downloads {} for a small change",
+        from1.download
+    );
 
     let dir = fx.install("inst");
     let c = Client::new(&dir, fx.repo.dir.to_str().unwrap(), ClientOptions::default()).unwrap();
-    let req = UpdateRequest { release: Some(1), root: Some(fx.root_bytes()), ..Default::default() };
+    let req = UpdateRequest {
+        release: Some(1),
+        root: Some(fx.root_bytes()),
+        ..Default::default()
+    };
     let o = c.update(&req).unwrap();
     assert_eq!((o.from, o.to), (None, 1));
     assert_eq!(read_tree(&c.current()), v1);
@@ -38,7 +48,10 @@ fn an_install_updates_from_nothing_and_then_fetches_only_the_change() {
     let o = c.update(&UpdateRequest::default()).unwrap();
     assert_eq!((o.from, o.to), (Some(1), 2));
     assert_eq!(read_tree(&c.current()), v2);
-    assert_eq!(o.stats.downloaded, from1.download, "the client fetched what the report said");
+    assert_eq!(
+        o.stats.downloaded, from1.download,
+        "the client fetched what the report said"
+    );
     let again = c.update(&UpdateRequest::default()).unwrap();
     assert!(again.up_to_date);
     assert_eq!(c.verify(false).unwrap().damaged, Vec::<String>::new());

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use patch::{Expiry, Keyring, Published, PublishOptions, Repo};
+use patch::{Expiry, Keyring, PublishOptions, Published, Repo};
 use testkit::TempDir;
 
 pub struct Fixture {
@@ -31,7 +31,12 @@ impl Fixture {
         self.try_publish(build, id, None).unwrap()
     }
 
-    pub fn try_publish(&self, build: &Path, id: &str, max_bytes: Option<u64>) -> Result<Published, patch::PublishError> {
+    pub fn try_publish(
+        &self,
+        build: &Path,
+        id: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<Published, patch::PublishError> {
         patch::publish(&PublishOptions {
             build,
             release_id: id,
