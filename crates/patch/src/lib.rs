@@ -21,10 +21,17 @@ pub(crate) mod source;
 pub(crate) mod spec;
 pub(crate) mod trust;
 
+pub use apply::ApplyError;
 pub use apply::{ApplyStats, Progress};
 pub use client::{Client, ClientError, ClientOptions, UpdateOutcome, UpdateRequest, VerifyReport};
-pub use meta::{Role, Root};
+pub use keys::KeyPair;
+pub use meta::{MetaRef, Role, Root, Snapshot, Timestamp, seal};
 pub use publish::{PublishError, PublishOptions, Published, publish};
-pub use repo::{Expiry, Keyring, Repo, RepoError, init, rotate, sign_timestamp, unix_now};
+pub use repo::{
+    Expiry, Keyring, Repo, RepoError, TIMESTAMP, init, manifest_name, root_name, rotate, sign_timestamp, snapshot_name,
+    unix_now,
+};
 pub use report::{Report, human as human_bytes};
 pub use serve::{serve, start as start_server};
+pub use source::FetchError;
+pub use trust::TrustError;

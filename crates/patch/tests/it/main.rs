@@ -1,4 +1,5 @@
 //! Integration tests of the patch crate: publish into real repo folders and update real install folders.
 
+mod attacks;
 mod roundtrip;
 mod support;
