@@ -1,5 +1,6 @@
 //! Integration tests of the patch crate: publish into real repo folders and update real install folders.
 
 mod attacks;
+mod property;
 mod roundtrip;
 mod support;
