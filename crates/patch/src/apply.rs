@@ -54,6 +54,12 @@ impl Pacer {
         }
     }
 
+    /// The longest request under this rate: about a quarter second of transfer, so progress (and
+    /// what a killed run leaves behind) comes in small steps.
+    pub fn slice(&self) -> u64 {
+        ((self.rate / 4.0) as u64).clamp(64 << 10, MAX_RANGE)
+    }
+
     /// Waits until `bytes` more may be fetched.
     pub fn wait(&self, bytes: u64) {
         let at = {
@@ -230,7 +236,11 @@ impl Exec<'_> {
     /// Fetches objects as merged ranges on `concurrency` connections; returns chunk fetches that
     /// replace deltas that failed to rebuild their range.
     fn fetch_all(&self, fetches: &[Fetch], stats: &mut ApplyStats) -> Result<Vec<Fetch>, ApplyError> {
-        let queue = Mutex::new(ranges(fetches));
+        // Enough requests to keep every connection busy, none longer than the pacer's slice.
+        let total: u64 = fetches.iter().map(|x| x.blob.len).sum();
+        let spread = (total / (2 * self.opts.concurrency.max(1) as u64)).max(256 << 10);
+        let max = self.opts.pacer.as_ref().map_or(MAX_RANGE, |p| p.slice()).min(spread);
+        let queue = Mutex::new(ranges(fetches, max));
         let requests = queue.lock().map(|q| q.len() as u64).unwrap_or(0);
         let abort = AtomicBool::new(false);
         let downloaded = AtomicU64::new(0);
@@ -434,8 +444,8 @@ pub struct Range {
 }
 
 /// Groups fetches into requests: sorted by place, neighbours within [`MERGE_GAP`] joined, at most
-/// [`MAX_RANGE`] long (one object longer than that is a request of its own).
-pub fn ranges(fetches: &[Fetch]) -> VecDeque<Range> {
+/// `max` long (one object longer than that is a request of its own).
+pub fn ranges(fetches: &[Fetch], max: u64) -> VecDeque<Range> {
     let mut order: Vec<usize> = (0..fetches.len()).collect();
     order.sort_by_key(|&i| (fetches[i].blob.pack, fetches[i].blob.offset));
     let mut out: VecDeque<Range> = VecDeque::new();
@@ -443,7 +453,7 @@ pub fn ranges(fetches: &[Fetch]) -> VecDeque<Range> {
         let b = fetches[i].blob;
         let end = b.offset + b.len;
         match out.back_mut() {
-            Some(r) if r.pack == b.pack && b.offset <= r.end + MERGE_GAP && end.max(r.end) - r.start <= MAX_RANGE => {
+            Some(r) if r.pack == b.pack && b.offset <= r.end + MERGE_GAP && end.max(r.end) - r.start <= max => {
                 r.end = r.end.max(end);
                 r.items.push(i);
             }
@@ -480,7 +490,7 @@ mod tests {
             fetch(0, 110 + MERGE_GAP + 1, 5),
             fetch(1, 0, 5),
         ];
-        let r: Vec<Range> = ranges(&f).into_iter().collect();
+        let r: Vec<Range> = ranges(&f, MAX_RANGE).into_iter().collect();
         assert_eq!(r.len(), 3);
         assert_eq!((r[0].start, r[0].end, r[0].items.clone()), (0, 110, vec![1, 0]));
     }
@@ -491,7 +501,7 @@ mod tests {
         #[test]
         fn ranges_cover_every_fetch_once(objs in proptest::collection::vec((0u32..3, 0u64..50_000_000, 1u64..6_000_000), 0..60)) {
             let f: Vec<Fetch> = objs.iter().map(|&(p, o, l)| fetch(p, o, l)).collect();
-            let rs = ranges(&f);
+            let rs = ranges(&f, MAX_RANGE);
             let mut seen = vec![0; f.len()];
             for r in &rs {
                 prop_assert!(r.end - r.start <= MAX_RANGE || r.items.len() == 1);
