@@ -27,6 +27,8 @@ pub struct PublishOptions<'a> {
     pub keys: &'a Keyring,
     /// Deltas are made from this many previous releases (default 3).
     pub delta_from: usize,
+    /// The report sizes the upgrade from this many previous releases (default 3).
+    pub report_from: usize,
     /// zstd level for chunks and deltas (19 by default).
     pub level: i32,
     /// Refuse to publish when an upgrade path from a previous release downloads more.
@@ -110,14 +112,14 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
         .releases
         .iter()
         .rev()
-        .take(o.delta_from)
+        .take(o.delta_from.max(o.report_from))
         .map(|(s, r)| repo.manifest(*s, r))
         .collect::<Result<_, _>>()?;
 
     let mut index = Index::load(&repo.dir).map_err(io_err(&repo.dir))?;
     let mut w = PackWriter::new(&repo.dir).map_err(io_err(&repo.dir))?;
     let mut files = chunk_build(&build, &spec, &mut index, &mut w, o.level)?;
-    let changed = make_deltas(&mut files, &build, &olds, repo, &mut w, o.level)?;
+    let changed = make_deltas(&mut files, &build, &olds, o.delta_from, repo, &mut w, o.level)?;
     let stored = w.written;
     w.finish().map_err(io_err(&repo.dir))?;
 
@@ -140,7 +142,8 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
     manifest
         .validate()
         .map_err(|p| PublishError::Corrupt(format!("the new manifest is invalid: {}", p.join("; "))))?;
-    let mut report = report::build(&manifest, &olds, &changed, stored, started.elapsed().as_secs_f64());
+    let window = &olds[..o.report_from.min(olds.len())];
+    let mut report = report::build(&manifest, window, &changed, stored, started.elapsed().as_secs_f64());
     if let Some(max) = o.max_bytes
         && let Some(worst) = report
             .paths
@@ -455,12 +458,13 @@ struct DeltaResult {
     changed: u64,
 }
 
-/// Deltas from each of `olds` to each changed file, kept where smaller than the chunks they replace.
-/// Returns, per (file, old release), the bytes of content that changed.
+/// Deltas from the first `delta_from` of `olds` to each changed file, kept where smaller than the
+/// chunks they replace. Returns, per (file, old release), the bytes of content that changed.
 fn make_deltas(
     files: &mut [FileEntry],
     build: &[BuildFile],
     olds: &[Manifest],
+    delta_from: usize,
     repo: &Repo,
     w: &mut PackWriter,
     level: i32,
@@ -492,6 +496,9 @@ fn make_deltas(
                 let base = read_old(repo, old, region.base.0, region.base.1)?;
                 let target = read_new(&build[fi], region.target.0, region.target.1)?;
                 r.changed += fine_changed(&base, &target);
+                if k >= delta_from {
+                    continue;
+                }
                 let (method, bytes) = delta::best(&base, &target, level)?;
                 let cost: u64 = new
                     .offsets()

@@ -21,6 +21,9 @@ pub enum PatchCommand {
         /// Make per-file deltas from this many previous releases.
         #[arg(long, default_value_t = 3)]
         deltas: usize,
+        /// The report sizes upgrades from this many previous releases.
+        #[arg(long, default_value_t = 3)]
+        report_from: usize,
         /// zstd level for chunks and deltas (1-22).
         #[arg(long, default_value_t = 19)]
         level: i32,
@@ -266,6 +269,7 @@ pub fn run(cmd: PatchCommand) -> anyhow::Result<()> {
                 repo: &r,
                 keys: &keys,
                 delta_from: deltas,
+                report_from,
                 level,
                 max_bytes,
                 now: ::patch::unix_now(),

@@ -4,5 +4,6 @@ mod attacks;
 mod http;
 mod kill;
 mod property;
+mod publish;
 mod roundtrip;
 mod support;

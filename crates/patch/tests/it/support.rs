@@ -37,12 +37,24 @@ impl Fixture {
         id: &str,
         max_bytes: Option<u64>,
     ) -> Result<Published, patch::PublishError> {
+        self.publish_with(build, id, max_bytes, 3)
+    }
+
+    /// Publishes with deltas from `deltas` previous releases (the report always covers 3).
+    pub fn publish_with(
+        &self,
+        build: &Path,
+        id: &str,
+        max_bytes: Option<u64>,
+        deltas: usize,
+    ) -> Result<Published, patch::PublishError> {
         patch::publish(&PublishOptions {
             build,
             release_id: id,
             repo: &self.repo,
             keys: &self.keyring(),
-            delta_from: 3,
+            delta_from: deltas,
+            report_from: 3,
             level: 3,
             max_bytes,
             now: self.now,
