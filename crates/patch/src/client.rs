@@ -377,7 +377,7 @@ impl Client {
             let f = &m.files[i];
             let p = tree.join(&f.path);
             match install::chunk_file(&p) {
-                Ok((h, _, _)) if h == f.hash => continue,
+                Ok((h, _)) if h == f.hash => continue,
                 Ok(_) => {
                     let _ = std::fs::remove_file(&p);
                 }

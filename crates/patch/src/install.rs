@@ -153,8 +153,11 @@ pub struct Scanned {
     pub damaged: Vec<String>,
 }
 
-/// Reads a file once: its hash, and its chunks (offset, hash) with the repo's profile.
-pub fn chunk_file(path: &Path) -> std::io::Result<(Hash, u64, Vec<(u64, Hash)>)> {
+/// A file's chunks: (offset, hash).
+pub type Chunks = Vec<(u64, Hash)>;
+
+/// Reads a file once: its hash, and its chunks with the repo's profile.
+pub fn chunk_file(path: &Path) -> std::io::Result<(Hash, Chunks)> {
     let f = std::fs::File::open(path)?;
     let size = f.metadata()?.len();
     let mut whole = blake3::Hasher::new();
@@ -168,7 +171,7 @@ pub fn chunk_file(path: &Path) -> std::io::Result<(Hash, u64, Vec<(u64, Hash)>)>
             Ok(())
         },
     )?;
-    Ok((whole.finalize().into(), size, chunks))
+    Ok((whole.finalize().into(), chunks))
 }
 
 /// Indexes the files of a tree as seeds. A file whose stamp matches `known` is trusted to hold the
@@ -200,11 +203,11 @@ pub fn scan_tree(
             continue;
         }
         match chunk_file(&abs) {
-            Ok((hash, _, _)) if hash == f.hash => {
+            Ok((hash, _)) if hash == f.hash => {
                 add_entry(local, src, f);
                 good.insert(f.path.clone(), FileState { hash, stamp });
             }
-            Ok((hash, _, chunks)) => {
+            Ok((hash, chunks)) => {
                 damaged.push(f.path.clone());
                 local.files.entry(hash).or_insert(src);
                 for (o, h) in chunks {

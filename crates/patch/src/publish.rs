@@ -282,7 +282,9 @@ fn chunk_build(
     w: &mut PackWriter,
     level: i32,
 ) -> Result<Vec<FileEntry>, PublishError> {
-    let mut lists: Vec<(Vec<(Hash, u32)>, Hash, u64)> = Vec::with_capacity(build.len());
+    // Per file: its chunks (hash, length), its hash and size.
+    type Listed = (Vec<(Hash, u32)>, Hash, u64);
+    let mut lists: Vec<Listed> = Vec::with_capacity(build.len());
     let mut batch = Batch {
         items: Vec::new(),
         bytes: 0,

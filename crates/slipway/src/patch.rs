@@ -256,6 +256,7 @@ pub fn run(cmd: PatchCommand) -> anyhow::Result<()> {
             release,
             repo,
             deltas,
+            report_from,
             level,
             max_bytes,
             json,
