@@ -58,7 +58,8 @@ def main():
     assets = [(f"asset{i:05d}", data) for i, (_, data) in enumerate(files)]
     spare = [d for _, d in files[-8:]]
     assets = assets[:-8]
-    exe = next(d for p, d in files if p.startswith("/usr/bin/"))
+    exe = next(open(os.path.join("/usr/bin", n), "rb").read() for n in sorted(os.listdir("/usr/bin"))
+               if os.path.isfile(os.path.join("/usr/bin", n)) and os.path.getsize(os.path.join("/usr/bin", n)) > 1 << 20)
     v2 = list(assets)
     picks = rng.sample(range(len(v2) // 10, len(v2)), 6)
     for k, i in enumerate(picks):

@@ -21,9 +21,10 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-cargo build --release -q -p slipway -p patch --example bench
+cargo build --release -q -p slipway --bin slipway
+cargo build --release -q -p patch --example bench
 bench=target/release/examples/bench
-slipway=target/release/slipway
+slipway=$PWD/target/release/slipway
 
 for s in $sets; do
   case $s in

@@ -452,6 +452,31 @@ fn fine_changed(base: &[u8], target: &[u8]) -> u64 {
         .sum()
 }
 
+/// The old file a delta for `f` is made from: the one at the same path, or else a file the new
+/// release no longer has, in the same folder with the same extension and the longest common name
+/// prefix (a library renamed with its version or build hash, `libfoo-1a2b.so` -> `libfoo-3c4d.so`).
+fn base_file<'m>(f: &FileEntry, m: &'m Manifest, new_paths: &HashSet<&str>) -> Option<&'m FileEntry> {
+    if let Some(same) = m.file(&f.path) {
+        return Some(same);
+    }
+    let split = |p: &str| -> (String, String, String) {
+        let (dir, name) = p.rsplit_once('/').map_or(("", p), |(d, n)| (d, n));
+        let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
+        (dir.to_string(), ext.to_string(), name.to_string())
+    };
+    let (dir, ext, name) = split(&f.path);
+    m.files
+        .iter()
+        .filter(|o| !new_paths.contains(o.path.as_str()))
+        .filter_map(|o| {
+            let (odir, oext, oname) = split(&o.path);
+            let common = name.bytes().zip(oname.bytes()).take_while(|(a, b)| a == b).count();
+            (odir == dir && oext == ext && common >= 4 && common * 2 >= name.len().min(oname.len())).then_some((common, o))
+        })
+        .max_by_key(|(c, o)| (*c, std::cmp::Reverse(o.path.clone())))
+        .map(|(_, o)| o)
+}
+
 /// One delta job's outcome: the deltas worth keeping and the bytes that changed.
 struct DeltaResult {
     file: usize,
@@ -476,9 +501,10 @@ fn make_deltas(
         .map(|m| m.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.hash())).collect())
         .collect();
     let mut jobs = Vec::new();
+    let new_paths: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
     for (fi, f) in files.iter().enumerate() {
         for (k, m) in olds.iter().enumerate() {
-            if let Some(old) = m.file(&f.path).filter(|old| old.hash != f.hash) {
+            if let Some(old) = base_file(f, m, &new_paths).filter(|old| old.hash != f.hash) {
                 jobs.push((fi, k, old));
             }
         }

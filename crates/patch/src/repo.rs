@@ -270,19 +270,7 @@ pub fn init(
         } else {
             (1, 1)
         };
-        let mut ids = Vec::new();
-        for _ in 0..n {
-            let k = ring.generate(role)?;
-            root.keys.insert(k.id(), k.public());
-            ids.push(k.id());
-        }
-        root.roles.insert(
-            role,
-            RoleKeys {
-                keyids: ids,
-                threshold: t,
-            },
-        );
+        give_keys(&mut ring, &mut root, role, Vec::new(), n, t)?;
     }
     let signers = ring.for_role(&root, Role::Root);
     repo.write_root(&root, &signers)?;
@@ -295,6 +283,30 @@ pub fn init(
     };
     repo.commit(&snapshot, &ring, &root, now, exp)?;
     Ok(root)
+}
+
+/// Sets `role`'s keys in `root` to `kept` plus `n` new keys (saved in the keyring's folder).
+fn give_keys(
+    ring: &mut Keyring,
+    root: &mut Root,
+    role: Role,
+    mut kept: Vec<String>,
+    n: u32,
+    threshold: u32,
+) -> Result<(), RepoError> {
+    for _ in 0..n {
+        let k = ring.generate(role)?;
+        root.keys.insert(k.id(), k.public());
+        kept.push(k.id());
+    }
+    root.roles.insert(
+        role,
+        RoleKeys {
+            keyids: kept,
+            threshold,
+        },
+    );
+    Ok(())
 }
 
 /// `keys rotate`: a new key for `role` replaces `revoke` (or every current key of the role), in a
@@ -325,20 +337,13 @@ pub fn rotate(
         }
         None => rk.keyids.clone(),
     };
-    let adds = if revoke.is_some() { 1 } else { rk.keyids.len().max(1) };
-    let mut ids: Vec<String> = rk.keyids.iter().filter(|k| !removed.contains(k)).cloned().collect();
-    for _ in 0..adds {
-        let k = ring.generate(role)?;
-        root.keys.insert(k.id(), k.public());
-        ids.push(k.id());
-    }
-    root.roles.insert(
-        role,
-        RoleKeys {
-            keyids: ids,
-            threshold: rk.threshold,
-        },
-    );
+    let adds = if revoke.is_some() {
+        1
+    } else {
+        rk.keyids.len().max(1) as u32
+    };
+    let kept: Vec<String> = rk.keyids.iter().filter(|k| !removed.contains(k)).cloned().collect();
+    give_keys(ring, &mut root, role, kept, adds, rk.threshold)?;
     let still_used: Vec<String> = root.roles.values().flat_map(|r| r.keyids.clone()).collect();
     root.keys.retain(|id, _| still_used.contains(id));
     let mut signers: Vec<&KeyPair> = old_signers.iter().collect();
