@@ -137,7 +137,7 @@ impl Exec<'_> {
     }
 
     fn tmp_path(&self, f: &FileEntry) -> PathBuf {
-        self.tmp.join(f.hash.hex())
+        self.tmp.join(tmp_name(f))
     }
 
     pub fn run(&self) -> Result<ApplyStats, ApplyError> {
@@ -410,6 +410,12 @@ impl Exec<'_> {
         }
         std::fs::rename(&tmp, &dst).map_err(io_err(&dst))
     }
+}
+
+/// The staging name of a file being built: its path's hash and its content hash, so two paths with
+/// the same content never share a partial file, and a run after a kill finds its own again.
+pub fn tmp_name(f: &FileEntry) -> String {
+    format!("{}.{}", Hash::of(f.path.as_bytes()).short(), f.hash.hex())
 }
 
 /// Adds fetches for chunks whose seed failed, reusing a fetch of the same chunk if there is one.

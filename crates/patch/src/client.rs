@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::apply::{ApplyError, ApplyOptions, ApplyStats, Exec, NoProgress, Pacer, Progress};
+use crate::apply::{ApplyError, ApplyOptions, ApplyStats, Exec, NoProgress, Pacer, Progress, tmp_name};
 use crate::fsx::Stamp;
 use crate::install::{self, FileState, Layout, State};
 use crate::manifest::Manifest;
@@ -388,7 +388,7 @@ impl Client {
         let in_place: HashMap<usize, Vec<bool>> = todo
             .iter()
             .filter_map(|&i| {
-                install::in_place(&stage.join("tmp").join(m.files[i].hash.hex()), &m.files[i]).map(|v| (i, v))
+                install::in_place(&stage.join("tmp").join(tmp_name(&m.files[i])), &m.files[i]).map(|v| (i, v))
             })
             .collect();
         let plan = plan::plan(m, &todo, &local, &in_place);
@@ -482,7 +482,7 @@ impl Client {
         let stage = self.layout.stage(state.seq).join("tmp");
         let in_place: HashMap<usize, Vec<bool>> = want
             .iter()
-            .filter_map(|&i| install::in_place(&stage.join(m.files[i].hash.hex()), &m.files[i]).map(|v| (i, v)))
+            .filter_map(|&i| install::in_place(&stage.join(tmp_name(&m.files[i])), &m.files[i]).map(|v| (i, v)))
             .collect();
         let plan = plan::plan(m, &want, &local, &in_place);
         let exec = Exec {

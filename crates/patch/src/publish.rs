@@ -471,7 +471,8 @@ fn base_file<'m>(f: &FileEntry, m: &'m Manifest, new_paths: &HashSet<&str>) -> O
         .filter_map(|o| {
             let (odir, oext, oname) = split(&o.path);
             let common = name.bytes().zip(oname.bytes()).take_while(|(a, b)| a == b).count();
-            (odir == dir && oext == ext && common >= 4 && common * 2 >= name.len().min(oname.len())).then_some((common, o))
+            (odir == dir && oext == ext && common >= 4 && common * 2 >= name.len().min(oname.len()))
+                .then_some((common, o))
         })
         .max_by_key(|(c, o)| (*c, std::cmp::Reverse(o.path.clone())))
         .map(|(_, o)| o)

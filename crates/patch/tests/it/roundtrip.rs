@@ -56,3 +56,43 @@ fn an_install_updates_from_nothing_and_then_fetches_only_the_change() {
     assert!(again.up_to_date);
     assert_eq!(c.verify(false).unwrap().damaged, Vec::<String>::new());
 }
+
+#[test]
+fn two_paths_with_the_same_new_content_are_both_built() {
+    // numpy 2.2.6 ships two identical new .pyi files: they once shared one staging file.
+    let fx = Fixture::new("patch-dup");
+    let mut v1 = Tree::new();
+    v1.insert("a.txt".into(), text(61, 70_000));
+    write_tree(&fx.build_dir("b1"), &v1);
+    fx.publish(&fx.build_dir("b1"), "v1");
+    let mut v2 = v1.clone();
+    let same = text(62, 90_000);
+    v2.insert("x/one.pyi".into(), same.clone());
+    v2.insert("y/two.pyi".into(), same);
+    v2.insert("e1".into(), Vec::new());
+    v2.insert("e2".into(), Vec::new());
+    write_tree(&fx.build_dir("b2"), &v2);
+    fx.publish(&fx.build_dir("b2"), "v2");
+    for (tag, start) in [("fresh", None), ("upgrade", Some(1))] {
+        let c = Client::new(
+            &fx.install(tag),
+            fx.repo.dir.to_str().unwrap(),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        if start.is_some() {
+            c.update(&UpdateRequest {
+                release: start,
+                root: Some(fx.root_bytes()),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        c.update(&UpdateRequest {
+            root: Some(fx.root_bytes()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(read_tree(&c.current()), v2, "{tag}");
+    }
+}
