@@ -22,7 +22,7 @@ use crate::source::{FetchError, Source};
 /// Ranges closer than this are fetched as one (the gap is downloaded and dropped).
 pub const MERGE_GAP: u64 = 16 << 10;
 /// The longest range one request asks for.
-pub const MAX_RANGE: u64 = 4 << 20;
+pub const MAX_RANGE: u64 = 2 << 20;
 
 /// Told how many bytes there are to download, and as they arrive.
 pub trait Progress: Send + Sync {
@@ -250,11 +250,16 @@ impl Exec<'_> {
         std::thread::scope(|s| {
             for _ in 0..self.opts.concurrency.max(1) {
                 s.spawn(|| {
+                    let mut scratch = Scratch {
+                        range: Vec::new(),
+                        chunk: Vec::new(),
+                        dctx: zstd::zstd_safe::DCtx::create(),
+                    };
                     while !abort.load(Ordering::Relaxed) {
                         let Some(r) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                             break;
                         };
-                        let res = self.fetch_range(&r, fetches, &patching, &fallback);
+                        let res = self.fetch_range(&r, fetches, &patching, &fallback, &mut scratch);
                         match res {
                             Ok(n) => {
                                 downloaded.fetch_add(n, Ordering::Relaxed);
@@ -284,13 +289,15 @@ impl Exec<'_> {
         fetches: &[Fetch],
         patching: &Mutex<()>,
         fallback: &Mutex<Vec<Fetch>>,
+        scratch: &mut Scratch,
     ) -> Result<u64, ApplyError> {
         let len = r.end - r.start;
         if let Some(p) = &self.opts.pacer {
             p.wait(len);
         }
         let name = pack::pack_name(r.pack);
-        let bytes = self.source.get_range(&name, r.start, len)?;
+        self.source.get_range(&name, r.start, len, &mut scratch.range)?;
+        let bytes = &scratch.range;
         self.opts.progress.advance(len);
         for &i in &r.items {
             let x = &fetches[i];
@@ -299,10 +306,10 @@ impl Exec<'_> {
             let what = || format!("{name} bytes {}+{}", x.blob.offset, x.blob.len);
             match x.kind {
                 FetchKind::Chunk { hash, len } => {
-                    let data = pack::open_chunk(stored, len, hash)
+                    pack::open_chunk_into(&mut scratch.dctx, stored, len, hash, &mut scratch.chunk)
                         .map_err(|message| ApplyError::Tampered { what: what(), message })?;
                     for &(pi, off) in &x.dests {
-                        self.write(pi, off, &data)?;
+                        self.write(pi, off, &scratch.chunk)?;
                     }
                 }
                 FetchKind::Delta { hash } => {
@@ -410,6 +417,13 @@ impl Exec<'_> {
         }
         std::fs::rename(&tmp, &dst).map_err(io_err(&dst))
     }
+}
+
+/// One fetch thread's buffers and decoder, reused for every range so memory stays flat.
+struct Scratch {
+    range: Vec<u8>,
+    chunk: Vec<u8>,
+    dctx: zstd::zstd_safe::DCtx<'static>,
 }
 
 /// The staging name of a file being built: its path's hash and its content hash, so two paths with

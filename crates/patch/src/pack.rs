@@ -167,19 +167,31 @@ pub fn read_blob(repo: &Path, b: Blob) -> std::io::Result<Vec<u8>> {
 
 /// Decompresses a stored chunk of `len` bytes and checks it against `hash`.
 pub fn open_chunk(stored: &[u8], len: u64, hash: Hash) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(len as usize);
-    zstd::zstd_safe::DCtx::create()
-        .decompress(&mut out, stored)
-        .map_err(|c| {
-            format!(
-                "not a zstd frame of {len} bytes ({})",
-                zstd::zstd_safe::get_error_name(c)
-            )
-        })?;
-    if out.len() as u64 != len || Hash::of(&out) != hash {
+    let mut out = Vec::new();
+    open_chunk_into(&mut zstd::zstd_safe::DCtx::create(), stored, len, hash, &mut out)?;
+    Ok(out)
+}
+
+/// [`open_chunk`] into a reused buffer with a reused decoder.
+pub fn open_chunk_into(
+    dctx: &mut zstd::zstd_safe::DCtx<'_>,
+    stored: &[u8],
+    len: u64,
+    hash: Hash,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    out.clear();
+    out.reserve(len as usize);
+    dctx.decompress(out, stored).map_err(|c| {
+        format!(
+            "not a zstd frame of {len} bytes ({})",
+            zstd::zstd_safe::get_error_name(c)
+        )
+    })?;
+    if out.len() as u64 != len || Hash::of(out) != hash {
         return Err(format!("content does not match chunk {}", hash.short()));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ pub enum FetchError {
 pub trait Source: Send + Sync {
     /// A whole file, `None` if it does not exist; more than `limit` bytes is an error.
     fn get(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError>;
-    /// Exactly `len` bytes at `start`.
-    fn get_range(&self, rel: &str, start: u64, len: u64) -> Result<Vec<u8>, FetchError>;
+    /// Exactly `len` bytes at `start`, into `buf` (reused across calls, so memory stays flat).
+    fn get_range(&self, rel: &str, start: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), FetchError>;
     /// For messages.
     fn describe(&self) -> String;
 }
@@ -87,14 +87,14 @@ impl Source for Dir {
         Ok(Some(out))
     }
 
-    fn get_range(&self, rel: &str, start: u64, len: u64) -> Result<Vec<u8>, FetchError> {
+    fn get_range(&self, rel: &str, start: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
         use std::os::unix::fs::FileExt;
         let io = |e: std::io::Error| FetchError::Io {
             what: rel.into(),
             message: e.to_string(),
         };
         let f = std::fs::File::open(self.root.join(rel)).map_err(io)?;
-        let mut buf = vec![0u8; len as usize];
+        buf.resize(len as usize, 0);
         let mut got = 0usize;
         while got < buf.len() {
             match f.read_at(&mut buf[got..], start + got as u64).map_err(io)? {
@@ -108,7 +108,7 @@ impl Source for Dir {
                 n => got += n,
             }
         }
-        Ok(buf)
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -219,7 +219,8 @@ impl Http {
         rel: &str,
         range: Option<(u64, u64)>,
         limit: u64,
-    ) -> Result<(u16, Option<String>, Vec<u8>), FetchError> {
+        out: &mut Vec<u8>,
+    ) -> Result<(u16, Option<String>), FetchError> {
         let what = rel.to_string();
         let io = |e: &dyn std::fmt::Display| FetchError::Io {
             what: what.clone(),
@@ -239,7 +240,7 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut body = resp.into_body();
-        let mut out = Vec::new();
+        out.clear();
         loop {
             let frame = match tokio::time::timeout(IDLE, body.frame()).await {
                 Err(_) => {
@@ -262,7 +263,7 @@ impl Http {
         if let Ok(mut p) = self.pool.lock() {
             p.push(c);
         }
-        Ok((status, content_range, out))
+        Ok((status, content_range))
     }
 
     fn run<T>(&self, what: &str, f: impl std::future::Future<Output = Result<T, FetchError>>) -> Result<T, FetchError> {
@@ -280,7 +281,8 @@ impl Http {
 
 impl Source for Http {
     fn get(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>, FetchError> {
-        let (status, _, body) = self.run(rel, self.request(rel, None, limit))?;
+        let mut body = Vec::new();
+        let (status, _) = self.run(rel, self.request(rel, None, limit, &mut body))?;
         match status {
             200 => Ok(Some(body)),
             404 => Ok(None),
@@ -291,9 +293,9 @@ impl Source for Http {
         }
     }
 
-    fn get_range(&self, rel: &str, start: u64, len: u64) -> Result<Vec<u8>, FetchError> {
+    fn get_range(&self, rel: &str, start: u64, len: u64, body: &mut Vec<u8>) -> Result<(), FetchError> {
         let what = format!("{rel} bytes {start}+{len}");
-        let (status, content_range, body) = self.run(&what, self.request(rel, Some((start, len)), len))?;
+        let (status, content_range) = self.run(&what, self.request(rel, Some((start, len)), len, body))?;
         if status != 206 {
             return Err(FetchError::Status {
                 what: format!("{what} (a Range request needs 206)"),
@@ -314,7 +316,7 @@ impl Source for Http {
                 want: len,
             });
         }
-        Ok(body)
+        Ok(())
     }
 
     fn describe(&self) -> String {
