@@ -120,42 +120,7 @@ pub fn plan(m: &Manifest, selected: &[usize], local: &Local, in_place: &HashMap<
             None => vec![None; f.chunks.len()],
         };
         pieces.resize(f.chunks.len(), None);
-        for (pi, patch) in f.patches.iter().enumerate() {
-            let Some(&source) = local.files.get(&patch.from) else {
-                continue;
-            };
-            let a = starts.partition_point(|&s| s < patch.target[0]);
-            let b = starts.partition_point(|&s| s < patch.target[0] + patch.target[1]);
-            if a >= b || pieces[a..b].iter().any(|x| matches!(x, Some(Piece::Patch { .. }))) {
-                continue;
-            }
-            let cost: u64 = (a..b)
-                .filter(|&i| pieces[i].is_none())
-                .map(|i| &f.chunks[i])
-                .filter(|c| !local.chunks.contains_key(&c.hash()) && !by_chunk.contains_key(&c.hash()))
-                .map(|c| c.blob().len)
-                .sum();
-            if patch.blob.len >= cost {
-                continue;
-            }
-            let fetch = p.fetches.len();
-            p.fetches.push(Fetch {
-                blob: patch.blob,
-                kind: FetchKind::Delta { hash: patch.hash },
-                dests: vec![(plan_idx, pi as u64)],
-            });
-            p.delta_bytes += patch.blob.len;
-            p.file_download[plan_idx] += patch.blob.len;
-            for x in &mut pieces[a..b] {
-                if x.is_none() {
-                    *x = Some(Piece::Patch {
-                        patch: pi,
-                        fetch,
-                        source,
-                    });
-                }
-            }
-        }
+        choose_deltas(&mut p, f, plan_idx, &starts, &mut pieces, local, &by_chunk);
         let pieces = pieces
             .into_iter()
             .enumerate()
@@ -189,4 +154,53 @@ pub fn plan(m: &Manifest, selected: &[usize], local: &Local, in_place: &HashMap<
         });
     }
     p
+}
+
+/// Marks the chunks of `f` that a delta rebuilds more cheaply than fetching them would cost, and
+/// adds those deltas' fetches.
+fn choose_deltas(
+    p: &mut Plan,
+    f: &crate::manifest::FileEntry,
+    plan_idx: usize,
+    starts: &[u64],
+    pieces: &mut [Option<Piece>],
+    local: &Local,
+    by_chunk: &HashMap<Hash, usize>,
+) {
+    for (pi, patch) in f.patches.iter().enumerate() {
+        let Some(&source) = local.files.get(&patch.from) else {
+            continue;
+        };
+        let a = starts.partition_point(|&s| s < patch.target[0]);
+        let b = starts.partition_point(|&s| s < patch.target[0] + patch.target[1]);
+        if a >= b || pieces[a..b].iter().any(|x| matches!(x, Some(Piece::Patch { .. }))) {
+            continue;
+        }
+        let cost: u64 = (a..b)
+            .filter(|&i| pieces[i].is_none())
+            .map(|i| &f.chunks[i])
+            .filter(|c| !local.chunks.contains_key(&c.hash()) && !by_chunk.contains_key(&c.hash()))
+            .map(|c| c.blob().len)
+            .sum();
+        if patch.blob.len >= cost {
+            continue;
+        }
+        let fetch = p.fetches.len();
+        p.fetches.push(Fetch {
+            blob: patch.blob,
+            kind: FetchKind::Delta { hash: patch.hash },
+            dests: vec![(plan_idx, pi as u64)],
+        });
+        p.delta_bytes += patch.blob.len;
+        p.file_download[plan_idx] += patch.blob.len;
+        for x in &mut pieces[a..b] {
+            if x.is_none() {
+                *x = Some(Piece::Patch {
+                    patch: pi,
+                    fetch,
+                    source,
+                });
+            }
+        }
+    }
 }

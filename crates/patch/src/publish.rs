@@ -159,8 +159,28 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
             report: Box::new(report),
         });
     }
-    let bytes = meta::seal(&manifest, &targets);
-    repo.write(&repo::manifest_name(seq, 1), &bytes)?;
+    report.publish_secs = started.elapsed().as_secs_f64();
+    let mref = commit_release(o, &root, &snapshot, &manifest, &targets, &report)?;
+    Ok(Published {
+        seq,
+        manifest: mref,
+        report,
+    })
+}
+
+/// Writes the signed manifest and the report, then the snapshot and timestamp that make the
+/// release visible to clients.
+fn commit_release(
+    o: &PublishOptions,
+    root: &crate::meta::Root,
+    snapshot: &Snapshot,
+    manifest: &Manifest,
+    targets: &[&crate::keys::KeyPair],
+    report: &Report,
+) -> Result<MetaRef, PublishError> {
+    let seq = manifest.release.seq;
+    let bytes = meta::seal(manifest, targets);
+    o.repo.write(&repo::manifest_name(seq, 1), &bytes)?;
     let mref = MetaRef {
         version: 1,
         length: bytes.len() as u64,
@@ -175,17 +195,12 @@ pub fn publish(o: &PublishOptions) -> Result<Published, PublishError> {
         latest: seq,
         releases,
     };
-    report.publish_secs = started.elapsed().as_secs_f64();
-    repo.write(
+    o.repo.write(
         &format!("reports/{seq}.json"),
-        &serde_json::to_vec_pretty(&report).unwrap_or_default(),
+        &serde_json::to_vec_pretty(report).unwrap_or_default(),
     )?;
-    repo.commit(&next, o.keys, &root, o.now, &o.expiry)?;
-    Ok(Published {
-        seq,
-        manifest: mref,
-        report,
-    })
+    o.repo.commit(&next, o.keys, root, o.now, &o.expiry)?;
+    Ok(mref)
 }
 
 /// Every regular file under `dir` (but the spec), sorted by path; every problem at once.

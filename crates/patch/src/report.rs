@@ -101,39 +101,9 @@ pub fn build(
             download as f64 / changed_total as f64
         };
         if let Some(m) = old
-            && download as f64 > WARN_RATIO * changed_total as f64
-            && download.saturating_sub(changed_total) >= WARN_MIN_EXCESS
+            && let Some(w) = warning(m, download, changed_total, ratio, &top)
         {
-            let mut culprits: Vec<&FileCost> = top
-                .iter()
-                .filter(|f| {
-                    f.download as f64 > WARN_RATIO * f.changed as f64
-                        && f.download - f.changed.min(f.download) >= 64 << 10
-                })
-                .collect();
-            culprits.sort_by_key(|f| std::cmp::Reverse(f.download - f.changed.min(f.download)));
-            let names: Vec<String> = culprits
-                .iter()
-                .take(5)
-                .map(|f| {
-                    format!(
-                        "{} ({} to download for {} changed)",
-                        f.path,
-                        human(f.download),
-                        human(f.changed)
-                    )
-                })
-                .collect();
-            warnings.push(format!(
-                "the upgrade from {} (release {}) downloads {} for {} of changed content ({:.1}x); files responsible: {}. \
-                 Content that moves or is re-encoded inside a file (a repacked or compressed archive) defeats patching",
-                m.release.id,
-                m.release.seq,
-                human(download),
-                human(changed_total),
-                ratio,
-                if names.is_empty() { "spread over many files".to_string() } else { names.join(", ") }
-            ));
+            warnings.push(w);
         }
         top.truncate(10);
         paths.push(PathReport {
@@ -158,6 +128,46 @@ pub fn build(
         paths,
         warnings,
     }
+}
+
+/// The warning for a path that downloads much more than changed, naming the files responsible.
+fn warning(m: &Manifest, download: u64, changed_total: u64, ratio: f64, top: &[FileCost]) -> Option<String> {
+    if download as f64 <= WARN_RATIO * changed_total as f64 || download.saturating_sub(changed_total) < WARN_MIN_EXCESS
+    {
+        return None;
+    }
+    let excess = |f: &FileCost| f.download - f.changed.min(f.download);
+    let mut culprits: Vec<&FileCost> = top
+        .iter()
+        .filter(|f| f.download as f64 > WARN_RATIO * f.changed as f64 && excess(f) >= 64 << 10)
+        .collect();
+    culprits.sort_by_key(|f| std::cmp::Reverse(excess(f)));
+    let names: Vec<String> = culprits
+        .iter()
+        .take(5)
+        .map(|f| {
+            format!(
+                "{} ({} to download for {} changed)",
+                f.path,
+                human(f.download),
+                human(f.changed)
+            )
+        })
+        .collect();
+    Some(format!(
+        "the upgrade from {} (release {}) downloads {} for {} of changed content ({:.1}x); files responsible: {}. \
+         Content that moves or is re-encoded inside a file (a repacked or compressed archive) defeats patching",
+        m.release.id,
+        m.release.seq,
+        human(download),
+        human(changed_total),
+        ratio,
+        if names.is_empty() {
+            "spread over many files".to_string()
+        } else {
+            names.join(", ")
+        }
+    ))
 }
 
 /// Bytes for people: `12.3 MiB`.
