@@ -4,6 +4,7 @@ pub mod cli;
 pub mod demo;
 pub mod migrate;
 pub mod ops;
+pub mod patch;
 pub mod records;
 pub mod releases;
 pub mod routerctl;

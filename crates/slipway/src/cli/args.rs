@@ -172,6 +172,11 @@ pub enum Command {
         #[arg(long, global = true, env = "SLIPWAY_ROOT", default_value = ".slipway")]
         root: PathBuf,
     },
+    /// Signed client releases: publish builds, manage keys, update installs fetching only what changed.
+    Patch {
+        #[command(subcommand)]
+        command: crate::patch::PatchCommand,
+    },
     /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
     Demo,
     /// Print a shell completion script: `slipway completions bash > /etc/bash_completion.d/slipway`.

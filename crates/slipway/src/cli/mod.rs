@@ -94,6 +94,7 @@ pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
                 Ok(Outcome::Failed)
             }
         }
+        Command::Patch { command } => done_if(crate::patch::run(command)),
         Command::Demo => demo(),
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
@@ -279,6 +280,7 @@ impl Command {
             Command::Rollback { .. } => "rollback",
             Command::Records { .. } => "records",
             Command::Migrate { .. } => "migrate",
+            Command::Patch { .. } => "patch",
             Command::Demo => "demo",
             Command::Completions { .. } => "completions",
             Command::Man { .. } => "man",
