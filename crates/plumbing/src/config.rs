@@ -34,7 +34,7 @@ pub fn load<Raw, T>(
     build: impl FnOnce(Raw, &Path) -> Result<T, Problems>,
 ) -> Result<T, ConfigError>
 where
-    Raw: DeserializeOwned,
+    Raw: DeserializeOwned + schemars::JsonSchema,
 {
     let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
@@ -52,42 +52,56 @@ where
 #[derive(Debug)]
 pub struct ParseError {
     what: &'static str,
-    message: String,
-    syntax: bool,
+    kind: ParseErrorKind,
+}
+
+#[derive(Debug)]
+enum ParseErrorKind {
+    /// Not TOML at all.
+    Syntax(String),
+    /// Every unknown key and wrong value the schema found.
+    Problems(Problems),
+    /// What serde alone refused after the schema passed it.
+    Shape(String),
 }
 
 impl ParseError {
-    fn at(self, path: &Path) -> ConfigError {
+    /// The problems the schema found, if that is why.
+    pub fn problems(&self) -> Option<&Problems> {
+        match &self.kind {
+            ParseErrorKind::Problems(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn at(self, path: &Path) -> ConfigError {
         let path = path.to_path_buf();
-        if self.syntax {
-            ConfigError::Syntax {
-                path,
-                message: self.message,
-            }
-        } else {
-            ConfigError::Shape {
+        match self.kind {
+            ParseErrorKind::Syntax(message) => ConfigError::Syntax { path, message },
+            ParseErrorKind::Problems(problems) => ConfigError::Invalid { path, problems },
+            ParseErrorKind::Shape(message) => ConfigError::Shape {
                 path,
                 what: self.what,
-                message: self.message,
-            }
+                message,
+            },
         }
     }
 }
 
-/// Parses TOML text into `Raw`, telling syntax errors from shape errors.
-pub fn parse<Raw: DeserializeOwned>(text: &str, what: &'static str) -> Result<Raw, ParseError> {
-    // Parsed twice: once for the syntax alone, once into the shape (config
-    // files are small; both errors keep their line numbers).
-    text.parse::<toml::Table>().map_err(|e| ParseError {
-        what,
-        message: one_line(&e),
-        syntax: true,
-    })?;
-    toml::from_str(text).map_err(|e| ParseError {
-        what,
-        message: one_line(&e),
-        syntax: false,
-    })
+/// Parses TOML text into `Raw`: syntax errors first, then every unknown key and wrong value the schema of
+/// `Raw` finds (all at once, named as in the file), then what serde alone still refuses.
+pub fn parse<Raw: DeserializeOwned + schemars::JsonSchema>(text: &str, what: &'static str) -> Result<Raw, ParseError> {
+    let fail = |kind| ParseError { what, kind };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| fail(ParseErrorKind::Syntax(one_line(&e))))?;
+    let doc = serde_json::to_value(&table).unwrap_or_default();
+    let found = wire::schema::check(&wire::schema::schema_of::<Raw>(), &doc);
+    if !found.is_empty() {
+        return Err(fail(ParseErrorKind::Problems(Problems { problems: found })));
+    }
+    // Read again from the text, so serde's own errors keep their line numbers.
+    toml::from_str(text).map_err(|e| fail(ParseErrorKind::Shape(one_line(&e))))
 }
 
 /// toml's messages carry a multi-line source excerpt; keep it, but start
@@ -115,29 +129,35 @@ fn one_line(e: &toml::de::Error) -> String {
 mod tests {
     use super::*;
 
-    #[derive(Debug, serde::Deserialize)]
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     struct Raw {
         #[allow(dead_code)]
         name: String,
+        #[allow(dead_code)]
+        #[serde(default)]
+        count: u32,
     }
 
     #[test]
-    fn valid_toml_with_a_wrong_key_is_a_shape_error_not_a_syntax_error() {
-        let e = parse::<Raw>("name = \"a\"\nbogus = 1\n", "test config").unwrap_err();
-        assert!(!e.syntax);
-        assert!(e.message.contains("bogus"), "{}", e.message);
-        assert!(e.message.contains("line 2"), "{}", e.message);
-        let c = e.at(Path::new("x.toml"));
-        let shown = c.to_string();
-        assert!(shown.starts_with("x.toml is not a valid test config"), "{shown}");
+    fn valid_toml_with_wrong_keys_and_values_lists_them_all_and_never_says_not_valid_toml() {
+        let e = parse::<Raw>("name = 3\nbogus = 1\ncont = 2\n", "test config").unwrap_err();
+        let problems = e.problems().expect("the schema's findings").clone();
+        let paths: Vec<&str> = problems.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["name", "bogus", "cont"], "{problems}");
+        assert!(
+            problems.problems[2].message.contains("did you mean `count`"),
+            "{problems}"
+        );
+        let shown = e.at(Path::new("x.toml")).to_string();
+        assert!(shown.starts_with("x.toml has 3 problems"), "{shown}");
         assert!(!shown.contains("not valid TOML"), "{shown}");
     }
 
     #[test]
     fn broken_toml_is_a_syntax_error_with_its_line() {
         let e = parse::<Raw>("name = \"a\"\n[[oops\n", "test config").unwrap_err();
-        assert!(e.syntax);
+        assert!(matches!(e.kind, ParseErrorKind::Syntax(_)));
         let shown = e.at(Path::new("x.toml")).to_string();
         assert!(shown.starts_with("x.toml is not valid TOML"), "{shown}");
         assert!(shown.contains("line 2"), "{shown}");

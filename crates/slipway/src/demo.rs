@@ -11,7 +11,7 @@ use wire::service::{DeployInfo, DeployRequest};
 
 const RATE: f64 = 400.0;
 
-fn service_toml(exe: &Path) -> String {
+pub(crate) fn service_toml(exe: &Path) -> String {
     format!(
         r#"# The demo service: demo-app run by the slipway binary itself.
 [service]

@@ -91,6 +91,16 @@ pub fn validate(path: &Path) -> Result<Kind, ValidateError> {
         return Ok(Kind::RouterConfig);
     }
     if value.contains_key("release") || value.contains_key("cohort") || value.contains_key("generation") {
+        // Every unknown key and wrong value first, all at once.
+        let doc = serde_json::to_value(&value).unwrap_or_default();
+        let found = wire::schema::check(&wire::schema::ConfigFile::Routes.schema(), &doc);
+        if !found.is_empty() {
+            return Err(ValidateError::Invalid {
+                path: shown,
+                kind: Kind::RouteTable,
+                problems: Problems { problems: found },
+            });
+        }
         let table: RouteTable = if is_json {
             serde_json::from_str(&text).map_err(|e| ValidateError::Syntax {
                 path: shown.clone(),
@@ -110,4 +120,80 @@ pub fn validate(path: &Path) -> Result<Kind, ValidateError> {
         return Ok(Kind::RouteTable);
     }
     Err(ValidateError::Unknown { path: shown })
+}
+
+#[cfg(test)]
+mod tests {
+    use wire::schema::{ConfigFile, check};
+
+    /// The TOML examples of README.md, split where a comment names the file a part belongs to
+    /// (`# slipway.toml`, `# releases/<id>/slipway.release.toml`), each with the file it is.
+    fn readme_examples() -> Vec<(Option<ConfigFile>, bool, String)> {
+        let readme = include_str!("../../../README.md");
+        let mut out = Vec::new();
+        for block in readme.split("```toml\n").skip(1) {
+            let block = block.split("```").next().unwrap_or_default();
+            let mut parts: Vec<(Option<&str>, String)> = vec![(None, String::new())];
+            for line in block.lines() {
+                let named = line
+                    .strip_prefix("# ")
+                    .filter(|n| n.trim_end().ends_with(".toml") && !n.contains(' '));
+                match named {
+                    Some(n) => parts.push((Some(n.trim()), String::new())),
+                    None => {
+                        let last = parts.last_mut().unwrap();
+                        last.1.push_str(line);
+                        last.1.push('\n');
+                    }
+                }
+            }
+            for (name, text) in parts.into_iter().filter(|(_, t)| !t.trim().is_empty()) {
+                let file = match name {
+                    Some(n) if n.ends_with("slipway.release.toml") => Some(ConfigFile::Release),
+                    Some("slipway.toml") => Some(ConfigFile::Service),
+                    Some("steps.toml") => None,
+                    _ if text.contains("[service]") => Some(ConfigFile::Service),
+                    _ if text.contains("state_dir") => Some(ConfigFile::Router),
+                    _ if text.contains("[[release]]") => Some(ConfigFile::Routes),
+                    _ => None,
+                };
+                // A part named by a comment is a fragment of its file: keys it leaves out are not missing.
+                out.push((file, name.is_some(), text));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_readme_examples_and_the_demo_config_fit_the_json_schemas() {
+        let examples = readme_examples();
+        let mut checked = Vec::new();
+        for (file, fragment, text) in &examples {
+            let Some(file) = file else { continue };
+            let doc = serde_json::to_value(text.parse::<toml::Table>().expect("README TOML parses")).unwrap();
+            let problems: Vec<_> = check(&file.schema(), &doc)
+                .into_iter()
+                .filter(|p| !(*fragment && p.message == "is missing"))
+                .collect();
+            assert!(
+                problems.is_empty(),
+                "README example ({}) has problems {problems:?}:\n{text}",
+                file.name()
+            );
+            checked.push(file.name());
+        }
+        for want in ["slipway", "router", "routes", "release"] {
+            assert!(
+                checked.contains(&want),
+                "no README example of {want} was found: {checked:?}"
+            );
+        }
+        let demo = crate::demo::service_toml(std::path::Path::new("/bin/true"));
+        let doc = serde_json::to_value(demo.parse::<toml::Table>().unwrap()).unwrap();
+        assert_eq!(
+            check(&ConfigFile::Service.schema(), &doc),
+            Vec::new(),
+            "the demo's slipway.toml"
+        );
+    }
 }

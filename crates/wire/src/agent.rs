@@ -9,9 +9,10 @@ use crate::duration::HumanDuration;
 use crate::router_config::AdminConfig;
 
 /// `slipway agent --config FILE`. Relative paths are relative to the file's folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfigFile {
+    /// Format version of this file; only 1 exists.
     #[serde(default = "one")]
     pub version: u32,
     /// Holds `releases/`, `current`, `previous`, `logs/` and the agent's state.
@@ -30,15 +31,17 @@ fn one() -> u32 {
 }
 
 /// How instances are started, probed, drained and restarted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceTemplate {
     /// Program to run; relative paths are taken from the release folder
     /// first, then `PATH`. A release's `slipway.release.toml` may override it.
     #[serde(default)]
     pub command: String,
+    /// Arguments to `command`.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Environment variables for every instance.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Address instances listen on (their port is given in `PORT`).
@@ -76,7 +79,7 @@ impl Default for InstanceTemplate {
 }
 
 /// How an instance shows it is ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeKind {
     /// GET `path`, 2xx or 3xx.
@@ -86,11 +89,13 @@ pub enum ProbeKind {
     Tcp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Readiness {
+    /// How readiness is probed: `http` (GET `path`, 2xx is ready) or `tcp` (a connect).
     #[serde(default)]
     pub kind: ProbeKind,
+    /// The HTTP path probed for readiness.
     #[serde(default = "default_ready_path")]
     pub path: String,
     /// An instance not ready by then is a failed start.
@@ -116,7 +121,7 @@ impl Default for Readiness {
 }
 
 /// How an instance is stopped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainSettings {
     /// POSTed to on the instance when it starts draining (a game server
@@ -150,16 +155,19 @@ impl Default for DrainSettings {
 }
 
 /// What happens after a crash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSettings {
+    /// Wait before the first restart after a crash; doubles with each crash in a row.
     #[serde(default = "default_backoff")]
     pub backoff: HumanDuration,
+    /// The longest wait between restarts.
     #[serde(default = "default_max_backoff")]
     pub max_backoff: HumanDuration,
     /// This many crashes within `crash_loop_window` stop the restarts.
     #[serde(default = "default_crash_loop_count")]
     pub crash_loop_count: u32,
+    /// The window `crash_loop_count` counts crashes in.
     #[serde(default = "default_crash_loop_window")]
     pub crash_loop_window: HumanDuration,
 }
@@ -189,7 +197,7 @@ impl Default for RestartSettings {
 }
 
 /// Size-rotated instance logs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// Rotate an instance's log when it passes this many bytes.
@@ -217,7 +225,7 @@ impl Default for LogSettings {
 }
 
 /// `slipway.release.toml` at the top of a release folder (optional).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,19 +245,22 @@ pub struct ReleaseManifest {
 }
 
 /// `[database]` of a release manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseUses {
+    /// `table` or `table.column` names this release reads or writes.
     #[serde(default)]
     pub uses: Vec<String>,
 }
 
 /// How this release's instances start, instead of the agent's template.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartOverride {
+    /// The program to run instead of the template's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Arguments instead of the template's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
     /// Added to (and overriding) the template's environment.

@@ -157,6 +157,43 @@ impl FromStr for Deadline {
     }
 }
 
+/// A duration as the schema of a config file states it.
+pub const DURATION_PATTERN: &str =
+    r"^\s*([0-9]+\.?[0-9]*|\.[0-9]+)\s*(ms|s|sec|secs|m|min|mins|h|hour|hours|d|day|days|us|µs)?\s*$";
+
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: \"250ms\", \"30s\", \"2m\", \"1h\", \"1d\", or a number of milliseconds.",
+            "anyOf": [
+                { "type": "string", "pattern": DURATION_PATTERN },
+                { "type": "integer", "minimum": 0 }
+            ]
+        })
+    }
+}
+
+impl schemars::JsonSchema for Deadline {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Deadline".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration (\"30s\", milliseconds; 0 for at once) or \"unlimited\".",
+            "anyOf": [
+                { "type": "string", "enum": ["unlimited", "never"] },
+                { "type": "string", "pattern": DURATION_PATTERN },
+                { "type": "integer", "minimum": 0 }
+            ]
+        })
+    }
+}
+
 impl serde::Serialize for Deadline {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

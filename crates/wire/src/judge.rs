@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::HumanDuration;
 
 /// Which change of a metric is bad.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Only an increase is bad (errors, latency).
@@ -18,7 +18,7 @@ pub enum Direction {
 }
 
 /// What a metric measures.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MetricKind {
     /// Share of requests answered with 5xx (the router's own included).
@@ -71,13 +71,16 @@ fn default_detect_increase() -> f64 {
     0.5
 }
 
-/// One metric the judge compares. (Flattened with its kind, so unknown keys
-/// cannot be refused by serde here.)
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One metric the judge compares. (Flattened with its kind, so serde cannot
+/// refuse unknown keys here; the schema check does: `unevaluatedProperties`.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(extend("unevaluatedProperties" = false))]
 pub struct MetricConfig {
+    /// The metric's name in verdicts, status and the dashboard.
     pub name: String,
     #[serde(flatten)]
     pub kind: MetricKind,
+    /// Which change is bad: `increase` (the default), `decrease` or `either`.
     #[serde(default)]
     pub direction: Direction,
     /// Share of the vote among failing non-critical metrics.
@@ -98,7 +101,7 @@ fn default_critical() -> bool {
 }
 
 /// When a step passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PassRule {
     /// When its hold ends with no metric failed and at least `min_requests`
@@ -111,13 +114,15 @@ pub enum PassRule {
 }
 
 /// The judge's settings (`[deploy.canary.analysis]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeConfig {
     /// Chance that a canary within every tolerance is failed anywhere in a
     /// deploy: shared by its steps and metrics, however often they are looked at.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
+    /// When a step passes: `hold` (its hold ended with no metric failed and enough traffic) or `proven` (as
+    /// `hold`, and the traffic could have caught every metric's detectable change).
     #[serde(default)]
     pub pass: PassRule,
     /// Canary requests (and baseline requests) a step needs to pass; with
@@ -137,6 +142,7 @@ pub struct JudgeConfig {
     /// Error tolerances while warming up (3x the baseline, and 5 points).
     #[serde(default = "default_warmup_rel")]
     pub warmup_relative_tolerance: f64,
+    /// Absolute error-rate tolerance while warming up (0.05 = 5 points).
     #[serde(default = "default_warmup_abs")]
     pub warmup_absolute_tolerance: f64,
     #[serde(default = "default_metrics")]

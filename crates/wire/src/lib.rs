@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod problem;
 pub mod router_config;
 pub mod routes;
+pub mod schema;
 pub mod service;
 
 pub use duration::{Deadline, HumanDuration};

@@ -8,7 +8,7 @@ use crate::duration::{Deadline, HumanDuration};
 use crate::routes::HealthCheck;
 
 /// `slipway router --config FILE`. Relative paths are relative to the file's folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfigFile {
     /// Format version of this file; only 1 exists.
@@ -46,7 +46,7 @@ fn default_version_header() -> String {
 }
 
 /// Where the admin API listens and how it is protected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// A loopback `ip:port` or `unix:/path/to.sock`.
@@ -57,7 +57,7 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ListenerKind {
     Http,
@@ -65,7 +65,7 @@ pub enum ListenerKind {
 }
 
 /// How a new session is tied to a release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AffinityMode {
     /// A signed cookie names the release (HTTP only).
@@ -80,13 +80,16 @@ pub enum AffinityMode {
 }
 
 /// One public listener.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    /// The listener's name, as status and metrics show it.
     pub name: String,
+    /// `http` (HTTP/1.1, HTTP/2, WebSocket; TLS with `tls`) or `tcp` (raw TCP, routed by client IP).
     pub kind: ListenerKind,
     /// `ip:port`; port 0 picks a free port (see the router's status).
     pub addr: String,
+    /// Terminate TLS on this listener with this certificate (HTTP/1.1 and HTTP/2 by ALPN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     /// Defaults to `[affinity] mode` for HTTP and `client_ip` for TCP.
@@ -108,19 +111,23 @@ fn default_listener_drain() -> Deadline {
 }
 
 /// PEM certificate chain and private key for a TLS listener.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
     pub cert: PathBuf,
+    /// PEM file with the private key (keep it 0600).
     pub key: PathBuf,
 }
 
 /// Session affinity settings shared by the HTTP listeners.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AffinityConfig {
+    /// How a new session is tied to a release: `cookie` (signed), `header`, `client_ip` or `none`.
     #[serde(default = "default_mode")]
     pub mode: AffinityMode,
+    /// Name of the session cookie that names the release.
     #[serde(default = "default_cookie")]
     pub cookie: String,
     /// Cookie lifetime; absent means a browser-session cookie.
@@ -150,9 +157,10 @@ impl Default for AffinityConfig {
 }
 
 /// How the router talks to instances and when it gives up on them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Longest wait for a connection to an instance; then another instance is tried, or 502.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
     /// Longest wait for a response head before answering 504.

@@ -21,7 +21,7 @@ pub const KEY_BUCKETS: u32 = 10_000;
 /// Release order matters for key affinity: the first release owns the lowest
 /// buckets, so list the newest release (the canary) first. Raising its weight
 /// then only moves sessions forward to it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTable {
     /// Increases by one with every applied change. Set by the router.
@@ -34,7 +34,7 @@ pub struct RouteTable {
 }
 
 /// Whether an instance or a release takes traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteState {
     /// Takes new sessions (by weight) and its sticky sessions.
@@ -59,7 +59,7 @@ impl RouteState {
 }
 
 /// How the router speaks to a release's instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     #[default]
@@ -69,19 +69,22 @@ pub enum UpstreamProtocol {
 }
 
 /// One release of the service as the router sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
+    /// The release id (`v42`, a git sha): letters, digits, `.`, `_` and `-`.
     pub id: String,
     /// Relative share of new sessions; 0 means none.
     #[serde(default)]
     pub weight: u32,
+    /// `active` (takes new sessions), `draining` (keeps its sessions, takes no new ones) or `down`.
     #[serde(default)]
     pub state: RouteState,
     /// Semver range of client versions this release serves (`">=2.0, <3"`);
     /// absent means every client version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_versions: Option<String>,
+    /// How the router speaks to the instances: `http1` or `h2c`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// Active health check for this release's instances; absent means the
@@ -135,18 +138,20 @@ impl Release {
 }
 
 /// One running process of a release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Instance {
+    /// The instance id, unique within its release.
     pub id: String,
     /// `ip:port` the instance listens on.
     pub addr: String,
+    /// `active`, or `down` (no new requests; open ones finish).
     #[serde(default)]
     pub state: RouteState,
 }
 
 /// What kind of active health check to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthKind {
     /// GET `path`; 2xx and 3xx are healthy.
@@ -159,15 +164,19 @@ pub enum HealthKind {
 }
 
 /// Active health check settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// `http` (GET `path`), `tcp` (a connect) or `none` (passive ejection only).
     #[serde(default)]
     pub kind: HealthKind,
+    /// The HTTP path checked.
     #[serde(default = "default_health_path")]
     pub path: String,
+    /// Time between checks of an instance.
     #[serde(default = "default_health_interval")]
     pub interval: HumanDuration,
+    /// A check that takes longer than this fails.
     #[serde(default = "default_health_timeout")]
     pub timeout: HumanDuration,
     /// Consecutive successes that make an unhealthy instance healthy.
@@ -211,23 +220,30 @@ impl Default for HealthCheck {
 ///
 /// Exactly one of `header`, `cookie`, `query` or `cidr` names what is matched;
 /// the first three need exactly one of `equals` or `regex`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CohortRule {
+    /// A name for the rule, as status shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The release the matching sessions go to.
     pub release: String,
+    /// Match on this request header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Match on this cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
+    /// Match on this query parameter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// Client address range, e.g. `10.0.0.0/8`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
+    /// The matched value must be exactly this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equals: Option<String>,
+    /// The matched value must match this regular expression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
 }

@@ -9,9 +9,10 @@ use crate::router_config::{AffinityConfig, ListenerConfig};
 use crate::routes::{CohortRule, HealthCheck};
 
 /// The service definition. Relative paths are relative to the file's folder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
+    /// Format version of this file; only 1 exists.
     #[serde(default = "one")]
     pub version: u32,
     pub service: ServiceSection,
@@ -35,7 +36,7 @@ pub struct ServiceFile {
 /// (and backfill) migrations run before a new release starts; contract
 /// steps run once no live release declares it uses what they drop; the
 /// record write gates follow the `[records]` versions of the live releases.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// The app's SQL database: `sqlite:PATH` or `postgres://...`.
@@ -56,9 +57,10 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSection {
+    /// The service's name: letters, digits, `.`, `_` and `-`; shown in status and logs.
     pub name: String,
     /// Where slipway keeps its state (releases, logs, journal, tokens).
     #[serde(default = "default_state_dir")]
@@ -76,18 +78,23 @@ fn default_admin() -> String {
 }
 
 /// How instances start and stop (the agent's template) and how many run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSection {
     /// Instances per release.
     #[serde(default = "default_count")]
     pub count: u32,
+    /// The program each instance runs, from the release folder (`bin/server`) or an absolute path. It is told its
+    /// port in `PORT`, its release in `SLIPWAY_RELEASE` and its id in `SLIPWAY_INSTANCE`.
     #[serde(default)]
     pub command: String,
+    /// Arguments to `command`.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Environment variables for every instance, added to what the agent was started with.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Hand the instance its listening socket as fd 3 (systemd style, `LISTEN_FDS=1`) instead of a port to bind.
     #[serde(default)]
     pub listen_fds: bool,
     #[serde(default)]
@@ -133,11 +140,12 @@ impl InstanceSection {
 }
 
 /// Routing settings that apply live (a change to these alone needs no restart).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingSection {
     #[serde(default)]
     pub affinity: AffinityConfig,
+    /// Request header that carries the client's version, for releases with `client_versions` gates.
     #[serde(default = "default_version_header")]
     pub client_version_header: String,
     #[serde(default)]
@@ -165,9 +173,13 @@ impl Default for RoutingSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
+    /// A share of new sessions on the new release, step by step, judged against the baseline.
     #[default]
     Canary,
+    /// Instances replaced a few at a time.
     Rolling,
+    /// A full new set, then every new session switched at once (`blue-green` is accepted too).
+    #[serde(alias = "blue-green")]
     BlueGreen,
 }
 
@@ -178,6 +190,26 @@ impl Strategy {
             Strategy::Rolling => "rolling",
             Strategy::BlueGreen => "blue_green",
         }
+    }
+}
+
+impl schemars::JsonSchema for Strategy {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Strategy".into()
+    }
+
+    /// Written by hand: the derived schema would not know the `blue-green` alias.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A deploy strategy.",
+            "oneOf": [
+                { "const": "canary", "type": "string",
+                  "description": "A share of new sessions on the new release, step by step, judged against the baseline." },
+                { "const": "rolling", "type": "string", "description": "Instances replaced a few at a time." },
+                { "enum": ["blue_green", "blue-green"], "type": "string",
+                  "description": "A full new set, then every new session switched at once." }
+            ]
+        })
     }
 }
 
@@ -195,18 +227,19 @@ impl std::str::FromStr for Strategy {
 
 /// One canary step: a weight held for a while, judged all along. It passes
 /// when its hold ends with no metric failed and enough traffic seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryStep {
     /// Percent of new sessions (0 to 100).
     pub weight: u32,
+    /// How long the step lasts before it can pass (paused time does not count).
     pub hold: HumanDuration,
 }
 
 /// What to do when a step still had too little traffic to judge after its
 /// extensions. (A canary that got no request at all while the baseline was
 /// served fails instead: it is never promoted, whatever this says.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnInconclusive {
     #[default]
@@ -215,7 +248,7 @@ pub enum OnInconclusive {
 }
 
 /// `[deploy.canary]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanarySettings {
     /// Default: 10% for 1 minute, 25% for 2 minutes, 50% for 2 minutes (5
@@ -235,6 +268,8 @@ pub struct CanarySettings {
     /// ...at most this many times, then `on_inconclusive` applies.
     #[serde(default = "default_max_extensions")]
     pub max_extensions: u32,
+    /// What to do when a step still had too little traffic to judge after its extensions: `abort` (the default)
+    /// or `continue`.
     #[serde(default)]
     pub on_inconclusive: OnInconclusive,
     /// `[deploy.canary.analysis]`: the judge's metrics, tolerances, warm-up
@@ -280,7 +315,7 @@ impl Default for CanarySettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollingSettings {
     /// New instances started beyond the target count at a time.
@@ -308,7 +343,7 @@ impl Default for RollingSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlueGreenSettings {
     /// The new set must stay ready and healthy this long before the switch.
@@ -335,15 +370,18 @@ impl Default for BlueGreenSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploySection {
+    /// The strategy `slipway deploy` uses when not told: `canary`, `rolling` or `blue_green` (`blue-green` is
+    /// accepted too).
     #[serde(default)]
     pub strategy: Strategy,
     /// After promotion the old release keeps its sessions until none has
     /// been seen for `session_idle`, or until `drain_deadline`.
     #[serde(default = "default_drain_deadline")]
     pub drain_deadline: HumanDuration,
+    /// A retiring release whose sessions have been quiet this long is stopped before its `drain_deadline`.
     #[serde(default = "default_session_idle")]
     pub session_idle: HumanDuration,
     /// New instances must be ready within this, or the deploy aborts.

@@ -179,6 +179,11 @@ pub enum Command {
     },
     /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
     Demo,
+    /// The config files' reference and JSON Schemas (for editors such as Taplo / Even Better TOML).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print a shell completion script: `slipway completions bash > /etc/bash_completion.d/slipway`.
     Completions {
         /// The shell to complete in.
@@ -391,4 +396,44 @@ pub struct ServiceFile {
     /// The service definition.
     #[arg(long = "config", short = 'c', env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
     pub path: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the JSON Schema of a config file.
+    Schema {
+        /// Which file.
+        #[arg(value_enum)]
+        file: ConfigFileArg,
+    },
+    /// Print the reference of every config file (docs/config.md): each key's type, default and meaning.
+    Reference,
+}
+
+/// A config file, by its short name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfigFileArg {
+    /// slipway.toml.
+    Slipway,
+    /// slipway.release.toml in a release folder.
+    Release,
+    /// The router's config.
+    Router,
+    /// A route table.
+    Routes,
+    /// The agent's config.
+    Agent,
+}
+
+impl ConfigFileArg {
+    pub fn file(self) -> wire::schema::ConfigFile {
+        use wire::schema::ConfigFile;
+        match self {
+            ConfigFileArg::Slipway => ConfigFile::Service,
+            ConfigFileArg::Release => ConfigFile::Release,
+            ConfigFileArg::Router => ConfigFile::Router,
+            ConfigFileArg::Routes => ConfigFile::Routes,
+            ConfigFileArg::Agent => ConfigFile::Agent,
+        }
+    }
 }

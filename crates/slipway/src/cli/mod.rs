@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub use args::{
-    Cli, Command, CrawlId, GateVersion, MigrateCommand, MigratePhase, RecordsCommand, ReleaseCommand, RouterCommand,
-    ServiceFile,
+    Cli, Command, ConfigCommand, ConfigFileArg, CrawlId, GateVersion, MigrateCommand, MigratePhase, RecordsCommand,
+    ReleaseCommand, RouterCommand, ServiceFile,
 };
 
 /// Exit code of a deploy that was aborted or failed, or a demo that went wrong.
@@ -108,6 +108,16 @@ pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
             done_if(std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(Into::into))
         }
         Command::Man { out } => done_if(man(out.as_deref())),
+        Command::Config { command } => {
+            let text = match command {
+                ConfigCommand::Schema { file } => {
+                    serde_json::to_string_pretty(&file.file().schema()).map_err(anyhow::Error::from)?
+                }
+                ConfigCommand::Reference => wire::schema::config_reference().trim_end().to_string(),
+            };
+            println!("{text}");
+            done()
+        }
         Command::Control { service } => {
             crate::init_logging("info");
             let cfg = load(&service)?;
@@ -283,6 +293,7 @@ impl Command {
             Command::Patch { .. } => "patch",
             Command::Demo => "demo",
             Command::Completions { .. } => "completions",
+            Command::Config { .. } => "config",
             Command::Man { .. } => "man",
             Command::DemoApp { .. } => "demo-app",
         }
