@@ -10,15 +10,39 @@ pub mod releases;
 pub mod routerctl;
 pub mod validate;
 
-/// Sets up logging to stderr; `RUST_LOG` overrides the default level.
+/// How log lines are written (`SLIPWAY_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (time, level, message, fields).
+    Json,
+}
+
+impl LogFormat {
+    /// From `SLIPWAY_LOG_FORMAT` (`text` or `json`; text when unset or unknown).
+    pub fn from_env() -> LogFormat {
+        match std::env::var("SLIPWAY_LOG_FORMAT").as_deref() {
+            Ok("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        }
+    }
+}
+
+/// Sets up logging to stderr; `RUST_LOG` overrides the default level, `SLIPWAY_LOG_FORMAT=json` writes JSON
+/// lines. Colour only goes to a terminal, never into a log file.
 pub fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match LogFormat::from_env() {
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
 }
 
 /// A progress bar on stdout when it is a terminal (`None` otherwise: print

@@ -183,3 +183,48 @@ fn a_bad_command_line_exits_64_and_status_without_a_service_file_says_what_to_do
     assert!(err.contains("slipway.toml") && err.contains("-c"), "{err}");
     assert_eq!(err.matches("No such file").count(), 0, "{err}");
 }
+
+#[tokio::test]
+async fn logs_written_to_a_file_have_no_colour_codes_and_json_logs_are_one_object_a_line() {
+    let dir = TempDir::new("router-logs");
+    let config = dir.join("router.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\nworkers = 1\nadmin = { listen = \"127.0.0.1:0\" }\n\
+         [[listener]]\nname = \"web\"\nkind = \"http\"\naddr = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    for format in ["text", "json"] {
+        let log = dir.join(format!("router-{format}.log"));
+        let mut router = slipway()
+            .arg("router")
+            .arg("--config")
+            .arg(&config)
+            .env("SLIPWAY_LOG_FORMAT", format)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = router.id();
+        wait_for("router up", Duration::from_secs(10), || async {
+            router_status(&dir.join("state")).filter(|s| s.pid == pid)
+        })
+        .await;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = router.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.trim().is_empty(), "the router logged nothing");
+        assert!(!text.contains('\u{1b}'), "colour codes in a log file:\n{text}");
+        if format == "json" {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{line}");
+            }
+        }
+    }
+}
