@@ -83,8 +83,8 @@ pub struct App {
     /// Turns true on `POST /drain`; open WebSockets are told.
     drain_signal: tokio::sync::watch::Sender<bool>,
     requests: AtomicU64,
-    /// Error rate in millionths, changeable while running (tests).
-    error_ppm: AtomicU64,
+    /// Error rate in millionths, from `--error-rate`.
+    error_ppm: u64,
 }
 
 impl App {
@@ -93,7 +93,7 @@ impl App {
         Arc::new(App {
             release_header: header(&config.release),
             instance_header: header(&config.instance),
-            error_ppm: AtomicU64::new((config.error_rate.clamp(0.0, 1.0) * 1e6) as u64),
+            error_ppm: (config.error_rate.clamp(0.0, 1.0) * 1e6) as u64,
             config,
             draining: AtomicBool::new(false),
             drain_signal: tokio::sync::watch::channel(false).0,
@@ -157,7 +157,7 @@ impl App {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
-        let ppm = self.error_ppm.load(Ordering::Relaxed);
+        let ppm = self.error_ppm;
         // WebSocket handshakes are spared: the knob is about requests.
         if ppm > 0 && path != "/ws" && fastrand::u64(0..1_000_000) < ppm {
             return self.text(StatusCode::INTERNAL_SERVER_ERROR, "injected error\n");

@@ -260,15 +260,7 @@ pub fn run<B: Backend>(
     // With a database server, the crawler's own sessions, lowered like its
     // threads where it may: all its database work goes there, from the
     // first count (a scan of the whole kind) on.
-    let twin = if polite {
-        let cpu = plumbing::sched::background_cpu().unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "cannot read the crawler's CPUs");
-            None
-        });
-        backend.background_twin(cpu)?
-    } else {
-        None
-    };
+    let twin = if polite { background_twin(backend)? } else { None };
     let db = twin.as_ref().unwrap_or(backend);
     let (state, resumed) = begin(store, db, kind, target, opts)?;
     let sizer = BatchSizer::new(
@@ -332,6 +324,15 @@ pub fn run<B: Backend>(
             .join()
             .unwrap_or_else(|p| Err(worker_panicked("writer", p.as_ref())))
     })
+}
+
+/// The backend's own lowered-priority sessions for the crawler, where it has them.
+fn background_twin<B: Backend>(backend: &B) -> Result<Option<B>, Error> {
+    let cpu = plumbing::sched::background_cpu().unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "cannot read the crawler's CPUs");
+        None
+    });
+    Ok(backend.background_twin(cpu)?)
 }
 
 /// Scans and upgrades batch after batch from `cursor` on, handing each to the writer, until the last (empty) one.

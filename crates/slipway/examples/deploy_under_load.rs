@@ -4,7 +4,7 @@
 //! (bench/deploy-under-load/run.sh builds what it needs and installs nginx if missing.)
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,17 +15,6 @@ struct Row {
     name: String,
     r: Report,
     note: String,
-}
-
-fn bin_dir() -> PathBuf {
-    // target/release/examples/deploy_under_load -> target/release
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 fn service_toml(demo: &Path) -> String {
@@ -195,9 +184,8 @@ async fn main() {
             _ => panic!("usage: deploy_under_load [--rate N] [--websockets N]"),
         }
     }
-    let bins = bin_dir();
-    let slipway = bins.join("slipway");
-    let demo = bins.join("demo-app");
+    let slipway = testkit::profile_bin("slipway");
+    let demo = testkit::profile_bin("demo-app");
     assert!(
         slipway.exists() && demo.exists(),
         "build first: cargo build --release -p slipway -p demo-app"

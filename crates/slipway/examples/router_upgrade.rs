@@ -38,16 +38,6 @@ struct Outcome {
     reload_ms: Vec<f64>,
 }
 
-fn bin_dir() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// Waits up to 10 s for a loopback port to accept connections.
 async fn wait_port(port: u16) {
     testkit::wait_port(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)).await
@@ -97,7 +87,7 @@ impl Running {
                 )
                 .unwrap();
                 children.push(
-                    quiet(Command::new(bin_dir().join("slipway")).args(["router", "--config"]))
+                    quiet(Command::new(testkit::profile_bin("slipway")).args(["router", "--config"]))
                         .arg(dir.join("router.toml"))
                         .spawn()
                         .expect("start slipway router"),
@@ -344,9 +334,9 @@ async fn main() {
             _ => panic!("usage: router_upgrade [--runs N] [--reloads N] [--rate N] [--websockets N]"),
         }
     }
-    let demo = bin_dir().join("demo-app");
+    let demo = testkit::profile_bin("demo-app");
     assert!(
-        bin_dir().join("slipway").exists() && demo.exists(),
+        testkit::profile_bin("slipway").exists() && demo.exists(),
         "build first: cargo build --release -p slipway -p demo-app"
     );
     let mut proxies = vec![Proxy::Slipway];
@@ -444,7 +434,7 @@ async fn main() {
         );
         json.push(row);
     }
-    let out = bin_dir().join("../../bench/out");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/out");
     if std::fs::create_dir_all(&out).is_ok() {
         let _ = std::fs::write(
             out.join("router-upgrade.json"),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use control::ServiceConfig;
-use loadgen::{Load, LoadConfig};
+use loadgen::{Load, LoadConfig, Report};
 use wire::service::{DeployInfo, DeployRequest};
 
 const RATE: f64 = 400.0;
@@ -125,10 +125,8 @@ async fn deploy_and_wait(
     }
 }
 
-/// Runs the demo; returns whether it went as expected.
-pub async fn run() -> anyhow::Result<bool> {
-    let t0 = Instant::now();
-    let exe = std::env::current_exe().context("cannot find the slipway binary")?;
+/// Writes the demo's service file and its three releases into a fresh temp folder.
+fn prepare(exe: &Path, t0: Instant) -> anyhow::Result<(PathBuf, ServiceConfig, Cleanup)> {
     let dir = std::env::temp_dir().join(format!("slipway-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -137,7 +135,7 @@ pub async fn run() -> anyhow::Result<bool> {
         cfg: None,
     };
     let path = dir.join("slipway.toml");
-    std::fs::write(&path, service_toml(&exe))?;
+    std::fs::write(&path, service_toml(exe))?;
     let cfg = ServiceConfig::load(&path)?;
     cleanup.cfg = Some(cfg.clone());
     say(t0, &format!("slipway demo in {}", dir.display()));
@@ -151,6 +149,76 @@ pub async fn run() -> anyhow::Result<bool> {
         "# a bad release: 30% of requests fail\n[start.env]\nDEMO_ERROR_RATE = \"0.3\"\n",
     )?;
     say(t0, "releases v1, v2 and v3 (v3 answers 30% of requests with 500)");
+
+    Ok((dir, cfg, cleanup))
+}
+
+/// Waits until no answer has come from `release` for a second; returns when the last one came.
+async fn wait_release_quiet(load: &Load, release: &str) -> Instant {
+    let count = || load.report().releases.get(release).copied().unwrap_or(0);
+    let mut last = count();
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = count();
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() > Duration::from_secs(1) {
+            return quiet_since;
+        }
+    }
+}
+
+/// What the demo prints at the end.
+struct Tally<'a> {
+    report: &'a Report,
+    steady: &'a Report,
+    v3_errors: u64,
+    ws_open: u64,
+    abort_s: f64,
+    t0: Instant,
+}
+
+fn print_tally(t: &Tally<'_>) {
+    let Tally {
+        report,
+        steady,
+        v3_errors,
+        ws_open,
+        abort_s,
+        t0,
+    } = *t;
+    println!();
+    println!("tally");
+    println!("  requests sent       {}", report.sent);
+    println!("  answered 2xx        {}", report.ok);
+    println!(
+        "  failed              {} ({} of them 500s from the bad canary v3 before it was taken out; {} elsewhere)",
+        report.failed,
+        v3_errors,
+        report.failed - v3_errors.min(report.failed)
+    );
+    println!(
+        "  p50 / p99 latency   {:.1} ms / {:.1} ms (steady state before any deploy: p99 {:.1} ms)",
+        report.p50_ms(),
+        report.p99_ms(),
+        steady.p99_ms()
+    );
+    println!("  answers per release {:?}", report.releases);
+    println!(
+        "  WebSockets          {ws_open} open through both deploys, {} dropped",
+        report.ws_dropped
+    );
+    println!("  abort               v3 got traffic for {abort_s:.1} s before the judge took it out");
+    println!("  total time          {:.0} s", t0.elapsed().as_secs_f64());
+}
+
+/// Runs the demo; returns whether it went as expected.
+pub async fn run() -> anyhow::Result<bool> {
+    let t0 = Instant::now();
+    let exe = std::env::current_exe().context("cannot find the slipway binary")?;
+    let (dir, cfg, cleanup) = prepare(&exe, t0)?;
 
     let running = control::start(cfg.clone(), exe.clone()).await?;
     let api = plumbing::client::ApiClient::new(&running.api_addr, Some(running.control.token.clone()))?;
@@ -199,18 +267,7 @@ pub async fn run() -> anyhow::Result<bool> {
     let traffic_at = step_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(t0);
     // The canary is out of traffic once its weight went to 0 (the abort). Wait
     // until no answer comes from v3 any more.
-    let mut last_v3 = load.report().releases.get("v3").copied().unwrap_or(0);
-    let mut quiet_since = Instant::now();
-    let off_at = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now_v3 = load.report().releases.get("v3").copied().unwrap_or(0);
-        if now_v3 != last_v3 {
-            last_v3 = now_v3;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() > Duration::from_secs(1) {
-            break quiet_since;
-        }
-    };
+    let off_at = wait_release_quiet(&load, "v3").await;
     say(
         t0,
         &format!(
@@ -227,29 +284,14 @@ pub async fn run() -> anyhow::Result<bool> {
     let abort_s = off_at.saturating_duration_since(traffic_at).as_secs_f64();
     running.shutdown().await;
 
-    println!();
-    println!("tally");
-    println!("  requests sent       {}", report.sent);
-    println!("  answered 2xx        {}", report.ok);
-    println!(
-        "  failed              {} ({} of them 500s from the bad canary v3 before it was taken out; {} elsewhere)",
-        report.failed,
+    print_tally(&Tally {
+        report: &report,
+        steady: &steady,
         v3_errors,
-        report.failed - v3_errors.min(report.failed)
-    );
-    println!(
-        "  p50 / p99 latency   {:.1} ms / {:.1} ms (steady state before any deploy: p99 {:.1} ms)",
-        report.p50_ms(),
-        report.p99_ms(),
-        steady.p99_ms()
-    );
-    println!("  answers per release {:?}", report.releases);
-    println!(
-        "  WebSockets          {ws_open} open through both deploys, {} dropped",
-        report.ws_dropped
-    );
-    println!("  abort               v3 got traffic for {abort_s:.1} s before the judge took it out");
-    println!("  total time          {:.0} s", t0.elapsed().as_secs_f64());
+        ws_open,
+        abort_s,
+        t0,
+    });
     let ok = v2.outcome.as_deref() == Some("promoted") && v3.aborted() && report.failed == v3_errors;
     drop(cleanup);
     println!(

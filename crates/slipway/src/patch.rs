@@ -10,59 +10,14 @@ use clap::{Args, Subcommand};
 pub enum PatchCommand {
     /// Publish a build folder as the next release: store the new chunks, make deltas from the last
     /// releases, sign the manifest, print the patch-size report (and write it as JSON).
-    Publish {
-        /// The build folder (an optional patch.toml in it gives priorities and tags).
-        build: PathBuf,
-        /// The release's name, e.g. v42 or a git sha.
-        #[arg(long)]
-        release: String,
-        #[command(flatten)]
-        repo: RepoArgs,
-        /// Make per-file deltas from this many previous releases.
-        #[arg(long, default_value_t = 3)]
-        deltas: usize,
-        /// The report sizes upgrades from this many previous releases.
-        #[arg(long, default_value_t = 3)]
-        report_from: usize,
-        /// zstd level for chunks and deltas (1-22).
-        #[arg(long, default_value_t = 19)]
-        level: i32,
-        /// Fail (and publish nothing) if an upgrade from a previous release downloads more than
-        /// this (e.g. 50MiB).
-        #[arg(long, value_parser = parse_bytes)]
-        max_bytes: Option<u64>,
-        /// Also write the report as JSON here (it is always written to the repo's reports/).
-        #[arg(long)]
-        json: Option<PathBuf>,
-        #[command(flatten)]
-        expiry: ExpiryArgs,
-    },
+    Publish(PublishArgs),
     /// Keys and root metadata of a repo.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
     /// Update an install folder to the latest release (or --release N), fetching only what changed.
-    Update {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// The repo's root.json to trust on the first install (shipped with the client).
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// Install only files with one of these tags (comma-separated, e.g. core), plus those already
-        /// installed; the rest come with `fetch`, `--fill` or a later full update.
-        #[arg(long, value_delimiter = ',')]
-        tags: Option<Vec<String>>,
-        /// Update to this release number instead of the latest.
-        #[arg(long)]
-        release: Option<u64>,
-        /// After the update, fetch the files not installed yet, in priority order (throttled by --rate).
-        #[arg(long)]
-        fill: bool,
-        /// Print the outcome as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Update(UpdateArgs),
     /// Fetch files of the installed release that are not there yet (on-demand install).
     Fetch {
         #[command(flatten)]
@@ -72,25 +27,82 @@ pub enum PatchCommand {
         paths: Vec<String>,
     },
     /// Check every installed file against the signed manifest; --repair fetches damaged ones again.
-    Verify {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Fetch the damaged files again.
-        #[arg(long)]
-        repair: bool,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(VerifyArgs),
     /// Serve a repo folder over HTTP (GET, HEAD and Range), as a CDN or nginx would.
-    Serve {
-        /// The repo folder.
-        #[arg(long)]
-        repo: PathBuf,
-        /// Address to listen on (repo content is public; any address is allowed).
-        #[arg(long, default_value = "127.0.0.1:7490")]
-        listen: std::net::SocketAddr,
-    },
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The build folder (an optional patch.toml in it gives priorities and tags).
+    build: PathBuf,
+    /// The release's name, e.g. v42 or a git sha.
+    #[arg(long)]
+    release: String,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Make per-file deltas from this many previous releases.
+    #[arg(long, default_value_t = 3)]
+    deltas: usize,
+    /// The report sizes upgrades from this many previous releases.
+    #[arg(long, default_value_t = 3)]
+    report_from: usize,
+    /// zstd level for chunks and deltas (1-22).
+    #[arg(long, default_value_t = 19)]
+    level: i32,
+    /// Fail (and publish nothing) if an upgrade from a previous release downloads more than
+    /// this (e.g. 50MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    max_bytes: Option<u64>,
+    /// Also write the report as JSON here (it is always written to the repo's reports/).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The repo's root.json to trust on the first install (shipped with the client).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Install only files with one of these tags (comma-separated, e.g. core), plus those already
+    /// installed; the rest come with `fetch`, `--fill` or a later full update.
+    #[arg(long, value_delimiter = ',')]
+    tags: Option<Vec<String>>,
+    /// Update to this release number instead of the latest.
+    #[arg(long)]
+    release: Option<u64>,
+    /// After the update, fetch the files not installed yet, in priority order (throttled by --rate).
+    #[arg(long)]
+    fill: bool,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Fetch the damaged files again.
+    #[arg(long)]
+    repair: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The repo folder.
+    #[arg(long)]
+    repo: PathBuf,
+    /// Address to listen on (repo content is public; any address is allowed).
+    #[arg(long, default_value = "127.0.0.1:7490")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,111 +263,9 @@ fn client(a: &ClientArgs, bar: Arc<Bar>) -> anyhow::Result<::patch::Client> {
 /// Runs one `slipway patch` command.
 pub fn run(cmd: PatchCommand) -> anyhow::Result<()> {
     match cmd {
-        PatchCommand::Publish {
-            build,
-            release,
-            repo,
-            deltas,
-            report_from,
-            level,
-            max_bytes,
-            json,
-            expiry,
-        } => {
-            let keys = keyring(&repo)?;
-            let r = ::patch::Repo::new(&repo.repo);
-            let opts = ::patch::PublishOptions {
-                build: &build,
-                release_id: &release,
-                repo: &r,
-                keys: &keys,
-                delta_from: deltas,
-                report_from,
-                level,
-                max_bytes,
-                now: ::patch::unix_now(),
-                expiry: expiry.expiry(),
-            };
-            let (report, result) = match ::patch::publish(&opts) {
-                Ok(p) => (p.report.clone(), Ok(p)),
-                Err(::patch::PublishError::TooBig {
-                    from,
-                    bytes,
-                    max,
-                    report,
-                }) => {
-                    let e = anyhow::anyhow!(
-                        "the upgrade from release {from} downloads {bytes} bytes, more than --max-bytes {max}; nothing was published"
-                    );
-                    (*report, Err(e))
-                }
-                Err(e) => return Err(e.into()),
-            };
-            print!("{}", report.render());
-            if let Some(p) = json {
-                std::fs::write(&p, serde_json::to_vec_pretty(&report)?)
-                    .with_context(|| format!("writing {}", p.display()))?;
-            }
-            let p = result?;
-            println!("published release {} ({release}) to {}", p.seq, repo.repo.display());
-            Ok(())
-        }
+        PatchCommand::Publish(a) => publish(a),
         PatchCommand::Keys { command } => keys(command),
-        PatchCommand::Update {
-            client: a,
-            root,
-            tags,
-            release,
-            fill,
-            json,
-        } => {
-            let bar = Arc::new(Bar(crate::progress_bar(
-                0,
-                "[{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )));
-            let c = client(&a, bar.clone())?;
-            let root = match root {
-                Some(p) => Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?),
-                None => None,
-            };
-            let o = c.update(&::patch::UpdateRequest { tags, release, root })?;
-            let filled = if fill {
-                c.fill(&std::sync::atomic::AtomicBool::new(false))?
-            } else {
-                0
-            };
-            if let Some(b) = &bar.0 {
-                b.finish_and_clear();
-            }
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "from": o.from, "to": o.to, "release": o.release, "up_to_date": o.up_to_date, "files": o.files,
-                        "downloaded": o.stats.downloaded, "requests": o.stats.requests, "built": o.stats.built,
-                        "linked": o.stats.linked, "filled": filled,
-                    })
-                );
-            } else if o.up_to_date {
-                println!("{} is up to date: release {} ({})", a.dir.display(), o.to, o.release);
-            } else {
-                println!(
-                    "{}: release {} ({}) installed, {} files; downloaded {} in {} requests{}",
-                    a.dir.display(),
-                    o.to,
-                    o.release,
-                    o.files,
-                    human(o.stats.downloaded),
-                    o.stats.requests,
-                    if filled > 0 {
-                        format!("; then fetched {filled} more files")
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            Ok(())
-        }
+        PatchCommand::Update(a) => update(a),
         PatchCommand::Fetch { client: a, paths } => {
             let c = client(&a, Arc::new(Bar(None)))?;
             for p in paths {
@@ -363,55 +273,168 @@ pub fn run(cmd: PatchCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        PatchCommand::Verify {
-            client: a,
-            repair,
-            json,
-        } => {
-            let c = client(&a, Arc::new(Bar(None)))?;
-            let r = c.verify(repair)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"release": r.seq, "checked": r.checked, "damaged": r.damaged, "repaired": r.repaired})
-                );
-            } else {
-                for d in &r.damaged {
-                    println!(
-                        "damaged: {d}{}",
-                        if r.repaired.contains(d) { " (repaired)" } else { "" }
-                    );
-                }
-                println!(
-                    "release {}: {} files checked, {} damaged, {} repaired",
-                    r.seq,
-                    r.checked,
-                    r.damaged.len(),
-                    r.repaired.len()
-                );
-            }
-            if !r.damaged.is_empty() && r.repaired.len() < r.damaged.len() {
-                bail!("{} damaged files (run with --repair)", r.damaged.len());
-            }
-            Ok(())
-        }
-        PatchCommand::Serve { repo, listen } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let (addr, task) = ::patch::start_server(repo.clone(), listen)
-                    .await
-                    .with_context(|| format!("binding {listen}"))?;
-                println!("serving {} on http://{addr}/", repo.display());
-                tokio::select! {
-                    r = task => { r??; Ok(()) }
-                    _ = tokio::signal::ctrl_c() => Ok(()),
-                }
-            })
-        }
+        PatchCommand::Verify(a) => verify(a),
+        PatchCommand::Serve(a) => serve(a),
     }
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let PublishArgs {
+        build,
+        release,
+        repo,
+        deltas,
+        report_from,
+        level,
+        max_bytes,
+        json,
+        expiry,
+    } = args;
+    let keys = keyring(&repo)?;
+    let r = ::patch::Repo::new(&repo.repo);
+    let opts = ::patch::PublishOptions {
+        build: &build,
+        release_id: &release,
+        repo: &r,
+        keys: &keys,
+        delta_from: deltas,
+        report_from,
+        level,
+        max_bytes,
+        now: ::patch::unix_now(),
+        expiry: expiry.expiry(),
+    };
+    let (report, result) = match ::patch::publish(&opts) {
+        Ok(p) => (p.report.clone(), Ok(p)),
+        Err(::patch::PublishError::TooBig {
+            from,
+            bytes,
+            max,
+            report,
+        }) => {
+            let e = anyhow::anyhow!(
+                "the upgrade from release {from} downloads {bytes} bytes, more than --max-bytes {max}; nothing was published"
+            );
+            (*report, Err(e))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print!("{}", report.render());
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    let p = result?;
+    println!("published release {} ({release}) to {}", p.seq, repo.repo.display());
+    Ok(())
+}
+
+fn update(args: UpdateArgs) -> anyhow::Result<()> {
+    let UpdateArgs {
+        client: a,
+        root,
+        tags,
+        release,
+        fill,
+        json,
+    } = args;
+    let bar = Arc::new(Bar(crate::progress_bar(
+        0,
+        "[{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )));
+    let c = client(&a, bar.clone())?;
+    let root = match root {
+        Some(p) => Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let o = c.update(&::patch::UpdateRequest { tags, release, root })?;
+    let filled = if fill {
+        c.fill(&std::sync::atomic::AtomicBool::new(false))?
+    } else {
+        0
+    };
+    if let Some(b) = &bar.0 {
+        b.finish_and_clear();
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "from": o.from, "to": o.to, "release": o.release, "up_to_date": o.up_to_date, "files": o.files,
+                "downloaded": o.stats.downloaded, "requests": o.stats.requests, "built": o.stats.built,
+                "linked": o.stats.linked, "filled": filled,
+            })
+        );
+    } else if o.up_to_date {
+        println!("{} is up to date: release {} ({})", a.dir.display(), o.to, o.release);
+    } else {
+        println!(
+            "{}: release {} ({}) installed, {} files; downloaded {} in {} requests{}",
+            a.dir.display(),
+            o.to,
+            o.release,
+            o.files,
+            human(o.stats.downloaded),
+            o.stats.requests,
+            if filled > 0 {
+                format!("; then fetched {filled} more files")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let VerifyArgs {
+        client: a,
+        repair,
+        json,
+    } = args;
+    let c = client(&a, Arc::new(Bar(None)))?;
+    let r = c.verify(repair)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"release": r.seq, "checked": r.checked, "damaged": r.damaged, "repaired": r.repaired})
+        );
+    } else {
+        for d in &r.damaged {
+            println!(
+                "damaged: {d}{}",
+                if r.repaired.contains(d) { " (repaired)" } else { "" }
+            );
+        }
+        println!(
+            "release {}: {} files checked, {} damaged, {} repaired",
+            r.seq,
+            r.checked,
+            r.damaged.len(),
+            r.repaired.len()
+        );
+    }
+    if !r.damaged.is_empty() && r.repaired.len() < r.damaged.len() {
+        bail!("{} damaged files (run with --repair)", r.damaged.len());
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs { repo, listen } = args;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (addr, task) = ::patch::start_server(repo.clone(), listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        println!("serving {} on http://{addr}/", repo.display());
+        tokio::select! {
+            r = task => { r??; Ok(()) }
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
 }
 
 fn keys(cmd: KeysCommand) -> anyhow::Result<()> {

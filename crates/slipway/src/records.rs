@@ -123,21 +123,25 @@ pub struct CrawlArgs {
     pub no_vacuum: bool,
 }
 
+/// A flag that a thread sets on the first Ctrl-C.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    stop
+}
+
 /// Runs (or resumes) a crawl in the foreground with a progress bar; Ctrl-C stops it resumably.
 pub fn crawl(t: &Target, a: &CrawlArgs) -> anyhow::Result<()> {
     let store = t.open(t.schema_required("crawl")?, "crawler")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                });
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    let stop = stop_on_ctrl_c();
     let opts = CrawlOptions {
         rate: a.rate,
         batch_time: a.batch_time,

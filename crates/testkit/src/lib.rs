@@ -148,12 +148,17 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resu
     Client::connect(addr).await?.get(path, headers).await
 }
 
+/// Path of a binary of this workspace in the profile folder the running test or
+/// example was built into (`target/<profile>/deps/<test>` or `…/examples/<ex>`).
+pub fn profile_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    profile_dir.join(name)
+}
+
 /// Path of a binary of this workspace, built (debug profile) if it is not there yet.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = profile_dir.join(name);
+    let path = profile_bin(name);
     if !path.exists() {
         let status = std::process::Command::new(env!("CARGO"))
             .args(["build", "--bin", name])

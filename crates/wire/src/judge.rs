@@ -265,53 +265,60 @@ impl JudgeConfig {
             if self.metrics[..i].iter().any(|o| o.name == m.name) {
                 check(false, format!("{p}.name"), "two metrics have this name");
             }
-            match &m.kind {
-                MetricKind::ErrorRate {
-                    relative_tolerance,
-                    absolute_tolerance,
-                    detectable_ratio,
-                } => {
-                    check(
-                        in_range(*relative_tolerance, 0.0, 10.0),
-                        format!("{p}.relative_tolerance"),
-                        "must be between 0 and 10",
-                    );
-                    check(
-                        in_range(*absolute_tolerance, 0.0, 1.0),
-                        format!("{p}.absolute_tolerance"),
-                        "must be between 0 and 1",
-                    );
-                    check(
-                        *detectable_ratio > 1.0 + relative_tolerance && detectable_ratio.is_finite(),
-                        format!("{p}.detectable_ratio"),
-                        "must be above 1 + relative_tolerance",
-                    );
-                }
-                MetricKind::Latency {
-                    quantile,
-                    tolerance,
-                    detectable_increase,
-                    ..
-                } => {
-                    check(
-                        *quantile > 0.0 && *quantile < 1.0,
-                        format!("{p}.quantile"),
-                        "must be between 0 and 1",
-                    );
-                    check(
-                        in_range(*tolerance, 0.0, 10.0),
-                        format!("{p}.tolerance"),
-                        "must be between 0 and 10",
-                    );
-                    check(
-                        *detectable_increase > *tolerance && detectable_increase.is_finite(),
-                        format!("{p}.detectable_increase"),
-                        "must be above the tolerance",
-                    );
-                }
-            }
+            m.kind.problems(&p, &mut check);
         }
         out
+    }
+}
+
+impl MetricKind {
+    /// The problems with this metric's own settings, reported through `check` under `p`.
+    fn problems(&self, p: &str, check: &mut impl FnMut(bool, String, &str)) {
+        match self {
+            MetricKind::ErrorRate {
+                relative_tolerance,
+                absolute_tolerance,
+                detectable_ratio,
+            } => {
+                check(
+                    in_range(*relative_tolerance, 0.0, 10.0),
+                    format!("{p}.relative_tolerance"),
+                    "must be between 0 and 10",
+                );
+                check(
+                    in_range(*absolute_tolerance, 0.0, 1.0),
+                    format!("{p}.absolute_tolerance"),
+                    "must be between 0 and 1",
+                );
+                check(
+                    *detectable_ratio > 1.0 + relative_tolerance && detectable_ratio.is_finite(),
+                    format!("{p}.detectable_ratio"),
+                    "must be above 1 + relative_tolerance",
+                );
+            }
+            MetricKind::Latency {
+                quantile,
+                tolerance,
+                detectable_increase,
+                ..
+            } => {
+                check(
+                    *quantile > 0.0 && *quantile < 1.0,
+                    format!("{p}.quantile"),
+                    "must be between 0 and 1",
+                );
+                check(
+                    in_range(*tolerance, 0.0, 10.0),
+                    format!("{p}.tolerance"),
+                    "must be between 0 and 10",
+                );
+                check(
+                    *detectable_increase > *tolerance && detectable_increase.is_finite(),
+                    format!("{p}.detectable_increase"),
+                    "must be above the tolerance",
+                );
+            }
+        }
     }
 }
 

@@ -291,15 +291,14 @@ fn run_locked(
     opts: &RunOptions<'_>,
     log: &mut dyn FnMut(&str),
 ) -> Result<Report, MigrateError> {
-    let RunOptions {
-        phases,
-        live,
-        lock_timeout,
-        tries,
-    } = *opts;
     let ledger = conn.ledger()?;
-    let mut report = Report::default();
-    let mut rng = fastrand::Rng::new();
+    let mut run = Runner {
+        conn,
+        opts,
+        log,
+        report: Report::default(),
+        rng: fastrand::Rng::new(),
+    };
     for m in migrations {
         for (i, s) in m.steps.iter().enumerate() {
             let n = i + 1;
@@ -316,77 +315,102 @@ fn run_locked(
                 }
                 continue;
             }
-            if !phases.contains(&s.phase) {
+            if !opts.phases.contains(&s.phase) {
                 break; // later steps of this migration wait for this one
             }
-            if let Some((object, _)) = blockers(s, live).first() {
-                let releases: Vec<String> = blockers(s, live).into_iter().map(|b| b.1).collect();
-                return Err(MigrateError::StillUsed {
-                    migration: m.id.clone(),
-                    step: n,
-                    object: object.clone(),
-                    releases: releases.join(", "),
-                });
-            }
-            conn.mark(&m.id, n, s, "running", None)?;
-            let applied = match &s.check {
-                Some(q) => conn.exists(q).map_err(|message| MigrateError::Failed {
-                    migration: m.id.clone(),
-                    step: n,
-                    message: format!("check query: {message}"),
-                })?,
-                None => false,
-            };
-            if applied {
-                log(&format!("{} step {n} ({}): already applied", m.id, s.phase.as_str()));
-            } else {
-                let mut rows = 0u64;
-                loop {
-                    let mut attempt = 0;
-                    let changed = loop {
-                        attempt += 1;
-                        match conn.exec(&s.sql, lock_timeout) {
-                            Ok(k) => break k,
-                            Err(ExecError::Busy) if attempt < tries => {
-                                report.retries += 1;
-                                let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
-                                let wait = base / 2 + rng.u64(0..=base);
-                                log(&format!(
-                                    "{} step {n}: lock not free within {lock_timeout:?}; retrying in {wait} ms \
-                                     ({attempt}/{tries})",
-                                    m.id
-                                ));
-                                std::thread::sleep(Duration::from_millis(wait));
-                            }
-                            Err(ExecError::Busy) => {
-                                conn.mark(&m.id, n, s, "failed", Some("lock timeout"))?;
-                                return Err(MigrateError::LockTimeout {
-                                    migration: m.id.clone(),
-                                    step: n,
-                                    tries,
-                                    timeout: lock_timeout,
-                                });
-                            }
-                            Err(ExecError::Other(message)) => {
-                                conn.mark(&m.id, n, s, "failed", Some(&message))?;
-                                return Err(MigrateError::Failed {
-                                    migration: m.id.clone(),
-                                    step: n,
-                                    message,
-                                });
-                            }
-                        }
-                    };
-                    rows += changed;
-                    if !s.repeat || changed == 0 {
-                        break;
-                    }
-                }
-                log(&format!("{} step {n} ({}): done, {rows} rows", m.id, s.phase.as_str()));
-            }
-            conn.mark(&m.id, n, s, "done", None)?;
-            report.ran.push((m.id.clone(), n, s.phase));
+            run.step(m, n, s)?;
         }
     }
-    Ok(report)
+    Ok(run.report)
+}
+
+/// One run of pending steps: the connection, the options, and what it did so far.
+struct Runner<'a, 'o> {
+    conn: &'a mut Conn,
+    opts: &'a RunOptions<'o>,
+    log: &'a mut dyn FnMut(&str),
+    report: Report,
+    rng: fastrand::Rng,
+}
+
+impl Runner<'_, '_> {
+    /// Runs step `n` of `m` (unless a live release still uses what it drops, or its check
+    /// says it is already applied) and marks it done.
+    fn step(&mut self, m: &Migration, n: usize, s: &Step) -> Result<(), MigrateError> {
+        let blocking = blockers(s, self.opts.live);
+        if let Some((object, _)) = blocking.first() {
+            return Err(MigrateError::StillUsed {
+                migration: m.id.clone(),
+                step: n,
+                object: object.clone(),
+                releases: blocking.iter().map(|b| b.1.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        self.conn.mark(&m.id, n, s, "running", None)?;
+        let applied = match &s.check {
+            Some(q) => self.conn.exists(q).map_err(|message| MigrateError::Failed {
+                migration: m.id.clone(),
+                step: n,
+                message: format!("check query: {message}"),
+            })?,
+            None => false,
+        };
+        if applied {
+            (self.log)(&format!("{} step {n} ({}): already applied", m.id, s.phase.as_str()));
+        } else {
+            let mut rows = 0u64;
+            loop {
+                let changed = self.exec(m, n, s)?;
+                rows += changed;
+                if !s.repeat || changed == 0 {
+                    break;
+                }
+            }
+            (self.log)(&format!("{} step {n} ({}): done, {rows} rows", m.id, s.phase.as_str()));
+        }
+        self.conn.mark(&m.id, n, s, "done", None)?;
+        self.report.ran.push((m.id.clone(), n, s.phase));
+        Ok(())
+    }
+
+    /// One transaction of the step, retried with jittered backoff while its lock is busy.
+    fn exec(&mut self, m: &Migration, n: usize, s: &Step) -> Result<u64, MigrateError> {
+        let RunOptions {
+            lock_timeout, tries, ..
+        } = *self.opts;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.conn.exec(&s.sql, lock_timeout) {
+                Ok(k) => return Ok(k),
+                Err(ExecError::Busy) if attempt < tries => {
+                    self.report.retries += 1;
+                    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+                    let wait = base / 2 + self.rng.u64(0..=base);
+                    (self.log)(&format!(
+                        "{} step {n}: lock not free within {lock_timeout:?}; retrying in {wait} ms ({attempt}/{tries})",
+                        m.id
+                    ));
+                    std::thread::sleep(Duration::from_millis(wait));
+                }
+                Err(ExecError::Busy) => {
+                    self.conn.mark(&m.id, n, s, "failed", Some("lock timeout"))?;
+                    return Err(MigrateError::LockTimeout {
+                        migration: m.id.clone(),
+                        step: n,
+                        tries,
+                        timeout: lock_timeout,
+                    });
+                }
+                Err(ExecError::Other(message)) => {
+                    self.conn.mark(&m.id, n, s, "failed", Some(&message))?;
+                    return Err(MigrateError::Failed {
+                        migration: m.id.clone(),
+                        step: n,
+                        message,
+                    });
+                }
+            }
+        }
+    }
 }
