@@ -72,7 +72,18 @@ pub(crate) struct ErrorTest {
     fit: Fit,
     n_b: u64,
     x_b: u64,
+    /// For an increase, with two or more canary instances: the evidence of the
+    /// canary *without* each one of its instances. A failure needs all of it
+    /// (see [`SPREAD_LN`]), so one instance's bad upstream fails no release.
+    #[serde(default)]
+    spread: Vec<Evidence>,
 }
+
+/// The odds (ln) the canary without any one of its instances must still show
+/// against the baseline for an error increase to fail: a confirmation that the
+/// excess is the release's, not one instance's episode. It can only remove
+/// failures, so the error bound holds as before.
+const SPREAD_LN: f64 = 2.995_732_273_553_991; // ln 20
 
 /// What one direction's test concluded, for the metric's verdict.
 pub(crate) struct Finding {
@@ -98,7 +109,34 @@ impl ErrorTest {
             fit: Fit::default(),
             n_b: 0,
             x_b: 0,
+            spread: Vec::new(),
         }
+    }
+
+    /// Feeds the canary-without-instance-i tests (increase only).
+    fn observe_spread(&mut self, o: &Observation, (n_b, x_b): (u64, u64), temper: f64) {
+        let each = &o.canary_instances;
+        if !self.up || each.len() < 2 {
+            return;
+        }
+        if self.spread.len() != each.len() {
+            self.spread = vec![Evidence::new(o.at_ms); each.len()];
+        }
+        let (n, x) = each.iter().fold((0, 0), |(n, x), &(ni, xi)| (n + ni, x + xi));
+        let factor = self.parts[0].factor;
+        for (e, &(ni, xi)) in self.spread.iter_mut().zip(each) {
+            e.advance(o.at_ms);
+            let (rest_n, rest_x) = (n - ni, x - xi);
+            let weighted = rest_n as f64 * factor;
+            if weighted > 0.0 && n_b > 0 && rest_x + x_b > 0 {
+                e.update(rest_x as f64, x_b as f64, weighted / (weighted + n_b as f64), temper);
+            }
+        }
+    }
+
+    /// Whether the excess shows without any one canary instance (always, with fewer than two).
+    fn spread_confirms(&self) -> bool {
+        self.spread.iter().all(|e| e.log_evidence() >= SPREAD_LN)
     }
 
     /// Feeds one window; `step_warming` makes every canary request count as warming.
@@ -115,6 +153,7 @@ impl ErrorTest {
         for (part, mine) in self.parts.iter_mut().zip([warm, warming]) {
             part.observe(self.up, mine, base, temper, o.at_ms);
         }
+        self.observe_spread(o, base, temper);
         self.n_b += base.0;
         self.x_b += base.1;
         // The canary's share of this window's errors at the recent rates.
@@ -186,7 +225,11 @@ impl ErrorTest {
             fmt_rate(x_c, n_c),
             fmt_rate(self.x_b, self.n_b)
         );
-        let failed = self.parts.iter().position(|p| p.failed(self.up, pb, bound));
+        let failed = self
+            .parts
+            .iter()
+            .position(|p| p.failed(self.up, pb, bound))
+            .filter(|_| self.spread_confirms());
         let log_evidence = match failed {
             Some(i) => self.parts[i].evidence.log_evidence(),
             None => self
@@ -229,6 +272,8 @@ impl ErrorTest {
     }
 
     pub(crate) fn is_sound(&self) -> bool {
-        self.x_b <= self.n_b && self.parts.iter().all(|p| p.evidence.is_sound() && p.x_c <= p.n_c)
+        self.x_b <= self.n_b
+            && self.parts.iter().all(|p| p.evidence.is_sound() && p.x_c <= p.n_c)
+            && self.spread.iter().all(Evidence::is_sound)
     }
 }

@@ -75,6 +75,17 @@
 //! expectation ≤ 1, so the tempering never breaks the guarantee when events
 //! are independent, and restores it approximately when they are not.
 //!
+//! **One instance is not the release.** An episode on one canary instance
+//! (its bad upstream for a few seconds) is real excess that no burst model
+//! can tell from a regression. So with two or more canary instances, an
+//! error increase fails only if the canary *without any one of its
+//! instances* still shows it against the baseline, at odds of 20:1 or more
+//! (the same sequential test on the rest of the canary's traffic). A
+//! release's own regression shows on every instance and passes this at once;
+//! one instance's episode does not. The check can only remove failures, so
+//! the bound below is unchanged; a regression confined to one instance of
+//! several is left to health checks and ejection.
+//!
 //! **Steps.** Each step gets a new judge (new evidence, its own share of the
 //! budget) that keeps what the previous step's judge learned about the
 //! traffic: the burst estimates and the baseline's recent latencies
@@ -160,6 +171,9 @@ pub struct Observation {
     /// (requests, errors) of two halves of the baseline's instances: an A/A
     /// comparison that shows how bursty errors are before the canary has many.
     pub baseline_halves: [(u64, u64); 2],
+    /// (requests, errors) of each canary instance in this window, in a stable
+    /// order: shows whether an excess of errors is the release's or one instance's.
+    pub canary_instances: Vec<(u64, u64)>,
 }
 
 pub(crate) fn fmt_rate(x: u64, n: u64) -> String {

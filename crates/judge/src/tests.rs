@@ -486,3 +486,39 @@ proptest! {
         }
     }
 }
+
+/// Feeds 120 s of windows where canary instance 0 has `errors_0` errors in 100 requests
+/// and instance 1 `errors_1`, against a baseline at 1%; the verdict at the end.
+fn two_canary_instances(errors_0: u64, errors_1: u64) -> Outcome {
+    let mut j = Judge::new(&JudgeConfig::default(), 1, 0);
+    for k in 1..=240 {
+        let at_ms = k * 500;
+        if at_ms < 40_000 {
+            // past the step's warm-up: no excess yet
+            j.observe(&Observation {
+                at_ms,
+                baseline: warm(window(1_000, 10, 50_000)),
+                canary: warm(window(200, 2, 50_000)),
+                canary_instances: vec![(100, 1), (100, 1)],
+                ..Observation::default()
+            });
+            continue;
+        }
+        j.observe(&Observation {
+            at_ms,
+            baseline: warm(window(1_000, 10, 50_000)),
+            canary: warm(window(200, errors_0 + errors_1, 50_000)),
+            canary_instances: vec![(100, errors_0), (100, errors_1)],
+            ..Observation::default()
+        });
+    }
+    j.verdict(120_000, Some(120_000)).outcome
+}
+
+#[test]
+fn an_error_episode_of_one_canary_instance_fails_no_release_but_the_same_excess_on_all_does() {
+    // Instance 0 at 5% (its bad upstream), instance 1 at the baseline's 1%.
+    assert_eq!(two_canary_instances(5, 1), Outcome::Pass);
+    // The release's own: both at 3%, the same canary total.
+    assert_eq!(two_canary_instances(3, 3), Outcome::Fail);
+}

@@ -235,6 +235,7 @@ impl Tracker {
         }
         let mut sides = [Side::default(), Side::default()];
         let mut halves = [(0, 0); 2];
+        let mut per_canary = Vec::with_capacity(members.canary.len());
         for (k, (side, list)) in sides.iter_mut().zip([&members.canary, &members.baseline]).enumerate() {
             for (i, m) in list.iter().enumerate() {
                 let warming = self.warming(m, now_ms);
@@ -250,6 +251,8 @@ impl Tracker {
                 if k == 1 {
                     halves[i % 2].0 += n;
                     halves[i % 2].1 += e;
+                } else {
+                    per_canary.push((n, e.min(n)));
                 }
                 let w = if warming { &mut side.warming } else { &mut side.warm };
                 add(w, n, e, &since(&c.latency, &p.latency));
@@ -265,6 +268,7 @@ impl Tracker {
             baseline,
             canary,
             baseline_halves: halves,
+            canary_instances: per_canary,
         });
         true
     }
