@@ -218,6 +218,70 @@ pub fn response_framing(head: &Head, buf: &[u8], method: &[u8]) -> Result<Framin
     })
 }
 
+/// Why a request head is refused before routing, whatever its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrictError {
+    /// `Connection` names Content-Length, Transfer-Encoding or Host: a proxy
+    /// that drops what `Connection` names would frame the message differently
+    /// from the upstream (request smuggling).
+    ConnectionNamesFraming,
+    /// More than one Host header, or a Host value holding a list.
+    AmbiguousHost,
+    /// An absolute-form target with `user:pass@` in its authority.
+    UserInfo,
+    /// A target that is neither origin-form nor absolute-form (`*` only for OPTIONS).
+    BadTarget,
+}
+
+impl StrictError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            StrictError::ConnectionNamesFraming => "Connection names Content-Length, Transfer-Encoding or Host",
+            StrictError::AmbiguousHost => "more than one Host, or a Host list",
+            StrictError::UserInfo => "userinfo in the request target",
+            StrictError::BadTarget => "request target must start with / (or be * for OPTIONS, or absolute)",
+        }
+    }
+}
+
+/// Names `Connection` may never list: dropping them would change framing or routing.
+fn is_protected(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"content-length")
+        || token.eq_ignore_ascii_case(b"transfer-encoding")
+        || token.eq_ignore_ascii_case(b"host")
+}
+
+/// The checks RFC 9112 asks of a proxy beyond framing (Host, target form),
+/// and the `Connection` smuggling shape; one pass over the headers.
+pub fn strict_request(head: &Head, buf: &[u8]) -> Result<(), StrictError> {
+    let mut hosts = 0u32;
+    for (n, v) in &head.headers {
+        let name = &buf[n.clone()];
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if hosts > 1 || buf[v.clone()].contains(&b',') {
+                return Err(StrictError::AmbiguousHost);
+            }
+        } else if name.eq_ignore_ascii_case(b"connection")
+            && buf[v.clone()]
+                .split(|b| *b == b',')
+                .any(|t| is_protected(t.trim_ascii()))
+        {
+            return Err(StrictError::ConnectionNamesFraming);
+        }
+    }
+    let target = &buf[head.target.clone()];
+    match target.first() {
+        Some(b'/') => Ok(()),
+        Some(b'*') if target.len() == 1 && &buf[head.method.clone()] == b"OPTIONS" => Ok(()),
+        _ => match absolute_form(target) {
+            (_, Some(authority)) if authority.contains(&b'@') => Err(StrictError::UserInfo),
+            (_, Some(authority)) if !authority.is_empty() => Ok(()),
+            _ => Err(StrictError::BadTarget),
+        },
+    }
+}
+
 /// Hop-by-hop headers the router never forwards as they came.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
     const HOP: [&[u8]; 6] = [
@@ -310,6 +374,43 @@ mod tests {
         assert_eq!(request_framing(&h, &b), Ok(Framing::Length(5)));
         let (h, b) = req("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(request_framing(&h, &b), Ok(Framing::None));
+    }
+
+    #[test]
+    fn strict_request_refuses_smuggling_and_lenient_shapes() {
+        let check = |text: &str| {
+            let (h, b) = req(text);
+            strict_request(&h, &b)
+        };
+        use StrictError::*;
+        for (text, want) in [
+            ("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", Ok(())),
+            ("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", Ok(())),
+            ("GET http://h/p HTTP/1.1\r\nHost: x\r\n\r\n", Ok(())),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: Content-Length\r\n\r\n",
+                Err(ConnectionNamesFraming),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, TRANSFER-encoding\r\n\r\n",
+                Err(ConnectionNamesFraming),
+            ),
+            (
+                "GET / HTTP/1.1\r\nConnection: x,host \r\nHost: x\r\n\r\n",
+                Err(ConnectionNamesFraming),
+            ),
+            ("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", Err(AmbiguousHost)),
+            ("GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", Err(AmbiguousHost)),
+            (
+                "GET http://u:p@evil.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
+                Err(UserInfo),
+            ),
+            ("GET evil HTTP/1.1\r\nHost: x\r\n\r\n", Err(BadTarget)),
+            ("GET * HTTP/1.1\r\nHost: x\r\n\r\n", Err(BadTarget)),
+            ("GET http:// HTTP/1.1\r\nHost: x\r\n\r\n", Err(BadTarget)),
+        ] {
+            assert_eq!(check(text), want, "{text:?}");
+        }
     }
 
     #[test]

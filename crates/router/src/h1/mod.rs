@@ -13,7 +13,11 @@
 //! Framing follows RFC 9112 strictly: a request with both Content-Length and
 //! Transfer-Encoding, conflicting lengths, or a coding other than `chunked`
 //! is refused with 400/501 and the connection closed; chunked bodies pass
-//! through unchanged after a strict scan finds their end.
+//! through unchanged after a strict scan finds their end. A `Connection` header
+//! naming Content-Length, Transfer-Encoding or Host (the router would drop the
+//! named header, the upstream would frame differently), two Hosts or a Host
+//! list, userinfo in the target, and a target that is not origin- or
+//! absolute-form (`*` only for OPTIONS) get 400 and the connection closed.
 
 mod bridge;
 mod chunked;
@@ -147,6 +151,11 @@ where
                 return self.refuse(reply, started, false).await;
             }
         };
+        if let Err(e) = head::strict_request(head, buf) {
+            return self
+                .refuse(Reply::new(ErrorCode::BadRequest, e.reason()), started, false)
+                .await;
+        }
         let keep_alive = if minor == 1 {
             !head.has_token(buf, "connection", "close")
         } else {

@@ -9,5 +9,7 @@ mod errors;
 mod http1;
 mod leave;
 mod protocols;
+mod recorder;
+mod smuggling;
 mod state_files;
 mod swaps;
