@@ -28,7 +28,7 @@ mod write;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -44,8 +44,6 @@ use crate::shared::Shared;
 use crate::stats::micros_since;
 
 const MAX_HEAD: usize = 64 * 1024;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// What to do with the client connection after one exchange.
 enum Next {
@@ -86,7 +84,7 @@ where
         out: Vec::with_capacity(2048),
         resp: Vec::with_capacity(2048),
         ubuf: BytesMut::with_capacity(16 * 1024),
-        sleep: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+        sleep: Box::pin(tokio::time::sleep(shared.config.client.idle_timeout)),
         stop,
         consumed: 0,
     };

@@ -10,6 +10,7 @@ mod http1;
 mod leave;
 mod protocols;
 mod recorder;
+mod slow_clients;
 mod smuggling;
 mod state_files;
 mod swaps;
