@@ -194,7 +194,8 @@ where
         loop {
             let sent = Instant::now();
             let (why, connect) = match up.checkout_raw(fresh).await {
-                Err(e) => (e.to_string(), true),
+                // Out of descriptors here is not the instance's failure.
+                Err(e) => (e.to_string(), !e.is_local()),
                 Ok((mut us, reused)) => match self.send_head(&mut us, &up, reused && whole, idempotent).await {
                     Ok(()) => {
                         let extra = BytesMut::new();

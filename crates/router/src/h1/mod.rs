@@ -18,6 +18,10 @@
 //! named header, the upstream would frame differently), two Hosts or a Host
 //! list, userinfo in the target, and a target that is not origin- or
 //! absolute-form (`*` only for OPTIONS) get 400 and the connection closed.
+//! A request head has one deadline from its first byte (`[client] head_timeout`);
+//! a body must keep `[client] body_min_rate` after `body_grace` or gets 408, and
+//! neither is held against the instance, whose latency counts from the request
+//! fully sent.
 
 mod bridge;
 mod chunked;

@@ -11,6 +11,7 @@ use super::{Conn, MAX_HEAD};
 use crate::config::ClientSettings;
 use crate::conn::stopped;
 use crate::reply::{ErrorCode, Reply};
+use crate::slots::Phase;
 
 /// Request bodies up to this size are read and dropped after a refusal so the
 /// connection can stay open; larger ones close it.
@@ -173,7 +174,10 @@ where
         loop {
             if !self.buf.is_empty() {
                 match self.head.parse_request(&self.buf) {
-                    Ok(true) => return Ok(Some(())),
+                    Ok(true) => {
+                        self.ctx.slot.set(Phase::Busy);
+                        return Ok(Some(()));
+                    }
                     Ok(false) if self.buf.len() >= MAX_HEAD => {
                         return Err(Reply::new(ErrorCode::HeadTooLarge, "request head over 64 KiB"));
                     }
@@ -187,6 +191,7 @@ where
                 }
             }
             let idle = self.buf.is_empty();
+            self.ctx.slot.set(if idle { Phase::Idle } else { Phase::Head });
             if idle && self.stopping() && !lingering {
                 lingering = true;
                 self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
@@ -215,6 +220,8 @@ where
                     }
                     return Err(Reply::new(ErrorCode::HeadTimeout, "request head not received in time"));
                 }
+                // Closed for room under `max_connections`.
+                _ = self.ctx.slot.evicted() => return Ok(None),
                 _ = stopped(&mut self.stop), if idle && !lingering => {
                     lingering = true;
                     self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
