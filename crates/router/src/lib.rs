@@ -242,7 +242,7 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
 async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningRouter, StartError> {
     let signals = Signals::catch(true);
     let clock = Clock::new();
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
+    state::private_dir(&config.state_dir).map_err(|source| StartError::StateDir {
         path: config.state_dir.clone(),
         source,
     })?;
