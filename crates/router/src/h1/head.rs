@@ -137,6 +137,8 @@ pub enum Framing {
 pub enum FramingError {
     /// Both Transfer-Encoding and Content-Length (a smuggling vector).
     Both,
+    /// Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1: faulty framing).
+    CodingInHttp10,
     BadLength,
     UnsupportedCoding,
 }
@@ -178,6 +180,9 @@ pub fn request_framing(head: &Head, buf: &[u8]) -> Result<Framing, FramingError>
     if has_te {
         if cl.is_some() {
             return Err(FramingError::Both);
+        }
+        if head.minor == 0 {
+            return Err(FramingError::CodingInHttp10);
         }
         // Only plain "chunked" is accepted for requests: anything else the
         // upstream might frame differently.
@@ -374,6 +379,8 @@ mod tests {
         assert_eq!(request_framing(&h, &b), Ok(Framing::Length(5)));
         let (h, b) = req("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(request_framing(&h, &b), Ok(Framing::None));
+        let (h, b) = req("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Err(FramingError::CodingInHttp10));
     }
 
     #[test]

@@ -145,6 +145,9 @@ where
                         Reply::new(ErrorCode::BadFraming, "both Content-Length and Transfer-Encoding")
                     }
                     FramingError::BadLength => Reply::new(ErrorCode::BadFraming, "invalid Content-Length"),
+                    FramingError::CodingInHttp10 => {
+                        Reply::new(ErrorCode::BadFraming, "Transfer-Encoding in an HTTP/1.0 request")
+                    }
                     FramingError::UnsupportedCoding => Reply::new(
                         ErrorCode::UnsupportedCoding,
                         "only chunked transfer coding is supported",

@@ -4,6 +4,7 @@ mod harness;
 
 mod admin;
 mod affinity;
+mod desync;
 mod drain_health;
 mod errors;
 mod http1;
