@@ -476,4 +476,131 @@ mod tests {
         assert!(h.has_token(&b, "connection", "upgrade"));
         assert!(!h.has_token(&b, "connection", "close"));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "Host",
+            "host",
+            "Content-Length",
+            "content-length",
+            "Transfer-Encoding",
+            "TRANSFER-ENCODING",
+            "Connection",
+            "Upgrade",
+            "Cookie",
+            "X-A",
+            "Expect",
+            "Content-Length ",
+            " Host",
+            "Te",
+        ];
+        const VALUES: &[&str] = &[
+            "x",
+            "5",
+            "0",
+            "+5",
+            "5, 5",
+            "5,6",
+            "chunked",
+            "Chunked",
+            "identity, chunked",
+            "chunked, gzip",
+            "close",
+            "keep-alive",
+            "content-length",
+            "Host",
+            "transfer-encoding, x",
+            "a, b",
+            "",
+            " 7 ",
+            "\"chunked\"",
+            "99999999999999999999",
+        ];
+
+        fn head_text(line: &str, headers: &[(usize, usize)]) -> String {
+            let mut t = format!("{line}\r\n");
+            for (n, v) in headers {
+                t.push_str(&format!("{}: {}\r\n", NAMES[*n], VALUES[*v]));
+            }
+            t.push_str("\r\n");
+            t
+        }
+
+        /// The naive reading a second implementation would make: all lengths, all codings.
+        fn naive(head: &Head, buf: &[u8]) -> (Vec<String>, Vec<String>) {
+            let list = |name| -> Vec<String> {
+                head.values(buf, name)
+                    .flat_map(|v| v.split(|b| *b == b','))
+                    .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
+                    .collect()
+            };
+            (list("content-length"), list("transfer-encoding"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Any bytes: parsing, framing and the strict checks never panic, a head
+            /// never holds more than MAX_HEADERS, and no prefix of a head parses as
+            /// a different head.
+            #[test]
+            fn any_bytes_parse_without_panic_and_prefixes_never_complete_early(
+                input in proptest::collection::vec(
+                    prop_oneof![Just(b'\r'), Just(b'\n'), Just(b':'), Just(b' '), any::<u8>()], 0..300),
+            ) {
+                let mut h = Head::default();
+                if let Ok(true) = h.parse_request(&input) {
+                    prop_assert!(h.headers.len() <= MAX_HEADERS && h.len <= input.len());
+                    let _ = request_framing(&h, &input);
+                    let _ = strict_request(&h, &input);
+                    let len = h.len;
+                    for cut in 0..len {
+                        let mut p = Head::default();
+                        prop_assert!(!matches!(p.parse_request(&input[..cut]), Ok(true)));
+                    }
+                }
+            }
+
+            /// Generated heads from smuggling-shaped names and values: whatever is accepted
+            /// has exactly one reading (one length, or chunked alone; one Host; nothing
+            /// framing-related named by Connection).
+            #[test]
+            fn accepted_heads_have_one_reading(
+                line in prop_oneof![Just("POST / HTTP/1.1"), Just("GET /a?b HTTP/1.1"), Just("PUT / HTTP/1.0")],
+                headers in proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..8),
+            ) {
+                let text = head_text(line, &headers);
+                let buf = text.as_bytes();
+                let mut h = Head::default();
+                let Ok(true) = h.parse_request(buf) else { return Ok(()) };
+                let (Ok(framing), Ok(())) = (request_framing(&h, buf), strict_request(&h, buf)) else {
+                    return Ok(());
+                };
+                let (lengths, codings) = naive(&h, buf);
+                match framing {
+                    Framing::Chunked => {
+                        prop_assert!(lengths.is_empty());
+                        prop_assert_eq!(codings, vec!["chunked".to_string()]);
+                        prop_assert_eq!(h.minor, 1);
+                    }
+                    Framing::Length(n) => {
+                        prop_assert!(codings.is_empty());
+                        prop_assert!(!lengths.is_empty() && lengths.iter().all(|l| l.parse::<u64>() == Ok(n)));
+                    }
+                    Framing::None => {
+                        prop_assert!(codings.is_empty());
+                        prop_assert!(lengths.iter().all(|l| l.parse::<u64>() == Ok(0)));
+                    }
+                    Framing::Close => prop_assert!(false, "a request framed until close"),
+                }
+                prop_assert!(h.values(buf, "host").count() <= 1);
+                prop_assert!(!h.has_token(buf, "connection", "content-length"));
+                prop_assert!(!h.has_token(buf, "connection", "transfer-encoding"));
+                prop_assert!(!h.has_token(buf, "connection", "host"));
+            }
+        }
+    }
 }
