@@ -246,6 +246,7 @@ impl ServiceConfig {
             affinity: r.affinity.clone(),
             client_version_header: r.client_version_header.clone(),
             upstream: UpstreamConfig::default(),
+            client: Default::default(),
             health: r.health.clone(),
             initial_routes: None,
         }

@@ -25,6 +25,8 @@ pub struct Listener {
     pub affinity: AffinityMode,
     /// How long long-lived connections may stay once the router leaves.
     pub drain_deadline: Deadline,
+    /// Open client connections at most; `None`: derived from the descriptor limit at start.
+    pub max_connections: Option<usize>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -36,6 +38,7 @@ impl std::fmt::Debug for Listener {
             .field("tls", &self.tls.is_some())
             .field("affinity", &self.affinity)
             .field("drain_deadline", &self.drain_deadline)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -56,11 +59,73 @@ pub struct Config {
     pub version_header: HeaderName,
     pub upstream: Arc<UpstreamSettings>,
     pub health: HealthCheck,
+    pub client: Arc<ClientSettings>,
     /// Served when the state folder holds no table yet.
     pub initial_routes: Option<RouteTable>,
 }
 
 pub use plumbing::config::ConfigError;
+
+/// How long the router waits on clients (`[client]`), as durations.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Bytes per second; 0: no rate.
+    pub body_min_rate: u64,
+    pub body_grace: Duration,
+    pub h2_handshake_timeout: Duration,
+    pub h2_idle_timeout: Duration,
+    pub h2_ping_interval: Duration,
+    pub h2_ping_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_size: u32,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings::from_raw(&wire::router_config::ClientConfig::default())
+    }
+}
+
+impl ClientSettings {
+    fn from_raw(c: &wire::router_config::ClientConfig) -> ClientSettings {
+        ClientSettings {
+            head_timeout: c.head_timeout.0,
+            idle_timeout: c.idle_timeout.0,
+            body_min_rate: c.body_min_rate,
+            body_grace: c.body_grace.0,
+            h2_handshake_timeout: c.h2_handshake_timeout.0,
+            h2_idle_timeout: c.h2_idle_timeout.0,
+            h2_ping_interval: c.h2_ping_interval.0,
+            h2_ping_timeout: c.h2_ping_timeout.0,
+            h2_max_concurrent_streams: c.h2_max_concurrent_streams,
+            h2_max_header_list_size: c.h2_max_header_list_size,
+        }
+    }
+
+    /// Every `[client]` problem, named as in the file.
+    fn problems(c: &wire::router_config::ClientConfig, out: &mut Vec<Problem>) {
+        for (name, d) in [
+            ("head_timeout", c.head_timeout),
+            ("idle_timeout", c.idle_timeout),
+            ("h2_handshake_timeout", c.h2_handshake_timeout),
+            ("h2_idle_timeout", c.h2_idle_timeout),
+            ("h2_ping_interval", c.h2_ping_interval),
+            ("h2_ping_timeout", c.h2_ping_timeout),
+        ] {
+            if d.0.is_zero() {
+                out.push(Problem::new(format!("client.{name}"), "must be more than 0"));
+            }
+        }
+        if c.h2_max_concurrent_streams == 0 {
+            out.push(Problem::new("client.h2_max_concurrent_streams", "must be at least 1"));
+        }
+        if c.h2_max_header_list_size < 1024 {
+            out.push(Problem::new("client.h2_max_header_list_size", "must be at least 1024"));
+        }
+    }
+}
 
 impl Config {
     /// Reads and validates a router config file.
@@ -97,6 +162,7 @@ impl Config {
             .unwrap_or_else(|| state_dir.join("admin.token"));
 
         let mut names = std::collections::HashSet::new();
+        let mut addrs = std::collections::HashMap::new();
         let mut listeners = Vec::new();
         for (i, l) in raw.listeners.iter().enumerate() {
             let at = format!("listener[{i}]");
@@ -117,7 +183,17 @@ impl Config {
                 ));
             }
             let addr = match l.addr.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
+                Ok(a) if a.port() != 0 && addrs.contains_key(&a) => {
+                    out.push(Problem::new(
+                        format!("{at}.addr"),
+                        format!("{a} is already the address of listener[{}]", addrs[&a]),
+                    ));
+                    None
+                }
+                Ok(a) => {
+                    addrs.insert(a, i);
+                    Some(a)
+                }
                 Err(_) => {
                     out.push(Problem::new(
                         format!("{at}.addr"),
@@ -159,6 +235,9 @@ impl Config {
                     }
                 },
             };
+            if l.max_connections == Some(0) {
+                out.push(Problem::new(format!("{at}.max_connections"), "must be at least 1"));
+            }
             if let Some(addr) = addr {
                 listeners.push(Listener {
                     name: l.name.clone(),
@@ -167,6 +246,7 @@ impl Config {
                     tls,
                     affinity,
                     drain_deadline: l.drain_deadline,
+                    max_connections: l.max_connections,
                 });
             }
         }
@@ -209,6 +289,7 @@ impl Config {
                 out.push(Problem::new(format!("upstream.{name}"), "must be more than 0"));
             }
         }
+        ClientSettings::problems(&raw.client, &mut out);
         let initial_routes = raw.initial_routes.as_deref().and_then(|p| {
             let path = resolve(p);
             match crate::state::read_table(&path) {
@@ -248,6 +329,7 @@ impl Config {
                 ejection_time: u.ejection_time.0,
             }),
             health: raw.health.clone(),
+            client: Arc::new(ClientSettings::from_raw(&raw.client)),
             initial_routes,
         })
     }
@@ -302,8 +384,20 @@ mod tests {
             addr = "127.0.0.1:0"
             affinity = "cookie"
             tls = { cert = "missing.pem", key = "missing.key" }
+            max_connections = 0
+            [[listener]]
+            name = "api"
+            kind = "http"
+            addr = "127.0.0.1:8080"
+            [[listener]]
+            name = "api2"
+            kind = "http"
+            addr = "127.0.0.1:8080"
             [upstream]
             connect_timeout = 0
+            [client]
+            head_timeout = 0
+            h2_max_concurrent_streams = 0
             "#,
         )
         .unwrap();
@@ -320,8 +414,14 @@ mod tests {
             "listener[1].affinity",
             "listener[1].tls",
             "upstream.connect_timeout",
+            "listener[1].max_connections",
+            "listener[3].addr",
+            "client.head_timeout",
+            "client.h2_max_concurrent_streams",
         ] {
             assert!(paths.contains(&want), "missing {want}: {err}");
         }
+        let dup = err.problems.iter().find(|p| p.path == "listener[3].addr").unwrap();
+        assert!(dup.message.contains("listener[2]"), "{}", dup.message);
     }
 }

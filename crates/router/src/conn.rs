@@ -7,6 +7,8 @@ use http::HeaderValue;
 use tokio::sync::watch;
 use wire::router_config::AffinityMode;
 
+use crate::slots::Slot;
+
 /// The listener a connection came in on.
 #[derive(Debug)]
 pub struct ListenerCtx {
@@ -23,16 +25,19 @@ pub struct ConnCtx {
     pub listener: Arc<ListenerCtx>,
     /// The peer address as an `x-forwarded-for` value, formatted once.
     pub forwarded_for: HeaderValue,
+    /// What the connection is doing, for `max_connections` (and its eviction signal).
+    pub slot: Arc<Slot>,
 }
 
 impl ConnCtx {
-    pub fn new(peer: SocketAddr, listener: Arc<ListenerCtx>) -> ConnCtx {
+    pub fn new(peer: SocketAddr, listener: Arc<ListenerCtx>, slot: Arc<Slot>) -> ConnCtx {
         let forwarded_for = HeaderValue::try_from(peer.ip().to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnCtx {
             peer,
             listener,
             forwarded_for,
+            slot,
         }
     }
 

@@ -31,8 +31,11 @@ async fn check_loop(weak: Weak<Upstream>) {
             if check.kind != HealthKind::None {
                 let ok = tokio::time::timeout(check.timeout.0, probe(&up, &check))
                     .await
-                    .unwrap_or(false);
-                if let Some(now_ok) = up.health.active_result(ok, check.rise, check.fall) {
+                    .unwrap_or(Some(false));
+                // `None`: this process is out of descriptors; the probe says nothing of the instance.
+                if let Some(ok) = ok
+                    && let Some(now_ok) = up.health.active_result(ok, check.rise, check.fall)
+                {
                     let (release, instance, addr) = (&up.release, &up.id, up.addr);
                     if now_ok {
                         tracing::info!(%release, %instance, %addr, "instance healthy again");
@@ -47,13 +50,20 @@ async fn check_loop(weak: Weak<Upstream>) {
     }
 }
 
-async fn probe(up: &Upstream, check: &HealthCheck) -> bool {
-    let Ok(stream) = TcpStream::connect(up.addr).await else {
-        return false;
+/// One check: `None` when no connection could be had for want of local descriptors.
+async fn probe(up: &Upstream, check: &HealthCheck) -> Option<bool> {
+    let stream = match TcpStream::connect(up.addr).await {
+        Ok(s) => s,
+        Err(e) if crate::slots::is_local_exhaustion(&e) => return None,
+        Err(_) => return Some(false),
     };
     if check.kind == HealthKind::Tcp {
-        return true;
+        return Some(true);
     }
+    Some(probe_http(stream, up, check).await)
+}
+
+async fn probe_http(stream: TcpStream, up: &Upstream, check: &HealthCheck) -> bool {
     let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
     else {
         return false;

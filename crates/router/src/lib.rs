@@ -27,6 +27,7 @@ mod reply;
 mod route;
 mod send;
 mod shared;
+mod slots;
 mod state;
 mod stats;
 mod table;
@@ -241,7 +242,7 @@ pub async fn start(config: Config) -> Result<RunningRouter, StartError> {
 async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningRouter, StartError> {
     let signals = Signals::catch(true);
     let clock = Clock::new();
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
+    state::private_dir(&config.state_dir).map_err(|source| StartError::StateDir {
         path: config.state_dir.clone(),
         source,
     })?;
@@ -288,13 +289,21 @@ async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningR
 
     let sweeper = spawn_sweeper(shared.clone());
     let connections = Arc::new(listener::ConnTracker::default());
+    let fd_limit = slots::raise_fd_limit();
+    let n_listeners = sockets.len();
     for (cfg, sock) in sockets {
+        let cap = cfg
+            .max_connections
+            .unwrap_or_else(|| slots::default_max_connections(fd_limit, n_listeners));
+        tracing::debug!(listener = %cfg.name, max_connections = cap, fd_limit, "listening");
+        let slots = Arc::new(slots::Slots::new(cap, clock));
         tasks.spawn(listener::accept_loop(
             shared.clone(),
             cfg,
             sock,
             stop_rx.clone(),
             connections.clone(),
+            slots,
         ));
     }
     if let Err(e) = state::write_status(&config.state_dir, admin::status_of(&shared)) {

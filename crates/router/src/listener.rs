@@ -13,6 +13,7 @@ use wire::router_config::{AffinityMode, ListenerKind};
 use crate::config::Listener;
 use crate::conn::{ConnCtx, ListenerCtx, stopped};
 use crate::shared::Shared;
+use crate::slots::{LogLimit, Phase, SlotGuard, Slots};
 use crate::table::{Choice, How, Inputs, RequestView};
 
 /// Binds `addr` with the options a proxy wants (address reuse, a deep
@@ -66,13 +67,23 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Accepts on one listener until `stop` turns true.
+/// How long `accept` waits after a failure: doubling from 5 ms up to 1 s.
+fn next_backoff(prev: Duration) -> Duration {
+    (prev * 2).clamp(Duration::from_millis(5), Duration::from_secs(1))
+}
+
+/// Accepts on one listener until `stop` turns true. At `max_connections`
+/// (or when the process is out of descriptors) the connection idle longest,
+/// else the slowest head, is told to close; with none to close, the new one
+/// is closed at once. Failures back `accept` off and are logged at most every
+/// 10 s.
 pub async fn accept_loop(
     shared: Arc<Shared>,
     cfg: Listener,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     tracker: Arc<ConnTracker>,
+    slots: Arc<Slots>,
 ) {
     let ctx = Arc::new(ListenerCtx {
         affinity: cfg.affinity,
@@ -80,40 +91,58 @@ pub async fn accept_loop(
         drain_deadline_ms: cfg.drain_deadline.as_millis(),
     });
     let tls = cfg.tls.clone().map(TlsAcceptor::from);
+    let (accept_log, full_log) = (LogLimit::default(), LogLimit::default());
+    let mut backoff = Duration::ZERO;
     loop {
         let (stream, peer) = tokio::select! {
             _ = stopped(&mut stop) => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // EMFILE and friends: wait a moment rather than spin.
-                    tracing::warn!(listener = %cfg.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if crate::slots::is_local_exhaustion(&e) {
+                        slots.evict_one();
+                    }
+                    if let Some(held) = accept_log.allow(shared.clock.now_ms(), 10_000) {
+                        tracing::warn!(listener = %cfg.name, error = %e, held_back = held, "accept failed");
+                    }
+                    backoff = next_backoff(backoff);
+                    tokio::time::sleep(backoff).await;
                     continue;
                 }
             },
         };
+        backoff = Duration::ZERO;
+        if slots.is_full() && !slots.evict_one() {
+            if let Some(held) = full_log.allow(shared.clock.now_ms(), 10_000) {
+                tracing::warn!(listener = %cfg.name, max = slots.cap, held_back = held,
+                    "at max_connections with every connection busy; new connections are closed");
+            }
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let guard = tracker.open();
+        let slot = slots.open();
         match cfg.kind {
             ListenerKind::Http => {
-                let conn = Arc::new(ConnCtx::new(peer, ctx.clone()));
+                let conn = Arc::new(ConnCtx::new(peer, ctx.clone(), slot.slot.clone()));
                 tokio::spawn(serve_http(
                     shared.clone(),
                     conn,
                     stream,
                     tls.clone(),
                     stop.clone(),
-                    guard,
+                    (guard, slot),
                 ));
             }
             ListenerKind::Tcp => {
+                slot.slot.set(Phase::Busy);
                 let shared = shared.clone();
                 let affinity = cfg.affinity;
                 let deadline = ctx.drain_deadline_ms;
                 tokio::spawn(async move {
                     proxy_tcp(shared, stream, peer, affinity, deadline).await;
-                    drop(guard);
+                    drop((guard, slot));
                 });
             }
         }
@@ -130,9 +159,10 @@ async fn serve_http(
     mut stream: TcpStream,
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
-    _guard: ConnGuard,
+    _guards: (ConnGuard, SlotGuard),
 ) {
     use tokio::io::AsyncReadExt;
+    let head_by = tokio::time::Instant::now() + shared.config.client.head_timeout;
     match tls {
         None => {
             let mut buf = bytes::BytesMut::with_capacity(8192);
@@ -146,21 +176,28 @@ async fn serve_http(
                     let io = Prefixed::new(buf.freeze(), stream);
                     return serve_h2(shared, conn, io, stop).await;
                 }
-                match tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
+                tokio::select! {
+                    r = tokio::time::timeout_at(head_by, stream.read_buf(&mut buf)) => match r {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    },
+                    _ = conn.slot.evicted() => return,
                 }
             }
             crate::h1::serve(shared, conn, stream, buf, stop).await;
         }
         Some(acceptor) => {
-            let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %conn.peer, error = %e, "tls handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+            let tls_stream = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %conn.peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                _ = conn.slot.evicted() => return,
             };
             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 serve_h2(shared, conn, tls_stream, stop).await;
@@ -171,23 +208,96 @@ async fn serve_http(
     }
 }
 
-/// HTTP/2 through hyper; on `stop` it sends GOAWAY and lets open streams finish.
+/// Open streams of one HTTP/2 connection and when the last one ended, for its idle timeout.
+#[derive(Debug, Default)]
+struct H2Streams {
+    open: std::sync::atomic::AtomicUsize,
+    /// Router clock (ms) when the last stream ended; `u64::MAX` before the first request.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+/// What an HTTP/2 connection's timer decides, given its streams and the time (a pure core).
+fn h2_due(open: usize, last_ms: u64, opened_ms: u64, now_ms: u64, c: &crate::config::ClientSettings) -> Option<u64> {
+    if open > 0 {
+        return None;
+    }
+    let due = if last_ms == u64::MAX {
+        opened_ms + c.h2_handshake_timeout.as_millis() as u64
+    } else {
+        last_ms + c.h2_idle_timeout.as_millis() as u64
+    };
+    Some(due.saturating_sub(now_ms))
+}
+
+/// HTTP/2 through hyper with the `[client]` limits (streams, header list,
+/// PINGs). GOAWAY (open streams finish) on `stop`, when evicted, when no first
+/// request comes within `h2_handshake_timeout`, or after `h2_idle_timeout`
+/// without an open stream.
 async fn serve_h2<S>(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: S, mut stop: watch::Receiver<bool>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| crate::proxy::handle(shared.clone(), conn.clone(), req));
-    let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1000)
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(c);
-    tokio::select! {
-        _ = c.as_mut() => {}
-        _ = stopped(&mut stop) => {
-            c.as_mut().graceful_shutdown();
-            let _ = c.await;
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = shared.config.client.clone();
+    let streams = Arc::new(H2Streams {
+        open: Default::default(),
+        last_ms: u64::MAX.into(),
+    });
+    let (svc_shared, svc_conn, svc_streams) = (shared.clone(), conn.clone(), streams.clone());
+    let svc = hyper::service::service_fn(move |req| {
+        let (shared, conn, streams) = (svc_shared.clone(), svc_conn.clone(), svc_streams.clone());
+        async move {
+            streams.open.fetch_add(1, Relaxed);
+            conn.slot.set(Phase::Busy);
+            let r = crate::proxy::handle(shared.clone(), conn.clone(), req).await;
+            streams.last_ms.store(shared.clock.now_ms(), Relaxed);
+            if streams.open.fetch_sub(1, Relaxed) == 1 {
+                conn.slot.set(Phase::Idle);
+            }
+            r
         }
+    });
+    let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(c.h2_max_concurrent_streams)
+        .max_header_list_size(c.h2_max_header_list_size)
+        .keep_alive_interval(Some(c.h2_ping_interval))
+        .keep_alive_timeout(c.h2_ping_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(h2);
+    let opened_ms = shared.clock.now_ms();
+    let mut leaving = false;
+    loop {
+        let now = shared.clock.now_ms();
+        let due = h2_due(
+            streams.open.load(Relaxed),
+            streams.last_ms.load(Relaxed),
+            opened_ms,
+            now,
+            &c,
+        );
+        let wait = Duration::from_millis(due.unwrap_or(1000).max(1));
+        tokio::select! {
+            _ = h2.as_mut() => return,
+            _ = stopped(&mut stop) => {
+                leaving = true;
+                break;
+            }
+            _ = conn.slot.evicted() => break,
+            _ = tokio::time::sleep(wait) => {
+                if due == Some(0) {
+                    break;
+                }
+            }
+        }
+    }
+    h2.as_mut().graceful_shutdown();
+    if leaving {
+        // The router's leave deadline bounds this.
+        let _ = h2.await;
+    } else {
+        // Open streams finish, within one more idle timeout.
+        let _ = tokio::time::timeout(c.h2_idle_timeout, h2).await;
     }
 }
 

@@ -379,4 +379,48 @@ mod tests {
         assert_eq!(&f[..4], &[0x88, 5, 0x03, 0xf4]);
         assert_eq!(&f[4..], b"bye");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Frames of any sizes, split anywhere: every boundary is found, none invented.
+            #[test]
+            fn every_frame_boundary_is_found_whatever_the_split(
+                frames in proptest::collection::vec((0usize..70_000, any::<bool>()), 1..6),
+                step in 1usize..5000,
+            ) {
+                let mut t = FrameTracker::default();
+                for (n, masked) in &frames {
+                    let f = frame(*n, *masked);
+                    for chunk in f.chunks(step) {
+                        prop_assert!(chunk.is_empty() || !t.at_boundary() || chunk.as_ptr() == f.as_ptr());
+                        t.consume(chunk);
+                    }
+                    prop_assert!(t.at_boundary());
+                }
+            }
+
+            /// Any server bytes: no panic, and the header buffer never holds more than a header.
+            #[test]
+            fn any_bytes_keep_the_tracker_bounded(
+                input in proptest::collection::vec(any::<u8>(), 0..2000),
+                step in 1usize..64,
+            ) {
+                let mut t = FrameTracker::default();
+                for chunk in input.chunks(step) {
+                    let mut rest = chunk;
+                    while !rest.is_empty() {
+                        let n = t.consume_frame(rest);
+                        prop_assert!(n > 0 && n <= rest.len());
+                        rest = &rest[n..];
+                        prop_assert!(t.header.len() <= 14);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     /// A transfer coding other than `chunked` (same code, 501).
     UnsupportedCoding,
     BodyIncomplete,
+    /// The request body stalled or came slower than `[client] body_min_rate`.
+    BodyTimeout,
     BodyTooLarge,
     BadClientVersion,
     UpgradeRequired,
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::HeadTimeout => "head_timeout",
             ErrorCode::BadFraming | ErrorCode::UnsupportedCoding => "bad_framing",
             ErrorCode::BodyIncomplete => "body_incomplete",
+            ErrorCode::BodyTimeout => "body_timeout",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::BadClientVersion => "bad_client_version",
             ErrorCode::UpgradeRequired => "upgrade_required",
@@ -46,13 +49,25 @@ impl ErrorCode {
         }
     }
 
+    /// The client caused it (its request or its pace): never held against an instance.
+    pub fn is_client_fault(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::NoRelease
+                | ErrorCode::NoInstance
+                | ErrorCode::UpstreamUnreachable
+                | ErrorCode::UpstreamFailed
+                | ErrorCode::UpstreamTimeout
+        )
+    }
+
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::BadFraming | ErrorCode::BodyIncomplete | ErrorCode::BadClientVersion => {
                 StatusCode::BAD_REQUEST
             }
             ErrorCode::HeadTooLarge | ErrorCode::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorCode::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::HeadTimeout | ErrorCode::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
@@ -105,6 +120,7 @@ mod tests {
             (BadFraming, 400, "bad_framing"),
             (UnsupportedCoding, 501, "bad_framing"),
             (BodyIncomplete, 400, "body_incomplete"),
+            (BodyTimeout, 408, "body_timeout"),
             (BodyTooLarge, 413, "body_too_large"),
             (BadClientVersion, 400, "bad_client_version"),
             (UpgradeRequired, 426, "upgrade_required"),

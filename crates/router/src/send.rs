@@ -126,7 +126,8 @@ async fn send_once(up: &Upstream, mut req: Request<ReqBody>) -> Result<(Response
             return Err(Failure::NotSent {
                 req: Box::new(req),
                 why: e.to_string(),
-                connect: true,
+                // Out of descriptors here is not the instance's failure.
+                connect: !e.is_local(),
             });
         }
     };

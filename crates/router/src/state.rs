@@ -44,6 +44,14 @@ pub const ROUTES_FILE: &str = "routes.json";
 pub const STATUS_FILE: &str = "router.json";
 const COOKIE_KEY_FILE: &str = "cookie.key";
 
+/// Creates the state folder (or tightens an existing one) as 0700: it holds the
+/// cookie key, the admin token and the route table.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Reads a route table from a `.json` or `.toml` file.
 pub fn read_table(path: &Path) -> Result<RouteTable, StateError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
@@ -104,7 +112,7 @@ pub fn save_table(state_dir: &Path, table: &RouteTable) -> Result<(), StateError
         path: path.clone(),
         message: e.to_string(),
     })?;
-    Ok(write_atomic(&path, &json, 0o644)?)
+    Ok(write_atomic(&path, &json, 0o600)?)
 }
 
 /// The saved table, if there is one; a format 0 file (a bare table) is read
@@ -131,7 +139,7 @@ pub fn write_status(state_dir: &Path, status: RouterStatus) -> Result<(), StateE
         path: path.clone(),
         message: e.to_string(),
     })?;
-    Ok(write_atomic(&path, &json, 0o644)?)
+    Ok(write_atomic(&path, &json, 0o600)?)
 }
 
 /// Reads the `router.json` a router wrote into `state_dir` (any format up to this one).

@@ -38,6 +38,13 @@ pub enum ConnectError {
     Handshake { addr: SocketAddr, source: hyper::Error },
 }
 
+impl ConnectError {
+    /// This process is out of descriptors (or buffers): nothing is wrong with the instance.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ConnectError::Io { source, .. } if crate::slots::is_local_exhaustion(source))
+    }
+}
+
 /// Route state plus "removed from the table", packed for an atomic.
 const REMOVED: u8 = 3;
 

@@ -30,6 +30,8 @@ pub struct RouterConfigFile {
     pub client_version_header: String,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub client: ClientConfig,
     /// Active health check for releases that do not set their own.
     #[serde(default)]
     pub health: HealthCheck,
@@ -101,6 +103,14 @@ pub struct ListenerConfig {
     /// or `"unlimited"`.
     #[serde(default = "default_listener_drain")]
     pub drain_deadline: Deadline,
+    /// Client connections this listener holds open at most. At the cap (or
+    /// when the process runs out of descriptors) the connection idle longest,
+    /// else the one slowest to send its request head, is closed to make room.
+    /// Default: derived from the descriptor limit, leaving a reserve for
+    /// upstream and health-check connections:
+    /// `(limit - max(64, limit / 8)) / 2 / number of listeners`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// Default listener drain deadline.
@@ -152,6 +162,91 @@ impl Default for AffinityConfig {
             cookie: default_cookie(),
             cookie_max_age: None,
             header: None,
+        }
+    }
+}
+
+/// How long the router waits on clients, and how much of HTTP/2 they may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// A whole request head must arrive within this, counted from its first
+    /// byte (not restarted by each read); then 408 and close.
+    #[serde(default = "default_head_timeout")]
+    pub head_timeout: HumanDuration,
+    /// How long an idle keep-alive connection (HTTP/1) waits for its next request.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Slowest request body accepted, in bytes per second once `body_grace`
+    /// has passed since the head; a slower body is answered 408 and the
+    /// connection closed. 0 turns the rate off (a read must still arrive
+    /// within `head_timeout`).
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_rate: u64,
+    /// Time a request body gets before `body_min_rate` applies.
+    #[serde(default = "default_body_grace")]
+    pub body_grace: HumanDuration,
+    /// An HTTP/2 connection must send its first request within this, else GOAWAY.
+    #[serde(default = "default_h2_handshake_timeout")]
+    pub h2_handshake_timeout: HumanDuration,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY.
+    #[serde(default = "default_idle_timeout")]
+    pub h2_idle_timeout: HumanDuration,
+    /// Interval of keep-alive PINGs on HTTP/2 connections.
+    #[serde(default = "default_h2_ping_interval")]
+    pub h2_ping_interval: HumanDuration,
+    /// A PING not answered within this closes the HTTP/2 connection.
+    #[serde(default = "default_h2_ping_timeout")]
+    pub h2_ping_timeout: HumanDuration,
+    /// Streams one HTTP/2 connection may have open at once.
+    #[serde(default = "default_h2_max_streams")]
+    pub h2_max_concurrent_streams: u32,
+    /// Largest HTTP/2 header list (decoded, in bytes) a request may carry.
+    #[serde(default = "default_h2_max_header_list")]
+    pub h2_max_header_list_size: u32,
+}
+
+fn default_head_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::from_secs(75)
+}
+fn default_body_min_rate() -> u64 {
+    1024
+}
+fn default_body_grace() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_h2_handshake_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_h2_ping_interval() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+fn default_h2_ping_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_h2_max_streams() -> u32 {
+    256
+}
+fn default_h2_max_header_list() -> u32 {
+    64 * 1024
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            head_timeout: default_head_timeout(),
+            idle_timeout: default_idle_timeout(),
+            body_min_rate: default_body_min_rate(),
+            body_grace: default_body_grace(),
+            h2_handshake_timeout: default_h2_handshake_timeout(),
+            h2_idle_timeout: default_idle_timeout(),
+            h2_ping_interval: default_h2_ping_interval(),
+            h2_ping_timeout: default_h2_ping_timeout(),
+            h2_max_concurrent_streams: default_h2_max_streams(),
+            h2_max_header_list_size: default_h2_max_header_list(),
         }
     }
 }

@@ -30,6 +30,8 @@ where
             Err(WholeBody::Refused(r)) => return self.refuse(r, ex.started, false).await,
             Err(WholeBody::Gone) => return Next::Close,
         };
+        // The instance's latency starts once the client has sent the whole body.
+        let sent = std::time::Instant::now();
         let req = match self.h2_request(ReqBody::full(body.freeze()), &routed.upstream) {
             Ok(r) => r,
             Err(why) => {
@@ -43,12 +45,10 @@ where
         let resp = match result {
             Ok((resp, _)) => resp,
             Err((code, why)) => {
-                return self
-                    .upstream_failed(&up, UpError { code, why }, ex.started, false)
-                    .await;
+                return self.upstream_failed(&up, UpError { code, why }, sent, false).await;
             }
         };
-        up.stats.response(resp.status().as_u16(), micros_since(ex.started));
+        up.stats.response(resp.status().as_u16(), micros_since(sent));
         let keep = ex.keep_alive && !self.stopping() && self.head.minor == 1;
         let (parts, incoming) = resp.into_parts();
         self.bridged_head(parts, routed.set_cookie.as_ref(), keep);

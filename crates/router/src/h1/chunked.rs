@@ -223,4 +223,68 @@ mod tests {
         assert_eq!(scan_all(b"3x\r\nabc\r\n", 1).0, Err(ChunkError::BadSize));
         assert_eq!(scan_all(b"0\r\n\n", 1).0, Err(ChunkError::BadDelimiter));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A well-formed chunked encoding of `chunks`, with optional extensions and trailers.
+        fn encode(chunks: &[Vec<u8>], ext: bool, trailer: bool) -> Vec<u8> {
+            let mut out = Vec::new();
+            for c in chunks.iter().filter(|c| !c.is_empty()) {
+                out.extend_from_slice(format!("{:x}", c.len()).as_bytes());
+                if ext {
+                    out.extend_from_slice(b";a=b");
+                }
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(c);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n");
+            if trailer {
+                out.extend_from_slice(b"x-t: 1\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn well_formed_bodies_end_exactly_and_decode_whatever_the_split(
+                chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+                ext: bool,
+                trailer: bool,
+                step in 1usize..64,
+                tail in proptest::collection::vec(any::<u8>(), 0..16),
+            ) {
+                let body = encode(&chunks, ext, trailer);
+                let mut input = body.clone();
+                input.extend_from_slice(&tail);
+                let (used, payload) = scan_all(&input, step);
+                prop_assert_eq!(used, Ok(body.len()));
+                prop_assert_eq!(payload, chunks.concat());
+            }
+
+            /// Any bytes: no panic, and the outcome never depends on how TCP split them
+            /// (one framing per byte stream, whatever the reads).
+            #[test]
+            fn any_bytes_get_one_outcome_whatever_the_split(
+                input in proptest::collection::vec(
+                    prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'0'), Just(b'5'), Just(b';'), Just(b' '), any::<u8>()],
+                    0..200,
+                ),
+                step in 1usize..32,
+            ) {
+                let whole = scan_all(&input, input.len().max(1));
+                let split = scan_all(&input, step);
+                prop_assert_eq!(whole.0.is_ok(), split.0.is_ok());
+                if let (Ok(a), Ok(b)) = (whole.0, split.0) {
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(whole.1, split.1);
+                }
+            }
+        }
+    }
 }

@@ -9,9 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::chunked::ChunkScanner;
 use super::head::{self, Framing, absolute_form, is_hop_by_hop};
-use super::read::BodyState;
+use super::read::{BodyPace, BodyState, body_cut};
 use super::write::{self, Ending, ResponseHead};
-use super::{Conn, Exchange, HEADER_TIMEOUT, MAX_HEAD, Next};
+use super::{Conn, Exchange, MAX_HEAD, Next};
 use crate::reply::{ErrorCode, Reply};
 use crate::route::Routed;
 use crate::stats::micros_since;
@@ -59,6 +59,9 @@ struct Sending {
     complete: bool,
     /// Bytes the client sent past the request body (a pipelined request).
     extra: BytesMut,
+    /// When the request was last sent on (head, then the body's end): the
+    /// instance's latency counts from here, never the client's pace.
+    sent: Instant,
 }
 
 impl<S> Conn<'_, S>
@@ -90,18 +93,18 @@ where
             && !expect_continue
             && let Err(e) = self.stream_body(&mut s).await
         {
-            return self.upstream_failed(&s.up, e, ex.started, false).await;
+            return self.upstream_failed(&s.up, e, s.sent, false).await;
         }
         if let Err(e) = self.read_response_head(&mut s).await {
-            return self.upstream_failed(&s.up, e, ex.started, false).await;
+            return self.upstream_failed(&s.up, e, s.sent, false).await;
         }
         let status = self.rhead.status;
-        s.up.stats.response(status, micros_since(ex.started));
+        s.up.stats.response(status, micros_since(s.sent));
         s.up.record_status(status, || routed.release().healthy_active() > 1);
         let method = &self.buf[self.head.method.clone()];
         let Ok(rframing) = head::response_framing(&self.rhead, &self.ubuf, method) else {
             let e = up_error(ErrorCode::UpstreamFailed, "upstream sent an invalid Content-Length");
-            return self.upstream_failed(&s.up, e, ex.started, false).await;
+            return self.upstream_failed(&s.up, e, s.sent, false).await;
         };
         if upgrade && status == 101 {
             return self.tunnel(s, routed.set_cookie.as_ref()).await;
@@ -189,8 +192,10 @@ where
         let idempotent = is_idempotent(&self.buf[self.head.method.clone()]);
         let mut fresh = false;
         loop {
+            let sent = Instant::now();
             let (why, connect) = match up.checkout_raw(fresh).await {
-                Err(e) => (e.to_string(), true),
+                // Out of descriptors here is not the instance's failure.
+                Err(e) => (e.to_string(), !e.is_local()),
                 Ok((mut us, reused)) => match self.send_head(&mut us, &up, reused && whole, idempotent).await {
                     Ok(()) => {
                         let extra = BytesMut::new();
@@ -202,6 +207,7 @@ where
                             body,
                             complete,
                             extra,
+                            sent,
                         });
                     }
                     Err(UpFail::Retry(why)) => (why, false),
@@ -280,7 +286,19 @@ where
 
     /// Answers a request its upstream failed; the connection stays open only
     /// if `keep` and the router is not leaving.
+    /// A failure the client caused (a stalled or broken body) is answered the
+    /// same way but never held against the instance: not logged or counted as
+    /// its failure, not in its latency.
     pub(super) async fn upstream_failed(&mut self, up: &Upstream, e: UpError, started: Instant, keep: bool) -> Next {
+        if e.code.is_client_fault() {
+            tracing::debug!(peer = %self.ctx.peer, reason = %e.why, "request cut short by the client");
+            let reply = Reply::new(e.code, &e.why);
+            self.shared
+                .unrouted
+                .answered(reply.status().as_u16(), micros_since(started));
+            self.reply(&reply, true).await;
+            return Next::Close;
+        }
         let reply = up.failed(e.code, &e.why, started);
         let keep = keep && !self.stopping();
         if keep {
@@ -389,6 +407,7 @@ where
     /// the body was sent whole. Bytes read past the body go to `s.extra`.
     async fn stream_body(&mut self, s: &mut Sending) -> Result<(), UpError> {
         let mut chunk = BytesMut::with_capacity(64 * 1024);
+        let mut pace = BodyPace::new(&self.shared.config.client, tokio::time::Instant::now());
         while !s.body.done() {
             chunk.clear();
             tokio::select! {
@@ -397,12 +416,9 @@ where
                     s.complete = false;
                     return Ok(());
                 }
-                r = tokio::time::timeout(HEADER_TIMEOUT, self.io.read_buf(&mut chunk)) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => {
-                        let why = "the client stopped sending the request body";
-                        return Err(up_error(ErrorCode::BodyIncomplete, why));
-                    }
+                r = pace.read(&mut self.io, &mut chunk) => if let Err(()) | Ok(0) = r {
+                    let cut = body_cut(r.is_err());
+                    return Err(up_error(cut.code, "the request body came too slowly or stopped"));
                 },
             }
             let n = s
@@ -418,6 +434,7 @@ where
             }
         }
         s.complete = true;
+        s.sent = Instant::now();
         Ok(())
     }
 

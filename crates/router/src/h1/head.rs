@@ -137,6 +137,8 @@ pub enum Framing {
 pub enum FramingError {
     /// Both Transfer-Encoding and Content-Length (a smuggling vector).
     Both,
+    /// Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1: faulty framing).
+    CodingInHttp10,
     BadLength,
     UnsupportedCoding,
 }
@@ -179,6 +181,9 @@ pub fn request_framing(head: &Head, buf: &[u8]) -> Result<Framing, FramingError>
         if cl.is_some() {
             return Err(FramingError::Both);
         }
+        if head.minor == 0 {
+            return Err(FramingError::CodingInHttp10);
+        }
         // Only plain "chunked" is accepted for requests: anything else the
         // upstream might frame differently.
         let codings: Vec<&[u8]> = head
@@ -216,6 +221,70 @@ pub fn response_framing(head: &Head, buf: &[u8], method: &[u8]) -> Result<Framin
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
+}
+
+/// Why a request head is refused before routing, whatever its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrictError {
+    /// `Connection` names Content-Length, Transfer-Encoding or Host: a proxy
+    /// that drops what `Connection` names would frame the message differently
+    /// from the upstream (request smuggling).
+    ConnectionNamesFraming,
+    /// More than one Host header, or a Host value holding a list.
+    AmbiguousHost,
+    /// An absolute-form target with `user:pass@` in its authority.
+    UserInfo,
+    /// A target that is neither origin-form nor absolute-form (`*` only for OPTIONS).
+    BadTarget,
+}
+
+impl StrictError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            StrictError::ConnectionNamesFraming => "Connection names Content-Length, Transfer-Encoding or Host",
+            StrictError::AmbiguousHost => "more than one Host, or a Host list",
+            StrictError::UserInfo => "userinfo in the request target",
+            StrictError::BadTarget => "request target must start with / (or be * for OPTIONS, or absolute)",
+        }
+    }
+}
+
+/// Names `Connection` may never list: dropping them would change framing or routing.
+fn is_protected(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"content-length")
+        || token.eq_ignore_ascii_case(b"transfer-encoding")
+        || token.eq_ignore_ascii_case(b"host")
+}
+
+/// The checks RFC 9112 asks of a proxy beyond framing (Host, target form),
+/// and the `Connection` smuggling shape; one pass over the headers.
+pub fn strict_request(head: &Head, buf: &[u8]) -> Result<(), StrictError> {
+    let mut hosts = 0u32;
+    for (n, v) in &head.headers {
+        let name = &buf[n.clone()];
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if hosts > 1 || buf[v.clone()].contains(&b',') {
+                return Err(StrictError::AmbiguousHost);
+            }
+        } else if name.eq_ignore_ascii_case(b"connection")
+            && buf[v.clone()]
+                .split(|b| *b == b',')
+                .any(|t| is_protected(t.trim_ascii()))
+        {
+            return Err(StrictError::ConnectionNamesFraming);
+        }
+    }
+    let target = &buf[head.target.clone()];
+    match target.first() {
+        Some(b'/') => Ok(()),
+        Some(b'*') if target.len() == 1 && &buf[head.method.clone()] == b"OPTIONS" => Ok(()),
+        _ => match absolute_form(target) {
+            (_, Some(authority)) if authority.contains(&b'@') => Err(StrictError::UserInfo),
+            (_, Some(authority)) if !authority.is_empty() => Ok(()),
+            _ => Err(StrictError::BadTarget),
+        },
+    }
 }
 
 /// Hop-by-hop headers the router never forwards as they came.
@@ -310,6 +379,45 @@ mod tests {
         assert_eq!(request_framing(&h, &b), Ok(Framing::Length(5)));
         let (h, b) = req("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(request_framing(&h, &b), Ok(Framing::None));
+        let (h, b) = req("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Err(FramingError::CodingInHttp10));
+    }
+
+    #[test]
+    fn strict_request_refuses_smuggling_and_lenient_shapes() {
+        let check = |text: &str| {
+            let (h, b) = req(text);
+            strict_request(&h, &b)
+        };
+        use StrictError::*;
+        for (text, want) in [
+            ("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", Ok(())),
+            ("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", Ok(())),
+            ("GET http://h/p HTTP/1.1\r\nHost: x\r\n\r\n", Ok(())),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: Content-Length\r\n\r\n",
+                Err(ConnectionNamesFraming),
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, TRANSFER-encoding\r\n\r\n",
+                Err(ConnectionNamesFraming),
+            ),
+            (
+                "GET / HTTP/1.1\r\nConnection: x,host \r\nHost: x\r\n\r\n",
+                Err(ConnectionNamesFraming),
+            ),
+            ("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", Err(AmbiguousHost)),
+            ("GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", Err(AmbiguousHost)),
+            (
+                "GET http://u:p@evil.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
+                Err(UserInfo),
+            ),
+            ("GET evil HTTP/1.1\r\nHost: x\r\n\r\n", Err(BadTarget)),
+            ("GET * HTTP/1.1\r\nHost: x\r\n\r\n", Err(BadTarget)),
+            ("GET http:// HTTP/1.1\r\nHost: x\r\n\r\n", Err(BadTarget)),
+        ] {
+            assert_eq!(check(text), want, "{text:?}");
+        }
     }
 
     #[test]
@@ -367,5 +475,132 @@ mod tests {
         assert_eq!(v.query("beta"), Some("yes"));
         assert!(h.has_token(&b, "connection", "upgrade"));
         assert!(!h.has_token(&b, "connection", "close"));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "Host",
+            "host",
+            "Content-Length",
+            "content-length",
+            "Transfer-Encoding",
+            "TRANSFER-ENCODING",
+            "Connection",
+            "Upgrade",
+            "Cookie",
+            "X-A",
+            "Expect",
+            "Content-Length ",
+            " Host",
+            "Te",
+        ];
+        const VALUES: &[&str] = &[
+            "x",
+            "5",
+            "0",
+            "+5",
+            "5, 5",
+            "5,6",
+            "chunked",
+            "Chunked",
+            "identity, chunked",
+            "chunked, gzip",
+            "close",
+            "keep-alive",
+            "content-length",
+            "Host",
+            "transfer-encoding, x",
+            "a, b",
+            "",
+            " 7 ",
+            "\"chunked\"",
+            "99999999999999999999",
+        ];
+
+        fn head_text(line: &str, headers: &[(usize, usize)]) -> String {
+            let mut t = format!("{line}\r\n");
+            for (n, v) in headers {
+                t.push_str(&format!("{}: {}\r\n", NAMES[*n], VALUES[*v]));
+            }
+            t.push_str("\r\n");
+            t
+        }
+
+        /// The naive reading a second implementation would make: all lengths, all codings.
+        fn naive(head: &Head, buf: &[u8]) -> (Vec<String>, Vec<String>) {
+            let list = |name| -> Vec<String> {
+                head.values(buf, name)
+                    .flat_map(|v| v.split(|b| *b == b','))
+                    .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
+                    .collect()
+            };
+            (list("content-length"), list("transfer-encoding"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Any bytes: parsing, framing and the strict checks never panic, a head
+            /// never holds more than MAX_HEADERS, and no prefix of a head parses as
+            /// a different head.
+            #[test]
+            fn any_bytes_parse_without_panic_and_prefixes_never_complete_early(
+                input in proptest::collection::vec(
+                    prop_oneof![Just(b'\r'), Just(b'\n'), Just(b':'), Just(b' '), any::<u8>()], 0..300),
+            ) {
+                let mut h = Head::default();
+                if let Ok(true) = h.parse_request(&input) {
+                    prop_assert!(h.headers.len() <= MAX_HEADERS && h.len <= input.len());
+                    let _ = request_framing(&h, &input);
+                    let _ = strict_request(&h, &input);
+                    let len = h.len;
+                    for cut in 0..len {
+                        let mut p = Head::default();
+                        prop_assert!(!matches!(p.parse_request(&input[..cut]), Ok(true)));
+                    }
+                }
+            }
+
+            /// Generated heads from smuggling-shaped names and values: whatever is accepted
+            /// has exactly one reading (one length, or chunked alone; one Host; nothing
+            /// framing-related named by Connection).
+            #[test]
+            fn accepted_heads_have_one_reading(
+                line in prop_oneof![Just("POST / HTTP/1.1"), Just("GET /a?b HTTP/1.1"), Just("PUT / HTTP/1.0")],
+                headers in proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..8),
+            ) {
+                let text = head_text(line, &headers);
+                let buf = text.as_bytes();
+                let mut h = Head::default();
+                let Ok(true) = h.parse_request(buf) else { return Ok(()) };
+                let (Ok(framing), Ok(())) = (request_framing(&h, buf), strict_request(&h, buf)) else {
+                    return Ok(());
+                };
+                let (lengths, codings) = naive(&h, buf);
+                match framing {
+                    Framing::Chunked => {
+                        prop_assert!(lengths.is_empty());
+                        prop_assert_eq!(codings, vec!["chunked".to_string()]);
+                        prop_assert_eq!(h.minor, 1);
+                    }
+                    Framing::Length(n) => {
+                        prop_assert!(codings.is_empty());
+                        prop_assert!(!lengths.is_empty() && lengths.iter().all(|l| l.parse::<u64>() == Ok(n)));
+                    }
+                    Framing::None => {
+                        prop_assert!(codings.is_empty());
+                        prop_assert!(lengths.iter().all(|l| l.parse::<u64>() == Ok(0)));
+                    }
+                    Framing::Close => prop_assert!(false, "a request framed until close"),
+                }
+                prop_assert!(h.values(buf, "host").count() <= 1);
+                prop_assert!(!h.has_token(buf, "connection", "content-length"));
+                prop_assert!(!h.has_token(buf, "connection", "transfer-encoding"));
+                prop_assert!(!h.has_token(buf, "connection", "host"));
+            }
+        }
     }
 }

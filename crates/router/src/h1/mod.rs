@@ -13,7 +13,15 @@
 //! Framing follows RFC 9112 strictly: a request with both Content-Length and
 //! Transfer-Encoding, conflicting lengths, or a coding other than `chunked`
 //! is refused with 400/501 and the connection closed; chunked bodies pass
-//! through unchanged after a strict scan finds their end.
+//! through unchanged after a strict scan finds their end. A `Connection` header
+//! naming Content-Length, Transfer-Encoding or Host (the router would drop the
+//! named header, the upstream would frame differently), two Hosts or a Host
+//! list, userinfo in the target, and a target that is not origin- or
+//! absolute-form (`*` only for OPTIONS) get 400 and the connection closed.
+//! A request head has one deadline from its first byte (`[client] head_timeout`);
+//! a body must keep `[client] body_min_rate` after `body_grace` or gets 408, and
+//! neither is held against the instance, whose latency counts from the request
+//! fully sent.
 
 mod bridge;
 mod chunked;
@@ -24,7 +32,7 @@ mod write;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -40,8 +48,6 @@ use crate::shared::Shared;
 use crate::stats::micros_since;
 
 const MAX_HEAD: usize = 64 * 1024;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// What to do with the client connection after one exchange.
 enum Next {
@@ -82,7 +88,7 @@ where
         out: Vec::with_capacity(2048),
         resp: Vec::with_capacity(2048),
         ubuf: BytesMut::with_capacity(16 * 1024),
-        sleep: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+        sleep: Box::pin(tokio::time::sleep(shared.config.client.idle_timeout)),
         stop,
         consumed: 0,
     };
@@ -139,6 +145,9 @@ where
                         Reply::new(ErrorCode::BadFraming, "both Content-Length and Transfer-Encoding")
                     }
                     FramingError::BadLength => Reply::new(ErrorCode::BadFraming, "invalid Content-Length"),
+                    FramingError::CodingInHttp10 => {
+                        Reply::new(ErrorCode::BadFraming, "Transfer-Encoding in an HTTP/1.0 request")
+                    }
                     FramingError::UnsupportedCoding => Reply::new(
                         ErrorCode::UnsupportedCoding,
                         "only chunked transfer coding is supported",
@@ -147,6 +156,11 @@ where
                 return self.refuse(reply, started, false).await;
             }
         };
+        if let Err(e) = head::strict_request(head, buf) {
+            return self
+                .refuse(Reply::new(ErrorCode::BadRequest, e.reason()), started, false)
+                .await;
+        }
         let keep_alive = if minor == 1 {
             !head.has_token(buf, "connection", "close")
         } else {

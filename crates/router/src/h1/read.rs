@@ -7,9 +7,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::chunked::{ChunkError, ChunkScanner};
 use super::head::{Framing, HeadError};
-use super::{Conn, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_HEAD};
+use super::{Conn, MAX_HEAD};
+use crate::config::ClientSettings;
 use crate::conn::stopped;
 use crate::reply::{ErrorCode, Reply};
+use crate::slots::Phase;
 
 /// Request bodies up to this size are read and dropped after a refusal so the
 /// connection can stay open; larger ones close it.
@@ -21,6 +23,66 @@ const WHOLE_BODY_LIMIT: u64 = 16 << 20;
 /// `Connection: close`) before it is closed. Closing at once would race
 /// with such a request, which the client would see as a failure.
 const LEAVE_LINGER: Duration = Duration::from_secs(2);
+
+/// When a request body's next bytes are due: within `head_timeout` of the
+/// last read and, with a minimum rate, no later than
+/// `start + grace + received / rate` (a pure core: time is a parameter).
+#[derive(Debug, Clone)]
+pub(super) struct BodyPace {
+    start: tokio::time::Instant,
+    received: u64,
+    rate: u64,
+    grace: Duration,
+    per_read: Duration,
+}
+
+impl BodyPace {
+    pub(super) fn new(c: &ClientSettings, start: tokio::time::Instant) -> BodyPace {
+        BodyPace {
+            start,
+            received: 0,
+            rate: c.body_min_rate,
+            grace: c.body_grace,
+            per_read: c.head_timeout,
+        }
+    }
+
+    pub(super) fn got(&mut self, n: usize) {
+        self.received += n as u64;
+    }
+
+    /// The deadline of the next read, given the time now.
+    pub(super) fn deadline(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        let per_read = now + self.per_read;
+        if self.rate == 0 {
+            return per_read;
+        }
+        let earned = Duration::from_millis(self.received.saturating_mul(1000) / self.rate);
+        per_read.min(self.start + self.grace + earned)
+    }
+
+    /// Reads more into `buf` by the deadline: `Ok(n)` bytes (0 at EOF), `Err` on a stall.
+    pub(super) async fn read<R: AsyncRead + Unpin>(&mut self, io: &mut R, buf: &mut BytesMut) -> Result<usize, ()> {
+        let at = self.deadline(tokio::time::Instant::now());
+        match tokio::time::timeout_at(at, io.read_buf(buf)).await {
+            Ok(Ok(n)) => {
+                self.got(n);
+                Ok(n)
+            }
+            Ok(Err(_)) => Ok(0),
+            Err(_) => Err(()),
+        }
+    }
+}
+
+/// The reply for a body that stalled (`stalled`) or ended early.
+pub(super) fn body_cut(stalled: bool) -> Reply {
+    if stalled {
+        Reply::new(ErrorCode::BodyTimeout, "the request body came too slowly")
+    } else {
+        Reply::new(ErrorCode::BodyIncomplete, "the client stopped sending the request body")
+    }
+}
 
 /// How a request body is being consumed.
 #[derive(Debug)]
@@ -93,8 +155,9 @@ impl BodyState {
 
 /// How reading a whole request body ended, if not with the body.
 pub(super) enum WholeBody {
+    /// Refused, or stalled (408).
     Refused(Reply),
-    /// The client went away or stalled: close without an answer.
+    /// The client went away: close without an answer.
     Gone,
 }
 
@@ -105,10 +168,16 @@ where
     /// Reads until a full request head is in `buf`. `None`: close quietly.
     pub(super) async fn read_head(&mut self) -> Result<Option<()>, Reply> {
         let mut lingering = false;
+        // The whole head has one deadline, from its first byte: never restarted by a read.
+        let mut head_deadline = false;
+        let client = &self.shared.config.client;
         loop {
             if !self.buf.is_empty() {
                 match self.head.parse_request(&self.buf) {
-                    Ok(true) => return Ok(Some(())),
+                    Ok(true) => {
+                        self.ctx.slot.set(Phase::Busy);
+                        return Ok(Some(()));
+                    }
                     Ok(false) if self.buf.len() >= MAX_HEAD => {
                         return Err(Reply::new(ErrorCode::HeadTooLarge, "request head over 64 KiB"));
                     }
@@ -122,12 +191,19 @@ where
                 }
             }
             let idle = self.buf.is_empty();
+            self.ctx.slot.set(if idle { Phase::Idle } else { Phase::Head });
             if idle && self.stopping() && !lingering {
                 lingering = true;
                 self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
-            } else if !lingering || !idle {
-                let limit = if idle { IDLE_TIMEOUT } else { HEADER_TIMEOUT };
-                self.sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+            } else if idle && !lingering {
+                self.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + client.idle_timeout);
+            } else if !idle && !head_deadline {
+                head_deadline = true;
+                self.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + client.head_timeout);
             }
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(8192);
@@ -144,6 +220,8 @@ where
                     }
                     return Err(Reply::new(ErrorCode::HeadTimeout, "request head not received in time"));
                 }
+                // Closed for room under `max_connections`.
+                _ = self.ctx.slot.evicted() => return Ok(None),
                 _ = stopped(&mut self.stop), if idle && !lingering => {
                     lingering = true;
                     self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
@@ -162,6 +240,7 @@ where
         }
         let mut consumed = self.head.len;
         let mut total = 0u64;
+        let mut pace = BodyPace::new(&self.shared.config.client, tokio::time::Instant::now());
         loop {
             match body.take(&self.buf[consumed..]) {
                 Ok(n) => {
@@ -180,8 +259,8 @@ where
             }
             self.buf.truncate(consumed);
             self.buf.reserve(8192);
-            match tokio::time::timeout(HEADER_TIMEOUT, self.io.read_buf(&mut self.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
+            match pace.read(&mut self.io, &mut self.buf).await {
+                Ok(n) if n > 0 => {}
                 _ => return false,
             }
         }
@@ -194,6 +273,7 @@ where
         let mut collected = BytesMut::new();
         let mut consumed = self.head.len;
         let mut ranges = Vec::new();
+        let mut pace = BodyPace::new(&self.shared.config.client, tokio::time::Instant::now());
         loop {
             let n = body
                 .take_payload(&self.buf[consumed..], &mut ranges, &mut collected)
@@ -208,10 +288,45 @@ where
                 return Err(WholeBody::Refused(Reply::new(ErrorCode::BodyTooLarge, why)));
             }
             self.buf.reserve(16 * 1024);
-            match tokio::time::timeout(HEADER_TIMEOUT, self.io.read_buf(&mut self.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Err(WholeBody::Gone),
+            match pace.read(&mut self.io, &mut self.buf).await {
+                Ok(n) if n > 0 => {}
+                Ok(_) => return Err(WholeBody::Gone),
+                Err(()) => return Err(WholeBody::Refused(body_cut(true))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_pace_allows_the_grace_then_the_rate_and_never_more_than_a_read_timeout() {
+        let c = ClientSettings {
+            body_min_rate: 1000,
+            body_grace: Duration::from_secs(10),
+            head_timeout: Duration::from_secs(30),
+            ..ClientSettings::default()
+        };
+        let t0 = tokio::time::Instant::now();
+        let mut p = BodyPace::new(&c, t0);
+        assert_eq!(p.deadline(t0), t0 + Duration::from_secs(10));
+        // 5000 bytes earned five more seconds.
+        p.got(5000);
+        assert_eq!(p.deadline(t0 + Duration::from_secs(9)), t0 + Duration::from_secs(15));
+        // A fast body is still held to the per-read timeout.
+        p.got(1_000_000);
+        assert_eq!(p.deadline(t0 + Duration::from_secs(1)), t0 + Duration::from_secs(31));
+        // One byte every 20 s: the deadline does not move with each byte.
+        let mut slow = BodyPace::new(&c, t0);
+        slow.got(1);
+        assert_eq!(
+            slow.deadline(t0 + Duration::from_secs(1)),
+            t0 + Duration::from_millis(10_001)
+        );
+        // No rate: only the per-read timeout.
+        let off = BodyPace::new(&ClientSettings { body_min_rate: 0, ..c }, t0);
+        assert_eq!(off.deadline(t0), t0 + Duration::from_secs(30));
     }
 }

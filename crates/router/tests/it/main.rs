@@ -4,10 +4,14 @@ mod harness;
 
 mod admin;
 mod affinity;
+mod desync;
 mod drain_health;
 mod errors;
 mod http1;
 mod leave;
 mod protocols;
+mod recorder;
+mod slow_clients;
+mod smuggling;
 mod state_files;
 mod swaps;

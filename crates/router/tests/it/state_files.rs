@@ -82,3 +82,25 @@ fn a_status_file_from_before_format_versions_reads_and_a_newer_one_is_refused() 
     let err = router::read_status(dir.path()).unwrap_err().to_string();
     assert!(err.contains("router.json") && err.contains("format 9"), "{err}");
 }
+
+#[tokio::test]
+async fn the_state_folder_is_0700_and_its_files_0600_even_if_it_was_made_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = App::start("v1").await;
+    let dir = TempDir::new("state-modes");
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::set_permissions(dir.join("state"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = config_text(&dir, "");
+    let h = Harness::start_with_text(dir, &text).await;
+    h.put(&table(vec![release("v1", 100, &[&app])])).await;
+    let mode = |p: &str| std::fs::metadata(h.dir.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("state"), 0o700);
+    for f in [
+        "state/routes.json",
+        "state/router.json",
+        "state/cookie.key",
+        "state/admin.token",
+    ] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+}
