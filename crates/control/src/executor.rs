@@ -1,7 +1,7 @@
 //! The thin executor: carries the planner's actions out against one host's agent and router.
 //! What they answer goes back to the planner as observations, until nothing is left to do this turn.
 
-use plumbing::client::{ApiClient, ClientError};
+use plumbing::client::ClientError;
 use wire::agent::{InstanceList, NotifyDrainRequest, ReleaseList, SetCurrentRequest, StartRequest, StopRequest};
 use wire::api::{Applied, DrainStatus, RouterStatus};
 use wire::metrics::MetricsSnapshot;
@@ -9,6 +9,7 @@ use wire::metrics::MetricsSnapshot;
 use crate::planner::{
     self, Action, AgentCall, Answer, DrainView, HostDesired, HostObserved, Memory, RouterCall, Traffic,
 };
+use crate::reach::Reach;
 
 /// Rounds of plan → act → learn in one turn; a round needs the answers of the one before.
 const ROUNDS: usize = 8;
@@ -104,11 +105,11 @@ fn drain_view(d: &DrainStatus) -> DrainView {
         .collect()
 }
 
-/// This host's agent and router, through their admin APIs.
+/// This host's agent and router, through their admin APIs (found again when they restart elsewhere).
 #[derive(Debug)]
 pub(crate) struct Parts {
-    pub agent: ApiClient,
-    pub router: ApiClient,
+    pub agent: Reach,
+    pub router: Reach,
 }
 
 impl Parts {
