@@ -46,7 +46,7 @@ pub(crate) trait Host {
 }
 
 /// How a turn went.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Turn {
     /// The router confirmed the table for what the host should run, as the turn left it.
     pub confirmed: bool,
@@ -174,7 +174,9 @@ impl Parts {
             RouterCall::PutRoutes { table, .. } => {
                 let a: Applied = self.router.call(http::Method::PUT, "/v1/routes", Some(table)).await?;
                 tracing::info!(generation = a.generation, "routes applied");
-                Ok(Answer::Done)
+                Ok(Answer::Applied {
+                    generation: a.generation,
+                })
             }
             RouterCall::ReadDrain => Ok(Answer::Drain(drain_view(&self.router.get("/v1/drain").await?))),
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use wire::service::{DeployInfo, Strategy};
+use wire::service::{DeployInfo, DeployPhase, HoldReason, Strategy};
 
 use crate::harness::Fixture;
 
@@ -69,4 +69,76 @@ async fn the_control_plane_kept_calling_a_killed_agent_and_router_on_their_old_p
         vec![("v2", 100)],
         "{r:?}"
     );
+}
+
+/// The table the router itself serves, from its admin API.
+async fn router_routes(f: &Fixture) -> wire::RouteTable {
+    let r = control::router_running(&f.cfg).expect("a router runs");
+    let token = std::fs::read_to_string(f.cfg.layout.router_status().with_file_name("admin.token")).unwrap();
+    let api = plumbing::client::ApiClient::new(&r.addr, Some(token.trim().to_string())).unwrap();
+    api.get("/v1/routes").await.unwrap()
+}
+
+fn weights(t: &wire::RouteTable) -> Vec<(String, u32, wire::RouteState)> {
+    t.releases.iter().map(|r| (r.id.clone(), r.weight, r.state)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_went_on_stepping_and_was_reported_promoted_while_its_router_was_dead() {
+    let mut f = Fixture::new("");
+    f.start().await;
+    let d: DeployInfo = f.deploy("v1", None).await;
+    f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    let d: DeployInfo = f.deploy("v2", Some(Strategy::Canary)).await;
+    testkit::wait_for("the canary's first step", Duration::from_secs(30), || async {
+        let d: DeployInfo = f.api().get(&format!("/v1/deploys/{}", d.id)).await.ok()?;
+        (d.phase == DeployPhase::Step).then_some(())
+    })
+    .await;
+    kill9(control::router_running(&f.cfg).unwrap().pid).await;
+    let held = testkit::wait_for("the deploy held", Duration::from_secs(10), || async {
+        f.status()
+            .await
+            .held
+            .filter(|h| h.reason == HoldReason::RouterUnreachable)
+    })
+    .await;
+    assert!(
+        held.message.starts_with("router unreachable since "),
+        "{}",
+        held.message
+    );
+    assert!(held.message.ends_with("UTC, deploy held"), "{}", held.message);
+    // Two steps of 3 s would be over by now: the deploy stays where its routes were confirmed.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let now: DeployInfo = f.api().get(&format!("/v1/deploys/{}", d.id)).await.unwrap();
+        assert_eq!((now.phase, now.step), (DeployPhase::Step, Some(0)), "{now:?}");
+        assert!(now.detail.starts_with("router unreachable since "), "{}", now.detail);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    slipway_up(&f);
+    let end = f.wait_deploy(d.id, Duration::from_secs(60)).await;
+    assert_eq!(end.outcome.as_deref(), Some("promoted"), "{end:?}");
+    assert!(
+        end.events.iter().any(|e| e.ends_with(" held: router unreachable")),
+        "{:?}",
+        end.events
+    );
+    assert!(
+        end.events.iter().any(|e| e.contains(" going on after ")),
+        "{:?}",
+        end.events
+    );
+    // What status shows is what the new router serves.
+    let s = testkit::wait_for("the hold over", Duration::from_secs(10), || async {
+        let s = f.status().await;
+        s.held.is_none().then_some(s)
+    })
+    .await;
+    assert_eq!(weights(&s.routes.unwrap()), weights(&router_routes(&f).await));
+    testkit::wait_for("the new router serves v2", Duration::from_secs(10), || async {
+        (served(&f).await.as_deref() == Some("v2")).then_some(())
+    })
+    .await;
 }
