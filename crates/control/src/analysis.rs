@@ -182,6 +182,7 @@ pub(crate) mod fixtures {
             },
             phase,
             started_ms: 0,
+            held_ms: 0,
             finished_ms: None,
             outcome: None,
             paused_at,

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rollout::{Deploy, Event, Service, Transition, Update};
+use rollout::{Deploy, Event, RouteSpec, Service, Transition, Update};
 use wire::RouteTable;
 use wire::agent::InstanceInfo;
 use wire::api::RouterStatus;
 use wire::metrics::MetricsSnapshot;
-use wire::service::{DeployInfo, ServiceStatus};
+use wire::service::{DeployInfo, Held, HoldReason, ServiceStatus};
 
 use crate::book::{Book, CommandError};
 use crate::config::{ConfigError, ServiceConfig};
@@ -33,6 +33,9 @@ struct Seen {
     router: Option<RouterStatus>,
     /// The table the router last confirmed.
     routes: Option<RouteTable>,
+    /// The machine's routes that table was for. None until the first confirmed turn: a (re)started control plane
+    /// holds until the router confirmed its routes.
+    confirmed_for: Option<Vec<RouteSpec>>,
     /// What the control plane last did to the data (`[data]`).
     data: Option<String>,
 }
@@ -165,11 +168,27 @@ impl Control {
         lock(&self.book).published().clone()
     }
 
-    /// Applies an event; journals it before anything acts on it.
+    /// Applies an event; journals it before anything acts on it. A state whose routes the router has not confirmed
+    /// holds at once, so nothing more is stepped, promoted or retired from it until the router runs them.
     pub(crate) fn apply(&self, ev: Event, now: u64) -> Result<Update, CommandError> {
-        let update = lock(&self.book).apply(&ev, now)?;
+        let mut update = lock(&self.book).apply(&ev, now)?;
+        if !matches!(ev, Event::Hold { .. }) && !self.routes_confirmed() {
+            let hold = Event::Hold {
+                reason: HoldReason::RoutesUnconfirmed,
+            };
+            match lock(&self.book).apply(&hold, now) {
+                Ok(u) => update.transitions.extend(u.transitions),
+                Err(e) => tracing::error!(error = %e, "cannot record the hold"),
+            }
+        }
         self.tell(&update.transitions);
         Ok(update)
+    }
+
+    /// The router runs the routes the machine wants now.
+    fn routes_confirmed(&self) -> bool {
+        let want = lock(&self.book).state().desired().routes;
+        lock(&self.seen).confirmed_for.as_ref() == Some(&want)
     }
 
     fn tell(&self, transitions: &[Transition]) {
@@ -178,7 +197,14 @@ impl Control {
         }
         let deploy = lock(&self.book).state().deploy.as_ref().map(|d| d.id);
         for t in transitions {
-            tracing::info!(?deploy, "{t}");
+            match t {
+                // Every new table waits for the router's answer a moment: said only when it is more than that.
+                Transition::Held {
+                    reason: HoldReason::RoutesUnconfirmed,
+                } => tracing::debug!(?deploy, "{t}"),
+                Transition::Unheld { held_ms } if *held_ms < 2_000 => tracing::debug!(?deploy, "{t}"),
+                _ => tracing::info!(?deploy, "{t}"),
+            }
         }
     }
 
@@ -336,35 +362,81 @@ impl Control {
         lp
     }
 
+    /// Observes, holds the deploy first if a part is unreachable or the routes unconfirmed (so nothing moves on
+    /// a world it cannot see or set), feeds the machine, reconciles, and ends the hold once the router confirmed.
     pub(crate) async fn tick(&self, lp: &mut LoopState) {
         let now = unix_ms();
-        let instances = self.observe_agent(lp, now).await;
-        match self.parts.metrics().await {
-            Ok(snap) => self.judge(&snap, lp, now),
-            Err(e) => warn_once(lp, "router", &format!("router metrics unreachable: {e}")),
+        let instances = self.parts.instances().await;
+        let metrics = self.parts.metrics().await;
+        let router = self.parts.router_status().await;
+        match &router {
+            Ok(st) => {
+                self.check_generation(st, lp);
+                lock(&self.seen).router = Some(st.clone());
+            }
+            Err(e) => warn_once(lp, "router", &format!("router unreachable, deploy held: {e}")),
         }
-        if let Ok(st) = self.parts.router_status().await {
-            lock(&self.seen).router = Some(st);
+        let reach = (instances.is_ok(), metrics.is_ok() && router.is_ok());
+        if let Some(reason) = planner::hold_reason(reach.0, reach.1, self.routes_confirmed()) {
+            self.record(Event::Hold { reason }, now, lp);
+        }
+        let instances = self.observe_agent(instances, lp, now);
+        match metrics {
+            // The analysis does not advance while held.
+            Ok(snap) if self.state().held.is_none() => self.judge(&snap, lp, now),
+            Ok(_) => {}
+            Err(e) => warn_once(lp, "metrics", &format!("router metrics unreachable: {e}")),
         }
         self.record(Event::Tick, now, lp);
         if let Some(instances) = instances {
             self.reconcile(instances, lp, now).await;
             self.follow_data(lp, now).await;
         }
+        // The hold ends only on the state the router confirmed, not on a command accepted meanwhile.
+        match planner::hold_reason(reach.0, reach.1, self.routes_confirmed()) {
+            Some(reason) => self.record(Event::Hold { reason }, now, lp),
+            None if self.state().held.is_some() => {
+                lp.warned.clear();
+                self.record(Event::Unhold, now, lp);
+            }
+            None => {}
+        }
         self.save_history(lp);
     }
 
+    /// A router that reports another generation than the one it answered for the confirmed table was restarted
+    /// on other routes, or changed by someone else: the table is applied again before anything goes on.
+    fn check_generation(&self, st: &RouterStatus, lp: &mut LoopState) {
+        if let Some(g) = lp.memory.generation
+            && g != st.generation
+        {
+            tracing::warn!(
+                confirmed = g,
+                reported = st.generation,
+                "the router runs another route generation than the one it confirmed; applying the routes again"
+            );
+            planner::forget_table(&mut lp.memory);
+            lock(&self.seen).confirmed_for = None;
+        }
+    }
+
     /// The agent's instances, fed to the machine as its groups (none when the agent is unreachable).
-    async fn observe_agent(&self, lp: &mut LoopState, now: u64) -> Option<Vec<InstanceInfo>> {
-        match self.parts.instances().await {
+    fn observe_agent(
+        &self,
+        answer: Result<wire::agent::InstanceList, plumbing::client::ClientError>,
+        lp: &mut LoopState,
+        now: u64,
+    ) -> Option<Vec<InstanceInfo>> {
+        match answer {
             Ok(list) => {
+                lp.warned.remove("agent");
                 let groups = planner::observe_groups(&list.instances);
                 lock(&self.seen).instances = list.instances.clone();
                 self.record(Event::Groups { groups }, now, lp);
                 Some(list.instances)
             }
             Err(e) => {
-                warn_once(lp, "agent", &format!("agent unreachable, waiting: {e}"));
+                warn_once(lp, "agent", &format!("agent unreachable, deploy held: {e}"));
                 None
             }
         }
@@ -429,7 +501,11 @@ impl Control {
         };
         let seen = HostObserved { instances, drain: None };
         let turn = executor::turn(&self.parts, &want, seen, &mut lp.memory, now).await;
-        lock(&self.seen).routes = lp.memory.table.clone();
+        {
+            let mut seen = lock(&self.seen);
+            seen.routes = lp.memory.table.clone();
+            seen.confirmed_for = turn.confirmed.then(|| want.routes.clone());
+        }
         for (release, why) in &turn.missing {
             if st.active().is_some_and(|d| &d.release == release) {
                 let reason = format!("cannot start {release}: {why}");
@@ -466,8 +542,15 @@ impl Control {
     }
 
     /// The API's view of a deploy.
+    /// The API's view of a deploy; a running one says first why it is held, if it is.
     pub(crate) fn info(&self, st: &Service, d: &Deploy) -> DeployInfo {
-        view::deploy_info(st, d, &lock(&self.verdicts), unix_ms())
+        let mut info = view::deploy_info(st, d, &lock(&self.verdicts), unix_ms());
+        if !d.phase.finished()
+            && let Some(h) = lock(&self.book).state().held
+        {
+            info.detail = format!("{}; {}", Held::new(h.reason, h.since).message, info.detail);
+        }
+        info
     }
 
     pub(crate) fn status(&self) -> ServiceStatus {
@@ -484,6 +567,7 @@ impl Control {
             let s = lock(&self.seen);
             (s.instances.clone(), s.router.clone(), s.routes.clone(), s.data.clone())
         };
+        let held = lock(&self.book).state().held.map(|h| Held::new(h.reason, h.since));
         ServiceStatus {
             service: lock(&self.cfg).file.service.name.clone(),
             current: st.current.clone(),
@@ -493,6 +577,7 @@ impl Control {
             instances,
             routes,
             data,
+            held,
         }
     }
 

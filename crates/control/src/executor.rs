@@ -1,7 +1,7 @@
 //! The thin executor: carries the planner's actions out against one host's agent and router.
 //! What they answer goes back to the planner as observations, until nothing is left to do this turn.
 
-use plumbing::client::{ApiClient, ClientError};
+use plumbing::client::ClientError;
 use wire::agent::{InstanceList, NotifyDrainRequest, ReleaseList, SetCurrentRequest, StartRequest, StopRequest};
 use wire::api::{Applied, DrainStatus, RouterStatus};
 use wire::metrics::MetricsSnapshot;
@@ -9,6 +9,7 @@ use wire::metrics::MetricsSnapshot;
 use crate::planner::{
     self, Action, AgentCall, Answer, DrainView, HostDesired, HostObserved, Memory, RouterCall, Traffic,
 };
+use crate::reach::Reach;
 
 /// Rounds of plan → act → learn in one turn; a round needs the answers of the one before.
 const ROUNDS: usize = 8;
@@ -45,7 +46,7 @@ pub(crate) trait Host {
 }
 
 /// How a turn went.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Turn {
     /// The router confirmed the table for what the host should run, as the turn left it.
     pub confirmed: bool,
@@ -104,11 +105,11 @@ fn drain_view(d: &DrainStatus) -> DrainView {
         .collect()
 }
 
-/// This host's agent and router, through their admin APIs.
+/// This host's agent and router, through their admin APIs (found again when they restart elsewhere).
 #[derive(Debug)]
 pub(crate) struct Parts {
-    pub agent: ApiClient,
-    pub router: ApiClient,
+    pub agent: Reach,
+    pub router: Reach,
 }
 
 impl Parts {
@@ -173,7 +174,9 @@ impl Parts {
             RouterCall::PutRoutes { table, .. } => {
                 let a: Applied = self.router.call(http::Method::PUT, "/v1/routes", Some(table)).await?;
                 tracing::info!(generation = a.generation, "routes applied");
-                Ok(Answer::Done)
+                Ok(Answer::Applied {
+                    generation: a.generation,
+                })
             }
             RouterCall::ReadDrain => Ok(Answer::Drain(drain_view(&self.router.get("/v1/drain").await?))),
         }

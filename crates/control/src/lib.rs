@@ -19,13 +19,13 @@ mod journal;
 mod judging;
 mod planner;
 mod procs;
+mod reach;
 mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plumbing::client::ApiClient;
 use tokio::sync::watch;
 
 pub use api::ROUTES;
@@ -97,9 +97,18 @@ pub async fn start(cfg: ServiceConfig, exe: PathBuf) -> Result<RunningControl, S
         .await
         .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??
     };
+    read_token(&cfg.layout.agent_token())?;
+    read_token(&cfg.layout.router_token())?;
+    let found = |status, field, token| reach::Found { status, field, token };
     let parts = executor::Parts {
-        agent: ApiClient::new(&agent.addr, Some(read_token(&cfg.layout.agent_token())?))?,
-        router: ApiClient::new(&router.addr, Some(read_token(&cfg.layout.router_token())?))?,
+        agent: reach::Reach::open(
+            found(cfg.layout.agent_status(), "api", cfg.layout.agent_token()),
+            &agent.addr,
+        )?,
+        router: reach::Reach::open(
+            found(cfg.layout.router_status(), "admin", cfg.layout.router_token()),
+            &router.addr,
+        )?,
     };
     let token = plumbing::fs::secret_file(&cfg.layout.control_token(), plumbing::fs::new_token)?;
     let listen = plumbing::api::Listen::parse(&cfg.file.service.admin, &cfg.base, "service.admin")

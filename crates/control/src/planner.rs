@@ -72,6 +72,8 @@ pub(crate) struct Memory {
     pub out_since: BTreeMap<String, u64>,
     /// The release the host's `current` link was last set to.
     pub current_link: Option<String>,
+    /// The generation the router answered for `table` (none: not known, as in a simulated host).
+    pub generation: Option<u64>,
 }
 
 /// One call to a host's agent or router.
@@ -114,8 +116,22 @@ pub(crate) enum Answer {
     Instances(Vec<InstanceInfo>),
     /// The router's drain state.
     Drain(DrainView),
-    /// Done (a route table applied, the `current` link set).
+    /// The router applied a route table and runs it as this generation.
+    Applied { generation: u64 },
+    /// Done (the `current` link set, or a table applied by a host that names no generation).
     Done,
+}
+
+/// Why the loop holds the deploy this turn, if it does: a part it cannot reach, or routes the router has not
+/// confirmed for the state (`confirmed`: the last turn's table is what the router runs).
+pub(crate) fn hold_reason(agent: bool, router: bool, confirmed: bool) -> Option<wire::service::HoldReason> {
+    use wire::service::HoldReason;
+    match (agent, router, confirmed) {
+        (false, _, _) => Some(HoldReason::AgentUnreachable),
+        (_, false, _) => Some(HoldReason::RouterUnreachable),
+        (_, _, false) => Some(HoldReason::RoutesUnconfirmed),
+        _ => None,
+    }
 }
 
 fn instance_number(id: &str) -> u64 {
@@ -318,8 +334,12 @@ pub(crate) fn learn(action: &Action, answer: Answer, seen: &mut HostObserved, me
             }
             update(seen, changed)
         }
-        (Action::Router(RouterCall::PutRoutes { table, out }), _) => {
+        (Action::Router(RouterCall::PutRoutes { table, out }), answer) => {
             memory.table = Some(table.clone());
+            memory.generation = match answer {
+                Answer::Applied { generation } => Some(generation),
+                _ => None,
+            };
             memory.out_since.retain(|id, _| out.contains(id));
             for id in out {
                 memory.out_since.entry(id.clone()).or_insert(now);
@@ -345,15 +365,20 @@ fn update(seen: &mut HostObserved, changed: Vec<InstanceInfo>) {
 /// Takes in that `action` failed and may or may not have happened: what it would have confirmed is not known.
 pub(crate) fn forget(action: &Action, memory: &mut Memory) {
     match action {
-        Action::Router(RouterCall::PutRoutes { .. }) => {
-            // The router may run that table, or another: apply one again before stopping anything, and count
-            // drain deadlines from then (later, never earlier).
-            memory.table = None;
-            memory.out_since.clear();
-        }
+        // The router may run that table, or another: apply one again before stopping anything, and count
+        // drain deadlines from then (later, never earlier).
+        Action::Router(RouterCall::PutRoutes { .. }) => forget_table(memory),
         Action::Agent(AgentCall::SetCurrent { .. }) => memory.current_link = None,
         _ => {}
     }
+}
+
+/// The router's table is not known any more: it is applied again before anything is stopped, and drain deadlines
+/// count from then.
+pub(crate) fn forget_table(memory: &mut Memory) {
+    memory.table = None;
+    memory.generation = None;
+    memory.out_since.clear();
 }
 
 /// The instance groups as the machine sees them.

@@ -28,7 +28,7 @@ pub fn alive(pid: u32) -> bool {
     agent::process_start_time(pid).is_some()
 }
 
-fn read_status(path: &Path, addr_field: &str) -> Option<Running> {
+pub(crate) fn read_status(path: &Path, addr_field: &str) -> Option<Running> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     let pid = v["pid"].as_u64()? as u32;
     let addr = v[addr_field].as_str()?.to_string();

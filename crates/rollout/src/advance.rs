@@ -111,7 +111,7 @@ impl Service {
     fn starting(&mut self, d: &Deploy, seen: &Seen, now: u64, out: &mut Vec<Transition>) {
         let plan = &d.plan;
         if !(seen.ready >= d.target() && seen.fresh_ready) {
-            if now.saturating_sub(d.started_ms) > plan.start_timeout_ms {
+            if now.saturating_sub(d.started_ms + d.held_ms) > plan.start_timeout_ms {
                 let why = format!("new instances not ready within {}s", plan.start_timeout_ms / 1000);
                 self.abort(why, now, out);
             }
@@ -206,7 +206,10 @@ impl Service {
                     ready_since: None,
                 });
             }
-            if now.saturating_sub(d.started_ms) > plan.start_timeout_ms && ready_since.is_none() && removed == 0 {
+            if now.saturating_sub(d.started_ms + d.held_ms) > plan.start_timeout_ms
+                && ready_since.is_none()
+                && removed == 0
+            {
                 let why = format!("new instances not ready within {}s", plan.start_timeout_ms / 1000);
                 self.abort(why, now, out);
             }

@@ -92,6 +92,9 @@ pub struct Deploy {
     pub plan: Plan,
     pub phase: Phase,
     pub started_ms: u64,
+    /// Time the control plane held the deploy (it could not see or set the world): not counted towards its
+    /// start timeout.
+    pub held_ms: u64,
     pub finished_ms: Option<u64>,
     pub outcome: Option<String>,
     pub paused_at: Option<u64>,

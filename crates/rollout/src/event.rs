@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use wire::judge::Outcome;
-use wire::service::Strategy;
+use wire::service::{HoldReason, Strategy};
 
 /// Settings of one deploy, captured when it starts (a config change later
 /// does not change a running deploy, and replay stays deterministic).
@@ -73,4 +73,11 @@ pub enum Event {
         reason: String,
     },
     Tick,
+    /// The control plane cannot see or set the world (the agent or router is unreachable, or the router did not
+    /// confirm the routes): nothing moves on until `Unhold`, and the time held does not count.
+    Hold {
+        reason: HoldReason,
+    },
+    /// The world is seen and its routes confirmed again.
+    Unhold,
 }

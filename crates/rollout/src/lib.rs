@@ -22,5 +22,5 @@ mod tests;
 pub use deploy::{Deploy, Phase, RetireMode, Retiring};
 pub use desired::{AnalysisSpec, Desired, GroupSpec, RouteSpec};
 pub use event::{Event, GroupObs, Plan};
-pub use service::{Refused, Service, Update};
+pub use service::{Hold, Refused, Service, Update};
 pub use transition::{StepVerdict, Transition};

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use wire::judge::Outcome;
-use wire::service::Strategy;
+use wire::service::{HoldReason, Strategy};
 
 use crate::deploy::{Deploy, Phase, RetireMode, Retiring};
 use crate::event::{Event, GroupObs, Plan};
@@ -20,8 +20,20 @@ pub struct Service {
     /// The active deploy, or the last one.
     pub deploy: Option<Deploy>,
     pub next_id: i64,
+    /// Set while the control plane cannot see or set the world: nothing moves on meanwhile.
+    pub held: Option<Hold>,
     /// Last agent observation, by (release, group).
     pub(crate) groups: BTreeMap<(String, String), GroupObs>,
+}
+
+/// The control plane's hold: why, and since when (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: HoldReason,
+    pub since: u64,
+    /// Said in the deploy's log (a part was unreachable). Waiting for the router to confirm a new table, as every
+    /// step does for a moment, is not.
+    pub logged: bool,
 }
 
 /// What one event did: whether the state changed (then it is journaled)
@@ -87,10 +99,17 @@ impl Service {
                     r.idle_ms = *idle_ms;
                 }
             }
+            // The analysis does not advance while held: what the judge saw may not be what the router ran.
+            Event::Verdict { .. } if self.held.is_some() => {}
             Event::Verdict { outcome, reason } => self.verdict(*outcome, reason, now, &mut out),
             Event::Tick => {}
+            Event::Hold { reason } => self.hold(*reason, now, &mut out),
+            Event::Unhold => self.unhold(now, &mut out),
         }
-        self.advance(now, &mut out);
+        // Nothing is stepped, promoted or retired on a world that could not be seen or set.
+        if self.held.is_none() {
+            self.advance(now, &mut out);
+        }
         Ok(Update {
             changed: *self != before,
             transitions: out,
@@ -135,6 +154,66 @@ impl Service {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Holds (or goes on holding, for another reason); an unreachable part is said in the deploy's log.
+    fn hold(&mut self, reason: HoldReason, now: u64, out: &mut Vec<Transition>) {
+        let log = reason != HoldReason::RoutesUnconfirmed;
+        match &mut self.held {
+            Some(h) if h.reason == reason => return,
+            Some(h) => {
+                h.reason = reason;
+                h.logged |= log;
+            }
+            None => {
+                self.held = Some(Hold {
+                    reason,
+                    since: now,
+                    logged: log,
+                })
+            }
+        }
+        let t = Transition::Held { reason };
+        match self.active_mut() {
+            Some(d) if log => d.say(now, t, out),
+            _ => out.push(t),
+        }
+    }
+
+    /// The hold ends: its time is given back to the step's hold, the check, the bake, the start timeout and the
+    /// retiring releases' windows and deadlines.
+    fn unhold(&mut self, now: u64, out: &mut Vec<Transition>) {
+        let Some(h) = self.held.take() else { return };
+        let held = now.saturating_sub(h.since);
+        for r in &mut self.retiring {
+            match &mut r.mode {
+                RetireMode::Sessions { deadline, .. } => *deadline += held,
+                RetireMode::Window { until } => *until += held,
+                RetireMode::Immediate => {}
+            }
+        }
+        let t = Transition::Unheld { held_ms: held };
+        let Some(d) = self.active_mut() else {
+            return out.push(t);
+        };
+        d.held_ms += held;
+        match &mut d.phase {
+            Phase::Step { since, .. } | Phase::Checking { since } => *since += held,
+            Phase::Rolling {
+                ready_since: Some(since),
+                ..
+            } => *since += held,
+            _ => {}
+        }
+        // Paused time inside the hold was given back already.
+        if let Some(p) = &mut d.paused_at {
+            *p += now.saturating_sub((*p).max(h.since));
+        }
+        if h.logged {
+            d.say(now, t, out);
+        } else {
+            out.push(t);
+        }
     }
 
     /// The judge's verdict: a failure aborts at once, any other waits for the step's end.
@@ -200,6 +279,7 @@ impl Service {
             plan: plan.clone(),
             phase,
             started_ms: now,
+            held_ms: 0,
             finished_ms: None,
             outcome: None,
             paused_at: None,

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use wire::RouteState;
 use wire::judge::Outcome;
-use wire::service::Strategy;
+use wire::service::{HoldReason, Strategy};
 
 use super::*;
 
@@ -317,6 +317,80 @@ fn pause_stops_the_clock_and_promote_skips_ahead() {
     assert_eq!(s.current.as_deref(), Some("v2"));
 }
 
+#[test]
+fn a_held_deploy_neither_steps_nor_retires_and_gets_its_held_time_back() {
+    let (mut s, mut w, mut now) = (Service::default(), World::new(), 0);
+    deploy(&mut s, "v1", Strategy::Canary, now);
+    run(&mut s, &mut w, &mut now, 3, None);
+    deploy(&mut s, "v2", Strategy::Canary, now);
+    run(&mut s, &mut w, &mut now, 4, Some(Outcome::Pass));
+    let since = match s.active().unwrap().phase {
+        Phase::Step { index: 0, since, .. } => since,
+        ref p => panic!("{p:?}"),
+    };
+    let hold = Event::Hold {
+        reason: HoldReason::RouterUnreachable,
+    };
+    let u = s.on(&hold, now).unwrap();
+    assert_eq!(
+        u.transitions,
+        vec![Transition::Held {
+            reason: HoldReason::RouterUnreachable
+        }]
+    );
+    assert!(u.changed);
+    assert!(
+        !s.on(&hold, now).unwrap().changed,
+        "holding again for the same reason changes nothing"
+    );
+    let held_at = now;
+    // Long past the step's hold, with passing and then failing verdicts: nothing moves.
+    run(&mut s, &mut w, &mut now, 30, Some(Outcome::Pass));
+    run(&mut s, &mut w, &mut now, 5, Some(Outcome::Fail));
+    let d = s.active().unwrap();
+    assert!(matches!(d.phase, Phase::Step { index: 0, .. }), "{:?}", d.phase);
+    assert_eq!(d.last_verdict, Some(Outcome::Pass), "verdicts while held are not taken");
+    let u = s.on(&Event::Unhold, now).unwrap();
+    assert!(u.transitions.contains(&Transition::Unheld { held_ms: now - held_at }));
+    let d = s.active().unwrap();
+    assert_eq!(
+        d.phase,
+        Phase::Step {
+            index: 0,
+            since: since + (now - held_at),
+            extensions: 0
+        }
+    );
+    assert_eq!(d.held_ms, now - held_at);
+    // The step's remaining hold runs after the hold, then it steps on.
+    run(&mut s, &mut w, &mut now, 5, Some(Outcome::Pass));
+    assert!(matches!(s.active().unwrap().phase, Phase::Step { index: 0, .. }));
+    run(&mut s, &mut w, &mut now, 3, Some(Outcome::Pass));
+    assert!(matches!(s.active().unwrap().phase, Phase::Step { index: 1, .. }));
+    // A blue-green's old set stays warm for its whole window, held time not counted.
+    let (mut s, mut w, mut now) = (Service::default(), World::new(), 0);
+    deploy(&mut s, "v1", Strategy::Canary, now);
+    run(&mut s, &mut w, &mut now, 3, None);
+    deploy(&mut s, "v2", Strategy::BlueGreen, now);
+    run(&mut s, &mut w, &mut now, 10, None);
+    assert_eq!(s.current.as_deref(), Some("v2"));
+    let until = match s.retiring[0].mode {
+        RetireMode::Window { until } => until,
+        ref m => panic!("{m:?}"),
+    };
+    s.on(&hold, now).unwrap();
+    let held_at = now;
+    run(&mut s, &mut w, &mut now, 90, None);
+    assert!(!s.retiring[0].stopping, "nothing is retired while held");
+    s.on(&Event::Unhold, now).unwrap();
+    assert_eq!(
+        s.retiring[0].mode,
+        RetireMode::Window {
+            until: until + (now - held_at)
+        }
+    );
+}
+
 /// The noisy world moves towards what is desired, with delays and failures: the agent's next report.
 fn noisy_groups(
     live: &mut BTreeMap<(String, String), (u32, u32)>,
@@ -445,13 +519,44 @@ fn random_worlds_and_operators_with_crash_and_replay_at_every_step() {
         let mut next_release = 1;
         let mut no_going_back: BTreeSet<String> = BTreeSet::new();
         let apply = |s: &mut Service, journal: &mut Vec<(Event, u64)>, ev: Event, now: u64| {
-            if s.on(&ev, now).is_ok_and(|u| u.changed) {
+            let held = s.held.is_some();
+            let command = matches!(
+                ev,
+                Event::Deploy { .. } | Event::Rollback { .. } | Event::Pause | Event::Resume | Event::Promote
+            ) || matches!(ev, Event::Abort { .. } | Event::Unhold);
+            let update = s.on(&ev, now);
+            if let Ok(u) = &update
+                && held
+                && !command
+            {
+                let moved = u.transitions.iter().any(|t| !matches!(t, Transition::Held { .. }));
+                assert!(!moved, "seed {seed}: {:?} on {ev:?} while held", u.transitions);
+            }
+            if update.is_ok_and(|u| u.changed) {
                 journal.push((ev, now));
             }
         };
         for step in 0..400 {
             now += rng.u64(200..3_000);
             let calm = step >= 250;
+            // The control plane loses sight of the world now and then, and holds.
+            let reasons = [
+                HoldReason::AgentUnreachable,
+                HoldReason::RouterUnreachable,
+                HoldReason::RoutesUnconfirmed,
+            ];
+            match (calm, rng.u8(0..12)) {
+                (false, 0) => apply(
+                    &mut s,
+                    &mut journal,
+                    Event::Hold {
+                        reason: reasons[rng.usize(0..3)],
+                    },
+                    now,
+                ),
+                (true, _) | (_, 1..=3) => apply(&mut s, &mut journal, Event::Unhold, now),
+                _ => {}
+            }
             let groups = noisy_groups(&mut live, &s.desired(), &mut rng, calm);
             apply(&mut s, &mut journal, groups, now);
             for r in s.retiring.clone() {

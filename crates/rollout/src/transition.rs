@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use wire::service::Strategy;
+use wire::service::{HoldReason, Strategy};
 
 /// How a canary step ended when the deploy went on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,14 @@ pub enum Transition {
     Paused,
     Resumed {
         paused_ms: u64,
+    },
+    /// The control plane holds the deploy: it cannot see or set the world.
+    Held {
+        reason: HoldReason,
+    },
+    /// The hold is over; its time did not count towards holds and deadlines.
+    Unheld {
+        held_ms: u64,
     },
     /// The operator ended the canary steps early.
     PromotedByHand,
@@ -118,6 +126,8 @@ impl fmt::Display for Transition {
             } => write!(f, "first deploy of {release}"),
             Transition::Paused => f.write_str("paused"),
             Transition::Resumed { paused_ms } => write!(f, "resumed after {}s paused", paused_ms / 1000),
+            Transition::Held { reason } => write!(f, "held: {reason}"),
+            Transition::Unheld { held_ms } => write!(f, "going on after {}s held", held_ms / 1000),
             Transition::PromotedByHand => f.write_str("promoted by hand"),
             Transition::SwitchForced => f.write_str("switch forced by hand"),
             Transition::Ready { release, count } => write!(f, "{count} instances of {release} ready"),

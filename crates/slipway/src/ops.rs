@@ -227,6 +227,9 @@ pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
         s.current.as_deref().unwrap_or("none"),
         s.previous.as_deref().unwrap_or("none")
     )?;
+    if let Some(held) = &s.held {
+        writeln!(out, "HELD: {}", held.message)?;
+    }
     if let Some(data) = &s.data {
         writeln!(out, "data: {data}")?;
     }

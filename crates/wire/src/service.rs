@@ -554,6 +554,61 @@ impl DeployInfo {
     }
 }
 
+/// Why the control plane holds the deploy: it cannot see or set the world, so nothing moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldReason {
+    /// The agent does not answer: instances cannot be seen, started or stopped.
+    AgentUnreachable,
+    /// The router does not answer: routes cannot be applied, traffic and metrics cannot be read.
+    RouterUnreachable,
+    /// The router has not confirmed the route table the deploy's state needs.
+    RoutesUnconfirmed,
+}
+
+impl HoldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::AgentUnreachable => "agent unreachable",
+            HoldReason::RouterUnreachable => "router unreachable",
+            HoldReason::RoutesUnconfirmed => "routes not confirmed by the router",
+        }
+    }
+}
+
+impl std::fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The control plane's hold, as `status` shows it: nothing is stepped, promoted or retired meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub reason: HoldReason,
+    /// Since when (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// In words: "router unreachable since 12:01:03 UTC, deploy held".
+    pub message: String,
+}
+
+impl Held {
+    pub fn new(reason: HoldReason, since_ms: u64) -> Held {
+        let s = since_ms / 1000 % 86_400;
+        let message = format!(
+            "{reason} since {:02}:{:02}:{:02} UTC, deploy held",
+            s / 3600,
+            s / 60 % 60,
+            s % 60
+        );
+        Held {
+            reason,
+            since_ms,
+            message,
+        }
+    }
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
@@ -567,6 +622,9 @@ pub struct ServiceStatus {
     /// What the control plane last did to the data (migrations, write gates), if `[data]` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Set while the control plane holds: it cannot reach the agent or the router, or its routes are unconfirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
 }
 
 /// `GET /v1/deploys`.

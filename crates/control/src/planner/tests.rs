@@ -3,10 +3,10 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use rollout::{Event, Plan, Service};
+use rollout::{Event, Plan, Service, Transition};
 use wire::agent::{InstanceInfo, InstanceState};
 use wire::judge::Outcome;
-use wire::service::Strategy;
+use wire::service::{HoldReason, Strategy};
 use wire::{HumanDuration, RouteState, RouteTable};
 
 use super::*;
@@ -162,12 +162,23 @@ struct Fake {
     want: Option<HostDesired>,
     /// The control plane died during this turn: no call reaches the host any more.
     crashed: bool,
+    /// The router does not answer this turn (killed, restarting).
+    router_down: bool,
+    /// Out of 16: how often this world's router refuses a route table besides the common noise.
+    put_fail: u8,
 }
 
 impl Fake {
     fn call(&mut self, a: &Action) -> Result<Answer, CallError> {
         if self.crashed {
             return Err(CallError::Failed("the control plane is gone".into()));
+        }
+        if matches!(a, Action::Router(_)) && self.router_down {
+            return Err(CallError::Failed("cannot reach the router: connection refused".into()));
+        }
+        if matches!(a, Action::Router(RouterCall::PutRoutes { .. })) && self.noisy && self.rng.u8(0..16) < self.put_fail
+        {
+            return Err(CallError::Failed("the router refused the table".into()));
         }
         let fate = if self.noisy { self.rng.u8(0..16) } else { u8::MAX };
         match fate {
@@ -452,6 +463,13 @@ struct Sim {
     next_release: u32,
     crashes: u32,
     published_turns: u32,
+    /// The machine's routes the router last confirmed (none after a crash, as in the driver).
+    confirmed_for: Option<Vec<rollout::RouteSpec>>,
+    /// The router answers this turn.
+    router_up: bool,
+    /// Steps, promotions and retirements recorded, and holds begun.
+    moves: u32,
+    holds: u32,
 }
 
 impl Sim {
@@ -467,6 +485,8 @@ impl Sim {
             current_link: None,
             want: None,
             crashed: false,
+            router_down: false,
+            put_fail: (seed % 8) as u8,
         }));
         let mut sim = Sim {
             seed,
@@ -479,6 +499,10 @@ impl Sim {
             next_release: 1,
             crashes: 0,
             published_turns: 0,
+            confirmed_for: None,
+            router_up: true,
+            moves: 0,
+            holds: 0,
         };
         sim.apply(Event::Deploy {
             release: "v1".into(),
@@ -488,8 +512,54 @@ impl Sim {
         sim
     }
 
+    /// Feeds the machine as the driver does: a state whose routes are not confirmed holds at once. Nothing but the
+    /// operator's commands moves the deploy from a state whose routes the router did not confirm.
     fn apply(&mut self, ev: Event) {
-        let _ = self.machine.on(&ev, self.now);
+        let seed = self.seed;
+        let command = matches!(
+            ev,
+            Event::Deploy { .. }
+                | Event::Rollback { .. }
+                | Event::Pause
+                | Event::Resume
+                | Event::Promote
+                | Event::Abort { .. }
+        );
+        let before = self.machine.desired().routes;
+        let Ok(u) = self.machine.on(&ev, self.now) else { return };
+        let moved: Vec<&Transition> = u
+            .transitions
+            .iter()
+            .filter(|t| !matches!(t, Transition::Held { .. } | Transition::Unheld { .. }))
+            .collect();
+        if !command && !moved.is_empty() {
+            assert_eq!(
+                Some(&before),
+                self.confirmed_for.as_ref(),
+                "seed {seed}: {moved:?} recorded on {ev:?} from routes the router had not confirmed"
+            );
+            self.moves += moved.len() as u32;
+        }
+        self.holds += u
+            .transitions
+            .iter()
+            .filter(|t| matches!(t, Transition::Held { .. }))
+            .count() as u32;
+        if !matches!(ev, Event::Hold { .. }) && self.confirmed_for.as_ref() != Some(&self.machine.desired().routes) {
+            self.apply(Event::Hold {
+                reason: HoldReason::RoutesUnconfirmed,
+            });
+        }
+    }
+
+    /// The driver's hold: a part unreachable, or the routes the machine wants not confirmed.
+    fn hold_or_go(&mut self, agent: bool) {
+        let confirmed = self.confirmed_for.as_ref() == Some(&self.machine.desired().routes);
+        match hold_reason(agent, self.router_up, confirmed) {
+            Some(reason) => self.apply(Event::Hold { reason }),
+            None if self.machine.held.is_some() => self.apply(Event::Unhold),
+            None => {}
+        }
     }
 
     /// Time passes; the loop observes the agent (unreachable now and then) and feeds the machine with it, the
@@ -502,6 +572,9 @@ impl Sim {
             w.advance(self.now);
         }
         let instances = (calm || self.rng.u8(0..10) > 0).then(|| self.world.0.borrow().list());
+        self.router_up = calm || self.rng.u8(0..8) > 0;
+        self.world.0.borrow_mut().router_down = !self.router_up;
+        self.hold_or_go(instances.is_some());
         if let Some(list) = &instances {
             self.apply(Event::Groups {
                 groups: observe_groups(list),
@@ -543,9 +616,11 @@ impl Sim {
             // Started again: the journal rebuilds the machine and what was published; the memory is gone.
             w.crashed = false;
             self.memory = Memory::default();
+            self.confirmed_for = None;
             self.crashes += 1;
             return;
         }
+        self.confirmed_for = turn.confirmed.then(|| want.routes.clone());
         if turn.confirmed {
             assert_eq!(
                 self.memory.table.as_ref(),
@@ -609,26 +684,34 @@ impl Sim {
 
 /// Seeded simulation of the control loop's reconcile half: a noisy host (slow, failing and crashing instances,
 /// traffic, agent and router calls refused or answered into the void), a control plane that dies between any
-/// two calls and starts again without its memory, and a busy operator; then a calm spell. Throughout, nothing
+/// two calls and starts again without its memory, a router down now and then and refusing tables at a rate of
+/// its own in each world, and a busy operator; then a calm spell. No step, promotion or retirement is recorded
+/// from a state whose routes the router did not confirm (the driver's hold, checked at every event). Throughout, nothing
 /// starts twice and no instance stops with connections open inside its drain deadline (both checked by the
 /// host at each call), and the state is published only when the router really runs its routes. In the calm,
 /// the host converges to what the machine wants.
 #[test]
 fn random_hosts_with_failing_calls_and_crashes_between_any_two_calls_converge_safely() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let (mut crashes, mut published_turns) = (0, 0);
+    let (mut crashes, mut published_turns, mut moves, mut holds) = (0, 0, 0, 0);
     for seed in 0..120u64 {
         let mut sim = Sim::new(seed);
         for step in 0..400 {
-            if let Some(instances) = sim.observe(step >= 250) {
+            let instances = sim.observe(step >= 250);
+            let agent = instances.is_some();
+            if let Some(instances) = instances {
                 sim.turn(&rt, instances, step);
             }
+            sim.hold_or_go(agent);
         }
         sim.check_settled();
         crashes += sim.crashes;
         published_turns += sim.published_turns;
+        moves += sim.moves;
+        holds += sim.holds;
     }
     // The noise did what it is there for.
     assert!(crashes > 500, "only {crashes} crashes");
     assert!(published_turns > 10_000, "only {published_turns} turns published");
+    assert!(moves > 2_000 && holds > 5_000, "only {moves} moves and {holds} holds");
 }

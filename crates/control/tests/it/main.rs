@@ -4,5 +4,6 @@ mod harness;
 
 mod data;
 mod deploys;
+mod faults;
 mod longlived;
 mod restart;

@@ -1,0 +1,144 @@
+//! Parts of the service killed with SIGKILL and brought back by `slipway up`: the control plane finds them
+//! again on their new addresses without being restarted.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use wire::service::{DeployInfo, DeployPhase, HoldReason, Strategy};
+
+use crate::harness::Fixture;
+
+async fn kill9(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    testkit::wait_for(&format!("pid {pid} gone"), Duration::from_secs(5), || async {
+        agent::process_start_time(pid).is_none().then_some(())
+    })
+    .await;
+}
+
+/// `slipway up` as the operator runs it: starts what is missing.
+fn slipway_up(f: &Fixture) {
+    let out = std::process::Command::new(testkit::workspace_bin("slipway"))
+        .arg("up")
+        .arg("-c")
+        .arg(&f.cfg.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// What the router serves at `/` now (the demo app answers with its release).
+async fn served(f: &Fixture) -> Option<String> {
+    testkit::get(f.web(), "/", &[]).await.ok().map(|r| r.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_kept_calling_a_killed_agent_and_router_on_their_old_ports() {
+    let mut f = Fixture::new("");
+    f.start().await;
+    let d: DeployInfo = f.deploy("v1", Some(Strategy::Rolling)).await;
+    f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    let (agent, router) = (
+        control::agent_running(&f.cfg).unwrap(),
+        control::router_running(&f.cfg).unwrap(),
+    );
+    kill9(agent.pid).await;
+    kill9(router.pid).await;
+    slipway_up(&f);
+    let (agent2, router2) = (
+        control::agent_running(&f.cfg).unwrap(),
+        control::router_running(&f.cfg).unwrap(),
+    );
+    assert_ne!(agent2.addr, agent.addr, "the new agent listens elsewhere");
+    assert_ne!(router2.addr, router.addr, "the new router listens elsewhere");
+    // The same control plane, not restarted, deploys through the new ones.
+    let d: DeployInfo = f.deploy("v2", Some(Strategy::Rolling)).await;
+    let end = f.wait_deploy(d.id, Duration::from_secs(60)).await;
+    assert_eq!(end.outcome.as_deref(), Some("promoted"), "{end:?}");
+    testkit::wait_for("the new router serves v2", Duration::from_secs(10), || async {
+        (served(&f).await.as_deref() == Some("v2")).then_some(())
+    })
+    .await;
+    let s = f.status().await;
+    let gen_shown = s.router.as_ref().map(|r| (r.pid, r.generation));
+    assert_eq!(gen_shown.map(|g| g.0), Some(router2.pid), "status shows the new router");
+    let r = s.routes.unwrap();
+    assert_eq!(
+        r.releases.iter().map(|r| (r.id.as_str(), r.weight)).collect::<Vec<_>>(),
+        vec![("v2", 100)],
+        "{r:?}"
+    );
+}
+
+/// The table the router itself serves, from its admin API.
+async fn router_routes(f: &Fixture) -> wire::RouteTable {
+    let r = control::router_running(&f.cfg).expect("a router runs");
+    let token = std::fs::read_to_string(f.cfg.layout.router_status().with_file_name("admin.token")).unwrap();
+    let api = plumbing::client::ApiClient::new(&r.addr, Some(token.trim().to_string())).unwrap();
+    api.get("/v1/routes").await.unwrap()
+}
+
+fn weights(t: &wire::RouteTable) -> Vec<(String, u32, wire::RouteState)> {
+    t.releases.iter().map(|r| (r.id.clone(), r.weight, r.state)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_went_on_stepping_and_was_reported_promoted_while_its_router_was_dead() {
+    let mut f = Fixture::new("");
+    f.start().await;
+    let d: DeployInfo = f.deploy("v1", None).await;
+    f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    let d: DeployInfo = f.deploy("v2", Some(Strategy::Canary)).await;
+    testkit::wait_for("the canary's first step", Duration::from_secs(30), || async {
+        let d: DeployInfo = f.api().get(&format!("/v1/deploys/{}", d.id)).await.ok()?;
+        (d.phase == DeployPhase::Step).then_some(())
+    })
+    .await;
+    kill9(control::router_running(&f.cfg).unwrap().pid).await;
+    let held = testkit::wait_for("the deploy held", Duration::from_secs(10), || async {
+        f.status()
+            .await
+            .held
+            .filter(|h| h.reason == HoldReason::RouterUnreachable)
+    })
+    .await;
+    assert!(
+        held.message.starts_with("router unreachable since "),
+        "{}",
+        held.message
+    );
+    assert!(held.message.ends_with("UTC, deploy held"), "{}", held.message);
+    // Two steps of 3 s would be over by now: the deploy stays where its routes were confirmed.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let now: DeployInfo = f.api().get(&format!("/v1/deploys/{}", d.id)).await.unwrap();
+        assert_eq!((now.phase, now.step), (DeployPhase::Step, Some(0)), "{now:?}");
+        assert!(now.detail.starts_with("router unreachable since "), "{}", now.detail);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    slipway_up(&f);
+    let end = f.wait_deploy(d.id, Duration::from_secs(60)).await;
+    assert_eq!(end.outcome.as_deref(), Some("promoted"), "{end:?}");
+    assert!(
+        end.events.iter().any(|e| e.ends_with(" held: router unreachable")),
+        "{:?}",
+        end.events
+    );
+    assert!(
+        end.events.iter().any(|e| e.contains(" going on after ")),
+        "{:?}",
+        end.events
+    );
+    // What status shows is what the new router serves.
+    let s = testkit::wait_for("the hold over", Duration::from_secs(10), || async {
+        let s = f.status().await;
+        s.held.is_none().then_some(s)
+    })
+    .await;
+    assert_eq!(weights(&s.routes.unwrap()), weights(&router_routes(&f).await));
+    testkit::wait_for("the new router serves v2", Duration::from_secs(10), || async {
+        (served(&f).await.as_deref() == Some("v2")).then_some(())
+    })
+    .await;
+}
