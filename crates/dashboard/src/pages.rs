@@ -288,7 +288,7 @@ fn timeline(d: &DeployInfo, track: Option<&Track>) -> String {
         ]);
     }
     format!(
-        "<h2>Steps</h2>{}{}",
+        "<h2>Steps</h2><div class=\"charts\">{}</div>{}",
         svg::chart(&chart),
         table("moves", &["at", "step", "weight", "phase"], &rows)
     )

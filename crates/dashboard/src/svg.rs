@@ -239,8 +239,9 @@ pub(crate) fn chart(c: &Chart) -> String {
             );
         }
     }
-    for m in &c.marks {
+    for (i, m) in c.marks.iter().enumerate() {
         let x = f.x(m.x);
+        let label_y = TOP + 10.0 + 12.0 * (i % 3) as f64;
         let _ = write!(
             out,
             "<line class=\"mark {}\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{TOP}\" y2=\"{:.1}\"/><text \
@@ -248,7 +249,7 @@ pub(crate) fn chart(c: &Chart) -> String {
             m.class,
             H - BOTTOM,
             x + 3.0,
-            TOP + 10.0,
+            label_y,
             esc(&m.label)
         );
     }
