@@ -93,6 +93,9 @@ impl ServiceConfig {
         if let Err(p) = plumbing::api::Listen::parse(&file.service.admin, base, "service.admin") {
             out.push(p);
         }
+        if let Err(p) = dashboard_addr(&file.service.dashboard) {
+            out.push(p);
+        }
         if file.instance.count == 0 || file.instance.count > 64 {
             out.push(Problem::new("instance.count", "must be between 1 and 64"));
         }
@@ -324,4 +327,31 @@ fn deploy_problems(d: &wire::service::DeploySection) -> Vec<Problem> {
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// `service.dashboard`: the address to serve the dashboard on, or `None` for `off`.
+pub(crate) fn dashboard_addr(text: &str) -> Result<Option<std::net::SocketAddr>, Problem> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        Problem::new(
+            "service.dashboard",
+            format!("{text:?} is neither an ip:port (such as 127.0.0.1:8090) nor \"off\""),
+        )
+    })
+}
+
+#[cfg(test)]
+mod dashboard_tests {
+    use super::dashboard_addr;
+
+    #[test]
+    fn the_dashboard_address_is_an_ip_port_or_off_and_anything_else_is_named() {
+        assert_eq!(dashboard_addr("off").unwrap(), None);
+        assert_eq!(dashboard_addr("127.0.0.1:0").unwrap(), Some(([127, 0, 0, 1], 0).into()));
+        let p = dashboard_addr("localhost:80").unwrap_err();
+        assert_eq!(p.path, "service.dashboard");
+        assert!(dashboard_addr("").is_err() && dashboard_addr("Off").is_err());
+    }
 }

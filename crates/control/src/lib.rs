@@ -10,6 +10,7 @@
 
 mod analysis;
 mod api;
+mod board;
 mod book;
 mod config;
 mod data;
@@ -33,8 +34,8 @@ pub use config::{ConfigError, Layout, ServiceConfig};
 pub use driver::Control;
 pub use journal::JournalError;
 pub use procs::{
-    ProcError, Running, agent_running, control_running, ensure_agent, ensure_control, ensure_router, router_running,
-    stop_process,
+    ProcError, Running, agent_running, control_running, dashboard_running, ensure_agent, ensure_control, ensure_router,
+    router_running, stop_process,
 };
 
 /// Why the control plane could not start.
@@ -50,6 +51,8 @@ pub enum StartError {
     Client(#[from] plumbing::client::ClientError),
     #[error("cannot listen on {addr} for the admin API: {source}")]
     Api { addr: String, source: std::io::Error },
+    #[error("cannot listen on {addr} for the dashboard (service.dashboard): {source}")]
+    Dashboard { addr: String, source: std::io::Error },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -58,6 +61,8 @@ pub enum StartError {
 pub struct RunningControl {
     pub control: Arc<Control>,
     pub api_addr: String,
+    /// Where the dashboard listens (`None`: `service.dashboard = "off"`).
+    pub dashboard_addr: Option<std::net::SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -121,26 +126,48 @@ pub async fn start(cfg: ServiceConfig, exe: PathBuf) -> Result<RunningControl, S
             addr: listen.to_string(),
             source,
         })?;
+    let (turns, turns_rx) = watch::channel(0u64);
+    let mut tasks = vec![api_task];
+    let dashboard_addr = match config::dashboard_addr(&cfg.file.service.dashboard).ok().flatten() {
+        Some(addr) => {
+            let board = Arc::new(board::Board {
+                control: control.clone(),
+                turns: turns_rx,
+            });
+            let (bound, t) =
+                dashboard::serve(addr, board, stop_rx.clone())
+                    .await
+                    .map_err(|source| StartError::Dashboard {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+            tasks.extend(t);
+            Some(bound)
+        }
+        None => None,
+    };
     plumbing::fs::write_json(
         &cfg.layout.control_status(),
-        &serde_json::json!({ "pid": std::process::id(), "api": api_addr }),
+        &serde_json::json!({ "pid": std::process::id(), "api": api_addr, "dashboard": dashboard_addr }),
     )?;
-    let looping = tokio::spawn(control_loop(control.clone(), stop_rx));
+    tasks.push(tokio::spawn(control_loop(control.clone(), turns, stop_rx)));
     Ok(RunningControl {
         control,
         api_addr,
+        dashboard_addr,
         stop,
-        tasks: vec![api_task, looping],
+        tasks,
     })
 }
 
-async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
+async fn control_loop(c: Arc<Control>, turns: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
     let mut mtime = std::fs::metadata(c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default())
         .and_then(|m| m.modified())
         .ok();
-    let mut turns = c.loop_state();
+    let mut lp = c.loop_state();
     loop {
-        c.tick(&mut turns).await;
+        c.tick(&mut lp).await;
+        turns.send_modify(|n| *n += 1);
         let path = c.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
         let now = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if now != mtime {
@@ -162,7 +189,12 @@ async fn control_loop(c: Arc<Control>, mut stop: watch::Receiver<bool>) {
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub fn run(cfg: ServiceConfig, exe: PathBuf) -> Result<(), StartError> {
-    let up = |running: &RunningControl| println!("slipway control plane: API on {}", running.api_addr);
+    let up = |running: &RunningControl| {
+        println!("slipway control plane: API on {}", running.api_addr);
+        if let Some(d) = running.dashboard_addr {
+            println!("slipway control plane: dashboard on http://{d}/ (`slipway dashboard` logs in)");
+        }
+    };
     let leaving = "slipway control plane: stopping; the router and the instances keep serving";
     plumbing::lifecycle::block_on(plumbing::lifecycle::serve_until_signal(
         start(cfg, exe),

@@ -47,6 +47,11 @@ pub fn control_running(cfg: &ServiceConfig) -> Option<Running> {
     read_status(&cfg.layout.control_status(), "api")
 }
 
+/// The running control plane's dashboard (`addr` is its `ip:port`), unless it is off.
+pub fn dashboard_running(cfg: &ServiceConfig) -> Option<Running> {
+    read_status(&cfg.layout.control_status(), "dashboard")
+}
+
 fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ProcError> {
     let text = toml::to_string_pretty(value).map_err(|e| ProcError::Write {
         path: path.to_path_buf(),

@@ -1,6 +1,7 @@
 //! The `slipway` command's library side: what each subcommand does, so `main.rs` only parses and dispatches.
 
 pub mod cli;
+pub mod dashboard;
 pub mod demo;
 pub mod migrate;
 pub mod ops;

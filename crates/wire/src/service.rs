@@ -68,12 +68,19 @@ pub struct ServiceSection {
     /// The control plane's admin API: loopback `ip:port` or `unix:/path`.
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// The web dashboard's listener: `ip:port` (loopback by default; another address serves it to the network,
+    /// behind its login), or `off`. `slipway dashboard` prints a one-time login link to it.
+    #[serde(default = "default_dashboard")]
+    pub dashboard: String,
 }
 
 fn default_state_dir() -> std::path::PathBuf {
     ".slipway".into()
 }
 fn default_admin() -> String {
+    "127.0.0.1:0".into()
+}
+fn default_dashboard() -> String {
     "127.0.0.1:0".into()
 }
 

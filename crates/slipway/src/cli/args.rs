@@ -137,6 +137,14 @@ pub enum Command {
         #[command(flatten)]
         service: ServiceFile,
     },
+    /// Print a one-time login link to the web dashboard, and open it when a browser is available.
+    Dashboard {
+        /// Only print the link.
+        #[arg(long)]
+        no_open: bool,
+        #[command(flatten)]
+        service: ServiceFile,
+    },
     /// Schema-versioned records: versions per kind, the background crawler, write gates, verify, the HTTP service.
     Records {
         #[command(subcommand)]

@@ -154,6 +154,9 @@ fn service(command: Command) -> Result<Outcome, CliError> {
         Command::Pause { service } => done_if(block_on(ops::command(&load(&service)?, "pause", None))),
         Command::Resume { service } => done_if(block_on(ops::command(&load(&service)?, "resume", None))),
         Command::Rollback { service } => done_if(block_on(ops::rollback(&load(&service)?))),
+        Command::Dashboard { no_open, service } => {
+            done_if(block_on(crate::dashboard::login_link(&load(&service)?, no_open)))
+        }
         other => unreachable!("{} is dispatched by try_main", other.name()),
     }
 }
@@ -288,6 +291,7 @@ impl Command {
             Command::Pause { .. } => "pause",
             Command::Resume { .. } => "resume",
             Command::Rollback { .. } => "rollback",
+            Command::Dashboard { .. } => "dashboard",
             Command::Records { .. } => "records",
             Command::Migrate { .. } => "migrate",
             Command::Patch { .. } => "patch",

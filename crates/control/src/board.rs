@@ -1,0 +1,75 @@
+//! The control plane as the dashboard's backend: read accessors over `Control`, and the commands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dashboard::{Action, Backend, CommandFuture};
+use rollout::Event;
+use tokio::sync::watch;
+use wire::judge::JudgeConfig;
+use wire::service::{DataSection, DeployInfo, ServiceStatus};
+
+use crate::driver::{Control, unix_ms};
+
+/// What the dashboard reads and does; `turns` changes after every turn of the loop.
+pub(crate) struct Board {
+    pub control: Arc<Control>,
+    pub turns: watch::Receiver<u64>,
+}
+
+impl Backend for Board {
+    fn token(&self) -> String {
+        self.control.token.clone()
+    }
+
+    fn status(&self) -> ServiceStatus {
+        self.control.status()
+    }
+
+    fn history(&self, limit: usize) -> Vec<DeployInfo> {
+        self.control.history(limit)
+    }
+
+    fn deploy(&self, id: i64) -> Option<DeployInfo> {
+        self.control.deploy_info(id)
+    }
+
+    fn judge_config(&self) -> JudgeConfig {
+        self.control
+            .cfg
+            .lock()
+            .map(|c| c.file.deploy.canary.analysis.clone())
+            .unwrap_or_default()
+    }
+
+    fn data_settings(&self) -> DataSection {
+        self.control.cfg.lock().map(|c| c.file.data.clone()).unwrap_or_default()
+    }
+
+    fn log_file(&self, instance: &str) -> Option<PathBuf> {
+        let known = self.control.status().instances.iter().any(|i| i.id == instance);
+        let root = self.control.cfg.lock().ok()?.layout.root.clone();
+        known.then(|| agent::log_path(&root, instance))
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.turns.clone()
+    }
+
+    fn command(&self, action: Action, reason: Option<String>) -> CommandFuture<'_> {
+        Box::pin(async move {
+            let c = &self.control;
+            let done = match action {
+                Action::Promote => c.apply(Event::Promote, unix_ms()).map(drop),
+                Action::Pause => c.apply(Event::Pause, unix_ms()).map(drop),
+                Action::Resume => c.apply(Event::Resume, unix_ms()).map(drop),
+                Action::Abort => {
+                    let reason = reason.unwrap_or_else(|| "aborted from the dashboard".into());
+                    c.apply(Event::Abort { reason }, unix_ms()).map(drop)
+                }
+                Action::Rollback => c.rollback().await,
+            };
+            done.map_err(|e| e.to_string())
+        })
+    }
+}

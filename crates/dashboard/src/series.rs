@@ -1,0 +1,309 @@
+//! What the dashboard remembers of each deploy it watched: weight over time, the judge's canary and baseline values
+//! per metric with the tolerance band, and the moments it decided. Pure: fed a status and the time.
+
+use std::collections::BTreeMap;
+
+use wire::judge::{Direction, JudgeConfig, MetricKind, Outcome};
+use wire::service::{DeployInfo, DeployPhase, ServiceStatus};
+
+/// Points kept per metric and deploy; beyond it every other point goes.
+const MAX_POINTS: usize = 1200;
+/// Deploys remembered.
+const MAX_TRACKS: usize = 20;
+
+/// The judge's values for one metric at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Point {
+    /// Seconds since the deploy started.
+    pub t: f64,
+    pub baseline: f64,
+    pub canary: f64,
+    /// The tolerance band around the baseline: a canary outside it counts against it.
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// A change of the deploy's weight or phase.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Move {
+    pub t: f64,
+    pub weight: u32,
+    pub step: Option<usize>,
+    pub phase: DeployPhase,
+    pub paused: bool,
+}
+
+/// A decision: a verdict that moved the deploy, or its end.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Decision {
+    pub t: f64,
+    pub outcome: Outcome,
+    pub reason: String,
+}
+
+/// One deploy as the dashboard saw it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Track {
+    pub moves: Vec<Move>,
+    pub metrics: BTreeMap<String, Vec<Point>>,
+    pub decisions: Vec<Decision>,
+    verdicts_seen: usize,
+    ended: bool,
+}
+
+/// The tracks of the deploys seen, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    pub tracks: BTreeMap<i64, Track>,
+}
+
+/// The band a metric's canary value may fall in, around `b`: a failure needs both tolerances exceeded.
+pub(crate) fn band(kind: &MetricKind, direction: Direction, b: f64) -> (f64, f64) {
+    let (rel, abs) = match kind {
+        MetricKind::ErrorRate {
+            relative_tolerance,
+            absolute_tolerance,
+            ..
+        } => (*relative_tolerance, *absolute_tolerance),
+        MetricKind::Latency {
+            tolerance,
+            absolute_tolerance,
+            ..
+        } => (*tolerance, absolute_tolerance.as_millis() as f64),
+    };
+    let hi = (b * (1.0 + rel)).max(b + abs);
+    let lo = (b * (1.0 - rel)).min(b - abs).max(0.0);
+    match direction {
+        Direction::Increase => (b, hi),
+        Direction::Decrease => (lo, b),
+        Direction::Either => (lo, hi),
+    }
+}
+
+fn secs(d: &DeployInfo, now: u64) -> f64 {
+    now.saturating_sub(d.started_ms) as f64 / 1000.0
+}
+
+impl Track {
+    fn observe(&mut self, d: &DeployInfo, cfg: &JudgeConfig, now: u64) {
+        let t = secs(d, d.finished_ms.unwrap_or(now).min(now));
+        let mv = Move {
+            t,
+            weight: d.canary_weight,
+            step: d.step,
+            phase: d.phase,
+            paused: d.paused,
+        };
+        let changed = self
+            .moves
+            .last()
+            .is_none_or(|m| (m.weight, m.step, m.phase, m.paused) != (mv.weight, mv.step, mv.phase, mv.paused));
+        if changed {
+            self.moves.push(mv);
+        }
+        for v in d.verdicts.iter().skip(self.verdicts_seen) {
+            self.decisions.push(Decision {
+                t,
+                outcome: v.outcome,
+                reason: v.reason.clone(),
+            });
+        }
+        self.verdicts_seen = self.verdicts_seen.max(d.verdicts.len());
+        if d.finished() && !self.ended {
+            self.ended = true;
+            if d.aborted() && !self.decisions.iter().any(|x| x.outcome == Outcome::Fail) {
+                let reason = d.outcome.clone().unwrap_or_else(|| "aborted".into());
+                self.decisions.push(Decision {
+                    t,
+                    outcome: Outcome::Fail,
+                    reason,
+                });
+            }
+        }
+        let Some(v) = d.last_verdict.as_ref().filter(|_| !d.finished()) else {
+            return;
+        };
+        for m in &v.metrics {
+            if !(m.baseline.is_finite() && m.canary.is_finite()) {
+                continue;
+            }
+            let Some(mc) = cfg.metrics.iter().find(|c| c.name == m.name) else {
+                continue;
+            };
+            let (lo, hi) = band(&mc.kind, mc.direction, m.baseline);
+            let pts = self.metrics.entry(m.name.clone()).or_default();
+            pts.push(Point {
+                t,
+                baseline: m.baseline,
+                canary: m.canary,
+                lo,
+                hi,
+            });
+            if pts.len() > MAX_POINTS {
+                let mut k = 0;
+                pts.retain(|_| {
+                    k += 1;
+                    k % 2 == 1
+                });
+            }
+        }
+    }
+}
+
+impl Recorder {
+    /// Takes in what the control plane shows at `now`.
+    pub(crate) fn observe(&mut self, st: &ServiceStatus, cfg: &JudgeConfig, now: u64) {
+        let Some(d) = st.deploy.as_ref() else { return };
+        self.tracks.entry(d.id).or_default().observe(d, cfg, now);
+        while self.tracks.len() > MAX_TRACKS {
+            self.tracks.pop_first();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wire::judge::{MetricVerdict, Verdict};
+
+    use super::*;
+
+    fn deploy(weight: u32, verdicts: Vec<Verdict>, last: Option<Verdict>) -> DeployInfo {
+        DeployInfo {
+            id: 1,
+            release: "v2".into(),
+            from: Some("v1".into()),
+            strategy: wire::service::Strategy::Canary,
+            phase: DeployPhase::Step,
+            paused: false,
+            detail: String::new(),
+            progress: 0.0,
+            step: Some(0),
+            steps: 2,
+            canary_weight: weight,
+            started_ms: 1_000,
+            finished_ms: None,
+            outcome: None,
+            groups: vec![],
+            last_verdict: last,
+            verdicts,
+            events: vec![],
+        }
+    }
+
+    fn verdict(outcome: Outcome, base: f64, canary: f64) -> Verdict {
+        Verdict {
+            outcome,
+            reason: format!("{outcome:?}"),
+            alarm: None,
+            elapsed_s: 1.0,
+            metrics: vec![MetricVerdict {
+                name: "error_rate".into(),
+                outcome,
+                critical: true,
+                reason: String::new(),
+                baseline: base,
+                canary,
+                effect: 1.0,
+                evidence: 1.0,
+                bound: 100.0,
+                baseline_samples: 10,
+                canary_samples: 10,
+                detectable: None,
+            }],
+        }
+    }
+
+    fn status(d: DeployInfo) -> ServiceStatus {
+        ServiceStatus {
+            service: "s".into(),
+            current: Some("v1".into()),
+            previous: None,
+            deploy: Some(d),
+            router: None,
+            instances: vec![],
+            routes: None,
+            data: None,
+        }
+    }
+
+    #[test]
+    fn weights_points_and_decisions_are_kept_in_time_order() {
+        let cfg = JudgeConfig::default();
+        let mut r = Recorder::default();
+        let v = verdict(Outcome::Inconclusive, 0.01, 0.02);
+        r.observe(&status(deploy(10, vec![], Some(v.clone()))), &cfg, 2_000);
+        r.observe(&status(deploy(10, vec![], Some(v.clone()))), &cfg, 2_500);
+        let pass = verdict(Outcome::Pass, 0.01, 0.011);
+        r.observe(&status(deploy(25, vec![pass.clone()], Some(v.clone()))), &cfg, 3_000);
+        r.observe(
+            &status(deploy(25, vec![pass], Some(verdict(Outcome::Pass, f64::NAN, 0.0)))),
+            &cfg,
+            3_500,
+        );
+        let t = &r.tracks[&1];
+        assert_eq!(
+            t.moves.iter().map(|m| (m.t, m.weight)).collect::<Vec<_>>(),
+            [(1.0, 10), (2.0, 25)]
+        );
+        assert_eq!(t.decisions.len(), 1, "a verdict is a decision once");
+        assert_eq!(t.decisions[0].t, 2.0);
+        let pts = &t.metrics["error_rate"];
+        assert_eq!(pts.len(), 3, "a NaN value is no point");
+        // 25% relative or 0.1 points absolute, whichever is wider.
+        assert!((pts[0].hi - 0.0125).abs() < 1e-12, "{:?}", pts[0]);
+    }
+
+    #[test]
+    fn an_abort_is_a_decision_with_its_reason() {
+        let cfg = JudgeConfig::default();
+        let mut r = Recorder::default();
+        let mut d = deploy(10, vec![], None);
+        d.phase = DeployPhase::Aborted;
+        d.finished_ms = Some(5_000);
+        d.outcome = Some("aborted by hand".into());
+        r.observe(&status(d.clone()), &cfg, 6_000);
+        r.observe(&status(d), &cfg, 7_000);
+        let t = &r.tracks[&1];
+        assert_eq!(t.decisions.len(), 1);
+        assert_eq!(t.decisions[0].reason, "aborted by hand");
+        assert_eq!(t.decisions[0].t, 4.0, "at the deploy's end");
+    }
+
+    #[test]
+    fn the_band_needs_both_tolerances_exceeded() {
+        let k = MetricKind::Latency {
+            quantile: 0.99,
+            tolerance: 0.15,
+            absolute_tolerance: wire::HumanDuration::from_millis(2),
+            detectable_increase: 0.5,
+        };
+        assert_eq!(
+            band(&k, Direction::Increase, 4.0).1,
+            6.0,
+            "2 ms is wider than 15% of 4 ms"
+        );
+        assert!((band(&k, Direction::Increase, 100.0).1 - 115.0).abs() < 1e-9);
+        let (lo, hi) = band(&k, Direction::Either, 100.0);
+        assert!((lo - 85.0).abs() < 1e-9 && hi > 100.0);
+    }
+
+    #[test]
+    fn points_and_tracks_stay_bounded() {
+        let cfg = JudgeConfig::default();
+        let mut r = Recorder::default();
+        for k in 0..3000u64 {
+            r.observe(
+                &status(deploy(10, vec![], Some(verdict(Outcome::Inconclusive, 0.1, 0.1)))),
+                &cfg,
+                k,
+            );
+        }
+        assert!(r.tracks[&1].metrics["error_rate"].len() <= MAX_POINTS);
+        for id in 0..30 {
+            let mut d = deploy(10, vec![], None);
+            d.id = id;
+            r.observe(&status(d), &cfg, 0);
+        }
+        assert_eq!(r.tracks.len(), MAX_TRACKS);
+    }
+}
