@@ -223,6 +223,7 @@ mod tests {
             instances: vec![],
             routes: None,
             data: None,
+            held: None,
         }
     }
 

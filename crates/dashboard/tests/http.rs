@@ -59,6 +59,7 @@ impl Backend for Fake {
             instances: vec![],
             routes: None,
             data: None,
+            held: None,
         }
     }
     fn history(&self, _: usize) -> Vec<DeployInfo> {
