@@ -72,17 +72,44 @@ pub(crate) struct ErrorTest {
     fit: Fit,
     n_b: u64,
     x_b: u64,
-    /// For an increase, with two or more canary instances: the evidence of the
-    /// canary *without* each one of its instances. A failure needs all of it
-    /// (see [`SPREAD_LN`]), so one instance's bad upstream fails no release.
+    /// For an increase, with two or more canary instances: the canary
+    /// *without* each one of its instances (see [`SPREAD_LN`]), so one
+    /// instance's bad upstream fails no release.
     #[serde(default)]
-    spread: Vec<Evidence>,
+    spread: Vec<Rest>,
+}
+
+/// The canary without one of its instances, against the baseline in the same windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Rest {
+    evidence: Evidence,
+    /// Its requests, and all the canary's, since it started.
+    n: u64,
+    n_all: u64,
+}
+
+impl Rest {
+    fn new(at_ms: u64) -> Rest {
+        Rest {
+            evidence: Evidence::new(at_ms),
+            n: 0,
+            n_all: 0,
+        }
+    }
+
+    /// Whether it leaves a failure standing: it shows the excess too, or it
+    /// served less than a quarter of the canary's requests, too few to tell
+    /// an instance's trouble from the release's (sticky clients on one instance).
+    fn confirms(&self) -> bool {
+        self.evidence.log_evidence() >= SPREAD_LN || self.n * 4 < self.n_all
+    }
 }
 
 /// The odds (ln) the canary without any one of its instances must still show
-/// against the baseline for an error increase to fail: a confirmation that the
-/// excess is the release's, not one instance's episode. It can only remove
-/// failures, so the error bound holds as before.
+/// against the baseline for an error increase to fail, unless that rest got too
+/// little traffic to show it: a confirmation that the excess is the release's,
+/// not one instance's episode. It can only remove failures, so the error bound
+/// holds as before.
 const SPREAD_LN: f64 = 2.995_732_273_553_991; // ln 20
 
 /// What one direction's test concluded, for the metric's verdict.
@@ -117,26 +144,33 @@ impl ErrorTest {
     fn observe_spread(&mut self, o: &Observation, (n_b, x_b): (u64, u64), temper: f64) {
         let each = &o.canary_instances;
         if !self.up || each.len() < 2 {
+            self.spread.clear(); // one instance (or none): nothing to tell apart
             return;
         }
-        if self.spread.len() != each.len() {
-            self.spread = vec![Evidence::new(o.at_ms); each.len()];
-        }
+        // One test per member, kept across windows (a member added later starts its own).
+        self.spread
+            .resize(each.len().max(self.spread.len()), Rest::new(o.at_ms));
         let (n, x) = each.iter().fold((0, 0), |(n, x), &(ni, xi)| (n + ni, x + xi));
         let factor = self.parts[0].factor;
-        for (e, &(ni, xi)) in self.spread.iter_mut().zip(each) {
-            e.advance(o.at_ms);
+        for (r, &(ni, xi)) in self
+            .spread
+            .iter_mut()
+            .zip(each.iter().chain(std::iter::repeat(&(0, 0))))
+        {
+            r.evidence.advance(o.at_ms);
             let (rest_n, rest_x) = (n - ni, x - xi);
+            (r.n, r.n_all) = (r.n + rest_n, r.n_all + n);
             let weighted = rest_n as f64 * factor;
             if weighted > 0.0 && n_b > 0 && rest_x + x_b > 0 {
-                e.update(rest_x as f64, x_b as f64, weighted / (weighted + n_b as f64), temper);
+                let pi0 = weighted / (weighted + n_b as f64);
+                r.evidence.update(rest_x as f64, x_b as f64, pi0, temper);
             }
         }
     }
 
     /// Whether the excess shows without any one canary instance (always, with fewer than two).
     fn spread_confirms(&self) -> bool {
-        self.spread.iter().all(|e| e.log_evidence() >= SPREAD_LN)
+        self.spread.iter().all(Rest::confirms)
     }
 
     /// Feeds one window; `step_warming` makes every canary request count as warming.
@@ -274,6 +308,6 @@ impl ErrorTest {
     pub(crate) fn is_sound(&self) -> bool {
         self.x_b <= self.n_b
             && self.parts.iter().all(|p| p.evidence.is_sound() && p.x_c <= p.n_c)
-            && self.spread.iter().all(Evidence::is_sound)
+            && self.spread.iter().all(|r| r.evidence.is_sound() && r.n <= r.n_all)
     }
 }

@@ -80,9 +80,11 @@
 //! can tell from a regression. So with two or more canary instances, an
 //! error increase fails only if the canary *without any one of its
 //! instances* still shows it against the baseline, at odds of 20:1 or more
-//! (the same sequential test on the rest of the canary's traffic). A
-//! release's own regression shows on every instance and passes this at once;
-//! one instance's episode does not. The check can only remove failures, so
+//! (the same sequential test on the rest of the canary's traffic), or that
+//! rest served less than a quarter of the canary's requests (too few to tell:
+//! sticky clients on one instance). A release's own regression shows on every
+//! instance and passes this at once; one instance's episode does not. The
+//! check can only remove failures, so
 //! the bound below is unchanged; a regression confined to one instance of
 //! several is left to health checks and ejection.
 //!

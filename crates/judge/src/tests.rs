@@ -487,28 +487,18 @@ proptest! {
     }
 }
 
-/// Feeds 120 s of windows where canary instance 0 has `errors_0` errors in 100 requests
-/// and instance 1 `errors_1`, against a baseline at 1%; the verdict at the end.
-fn two_canary_instances(errors_0: u64, errors_1: u64) -> Outcome {
+/// Feeds 120 s of windows where canary instance 0 serves `a` = (requests, errors) and
+/// instance 1 `b` (after 40 s of both at 1%), against a baseline at 1%; the verdict at the end.
+fn two_canary_instances(a: (u64, u64), b: (u64, u64)) -> Outcome {
     let mut j = Judge::new(&JudgeConfig::default(), 1, 0);
     for k in 1..=240 {
         let at_ms = k * 500;
-        if at_ms < 40_000 {
-            // past the step's warm-up: no excess yet
-            j.observe(&Observation {
-                at_ms,
-                baseline: warm(window(1_000, 10, 50_000)),
-                canary: warm(window(200, 2, 50_000)),
-                canary_instances: vec![(100, 1), (100, 1)],
-                ..Observation::default()
-            });
-            continue;
-        }
+        let (a, b) = if at_ms < 40_000 { ((100, 1), (100, 1)) } else { (a, b) };
         j.observe(&Observation {
             at_ms,
             baseline: warm(window(1_000, 10, 50_000)),
-            canary: warm(window(200, errors_0 + errors_1, 50_000)),
-            canary_instances: vec![(100, errors_0), (100, errors_1)],
+            canary: warm(window(a.0 + b.0, a.1 + b.1, 50_000)),
+            canary_instances: vec![a, b],
             ..Observation::default()
         });
     }
@@ -518,7 +508,14 @@ fn two_canary_instances(errors_0: u64, errors_1: u64) -> Outcome {
 #[test]
 fn an_error_episode_of_one_canary_instance_fails_no_release_but_the_same_excess_on_all_does() {
     // Instance 0 at 5% (its bad upstream), instance 1 at the baseline's 1%.
-    assert_eq!(two_canary_instances(5, 1), Outcome::Pass);
+    assert_eq!(two_canary_instances((100, 5), (100, 1)), Outcome::Pass);
     // The release's own: both at 3%, the same canary total.
-    assert_eq!(two_canary_instances(3, 3), Outcome::Fail);
+    assert_eq!(two_canary_instances((100, 3), (100, 3)), Outcome::Fail);
+}
+
+#[test]
+fn a_bad_canary_whose_traffic_all_goes_to_one_instance_still_fails() {
+    // Sticky clients on one instance: the other has nothing to confirm or refute with.
+    assert_eq!(two_canary_instances((200, 40), (0, 0)), Outcome::Fail);
+    assert_eq!(two_canary_instances((195, 10), (5, 0)), Outcome::Fail);
 }

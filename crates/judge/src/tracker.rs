@@ -243,6 +243,9 @@ impl Tracker {
                     continue;
                 }
                 let Some(c) = now.get(&key(&m.release, &m.instance)) else {
+                    if k == 0 {
+                        per_canary.push((0, 0)); // one entry per member, in the members' order
+                    }
                     continue;
                 };
                 let empty = Seen::default();
