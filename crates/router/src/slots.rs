@@ -17,8 +17,10 @@ pub enum Phase {
     Idle = 0,
     /// Sending a request head, a TLS handshake or an HTTP/2 preface.
     Head = 1,
+    /// Sending a request body the router is waiting on (HTTP/1).
+    Body = 2,
     /// A request in flight, a tunnel or a TCP connection: never closed for room.
-    Busy = 2,
+    Busy = 3,
 }
 
 impl Phase {
@@ -26,6 +28,7 @@ impl Phase {
         match v {
             0 => Phase::Idle,
             1 => Phase::Head,
+            2 => Phase::Body,
             _ => Phase::Busy,
         }
     }
@@ -72,7 +75,8 @@ impl Slot {
 }
 
 /// The connection to close for room among `(id, phase, since_ms)`: the one
-/// idle longest, else the one in its head longest; never a busy one.
+/// idle longest, else the one in its head longest, else the one longest
+/// sending its body; never a busy one.
 pub fn victim(entries: impl Iterator<Item = (u64, Phase, u64)>) -> Option<u64> {
     entries
         .filter(|(_, p, _)| *p != Phase::Busy)
@@ -122,7 +126,7 @@ impl Slots {
         }
     }
 
-    /// Tells the connection idle longest (else slowest in its head) to close;
+    /// Tells the connection idle longest (else slowest in its head, else in its body) to close;
     /// false if every connection is busy.
     pub fn evict_one(&self) -> bool {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -226,6 +230,8 @@ mod tests {
             Some(4)
         );
         assert_eq!(victim([(1, Busy, 0), (2, Head, 5), (3, Head, 2)].into_iter()), Some(3));
+        assert_eq!(victim([(1, Busy, 0), (2, Body, 5), (3, Head, 9)].into_iter()), Some(3));
+        assert_eq!(victim([(1, Busy, 0), (2, Body, 5), (3, Body, 4)].into_iter()), Some(3));
         assert_eq!(victim([(1, Busy, 0)].into_iter()), None);
         assert_eq!(victim(std::iter::empty()), None);
     }

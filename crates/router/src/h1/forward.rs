@@ -14,6 +14,7 @@ use super::write::{self, Ending, ResponseHead};
 use super::{Conn, Exchange, MAX_HEAD, Next};
 use crate::reply::{ErrorCode, Reply};
 use crate::route::Routed;
+use crate::slots::Phase;
 use crate::stats::micros_since;
 use crate::upstream::{Inflight, RawConn, Upstream};
 
@@ -408,15 +409,17 @@ where
     async fn stream_body(&mut self, s: &mut Sending) -> Result<(), UpError> {
         let mut chunk = BytesMut::with_capacity(64 * 1024);
         let mut pace = BodyPace::new(&self.shared.config.client, tokio::time::Instant::now());
+        self.ctx.slot.set(Phase::Body);
         while !s.body.done() {
             chunk.clear();
             tokio::select! {
                 biased;
                 _ = s.us.s.readable() => {
                     s.complete = false;
+                    self.ctx.slot.set(Phase::Busy);
                     return Ok(());
                 }
-                r = pace.read(&mut self.io, &mut chunk) => if let Err(()) | Ok(0) = r {
+                r = pace.read(&mut self.io, &mut chunk, &self.ctx.slot) => if let Err(()) | Ok(0) = r {
                     let cut = body_cut(r.is_err());
                     return Err(up_error(cut.code, "the request body came too slowly or stopped"));
                 },
@@ -435,6 +438,7 @@ where
         }
         s.complete = true;
         s.sent = Instant::now();
+        self.ctx.slot.set(Phase::Busy);
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use super::{Conn, MAX_HEAD};
 use crate::config::ClientSettings;
 use crate::conn::stopped;
 use crate::reply::{ErrorCode, Reply};
-use crate::slots::Phase;
+use crate::slots::{Phase, Slot};
 
 /// Request bodies up to this size are read and dropped after a refusal so the
 /// connection can stay open; larger ones close it.
@@ -61,16 +61,26 @@ impl BodyPace {
         per_read.min(self.start + self.grace + earned)
     }
 
-    /// Reads more into `buf` by the deadline: `Ok(n)` bytes (0 at EOF), `Err` on a stall.
-    pub(super) async fn read<R: AsyncRead + Unpin>(&mut self, io: &mut R, buf: &mut BytesMut) -> Result<usize, ()> {
+    /// Reads more into `buf` by the deadline: `Ok(n)` bytes (0 at EOF), `Err`
+    /// on a stall or when `slot` is closed for room (a slow body is the client's).
+    pub(super) async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        buf: &mut BytesMut,
+        slot: &Slot,
+    ) -> Result<usize, ()> {
         let at = self.deadline(tokio::time::Instant::now());
-        match tokio::time::timeout_at(at, io.read_buf(buf)).await {
-            Ok(Ok(n)) => {
-                self.got(n);
-                Ok(n)
-            }
-            Ok(Err(_)) => Ok(0),
-            Err(_) => Err(()),
+        slot.set(Phase::Body);
+        tokio::select! {
+            r = tokio::time::timeout_at(at, io.read_buf(buf)) => match r {
+                Ok(Ok(n)) => {
+                    self.got(n);
+                    Ok(n)
+                }
+                Ok(Err(_)) => Ok(0),
+                Err(_) => Err(()),
+            },
+            _ = slot.evicted() => Err(()),
         }
     }
 }
@@ -259,7 +269,7 @@ where
             }
             self.buf.truncate(consumed);
             self.buf.reserve(8192);
-            match pace.read(&mut self.io, &mut self.buf).await {
+            match pace.read(&mut self.io, &mut self.buf, &self.ctx.slot).await {
                 Ok(n) if n > 0 => {}
                 _ => return false,
             }
@@ -288,7 +298,7 @@ where
                 return Err(WholeBody::Refused(Reply::new(ErrorCode::BodyTooLarge, why)));
             }
             self.buf.reserve(16 * 1024);
-            match pace.read(&mut self.io, &mut self.buf).await {
+            match pace.read(&mut self.io, &mut self.buf, &self.ctx.slot).await {
                 Ok(n) if n > 0 => {}
                 Ok(_) => return Err(WholeBody::Gone),
                 Err(()) => return Err(WholeBody::Refused(body_cut(true))),
