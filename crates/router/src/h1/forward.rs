@@ -85,7 +85,7 @@ where
             .head
             .value(&self.buf, "expect")
             .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-        let mut s = match self.send_request(&routed, body, initial).await {
+        let mut s = match self.send_request(&routed, body, initial, ex.started).await {
             Ok(s) => s,
             Err((up, e, whole)) => return self.upstream_failed(&up, e, ex.started, ex.keep_alive && whole).await,
         };
@@ -184,6 +184,7 @@ where
         routed: &Routed,
         body: BodyState,
         initial: usize,
+        started: Instant,
     ) -> Result<Sending, (Arc<Upstream>, UpError, bool)> {
         let release = routed.release();
         let whole = body.done();
@@ -193,7 +194,8 @@ where
         let idempotent = is_idempotent(&self.buf[self.head.method.clone()]);
         let mut fresh = false;
         loop {
-            let sent = Instant::now();
+            // A body still to stream resets this once it is sent (`stream_body`).
+            let sent = started;
             let (why, connect) = match up.checkout_raw(fresh).await {
                 // Out of descriptors here is not the instance's failure.
                 Err(e) => (e.to_string(), !e.is_local()),
