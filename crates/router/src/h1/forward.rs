@@ -121,6 +121,7 @@ where
         let head = &self.head;
         let out = &mut self.out;
         out.clear();
+        out.reserve(2048);
         // Absolute-form targets become origin-form; their authority is the Host.
         let (path, authority) = absolute_form(&buf[head.target.clone()]);
         write::request_line(out, &buf[head.method.clone()], path);

@@ -23,6 +23,9 @@ const WHOLE_BODY_LIMIT: u64 = 16 << 20;
 /// `Connection: close`) before it is closed. Closing at once would race
 /// with such a request, which the client would see as a failure.
 const LEAVE_LINGER: Duration = Duration::from_secs(2);
+/// An idle keep-alive connection gives its buffers back after this long, so
+/// it holds a few hundred bytes rather than kilobytes while it waits.
+const IDLE_RELEASE: Duration = Duration::from_millis(500);
 
 /// When a request body's next bytes are due: within `head_timeout` of the
 /// last read and, with a minimum rate, no later than
@@ -180,6 +183,8 @@ where
         let mut lingering = false;
         // The whole head has one deadline, from its first byte: never restarted by a read.
         let mut head_deadline = false;
+        // The buffers went back to the allocator while idle.
+        let mut released = false;
         let client = &self.shared.config.client;
         loop {
             if !self.buf.is_empty() {
@@ -205,10 +210,10 @@ where
             if idle && self.stopping() && !lingering {
                 lingering = true;
                 self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
-            } else if idle && !lingering {
-                self.sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + client.idle_timeout);
+            } else if idle && !lingering && !released {
+                // First a short wait with the buffers; then they go (see below).
+                let first = IDLE_RELEASE.min(client.idle_timeout);
+                self.sleep.as_mut().reset(tokio::time::Instant::now() + first);
             } else if !idle && !head_deadline {
                 head_deadline = true;
                 self.sleep
@@ -216,7 +221,8 @@ where
                     .reset(tokio::time::Instant::now() + client.head_timeout);
             }
             if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(8192);
+                // A released idle connection waits with a few bytes only.
+                self.buf.reserve(if released && idle { 64 } else { 8192 });
             }
             tokio::select! {
                 biased;
@@ -225,6 +231,14 @@ where
                     Ok(_) => {}
                 },
                 _ = self.sleep.as_mut() => {
+                    if idle && !released && !lingering && IDLE_RELEASE < client.idle_timeout {
+                        // Idle for a while: give the buffers back and wait out the rest.
+                        self.release_buffers();
+                        released = true;
+                        let rest = client.idle_timeout - IDLE_RELEASE;
+                        self.sleep.as_mut().reset(tokio::time::Instant::now() + rest);
+                        continue;
+                    }
                     if idle {
                         return Ok(None);
                     }
@@ -238,6 +252,16 @@ where
                 }
             }
         }
+    }
+
+    /// Frees every buffer of an idle connection (they grow again with its next request).
+    fn release_buffers(&mut self) {
+        self.buf = BytesMut::new();
+        self.ubuf = BytesMut::new();
+        self.out = Vec::new();
+        self.resp = Vec::new();
+        self.head.headers = Vec::new();
+        self.rhead.headers = Vec::new();
     }
 
     /// Reads and drops a small request body so the connection can be reused.

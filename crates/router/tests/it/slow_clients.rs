@@ -225,3 +225,24 @@ async fn an_http2_body_sent_slowly_is_not_in_the_instance_latency() {
         lat.sum_us
     );
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_idle_past_its_buffer_release_serves_on_as_before() {
+    let a = App::start("v1").await;
+    let h = Harness::start("").await;
+    h.put(&table(vec![release("v1", 100, &[&a])])).await;
+    let mut c = testkit::Client::connect(h.web).await.unwrap();
+    for round in 0..3 {
+        let r = c.get("/stream?chunks=20&size=1000", &[]).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.body.len()), (200, 20_000), "round {round}");
+        // Idle longer than the 500 ms after which its buffers are given back.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let r = c
+            .send("POST", "/echo", &[], bytes::Bytes::from(vec![b'z'; 30_000]))
+            .await
+            .unwrap();
+        assert_eq!((r.status.as_u16(), r.body.len()), (200, 30_000), "round {round}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(!c.is_closed());
+}
