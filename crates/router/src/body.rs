@@ -11,10 +11,14 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::stats::Stats;
 
+/// When a streamed body ended: the instance's latency counts from there, not the client's pace.
+pub type Ended = Arc<std::sync::OnceLock<std::time::Instant>>;
+
 /// A client's request body on its way to an upstream; counts bytes in.
 pub struct ReqBody {
     inner: ReqInner,
     stats: Option<Arc<Stats>>,
+    ended: Option<Ended>,
 }
 
 enum ReqInner {
@@ -29,6 +33,7 @@ impl ReqBody {
         ReqBody {
             inner: ReqInner::Incoming(inner),
             stats: None,
+            ended: None,
         }
     }
 
@@ -36,12 +41,33 @@ impl ReqBody {
         ReqBody {
             inner: ReqInner::Full((!bytes.is_empty()).then_some(bytes)),
             stats: None,
+            ended: None,
         }
+    }
+
+    /// Notes in the returned cell when the body has been read to its end
+    /// (`None` for a body that is already over).
+    pub fn track_end(&mut self) -> Option<Ended> {
+        if self.is_end_stream() {
+            return None;
+        }
+        let ended = Ended::default();
+        self.ended = Some(ended.clone());
+        Some(ended)
     }
 
     /// Counts the bytes against `stats` (the instance that finally gets the request).
     pub fn count_into(&mut self, stats: Arc<Stats>) {
         self.stats = Some(stats);
+    }
+}
+
+impl ReqBody {
+    fn inner_ended(&self) -> bool {
+        match &self.inner {
+            ReqInner::Incoming(i) => i.is_end_stream(),
+            ReqInner::Full(b) => b.is_none(),
+        }
     }
 }
 
@@ -60,14 +86,16 @@ impl Body for ReqBody {
         {
             stats.bytes_in(data.len() as u64);
         }
+        if let Some(ended) = &this.ended
+            && (matches!(polled, Poll::Ready(None)) || this.inner_ended())
+        {
+            let _ = ended.set(std::time::Instant::now());
+        }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            ReqInner::Incoming(i) => i.is_end_stream(),
-            ReqInner::Full(b) => b.is_none(),
-        }
+        self.inner_ended()
     }
 
     fn size_hint(&self) -> SizeHint {

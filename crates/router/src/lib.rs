@@ -296,7 +296,7 @@ async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningR
             .max_connections
             .unwrap_or_else(|| slots::default_max_connections(fd_limit, n_listeners));
         tracing::debug!(listener = %cfg.name, max_connections = cap, fd_limit, "listening");
-        let slots = Arc::new(slots::Slots::new(cap, clock));
+        let slots = Arc::new(slots::Slots::new(cap));
         tasks.spawn(listener::accept_loop(
             shared.clone(),
             cfg,

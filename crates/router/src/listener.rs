@@ -165,7 +165,8 @@ async fn serve_http(
     let head_by = tokio::time::Instant::now() + shared.config.client.head_timeout;
     match tls {
         None => {
-            let mut buf = bytes::BytesMut::with_capacity(8192);
+            // Small: a silent connection holds only this (the h1 path grows it).
+            let mut buf = bytes::BytesMut::with_capacity(1024);
             // Enough bytes to tell an HTTP/2 preface from an HTTP/1 request line.
             loop {
                 let n = buf.len().min(H2_PREFACE.len());
@@ -202,7 +203,7 @@ async fn serve_http(
             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 serve_h2(shared, conn, tls_stream, stop).await;
             } else {
-                crate::h1::serve(shared, conn, tls_stream, bytes::BytesMut::with_capacity(8192), stop).await;
+                crate::h1::serve(shared, conn, tls_stream, bytes::BytesMut::new(), stop).await;
             }
         }
     }

@@ -106,7 +106,9 @@ async fn forward(routed: &Routed, conn: &ConnCtx, req: Request<Incoming>, starte
     let up = routed.upstream.clone();
     let version = req.version();
     let (parts, body) = req.into_parts();
-    let up_req = match upstream_request(parts, ReqBody::new(body), &up, conn) {
+    let mut body = ReqBody::new(body);
+    let ended = body.track_end();
+    let up_req = match upstream_request(parts, body, &up, conn) {
         Ok(r) => r,
         Err(reason) => return refuse(&up.stats, started, &Reply::new(ErrorCode::BadRequest, reason)),
     };
@@ -116,7 +118,9 @@ async fn forward(routed: &Routed, conn: &ConnCtx, req: Request<Incoming>, starte
         Ok((mut resp, pooled)) => {
             let status = resp.status().as_u16();
             up.record_status(status, || release.healthy_active() > 1);
-            up.stats.response(status, micros_since(started));
+            // The instance's latency counts from the body's end, never the client's pace.
+            let from = ended.as_ref().and_then(|e| e.get().copied()).unwrap_or(started);
+            up.stats.response(status, micros_since(from));
             inflight.set_conn(pooled);
             strip_hop_by_hop(resp.headers_mut());
             *resp.version_mut() = version;

@@ -105,7 +105,8 @@ pub struct ListenerConfig {
     pub drain_deadline: Deadline,
     /// Client connections this listener holds open at most. At the cap (or
     /// when the process runs out of descriptors) the connection idle longest,
-    /// else the one slowest to send its request head, is closed to make room.
+    /// else the one longest sending its request head, else its request body,
+    /// is closed to make room (a busy one never is).
     /// Default: derived from the descriptor limit, leaving a reserve for
     /// upstream and health-check connections:
     /// `(limit - max(64, limit / 8)) / 2 / number of listeners`.

@@ -32,6 +32,7 @@ where
         };
         // The instance's latency starts once the client has sent the whole body.
         let sent = std::time::Instant::now();
+        self.ctx.slot.set(crate::slots::Phase::Busy);
         let req = match self.h2_request(ReqBody::full(body.freeze()), &routed.upstream) {
             Ok(r) => r,
             Err(why) => {

@@ -14,6 +14,7 @@ use super::write::{self, Ending, ResponseHead};
 use super::{Conn, Exchange, MAX_HEAD, Next};
 use crate::reply::{ErrorCode, Reply};
 use crate::route::Routed;
+use crate::slots::Phase;
 use crate::stats::micros_since;
 use crate::upstream::{Inflight, RawConn, Upstream};
 
@@ -84,7 +85,7 @@ where
             .head
             .value(&self.buf, "expect")
             .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-        let mut s = match self.send_request(&routed, body, initial).await {
+        let mut s = match self.send_request(&routed, body, initial, ex.started).await {
             Ok(s) => s,
             Err((up, e, whole)) => return self.upstream_failed(&up, e, ex.started, ex.keep_alive && whole).await,
         };
@@ -120,6 +121,7 @@ where
         let head = &self.head;
         let out = &mut self.out;
         out.clear();
+        out.reserve(2048);
         // Absolute-form targets become origin-form; their authority is the Host.
         let (path, authority) = absolute_form(&buf[head.target.clone()]);
         write::request_line(out, &buf[head.method.clone()], path);
@@ -183,6 +185,7 @@ where
         routed: &Routed,
         body: BodyState,
         initial: usize,
+        started: Instant,
     ) -> Result<Sending, (Arc<Upstream>, UpError, bool)> {
         let release = routed.release();
         let whole = body.done();
@@ -192,7 +195,8 @@ where
         let idempotent = is_idempotent(&self.buf[self.head.method.clone()]);
         let mut fresh = false;
         loop {
-            let sent = Instant::now();
+            // A body still to stream resets this once it is sent (`stream_body`).
+            let sent = started;
             let (why, connect) = match up.checkout_raw(fresh).await {
                 // Out of descriptors here is not the instance's failure.
                 Err(e) => (e.to_string(), !e.is_local()),
@@ -408,15 +412,17 @@ where
     async fn stream_body(&mut self, s: &mut Sending) -> Result<(), UpError> {
         let mut chunk = BytesMut::with_capacity(64 * 1024);
         let mut pace = BodyPace::new(&self.shared.config.client, tokio::time::Instant::now());
+        self.ctx.slot.set(Phase::Body);
         while !s.body.done() {
             chunk.clear();
             tokio::select! {
                 biased;
                 _ = s.us.s.readable() => {
                     s.complete = false;
+                    self.ctx.slot.set(Phase::Busy);
                     return Ok(());
                 }
-                r = pace.read(&mut self.io, &mut chunk) => if let Err(()) | Ok(0) = r {
+                r = pace.read(&mut self.io, &mut chunk, &self.ctx.slot) => if let Err(()) | Ok(0) = r {
                     let cut = body_cut(r.is_err());
                     return Err(up_error(cut.code, "the request body came too slowly or stopped"));
                 },
@@ -435,6 +441,7 @@ where
         }
         s.complete = true;
         s.sent = Instant::now();
+        self.ctx.slot.set(Phase::Busy);
         Ok(())
     }
 

@@ -185,12 +185,13 @@ pub fn request_framing(head: &Head, buf: &[u8]) -> Result<Framing, FramingError>
             return Err(FramingError::CodingInHttp10);
         }
         // Only plain "chunked" is accepted for requests: anything else the
-        // upstream might frame differently.
+        // upstream might frame differently. An empty element stays in (and is
+        // refused): an upstream reading the last header `chunked, ` or a
+        // second, empty Transfer-Encoding would find no coding at all.
         let codings: Vec<&[u8]> = head
             .values(buf, "transfer-encoding")
             .flat_map(|v| v.split(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
             .collect();
         return if codings.len() == 1 && codings[0].eq_ignore_ascii_case(b"chunked") {
             Ok(Framing::Chunked)
@@ -379,6 +380,14 @@ mod tests {
         assert_eq!(request_framing(&h, &b), Ok(Framing::Length(5)));
         let (h, b) = req("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(request_framing(&h, &b), Ok(Framing::None));
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n");
+        assert_eq!(
+            request_framing(&h, &b),
+            Err(FramingError::UnsupportedCoding),
+            "an empty last coding"
+        );
+        let (h, b) = req("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked,\r\n\r\n");
+        assert_eq!(request_framing(&h, &b), Err(FramingError::UnsupportedCoding));
         let (h, b) = req("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(request_framing(&h, &b), Err(FramingError::CodingInHttp10));
     }

@@ -85,9 +85,10 @@ where
         buf,
         head: Head::default(),
         rhead: Head::default(),
-        out: Vec::with_capacity(2048),
-        resp: Vec::with_capacity(2048),
-        ubuf: BytesMut::with_capacity(16 * 1024),
+        // Allocated on first use (a silent connection holds none of them).
+        out: Vec::new(),
+        resp: Vec::new(),
+        ubuf: BytesMut::new(),
         sleep: Box::pin(tokio::time::sleep(shared.config.client.idle_timeout)),
         stop,
         consumed: 0,

@@ -11,7 +11,7 @@ use super::{Conn, MAX_HEAD};
 use crate::config::ClientSettings;
 use crate::conn::stopped;
 use crate::reply::{ErrorCode, Reply};
-use crate::slots::Phase;
+use crate::slots::{Phase, Slot};
 
 /// Request bodies up to this size are read and dropped after a refusal so the
 /// connection can stay open; larger ones close it.
@@ -23,6 +23,9 @@ const WHOLE_BODY_LIMIT: u64 = 16 << 20;
 /// `Connection: close`) before it is closed. Closing at once would race
 /// with such a request, which the client would see as a failure.
 const LEAVE_LINGER: Duration = Duration::from_secs(2);
+/// An idle keep-alive connection gives its buffers back after this long, so
+/// it holds a few hundred bytes rather than kilobytes while it waits.
+const IDLE_RELEASE: Duration = Duration::from_millis(500);
 
 /// When a request body's next bytes are due: within `head_timeout` of the
 /// last read and, with a minimum rate, no later than
@@ -61,16 +64,26 @@ impl BodyPace {
         per_read.min(self.start + self.grace + earned)
     }
 
-    /// Reads more into `buf` by the deadline: `Ok(n)` bytes (0 at EOF), `Err` on a stall.
-    pub(super) async fn read<R: AsyncRead + Unpin>(&mut self, io: &mut R, buf: &mut BytesMut) -> Result<usize, ()> {
+    /// Reads more into `buf` by the deadline: `Ok(n)` bytes (0 at EOF), `Err`
+    /// on a stall or when `slot` is closed for room (a slow body is the client's).
+    pub(super) async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        buf: &mut BytesMut,
+        slot: &Slot,
+    ) -> Result<usize, ()> {
         let at = self.deadline(tokio::time::Instant::now());
-        match tokio::time::timeout_at(at, io.read_buf(buf)).await {
-            Ok(Ok(n)) => {
-                self.got(n);
-                Ok(n)
-            }
-            Ok(Err(_)) => Ok(0),
-            Err(_) => Err(()),
+        slot.set(Phase::Body);
+        tokio::select! {
+            r = tokio::time::timeout_at(at, io.read_buf(buf)) => match r {
+                Ok(Ok(n)) => {
+                    self.got(n);
+                    Ok(n)
+                }
+                Ok(Err(_)) => Ok(0),
+                Err(_) => Err(()),
+            },
+            _ = slot.evicted() => Err(()),
         }
     }
 }
@@ -170,6 +183,8 @@ where
         let mut lingering = false;
         // The whole head has one deadline, from its first byte: never restarted by a read.
         let mut head_deadline = false;
+        // The buffers went back to the allocator while idle.
+        let mut released = false;
         let client = &self.shared.config.client;
         loop {
             if !self.buf.is_empty() {
@@ -195,10 +210,10 @@ where
             if idle && self.stopping() && !lingering {
                 lingering = true;
                 self.sleep.as_mut().reset(tokio::time::Instant::now() + LEAVE_LINGER);
-            } else if idle && !lingering {
-                self.sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + client.idle_timeout);
+            } else if idle && !lingering && !released {
+                // First a short wait with the buffers; then they go (see below).
+                let first = IDLE_RELEASE.min(client.idle_timeout);
+                self.sleep.as_mut().reset(tokio::time::Instant::now() + first);
             } else if !idle && !head_deadline {
                 head_deadline = true;
                 self.sleep
@@ -206,7 +221,8 @@ where
                     .reset(tokio::time::Instant::now() + client.head_timeout);
             }
             if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(8192);
+                // A released idle connection waits with a few bytes only.
+                self.buf.reserve(if released && idle { 64 } else { 8192 });
             }
             tokio::select! {
                 biased;
@@ -215,6 +231,14 @@ where
                     Ok(_) => {}
                 },
                 _ = self.sleep.as_mut() => {
+                    if idle && !released && !lingering && IDLE_RELEASE < client.idle_timeout {
+                        // Idle for a while: give the buffers back and wait out the rest.
+                        self.release_buffers();
+                        released = true;
+                        let rest = client.idle_timeout - IDLE_RELEASE;
+                        self.sleep.as_mut().reset(tokio::time::Instant::now() + rest);
+                        continue;
+                    }
                     if idle {
                         return Ok(None);
                     }
@@ -228,6 +252,16 @@ where
                 }
             }
         }
+    }
+
+    /// Frees every buffer of an idle connection (they grow again with its next request).
+    fn release_buffers(&mut self) {
+        self.buf = BytesMut::new();
+        self.ubuf = BytesMut::new();
+        self.out = Vec::new();
+        self.resp = Vec::new();
+        self.head.headers = Vec::new();
+        self.rhead.headers = Vec::new();
     }
 
     /// Reads and drops a small request body so the connection can be reused.
@@ -259,7 +293,7 @@ where
             }
             self.buf.truncate(consumed);
             self.buf.reserve(8192);
-            match pace.read(&mut self.io, &mut self.buf).await {
+            match pace.read(&mut self.io, &mut self.buf, &self.ctx.slot).await {
                 Ok(n) if n > 0 => {}
                 _ => return false,
             }
@@ -288,7 +322,7 @@ where
                 return Err(WholeBody::Refused(Reply::new(ErrorCode::BodyTooLarge, why)));
             }
             self.buf.reserve(16 * 1024);
-            match pace.read(&mut self.io, &mut self.buf).await {
+            match pace.read(&mut self.io, &mut self.buf, &self.ctx.slot).await {
                 Ok(n) if n > 0 => {}
                 Ok(_) => return Err(WholeBody::Gone),
                 Err(()) => return Err(WholeBody::Refused(body_cut(true))),

@@ -76,6 +76,7 @@ impl<'a> ResponseHead<'a> {
     #[inline(always)]
     pub(super) fn start(out: &'a mut Vec<u8>, status: u16, reason: &[u8]) -> ResponseHead<'a> {
         out.clear();
+        out.reserve(2048);
         let _ = write!(out, "HTTP/1.1 {status} ");
         out.extend_from_slice(reason);
         out.extend_from_slice(b"\r\n");

@@ -57,6 +57,8 @@ const CODINGS: &[&str] = &[
     "Transfer-Encoding: chunked\r\nContent-Length: {n}",
     "Content-Length: {n}\r\nTransfer-Encoding: chunked",
     "Transfer_Encoding: chunked",
+    "Transfer-Encoding: chunked\r\nTransfer-Encoding:",
+    "Transfer-Encoding: chunked,",
 ];
 
 const CONNECTIONS: &[&str] = &[

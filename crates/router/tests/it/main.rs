@@ -7,6 +7,7 @@ mod affinity;
 mod desync;
 mod drain_health;
 mod errors;
+mod exhaustion;
 mod http1;
 mod leave;
 mod protocols;

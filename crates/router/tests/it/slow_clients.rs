@@ -163,3 +163,86 @@ async fn an_http2_connection_that_sends_only_its_preface_gets_goaway_at_the_hand
     assert!(t0.elapsed() >= Duration::from_millis(250), "GOAWAY before the deadline");
     assert!(closes_within(&mut s, Duration::from_secs(3)).await);
 }
+
+/// A request body that sends one byte every `gap`, `left` times.
+struct SlowBody {
+    left: usize,
+    gap: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for SlowBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        self.left -= 1;
+        let next = tokio::time::Instant::now() + self.gap;
+        self.sleep.as_mut().reset(next);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"x")))))
+    }
+}
+
+#[tokio::test]
+async fn an_http2_body_sent_slowly_is_not_in_the_instance_latency() {
+    use http_body_util::BodyExt;
+    let a = App::start("v1").await;
+    let h = Harness::start("").await;
+    h.put(&table(vec![release("v1", 100, &[&a])])).await;
+    let io = TcpStream::connect(h.web).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let gap = Duration::from_millis(300);
+    let body = SlowBody {
+        left: 3,
+        gap,
+        sleep: Box::pin(tokio::time::sleep(gap)),
+    };
+    let req = http::Request::post(format!("http://{}/echo", h.web))
+        .body(body)
+        .unwrap();
+    let t0 = Instant::now();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "xxx");
+    assert!(t0.elapsed() >= Duration::from_millis(850), "the body was not slow");
+    let m = h.metrics().await;
+    let lat = &m.release("v1").unwrap().totals.latency_us;
+    assert_eq!(lat.count, 1);
+    assert!(
+        lat.sum_us < 300_000,
+        "the client's 900 ms are in the instance's latency: {} µs",
+        lat.sum_us
+    );
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_idle_past_its_buffer_release_serves_on_as_before() {
+    let a = App::start("v1").await;
+    let h = Harness::start("").await;
+    h.put(&table(vec![release("v1", 100, &[&a])])).await;
+    let mut c = testkit::Client::connect(h.web).await.unwrap();
+    for round in 0..3 {
+        let r = c.get("/stream?chunks=20&size=1000", &[]).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.body.len()), (200, 20_000), "round {round}");
+        // Idle longer than the 500 ms after which its buffers are given back.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let r = c
+            .send("POST", "/echo", &[], bytes::Bytes::from(vec![b'z'; 30_000]))
+            .await
+            .unwrap();
+        assert_eq!((r.status.as_u16(), r.body.len()), (200, 30_000), "round {round}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(!c.is_closed());
+}
