@@ -142,3 +142,109 @@ async fn a_canary_went_on_stepping_and_was_reported_promoted_while_its_router_wa
     })
     .await;
 }
+
+/// A client of the control plane `slipway up` started.
+fn control_api(f: &Fixture) -> plumbing::client::ApiClient {
+    let c = control::control_running(&f.cfg).expect("a control plane runs");
+    let token = std::fs::read_to_string(f.cfg.layout.control_token()).unwrap();
+    plumbing::client::ApiClient::new(&c.addr, Some(token.trim().to_string())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_router_refused_every_connection_until_someone_ran_slipway_up() {
+    let mut f = Fixture::new("");
+    slipway_up(&f);
+    f.api = Some(control_api(&f));
+    let d: DeployInfo = f.deploy("v1", Some(Strategy::Rolling)).await;
+    f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    let web = f.web();
+    let mut c = loadgen::LoadConfig::new(web, 150.0);
+    c.users = 20;
+    let load = loadgen::Load::start(c);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old = control::router_running(&f.cfg).unwrap();
+    kill9(old.pid).await;
+    let killed = std::time::Instant::now();
+    let new = testkit::wait_for("a new router", Duration::from_secs(10), || async {
+        control::router_running(&f.cfg).filter(|r| r.pid != old.pid)
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("router restarted in {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(1), "restarted after {took:?}");
+    assert_eq!(f.web(), web, "the new router serves the same listening socket");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = load.stop().await;
+    eprintln!("{} sent, {} failed: {:?}", r.sent, r.failed, r.errors);
+    assert_eq!(r.sent, r.ok + r.failed);
+    let refused: u64 = r
+        .errors
+        .iter()
+        .filter(|(e, _)| e.starts_with("connect"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        refused, 0,
+        "connections refused while the router restarted: {:?}",
+        r.errors
+    );
+    // Only requests in flight on the killed router's connections fail: one per user's connection at most.
+    assert!(r.failed <= 20, "{} failed: {:?} {:?}", r.failed, r.errors, r.statuses);
+    assert!(r.ok > 300, "{r:?}");
+    let s = f.status().await;
+    let restarts: Vec<(String, u32, Option<u32>)> =
+        s.restarts.iter().map(|p| (p.part.clone(), p.restarts, p.pid)).collect();
+    assert_eq!(restarts, vec![("router".to_string(), 1, Some(new.pid))]);
+    // The agent too; the instances it runs are adopted, not started again.
+    let before: Vec<Option<u32>> = s.instances.iter().map(|i| i.pid).collect();
+    let agent = control::agent_running(&f.cfg).unwrap();
+    kill9(agent.pid).await;
+    let new_agent = testkit::wait_for("a new agent", Duration::from_secs(5), || async {
+        control::agent_running(&f.cfg).filter(|r| r.pid != agent.pid)
+    })
+    .await;
+    let s = testkit::wait_for("the agent's restart in status", Duration::from_secs(10), || async {
+        let s = f.status().await;
+        s.restarts
+            .iter()
+            .any(|p| p.part == "agent" && p.pid == Some(new_agent.pid))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(s.instances.iter().map(|i| i.pid).collect::<Vec<_>>(), before);
+}
+
+#[test]
+fn slipway_up_waited_20s_and_left_processes_behind_when_the_listener_port_was_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let f = Fixture::new_with("", |t| {
+        t.replace("addr = \"127.0.0.1:0\"", &format!("addr = \"127.0.0.1:{port}\""))
+    });
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(testkit::workspace_bin("slipway"))
+        .arg("up")
+        .arg("-c")
+        .arg(&f.cfg.path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port} for [[listener]] web")),
+        "{err}"
+    );
+    assert!(err.contains("already in use"), "{err}");
+    assert!(err.contains("stopped what it had started"), "{err}");
+    assert!(
+        control::control_running(&f.cfg).is_none(),
+        "a control plane was left running"
+    );
+    assert!(control::agent_running(&f.cfg).is_none(), "an agent was left running");
+    assert!(control::router_running(&f.cfg).is_none());
+}
