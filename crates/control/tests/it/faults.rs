@@ -9,7 +9,7 @@ use wire::service::{DeployInfo, DeployPhase, HoldReason, Strategy};
 
 use crate::harness::Fixture;
 
-async fn kill9(pid: u32) {
+pub(crate) async fn kill9(pid: u32) {
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     testkit::wait_for(&format!("pid {pid} gone"), Duration::from_secs(5), || async {
         agent::process_start_time(pid).is_none().then_some(())
@@ -18,7 +18,7 @@ async fn kill9(pid: u32) {
 }
 
 /// `slipway up` as the operator runs it: starts what is missing.
-fn slipway_up(f: &Fixture) {
+pub(crate) fn slipway_up(f: &Fixture) {
     let out = std::process::Command::new(testkit::workspace_bin("slipway"))
         .arg("up")
         .arg("-c")
@@ -29,7 +29,7 @@ fn slipway_up(f: &Fixture) {
 }
 
 /// What the router serves at `/` now (the demo app answers with its release).
-async fn served(f: &Fixture) -> Option<String> {
+pub(crate) async fn served(f: &Fixture) -> Option<String> {
     testkit::get(f.web(), "/", &[]).await.ok().map(|r| r.text())
 }
 
@@ -72,14 +72,14 @@ async fn the_control_plane_kept_calling_a_killed_agent_and_router_on_their_old_p
 }
 
 /// The table the router itself serves, from its admin API.
-async fn router_routes(f: &Fixture) -> wire::RouteTable {
+pub(crate) async fn router_routes(f: &Fixture) -> wire::RouteTable {
     let r = control::router_running(&f.cfg).expect("a router runs");
     let token = std::fs::read_to_string(f.cfg.layout.router_status().with_file_name("admin.token")).unwrap();
     let api = plumbing::client::ApiClient::new(&r.addr, Some(token.trim().to_string())).unwrap();
     api.get("/v1/routes").await.unwrap()
 }
 
-fn weights(t: &wire::RouteTable) -> Vec<(String, u32, wire::RouteState)> {
+pub(crate) fn weights(t: &wire::RouteTable) -> Vec<(String, u32, wire::RouteState)> {
     t.releases.iter().map(|r| (r.id.clone(), r.weight, r.state)).collect()
 }
 
@@ -144,7 +144,7 @@ async fn a_canary_went_on_stepping_and_was_reported_promoted_while_its_router_wa
 }
 
 /// A client of the control plane `slipway up` started.
-fn control_api(f: &Fixture) -> plumbing::client::ApiClient {
+pub(crate) fn control_api(f: &Fixture) -> plumbing::client::ApiClient {
     let c = control::control_running(&f.cfg).expect("a control plane runs");
     let token = std::fs::read_to_string(f.cfg.layout.control_token()).unwrap();
     plumbing::client::ApiClient::new(&c.addr, Some(token.trim().to_string())).unwrap()
@@ -247,4 +247,49 @@ fn slipway_up_waited_20s_and_left_processes_behind_when_the_listener_port_was_ta
     );
     assert!(control::agent_running(&f.cfg).is_none(), "an agent was left running");
     assert!(control::router_running(&f.cfg).is_none());
+}
+
+/// The pid of a live instance of `release`.
+async fn instance_pid(f: &Fixture, release: &str) -> (String, u32) {
+    let s = f.status().await;
+    s.instances
+        .iter()
+        .find(|i| i.release == release && i.state == wire::agent::InstanceState::Ready)
+        .and_then(|i| Some((i.id.clone(), i.pid?)))
+        .unwrap_or_else(|| panic!("no ready instance of {release}: {:?}", s.instances))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_killed_mid_canary_are_replaced_and_the_deploy_still_promotes() {
+    let mut f = Fixture::new_with("", |t| t.replace("hold = \"3s\"", "hold = \"5s\""));
+    f.start().await;
+    let d: DeployInfo = f.deploy("v1", None).await;
+    f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    let load = crate::harness::load(f.web());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let d: DeployInfo = f.deploy("v2", Some(Strategy::Canary)).await;
+    testkit::wait_for("the canary's first step", Duration::from_secs(30), || async {
+        let d: DeployInfo = f.api().get(&format!("/v1/deploys/{}", d.id)).await.ok()?;
+        (d.phase == DeployPhase::Step).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One canary instance and one baseline instance, killed from outside.
+    let (canary, canary_pid) = instance_pid(&f, "v2").await;
+    let (base, base_pid) = instance_pid(&f, "v1").await;
+    kill9(canary_pid).await;
+    kill9(base_pid).await;
+    let end = f.wait_deploy(d.id, Duration::from_secs(60)).await;
+    assert_eq!(end.outcome.as_deref(), Some("promoted"), "{end:?}");
+    let s = f.status().await;
+    let restarted = s.instances.iter().find(|i| i.id == canary).unwrap();
+    assert_eq!(restarted.restarts, 1, "{restarted:?}");
+    assert_ne!(restarted.pid, Some(canary_pid));
+    let r = load.stop().await;
+    eprintln!(
+        "{} sent, {} failed: {:?} {:?}; {base} killed too",
+        r.sent, r.failed, r.errors, r.statuses
+    );
+    assert_eq!(r.sent, r.ok + r.failed);
+    assert_eq!(r.failed, 0, "{:?} {:?}", r.errors, r.statuses);
 }

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod chaos;
 mod data;
 mod deploys;
 mod faults;
