@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod auth;
 mod chaos;
 mod data;
 mod deploys;
