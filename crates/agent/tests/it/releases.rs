@@ -127,10 +127,13 @@ fn prune_never_removes_current_previous_or_releases_with_instances() {
     assert_eq!(left, vec!["r1", "r2", "r3"]);
 }
 
-/// A plain .tar with entries written as given (no checks by the builder): (name, kind, link target, data).
-fn raw_tar(out: &std::path::Path, entries: &[(&str, tar::EntryType, &str, &[u8])]) {
+/// An archive entry as written: name, kind, link target, data.
+type RawEntry<'a> = (&'a str, tar::EntryType, &'a str, &'a [u8]);
+
+/// A plain .tar with entries written as given (no checks by the builder).
+fn raw_tar(out: &std::path::Path, entries: &[RawEntry<'_>]) {
     let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    let ok: [(&str, tar::EntryType, &str, &[u8]); 1] = [("slipway.release.toml", tar::EntryType::Regular, "", b"")];
+    let ok: [RawEntry<'_>; 1] = [("slipway.release.toml", tar::EntryType::Regular, "", b"")];
     for (name, kind, link, data) in ok.iter().chain(entries) {
         let mut h = tar::Header::new_gnu();
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
@@ -157,7 +160,7 @@ fn malicious_archives_are_refused_whole_and_nothing_lands_outside_the_releases_f
     std::fs::create_dir_all(&outside).unwrap();
     let abs = format!("{}/abs.txt", outside.display());
     let abs_link = outside.display().to_string();
-    let cases: Vec<(&str, Vec<(&str, tar::EntryType, &str, &[u8])>, &str)> = vec![
+    let cases: Vec<(&str, Vec<RawEntry<'_>>, &str)> = vec![
         (
             "dotdot",
             vec![("../../outside/escape.txt", Regular, "", b"x")],
