@@ -293,3 +293,42 @@ async fn instances_killed_mid_canary_are_replaced_and_the_deploy_still_promotes(
     assert_eq!(r.sent, r.ok + r.failed);
     assert_eq!(r.failed, 0, "{:?} {:?}", r.errors, r.statuses);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_two_seconds_to_an_app_that_exits_at_once_on_sigterm_survive_rolling_and_blue_green() {
+    let slow = "[start.env]\nDEMO_LATENCY = \"2s\"\nDEMO_EXIT_ON_SIGTERM = \"1\"\n";
+    // The blue-green's old set leaves after a short rollback window, so that its SIGTERM comes in the test too.
+    let short_window = |t: String| t.replace("rollback_window = \"60s\"", "rollback_window = \"2s\"");
+    let mut f = Fixture::build("", short_window, &[], &[("v1", slow), ("v2", slow), ("v4", slow)]);
+    f.start().await;
+    let d: DeployInfo = f.deploy("v1", None).await;
+    f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    let mut c = loadgen::LoadConfig::new(f.web(), 20.0);
+    c.users = 60;
+    let load = loadgen::Load::start(c);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (release, strategy) in [("v2", Strategy::Rolling), ("v4", Strategy::BlueGreen)] {
+        let d: DeployInfo = f.deploy(release, Some(strategy)).await;
+        let end = f.wait_deploy(d.id, Duration::from_secs(90)).await;
+        assert_eq!(end.outcome.as_deref(), Some("promoted"), "{end:?}");
+        // The old instances are stopped (SIGTERM, and they exit at once) only once the router reports nothing
+        // open on them.
+        testkit::wait_for("the old release stopped", Duration::from_secs(60), || async {
+            let s = f.status().await;
+            let old_live = s
+                .instances
+                .iter()
+                .any(|i| i.release != release && agent::is_live(i.state));
+            (!old_live).then_some(())
+        })
+        .await;
+    }
+    let r = load.stop().await;
+    eprintln!(
+        "{} sent, {} ok, {} failed: {:?} {:?}",
+        r.sent, r.ok, r.failed, r.errors, r.statuses
+    );
+    assert_eq!(r.sent, r.ok + r.failed);
+    assert!(r.ok > 200, "{r:?}");
+    assert_eq!(r.failed, 0, "{:?} {:?}", r.errors, r.statuses);
+}
