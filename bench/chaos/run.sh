@@ -11,7 +11,7 @@ seed="${2:-$(date +%s)}"
 out="$(mktemp)"
 cargo build -q -p slipway -p demo-app --bins
 SLIPWAY_CHAOS_RUNS="$runs" SLIPWAY_CHAOS_SEED="$seed" \
-  cargo nextest run -p control --no-capture -E 'test(/^chaos::/)' 2>&1 | tee "$out" | grep '^chaos {' || true
+  cargo nextest run -p control --no-capture --no-fail-fast -E 'test(/^chaos::/)' 2>&1 | tee "$out" | grep '^chaos {' || true
 echo "seed $seed, $runs runs per kind"
 grep '^chaos {' "$out" | sed 's/^chaos //' | python3 -c '
 import json, statistics, sys

@@ -62,7 +62,7 @@ async fn kill(f: &Fixture, kind: Kind, rng: &mut fastrand::Rng) -> (u32, Option<
 }
 
 /// How long until what was killed is back: a new process (the control plane comes back with `slipway up`, as
-/// nothing supervises it), or the instance ready again.
+/// nothing supervises it), or the instance ready again (or stopped, if its release left meanwhile).
 async fn recovered(f: &Fixture, kind: Kind, pid: u32, id: Option<&str>) -> Duration {
     let t = Instant::now();
     if kind == Kind::Control {
@@ -73,8 +73,11 @@ async fn recovered(f: &Fixture, kind: Kind, pid: u32, id: Option<&str>) -> Durat
             Kind::Control => control::control_running(&f.cfg).is_some_and(|r| r.pid != pid),
             Kind::Agent => control::agent_running(&f.cfg).is_some_and(|r| r.pid != pid),
             Kind::Router => control::router_running(&f.cfg).is_some_and(|r| r.pid != pid),
-            Kind::Instance => agent::saved_instances(f.cfg.state_dir()).unwrap().iter().any(|i| {
-                Some(i.id.as_str()) == id && i.pid != Some(pid) && i.state == wire::agent::InstanceState::Ready
+            // Ready again under a new pid, or not wanted any more (an old release's instance, retired meanwhile).
+            Kind::Instance => agent::saved_instances(f.cfg.state_dir()).unwrap().iter().all(|i| {
+                Some(i.id.as_str()) != id
+                    || (i.pid != Some(pid) && i.state == wire::agent::InstanceState::Ready)
+                    || !agent::is_live(i.state)
             }),
         };
         back.then_some(())
