@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 pub use config::{Config, ConfigError};
 pub use logs::{follow_log, log_dir, log_path, log_tail};
-pub use process::{Launch, process_start_time, signal_group, spawn_detached, spawn_instance};
+pub use process::{Launch, process_start_time, signal_group, spawn_detached, spawn_detached_with, spawn_instance};
 pub use releases::{RELEASE_MANIFEST, ReleaseError, ReleaseStore};
 pub use supervisor::{Agent, is_live};
 pub use table::saved_instances;

@@ -169,6 +169,24 @@ pub fn is_same_process(pid: u32, start: u64) -> bool {
 /// plane) in its own session, output appended to `log`, not waited for.
 /// Returns its pid.
 pub fn spawn_detached(program: &Path, args: &[std::ffi::OsString], log: &Path) -> std::io::Result<u32> {
+    spawn_detached_with(program, args, log, &[], &[])
+}
+
+/// Like [`spawn_detached`], with `env` set and the descriptors `fds` passed to the child as fds 3, 4, ...
+/// (as systemd passes listening sockets). The caller keeps its own copies open.
+pub fn spawn_detached_with(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    log: &Path,
+    env: &[(String, String)],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<u32> {
+    // Copies above the target range first, so that no dup2 in the child overwrites a source it still needs.
+    let floor = 3 + fds.len() as i32;
+    let high: Vec<std::os::fd::OwnedFd> = fds
+        .iter()
+        .map(|fd| fd.try_clone_to_owned_above(floor))
+        .collect::<std::io::Result<_>>()?;
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -178,21 +196,51 @@ pub fn spawn_detached(program: &Path, args: &[std::ffi::OsString], log: &Path) -
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err));
-    detach(&mut cmd);
+        .stderr(Stdio::from(err))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    use std::os::fd::AsRawFd;
+    detach(&mut cmd, high.iter().map(|f| f.as_raw_fd()).collect());
     let child = cmd.spawn()?;
+    drop(high);
     Ok(child.id())
 }
 
+/// A descriptor duplicated (close-on-exec) to the lowest free number at or above `floor`.
+trait CloneAbove {
+    fn try_clone_to_owned_above(&self, floor: i32) -> std::io::Result<std::os::fd::OwnedFd>;
+}
+
+impl CloneAbove for std::os::fd::BorrowedFd<'_> {
+    fn try_clone_to_owned_above(&self, floor: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsRawFd;
+        // dup gives the lowest free number: the low copies are held until one lands high enough.
+        let mut low = Vec::new();
+        loop {
+            let fd = self.try_clone_to_owned()?;
+            if fd.as_raw_fd() >= floor {
+                return Ok(fd);
+            }
+            low.push(fd);
+        }
+    }
+}
+
 #[allow(unsafe_code)]
-fn detach(cmd: &mut std::process::Command) {
+fn detach(cmd: &mut std::process::Command, fds: Vec<i32>) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: runs in the forked child before exec and only calls setsid(2),
-    // which is async-signal-safe.
+    // SAFETY: runs in the forked child before exec and only calls setsid(2)
+    // and dup2(2), which are async-signal-safe; `fds` was allocated before the
+    // fork and is only read.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // dup2 leaves close-on-exec off on the copy: fds 3, 4, ... reach the program.
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -22,6 +22,10 @@ pub enum ReleaseError {
     UnknownSource { path: PathBuf },
     #[error("{path}: bad {RELEASE_MANIFEST}: {message}")]
     BadManifest { path: PathBuf, message: String },
+    /// An archive entry that would land or point outside the release, or is not a plain file, folder or link;
+    /// the archive is refused whole and nothing of it stays.
+    #[error("{path}: refused, nothing was added: entry {entry:?} {why}")]
+    UnsafeEntry { path: PathBuf, entry: String, why: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
@@ -238,8 +242,71 @@ fn single_top_folder(dir: &Path) -> Result<Option<PathBuf>, ReleaseError> {
 fn unpack<R: std::io::Read>(reader: R, dest: &Path, source: &Path) -> Result<(), ReleaseError> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
-    // `unpack` refuses entries that would land outside `dest`.
-    archive.unpack(dest).map_err(io(source))
+    for entry in archive.entries().map_err(io(source))? {
+        let mut entry = entry.map_err(io(source))?;
+        let path = entry.path().map_err(io(source))?.into_owned();
+        let refuse = |why: &str| ReleaseError::UnsafeEntry {
+            path: source.to_path_buf(),
+            entry: path.display().to_string(),
+            why: why.to_string(),
+        };
+        let kind = entry.header().entry_type();
+        if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
+            continue;
+        }
+        check_entry(&path, kind, entry.link_name().map_err(io(source))?.as_deref()).map_err(&refuse)?;
+        // `unpack_in` also refuses what would land outside `dest` (through a link made by an earlier entry).
+        if !entry.unpack_in(dest).map_err(io(source))? {
+            return Err(refuse("would land outside the release"));
+        }
+    }
+    Ok(())
+}
+
+/// Lexically, where `path` (relative, inside the release) leads: `None` if it climbs out of it.
+fn inside(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            std::path::Component::RootDir | std::path::Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Whether an archive entry may be unpacked into a release: a file, folder or link that stays inside it.
+fn check_entry(path: &Path, kind: tar::EntryType, link: Option<&Path>) -> Result<(), &'static str> {
+    if path.is_absolute() {
+        return Err("has an absolute path");
+    }
+    if path.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err("climbs out with '..'");
+    }
+    match kind {
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => Ok(()),
+        tar::EntryType::Symlink => {
+            let target = link.ok_or("is a link without a target")?;
+            let from = path.parent().unwrap_or(Path::new(""));
+            match target.is_absolute() || inside(&from.join(target)).is_none() {
+                true => Err("is a symlink pointing outside the release"),
+                false => Ok(()),
+            }
+        }
+        tar::EntryType::Link => match link.map(|l| l.is_absolute() || inside(l).is_none()) {
+            Some(false) => Ok(()),
+            _ => Err("is a hard link to something outside the release"),
+        },
+        tar::EntryType::Char | tar::EntryType::Block => Err("is a device file"),
+        tar::EntryType::Fifo => Err("is a named pipe"),
+        _ => Err("is not a plain file, folder or link"),
+    }
 }
 
 /// Copies a folder tree, keeping permissions and symlinks.

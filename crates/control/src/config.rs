@@ -17,6 +17,9 @@ pub struct ServiceConfig {
     pub path: PathBuf,
     pub(crate) base: PathBuf,
     pub layout: Layout,
+    /// The control plane keeps the agent and the router running and holds the router's listening sockets
+    /// (`slipway up` runs it so); not a key of the file.
+    pub supervise: bool,
 }
 
 /// Where everything lives under the state folder.
@@ -116,6 +119,7 @@ impl ServiceConfig {
             base: base.to_path_buf(),
             layout,
             file,
+            supervise: false,
         };
         if let Err(p) = router::Config::from_raw(&cfg.router_file(), &cfg.layout.run_dir) {
             out.extend(

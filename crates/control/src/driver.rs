@@ -78,6 +78,8 @@ pub struct Control {
     /// Held while the data is moved for a starting release until its deploy is recorded, and while the loop
     /// follows the live releases, so the loop never sees the data moved but not the deploy.
     data_turn: tokio::sync::Mutex<()>,
+    /// The parts the supervision restarted (`slipway up` mode).
+    pub(crate) restarts: crate::supervise::Shown,
 }
 
 impl std::fmt::Debug for Control {
@@ -156,6 +158,7 @@ impl Control {
             verdicts: Mutex::new(Verdicts::default()),
             parts,
             data_turn: tokio::sync::Mutex::new(()),
+            restarts: Default::default(),
         }))
     }
 
@@ -578,6 +581,7 @@ impl Control {
             routes,
             data,
             held,
+            restarts: lock(&self.restarts).clone(),
         }
     }
 

@@ -21,6 +21,7 @@ mod judging;
 mod planner;
 mod procs;
 mod reach;
+mod supervise;
 mod view;
 
 use std::path::PathBuf;
@@ -93,11 +94,17 @@ fn read_token(path: &std::path::Path) -> Result<String, plumbing::fs::FsError> {
 /// slipway binary), replays the journal, serves the API and starts the loop.
 pub async fn start(cfg: ServiceConfig, exe: PathBuf) -> Result<RunningControl, StartError> {
     std::fs::create_dir_all(&cfg.layout.control_dir).map_err(plumbing::fs::io_err(&cfg.layout.control_dir))?;
-    let (agent, router) = {
+    let (agent, router, sockets) = {
         let cfg = cfg.clone();
         let exe = exe.clone();
         tokio::task::spawn_blocking(move || -> Result<_, procs::ProcError> {
-            Ok((procs::ensure_agent(&cfg, &exe)?, procs::ensure_router(&cfg, &exe)?))
+            let agent = procs::ensure_agent(&cfg, &exe)?;
+            let mut sockets = supervise::Sockets::default();
+            let router = match cfg.supervise {
+                true => supervise::start_router(&cfg, &exe, &mut sockets)?,
+                false => procs::ensure_router(&cfg, &exe)?,
+            };
+            Ok((agent, router, sockets))
         })
         .await
         .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??
@@ -150,7 +157,11 @@ pub async fn start(cfg: ServiceConfig, exe: PathBuf) -> Result<RunningControl, S
         &cfg.layout.control_status(),
         &serde_json::json!({ "pid": std::process::id(), "api": api_addr, "dashboard": dashboard_addr }),
     )?;
-    tasks.push(tokio::spawn(control_loop(control.clone(), turns, stop_rx)));
+    tasks.push(tokio::spawn(control_loop(control.clone(), turns, stop_rx.clone())));
+    if cfg.supervise {
+        let shown = control.restarts.clone();
+        tasks.push(tokio::spawn(supervise::run(cfg.clone(), exe, sockets, shown, stop_rx)));
+    }
     Ok(RunningControl {
         control,
         api_addr,

@@ -15,6 +15,14 @@ pub enum ProcError {
     Spawn { what: &'static str, source: std::io::Error },
     #[error("{what} did not come up within {secs}s; see {log}")]
     NoStart { what: &'static str, secs: u64, log: String },
+    #[error("{what} exited at once: {cause}")]
+    Exited { what: &'static str, cause: String },
+    #[error("cannot listen on {addr} for [[listener]] {listener}: {cause}")]
+    Bind {
+        listener: String,
+        addr: String,
+        cause: std::io::Error,
+    },
 }
 
 /// A running helper: its pid and API address.
@@ -66,21 +74,48 @@ fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ProcErr
     })
 }
 
+/// What a process wrote to its log since `from` (its last lines), to say why it exited.
+fn last_words(log: &Path, from: u64) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let new = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default()).to_string();
+    let lines: Vec<&str> = new.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join("\n");
+    if tail.is_empty() {
+        format!("nothing in {}", log.display())
+    } else {
+        tail
+    }
+}
+
+/// How a helper is started: its environment and the descriptors it gets as fds 3, 4, ...
+#[derive(Default)]
+struct Extra<'a> {
+    env: &'a [(String, String)],
+    fds: &'a [std::os::fd::BorrowedFd<'a>],
+}
+
 fn start(
     what: &'static str,
     exe: &Path,
     args: Vec<OsString>,
     log: PathBuf,
+    extra: Extra<'_>,
     wait: impl Fn() -> Option<Running>,
 ) -> Result<Running, ProcError> {
-    let pid = agent::spawn_detached(exe, &args, &log).map_err(|source| ProcError::Spawn { what, source })?;
+    let from = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let pid = agent::spawn_detached_with(exe, &args, &log, extra.env, extra.fds)
+        .map_err(|source| ProcError::Spawn { what, source })?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Some(r) = wait().filter(|r| r.pid == pid) {
             return Ok(r);
         }
         if !alive(pid) {
-            break;
+            // It failed to start: say why at once (a port in use, a bad config), not after the deadline.
+            return Err(ProcError::Exited {
+                what,
+                cause: last_words(&log, from),
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -99,9 +134,14 @@ pub fn ensure_agent(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcErro
     let conf = cfg.layout.run_dir.join("agent.toml");
     write_toml(&conf, &cfg.agent_file())?;
     let args = vec!["agent".into(), "--config".into(), conf.into_os_string()];
-    start("the agent", exe, args, cfg.layout.run_dir.join("agent.log"), || {
-        agent_running(cfg)
-    })
+    start(
+        "the agent",
+        exe,
+        args,
+        cfg.layout.run_dir.join("agent.log"),
+        Extra::default(),
+        || agent_running(cfg),
+    )
 }
 
 /// The router, started if it is not running (it serves its saved table at once).
@@ -109,27 +149,37 @@ pub fn ensure_router(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcErr
     if let Some(r) = router_running(cfg) {
         return Ok(r);
     }
+    start_router_with(cfg, exe, &[], &[])
+}
+
+/// Starts a router with `env` set and the listening sockets `fds` passed as fds 3, 4, ...
+pub(crate) fn start_router_with(
+    cfg: &ServiceConfig,
+    exe: &Path,
+    env: &[(String, String)],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<Running, ProcError> {
     let conf = cfg.layout.run_dir.join("router.toml");
     write_toml(&conf, &cfg.router_file())?;
     let args = vec!["router".into(), "--config".into(), conf.into_os_string()];
-    start("the router", exe, args, cfg.layout.run_dir.join("router.log"), || {
-        router_running(cfg)
-    })
+    let log = cfg.layout.run_dir.join("router.log");
+    start("the router", exe, args, log, Extra { env, fds }, || router_running(cfg))
 }
 
-/// The control plane, started if it is not running.
-pub fn ensure_control(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcError> {
+/// The control plane, started if it is not running. `supervise`: it keeps the agent and the router running,
+/// holding the router's listening sockets (`slipway up`).
+pub fn ensure_control(cfg: &ServiceConfig, exe: &Path, supervise: bool) -> Result<Running, ProcError> {
     if let Some(r) = control_running(cfg) {
         return Ok(r);
     }
-    let args = vec!["control".into(), "--config".into(), cfg.path.clone().into_os_string()];
-    start(
-        "the control plane",
-        exe,
-        args,
-        cfg.layout.run_dir.join("control.log"),
-        || control_running(cfg),
-    )
+    let mut args: Vec<OsString> = vec!["control".into(), "--config".into(), cfg.path.clone().into_os_string()];
+    if supervise {
+        args.push("--supervise".into());
+    }
+    let log = cfg.layout.run_dir.join("control.log");
+    start("the control plane", exe, args, log, Extra::default(), || {
+        control_running(cfg)
+    })
 }
 
 /// Sends SIGTERM and waits up to `grace` for the process to go, then SIGKILL.

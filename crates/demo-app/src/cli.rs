@@ -43,6 +43,10 @@ struct Args {
     #[arg(long, env = "DEMO_IGNORE_SIGTERM", value_parser = BoolishValueParser::new(), num_args = 0..=1,
           default_value = "false", default_missing_value = "true")]
     ignore_sigterm: bool,
+    /// Exit at once on SIGTERM, dropping requests in flight (an app with no graceful shutdown).
+    #[arg(long, env = "DEMO_EXIT_ON_SIGTERM", value_parser = BoolishValueParser::new(), num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
+    exit_on_sigterm: bool,
     /// Worker threads.
     #[arg(long, env = "DEMO_THREADS", default_value_t = 2)]
     threads: usize,
@@ -246,6 +250,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let ignore_term = args.ignore_sigterm;
+    let exit_on_term = args.exit_on_sigterm;
     let shutdown = async move {
         loop {
             tokio::select! {
@@ -253,6 +258,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     if ignore_term {
                         eprintln!("demo-app: ignoring SIGTERM as asked (--ignore-sigterm)");
                         continue;
+                    }
+                    if exit_on_term {
+                        eprintln!("demo-app: SIGTERM, exiting at once as asked (--exit-on-sigterm)");
+                        std::process::exit(0);
                     }
                     eprintln!("demo-app: SIGTERM, shutting down");
                     return;

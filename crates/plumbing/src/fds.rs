@@ -140,13 +140,16 @@ pub fn recv_msg<T: serde::de::DeserializeOwned>(sock: &UnixStream) -> Result<(T,
     Ok((msg, fds))
 }
 
-/// Sockets systemd passed with socket activation (`LISTEN_FDS`, checked
-/// against `LISTEN_PID`), with their `FileDescriptorName=` when given.
+/// The variable a supervising parent sets to its own pid when it passes `LISTEN_FDS` (it cannot know the child's
+/// pid for `LISTEN_PID` before the fork): the sockets are this process's when its parent is that pid.
+pub const LISTEN_PARENT: &str = "SLIPWAY_LISTEN_PARENT";
+
+/// Sockets systemd (or a supervising parent) passed with socket activation (`LISTEN_FDS`, checked against
+/// `LISTEN_PID`, or `SLIPWAY_LISTEN_PARENT` against the parent's pid), with their `FileDescriptorName=` when given.
 pub fn listen_fds() -> Vec<(Option<String>, OwnedFd)> {
-    let ours = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
+    let pid_var = |name: &str| std::env::var(name).ok().and_then(|p| p.parse::<u32>().ok());
+    let ours = pid_var("LISTEN_PID").is_some_and(|p| p == std::process::id())
+        || pid_var(LISTEN_PARENT).is_some_and(|p| p == std::os::unix::process::parent_id());
     let n: usize = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|n| n.parse().ok())

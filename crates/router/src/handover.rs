@@ -245,6 +245,7 @@ fn spawn(binary: &Path, config: &Path, sock_path: &Path) -> Result<Child, Upgrad
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES")
+        .env_remove(plumbing::fds::LISTEN_PARENT)
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())

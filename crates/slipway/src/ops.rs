@@ -32,11 +32,31 @@ pub fn exe() -> anyhow::Result<PathBuf> {
 pub fn up(cfg: &ServiceConfig) -> anyhow::Result<()> {
     let exe = exe()?;
     std::fs::create_dir_all(cfg.state_dir()).with_context(|| format!("cannot create {}", cfg.state_dir().display()))?;
+    let agent_was_running = control::agent_running(cfg).is_some();
     let agent = control::ensure_agent(cfg, &exe)?;
     println!("agent          pid {:<7} API {}", agent.pid, agent.addr);
-    let router = control::ensure_router(cfg, &exe)?;
+    // The control plane supervises the agent and the router, and starts the router with listening sockets it
+    // holds itself, so a router crash refuses no connection. If it cannot (a port in use), `up` says why at once
+    // and stops what it started.
+    let control = match control::ensure_control(cfg, &exe, true) {
+        Ok(c) => c,
+        Err(e) => {
+            if !agent_was_running {
+                control::stop_process(agent.pid, Duration::from_secs(5));
+            }
+            return Err(anyhow::Error::from(e).context("`slipway up` failed; it stopped what it had started"));
+        }
+    };
+    // A running control plane restarts a dead router within a second; one that does not supervise is helped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let router = loop {
+        match control::router_running(cfg) {
+            Some(r) => break r,
+            None if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => break control::ensure_router(cfg, &exe)?,
+        }
+    };
     println!("router         pid {:<7} admin {}", router.pid, router.addr);
-    let control = control::ensure_control(cfg, &exe)?;
     println!("control plane  pid {:<7} API {}", control.pid, control.addr);
     if let Ok(v) = std::fs::read(cfg.layout.router_status())
         && let Ok(st) = serde_json::from_slice::<wire::api::RouterStatus>(&v)

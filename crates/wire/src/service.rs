@@ -616,6 +616,20 @@ impl Held {
     }
 }
 
+/// How often `slipway up`'s supervision restarted one part (the agent or the router).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRestarts {
+    /// `agent` or `router`.
+    pub part: String,
+    pub restarts: u32,
+    /// When it was last started again (ms since the Unix epoch).
+    pub last_ms: u64,
+    /// The pid it runs as since.
+    pub pid: Option<u32>,
+    /// Why the last start failed, if it did (it is tried again, with backoff).
+    pub error: Option<String>,
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
@@ -632,6 +646,9 @@ pub struct ServiceStatus {
     /// Set while the control plane holds: it cannot reach the agent or the router, or its routes are unconfirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
+    /// Parts the control plane restarted (in `slipway up` mode, which supervises the agent and the router).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<PartRestarts>,
 }
 
 /// `GET /v1/deploys`.

@@ -126,3 +126,108 @@ fn prune_never_removes_current_previous_or_releases_with_instances() {
     let left: Vec<String> = store.list(&|_| 0).unwrap().into_iter().map(|r| r.id).collect();
     assert_eq!(left, vec!["r1", "r2", "r3"]);
 }
+
+/// An archive entry as written: name, kind, link target, data.
+type RawEntry<'a> = (&'a str, tar::EntryType, &'a str, &'a [u8]);
+
+/// A plain .tar with entries written as given (no checks by the builder).
+fn raw_tar(out: &std::path::Path, entries: &[RawEntry<'_>]) {
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    let ok: [RawEntry<'_>; 1] = [("slipway.release.toml", tar::EntryType::Regular, "", b"")];
+    for (name, kind, link, data) in ok.iter().chain(entries) {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap();
+}
+
+#[test]
+fn malicious_archives_are_refused_whole_and_nothing_lands_outside_the_releases_folder() {
+    use tar::EntryType::{Block, Char, Fifo, Link, Regular, Symlink};
+    let dir = TempDir::new("evil-archives");
+    let store = ReleaseStore::new(dir.join("root"));
+    let outside = dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let abs = format!("{}/abs.txt", outside.display());
+    let abs_link = outside.display().to_string();
+    let cases: Vec<(&str, Vec<RawEntry<'_>>, &str)> = vec![
+        (
+            "dotdot",
+            vec![("../../outside/escape.txt", Regular, "", b"x")],
+            "climbs out with '..'",
+        ),
+        (
+            "inner-dotdot",
+            vec![("bin/../../x.txt", Regular, "", b"x")],
+            "climbs out with '..'",
+        ),
+        (
+            "absolute",
+            vec![(abs.as_str(), Regular, "", b"x")],
+            "has an absolute path",
+        ),
+        (
+            "symlink-up",
+            vec![("bin/up", Symlink, "../../outside", b"")],
+            "symlink pointing outside",
+        ),
+        (
+            "symlink-abs-then-through",
+            vec![
+                ("out", Symlink, abs_link.as_str(), b""),
+                ("out/through.txt", Regular, "", b"x"),
+            ],
+            "symlink pointing outside",
+        ),
+        ("hardlink", vec![("hl", Link, "../outside/abs.txt", b"")], "hard link"),
+        ("chardev", vec![("null", Char, "", b"")], "is a device file"),
+        ("blockdev", vec![("disk", Block, "", b"")], "is a device file"),
+        ("fifo", vec![("pipe", Fifo, "", b"")], "named pipe"),
+    ];
+    for (id, entries, why) in cases {
+        let archive = dir.join(format!("{id}.tar"));
+        raw_tar(&archive, &entries);
+        let err = store.add(&archive, id).unwrap_err();
+        assert!(matches!(err, ReleaseError::UnsafeEntry { .. }), "{id}: {err}");
+        let msg = err.to_string();
+        assert!(msg.contains(why) && msg.contains("nothing was added"), "{id}: {msg}");
+        assert!(!store.path(id).exists(), "{id}: the release was added");
+    }
+    let left: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "written outside: {left:?}");
+    assert!(!dir.join("x.txt").exists() && !dir.join("root/x.txt").exists());
+    let staging: Vec<_> = std::fs::read_dir(store.dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(staging.is_empty(), "left behind: {staging:?}");
+    // A link that stays inside is fine.
+    let archive = dir.join("fine.tar");
+    raw_tar(
+        &archive,
+        &[
+            ("bin/run.sh", Regular, "", b"#!/bin/sh\n"),
+            ("run", Symlink, "bin/run.sh", b""),
+        ],
+    );
+    store.add(&archive, "fine").unwrap();
+    assert_eq!(
+        std::fs::read_link(store.path("fine").join("run")).unwrap(),
+        std::path::Path::new("bin/run.sh")
+    );
+}

@@ -39,7 +39,8 @@ impl Fixture {
         Fixture::build(extra, |t| t, files, manifests)
     }
 
-    fn build(
+    /// Like `with_files`, with the service file passed through `edit` first.
+    pub fn build(
         extra: &str,
         edit: impl FnOnce(String) -> String,
         files: &[(&str, &str)],

@@ -2,6 +2,8 @@
 
 mod harness;
 
+mod auth;
+mod chaos;
 mod data;
 mod deploys;
 mod faults;

@@ -76,6 +76,10 @@ pub enum Command {
     Control {
         #[command(flatten)]
         service: ServiceFile,
+        /// Keep the agent and the router running (restarting a dead one within a second) and hold the router's
+        /// listening sockets across its restarts, as `slipway up` does.
+        #[arg(long)]
+        supervise: bool,
     },
     /// Deploy a release (added with `slipway release add`) and follow it; exits 1 if it was aborted.
     Deploy {

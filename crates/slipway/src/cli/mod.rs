@@ -118,9 +118,10 @@ pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
             println!("{text}");
             done()
         }
-        Command::Control { service } => {
+        Command::Control { service, supervise } => {
             crate::init_logging("info");
-            let cfg = load(&service)?;
+            let mut cfg = load(&service)?;
+            cfg.supervise = supervise;
             control::run(cfg, crate::ops::exe()?).map_err(runtime)?;
             done()
         }
