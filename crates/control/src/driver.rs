@@ -35,6 +35,8 @@ struct Seen {
     routes: Option<RouteTable>,
     /// What the control plane last did to the data (`[data]`).
     data: Option<String>,
+    /// The router's last metrics (the dashboard's request and error rates).
+    metrics: Option<MetricsSnapshot>,
 }
 
 /// When the loop last brought the data in line with the live releases.
@@ -340,7 +342,10 @@ impl Control {
         let now = unix_ms();
         let instances = self.observe_agent(lp, now).await;
         match self.parts.metrics().await {
-            Ok(snap) => self.judge(&snap, lp, now),
+            Ok(snap) => {
+                self.judge(&snap, lp, now);
+                lock(&self.seen).metrics = Some(snap);
+            }
             Err(e) => warn_once(lp, "router", &format!("router metrics unreachable: {e}")),
         }
         if let Ok(st) = self.parts.router_status().await {
@@ -494,6 +499,11 @@ impl Control {
             routes,
             data,
         }
+    }
+
+    /// The router's metrics as the loop last read them.
+    pub(crate) fn metrics(&self) -> Option<MetricsSnapshot> {
+        lock(&self.seen).metrics.clone()
     }
 
     pub(crate) fn history(&self, limit: usize) -> Vec<DeployInfo> {

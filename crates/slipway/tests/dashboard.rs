@@ -199,6 +199,12 @@ async fn the_dashboard_in_chromium_follows_deploys_live_and_its_buttons_work() {
     );
     b.go(&format!("{}/", s.dashboard)).await;
     assert!(!b.url().await.ends_with("/login"), "the session still works");
+    b.until(
+        "request-rate sparklines with points",
+        Duration::from_secs(5),
+        "return [...document.querySelectorAll('#svc-rates svg.spark path')].some(p => +p.dataset.points > 2)",
+    )
+    .await;
     b.screenshot("service").await;
 
     // A canary deploy, followed live.
