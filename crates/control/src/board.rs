@@ -52,6 +52,10 @@ impl Backend for Board {
         known.then(|| agent::log_path(&root, instance))
     }
 
+    fn metrics(&self) -> Option<wire::metrics::MetricsSnapshot> {
+        self.control.metrics()
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.turns.clone()
     }

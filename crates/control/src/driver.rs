@@ -38,6 +38,8 @@ struct Seen {
     confirmed_for: Option<Vec<RouteSpec>>,
     /// What the control plane last did to the data (`[data]`).
     data: Option<String>,
+    /// The router's last metrics (the dashboard's request and error rates).
+    metrics: Option<MetricsSnapshot>,
 }
 
 /// When the loop last brought the data in line with the live releases.
@@ -385,9 +387,13 @@ impl Control {
         }
         let instances = self.observe_agent(instances, lp, now);
         match metrics {
-            // The analysis does not advance while held.
-            Ok(snap) if self.state().held.is_none() => self.judge(&snap, lp, now),
-            Ok(_) => {}
+            Ok(snap) => {
+                // The analysis does not advance while held.
+                if self.state().held.is_none() {
+                    self.judge(&snap, lp, now);
+                }
+                lock(&self.seen).metrics = Some(snap);
+            }
             Err(e) => warn_once(lp, "metrics", &format!("router metrics unreachable: {e}")),
         }
         self.record(Event::Tick, now, lp);
@@ -583,6 +589,11 @@ impl Control {
             held,
             restarts: lock(&self.restarts).clone(),
         }
+    }
+
+    /// The router's metrics as the loop last read them.
+    pub(crate) fn metrics(&self) -> Option<MetricsSnapshot> {
+        lock(&self.seen).metrics.clone()
     }
 
     pub(crate) fn history(&self, limit: usize) -> Vec<DeployInfo> {

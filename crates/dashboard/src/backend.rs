@@ -61,6 +61,10 @@ pub trait Backend: Send + Sync + 'static {
     fn data_settings(&self) -> DataSection;
     /// The output log of an instance, if the instance is known.
     fn log_file(&self, instance: &str) -> Option<PathBuf>;
+    /// The router's last metrics snapshot (request and error rates per release), if the control plane has one.
+    fn metrics(&self) -> Option<wire::metrics::MetricsSnapshot> {
+        None
+    }
     /// Changes after every turn of the control loop.
     fn changes(&self) -> watch::Receiver<u64>;
     /// Carries out a command; `reason` goes with an abort.

@@ -1,13 +1,14 @@
 //! The pages' sections, rendered on the server. A live page is a list of `(section id, html)`; the first load
 //! renders them all, and each update sends the sections whose html changed.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use wire::judge::{JudgeConfig, Outcome, Verdict};
 use wire::service::{DeployInfo, ServiceStatus};
 
 use crate::html::{dur, esc, section, table};
-use crate::series::Track;
+use crate::series::{Rate, Track};
 use crate::svg::{self, Chart, Mark, Series};
 
 /// A page's live sections.
@@ -26,13 +27,42 @@ fn outcome_class(o: Outcome) -> &'static str {
     }
 }
 
-/// Service: releases, the route table as a traffic split, instances.
-pub(crate) fn service(st: &ServiceStatus) -> Sections {
+/// Service: releases, the route table as a traffic split, request and error rates, instances.
+pub(crate) fn service(st: &ServiceStatus, rates: &BTreeMap<String, Vec<Rate>>) -> Sections {
     vec![
         ("svc-head", service_head(st)),
         ("svc-routes", routes(st)),
+        ("svc-rates", rate_lines(rates)),
         ("svc-instances", instances(st)),
     ]
+}
+
+fn rate_lines(rates: &BTreeMap<String, Vec<Rate>>) -> String {
+    let rows: Vec<_> = rates
+        .iter()
+        .map(|(rel, pts)| {
+            let req: Vec<f64> = pts.iter().map(|p| p.requests_per_s).collect();
+            let err: Vec<f64> = pts.iter().map(|p| p.error_rate * 100.0).collect();
+            let last = pts.last().copied();
+            vec![
+                esc(rel),
+                format!(
+                    "{} {:.1}/s",
+                    svg::sparkline(&req, "s-base", "requests per second, last minute"),
+                    last.map_or(0.0, |p| p.requests_per_s)
+                ),
+                format!(
+                    "{} {:.2}%",
+                    svg::sparkline(&err, "s-canary", "5xx share of requests (%), last minute"),
+                    last.map_or(0.0, |p| p.error_rate * 100.0)
+                ),
+            ]
+        })
+        .collect();
+    format!(
+        "<h2>Traffic <small>last minute</small></h2>{}",
+        table("rates", &["release", "requests per second", "error rate (5xx)"], &rows)
+    )
 }
 
 fn service_head(st: &ServiceStatus) -> String {

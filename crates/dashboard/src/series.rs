@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use wire::judge::{Direction, JudgeConfig, MetricKind, Outcome};
+use wire::metrics::MetricsSnapshot;
 use wire::service::{DeployInfo, DeployPhase, ServiceStatus};
 
 /// Points kept per metric and deploy; beyond it every other point goes.
@@ -51,10 +52,29 @@ pub(crate) struct Track {
     ended: bool,
 }
 
-/// The tracks of the deploys seen, by id.
+/// Rate points kept per release (a minute at the loop's 2 turns a second).
+const MAX_RATES: usize = 120;
+
+/// A snapshot's router id, uptime (ms), and requests and errors per release.
+type Counted = (String, u64, BTreeMap<String, (u64, u64)>);
+
+/// A release's traffic over one interval between two metrics snapshots.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Rate {
+    /// Unix ms at the interval's end.
+    pub at: u64,
+    pub requests_per_s: f64,
+    /// Share of the interval's requests answered 5xx (0 without requests).
+    pub error_rate: f64,
+}
+
+/// The tracks of the deploys seen, by id, and each release's recent rates.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     pub tracks: BTreeMap<i64, Track>,
+    pub rates: BTreeMap<String, Vec<Rate>>,
+    /// The last snapshot's counters per release, with its router and uptime.
+    last: Option<Counted>,
 }
 
 /// The band a metric's canary value may fall in, around `b`: a failure needs both tolerances exceeded.
@@ -151,6 +171,37 @@ impl Track {
 }
 
 impl Recorder {
+    /// Takes in a router metrics snapshot: each release's request and error rate since the last one. A router
+    /// restart (another id, or uptime going back) starts over.
+    pub(crate) fn observe_metrics(&mut self, snap: &MetricsSnapshot, now: u64) {
+        let counts: BTreeMap<String, (u64, u64)> = snap
+            .releases
+            .iter()
+            .map(|r| (r.release.clone(), (r.totals.requests, r.totals.errors())))
+            .collect();
+        if let Some((id, up, before)) = &self.last
+            && *id == snap.router_id
+            && snap.uptime_ms > *up
+        {
+            let dt = (snap.uptime_ms - up) as f64 / 1000.0;
+            for (rel, (req, err)) in &counts {
+                let (r0, e0) = before.get(rel).copied().unwrap_or((0, 0));
+                let (dr, de) = (req.saturating_sub(r0), err.saturating_sub(e0));
+                let pts = self.rates.entry(rel.clone()).or_default();
+                pts.push(Rate {
+                    at: now,
+                    requests_per_s: dr as f64 / dt,
+                    error_rate: if dr == 0 { 0.0 } else { de as f64 / dr as f64 },
+                });
+                if pts.len() > MAX_RATES {
+                    pts.remove(0);
+                }
+            }
+            self.rates.retain(|rel, _| counts.contains_key(rel));
+        }
+        self.last = Some((snap.router_id.clone(), snap.uptime_ms, counts));
+    }
+
     /// Takes in what the control plane shows at `now`.
     pub(crate) fn observe(&mut self, st: &ServiceStatus, cfg: &JudgeConfig, now: u64) {
         let Some(d) = st.deploy.as_ref() else { return };
@@ -268,6 +319,56 @@ mod tests {
         assert_eq!(t.decisions.len(), 1);
         assert_eq!(t.decisions[0].reason, "aborted by hand");
         assert_eq!(t.decisions[0].t, 4.0, "at the deploy's end");
+    }
+
+    fn snap(router: &str, uptime_ms: u64, releases: &[(&str, u64, u64)]) -> MetricsSnapshot {
+        let releases = releases
+            .iter()
+            .map(|(rel, req, err)| {
+                let totals = wire::metrics::Counters {
+                    requests: *req,
+                    responses: wire::metrics::StatusClasses {
+                        c5xx: *err,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                wire::metrics::ReleaseMetrics {
+                    release: rel.to_string(),
+                    totals,
+                    instances: vec![],
+                }
+            })
+            .collect();
+        MetricsSnapshot {
+            router_id: router.into(),
+            generation: 1,
+            uptime_ms,
+            releases,
+            unrouted: Default::default(),
+        }
+    }
+
+    #[test]
+    fn rates_come_from_the_counters_between_snapshots_and_a_router_restart_starts_over() {
+        let mut r = Recorder::default();
+        r.observe_metrics(&snap("a", 1_000, &[("v1", 100, 0)]), 10);
+        assert!(r.rates.is_empty(), "one snapshot is no interval");
+        r.observe_metrics(&snap("a", 2_000, &[("v1", 300, 20), ("v2", 10, 0)]), 20);
+        assert_eq!(
+            r.rates["v1"][0],
+            Rate {
+                at: 20,
+                requests_per_s: 200.0,
+                error_rate: 0.1
+            }
+        );
+        assert_eq!(r.rates["v2"][0].requests_per_s, 10.0, "a new release counts from zero");
+        r.observe_metrics(&snap("b", 500, &[("v1", 5, 0)]), 30);
+        assert_eq!(r.rates["v1"].len(), 1, "another router: no interval across it");
+        r.observe_metrics(&snap("b", 1_500, &[("v1", 5, 0)]), 40);
+        assert_eq!(r.rates["v1"][1].error_rate, 0.0, "no requests: no errors");
+        assert!(!r.rates.contains_key("v2"), "a release that left is dropped");
     }
 
     #[test]

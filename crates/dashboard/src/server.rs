@@ -61,7 +61,13 @@ impl Shared {
     pub(crate) fn observe(&self) {
         let st = self.backend.status();
         let cfg = self.backend.judge_config();
-        lock(&self.recorder).observe(&st, &cfg, now_ms());
+        let metrics = self.backend.metrics();
+        let mut rec = lock(&self.recorder);
+        rec.observe(&st, &cfg, now_ms());
+        if let Some(m) = metrics {
+            rec.observe_metrics(&m, now_ms());
+        }
+        drop(rec);
         self.updated.send_modify(|n| *n += 1);
     }
 

@@ -258,6 +258,29 @@ pub(crate) fn chart(c: &Chart) -> String {
     out
 }
 
+/// A sparkline: a small line of `values` (oldest first) from 0 to their maximum, with no axes.
+pub(crate) fn sparkline(values: &[f64], class: &str, title: &str) -> String {
+    const SW: f64 = 160.0;
+    const SH: f64 = 32.0;
+    let max = values.iter().copied().filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+    let n = values.len().max(2) as f64 - 1.0;
+    let mut d = String::new();
+    for (i, v) in values.iter().enumerate() {
+        let y = if max > 0.0 {
+            SH - 2.0 - (SH - 4.0) * (v / max)
+        } else {
+            SH - 2.0
+        };
+        let _ = write!(d, "{}{:.1},{:.1}", if i == 0 { "M" } else { "L" }, SW * i as f64 / n, y);
+    }
+    format!(
+        "<svg class=\"spark\" viewBox=\"0 0 {SW} {SH}\" role=\"img\" aria-label=\"{t}\"><title>{t}</title>\
+         <path class=\"line {class}\" data-points=\"{}\" d=\"{d}\"/></svg>",
+        values.len(),
+        t = esc(title)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +334,17 @@ mod tests {
         assert!(s.contains(">decision</text>"));
         assert!(!s.contains("NaN"), "a gap is skipped, not drawn");
         assert!(!s.contains("style="), "no inline styles: the CSP forbids them");
+    }
+
+    #[test]
+    fn a_sparkline_scales_to_its_maximum_and_a_flat_zero_lies_on_the_floor() {
+        let s = sparkline(&[0.0, 5.0, 10.0], "s-base", "req/s");
+        assert!(
+            s.contains("M0.0,30.0L80.0,16.0L160.0,2.0") && s.contains(r#"data-points="3""#),
+            "{s}"
+        );
+        assert!(sparkline(&[0.0, 0.0], "s-base", "x").contains("M0.0,30.0L160.0,30.0"));
+        assert!(sparkline(&[], "s-base", "x").contains(r#"data-points="0""#));
     }
 
     #[test]

@@ -108,7 +108,11 @@ fn logs_body(s: &Shared, instance: Option<&str>) -> String {
 /// The live sections of a page.
 pub(crate) fn sections(s: &Shared, view: &View) -> Sections {
     match view {
-        View::Service => pages::service(&s.backend.status()),
+        View::Service => {
+            let st = s.backend.status();
+            let rates = lock(&s.recorder).rates.clone();
+            pages::service(&st, &rates)
+        }
         View::Deploy(id) => deploy_sections(s, *id),
         View::History => pages::history(&s.backend.history(100)),
         View::Data => data_sections(s),
