@@ -27,6 +27,7 @@ fn command_error(e: CommandError) -> ApiError {
         CommandError::NotFound(m) => ApiError::not_found(m),
         CommandError::Journal(j) => ApiError::internal(j.to_string()),
         CommandError::Data(m) => ApiError::new(StatusCode::CONFLICT, "data", m),
+        CommandError::Config(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", m),
     }
 }
 
@@ -134,7 +135,10 @@ async fn deploy(
 ) -> Result<(StatusCode, axum::Json<DeployInfo>), ApiError> {
     let req: DeployRequest = parse_json(&body, "deploy request")?;
     wire::routes::valid_id(&req.release).map_err(|e| ApiError::bad_request(format!("release: {e}")))?;
-    let info = c.deploy(&req.release, req.strategy).await.map_err(command_error)?;
+    let info = c
+        .deploy(&req.release, req.strategy, req.template)
+        .await
+        .map_err(command_error)?;
     Ok((StatusCode::CREATED, axum::Json(info)))
 }
 

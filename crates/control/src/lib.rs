@@ -14,11 +14,13 @@ mod book;
 mod config;
 mod data;
 mod driver;
+mod envfile;
 mod executor;
 mod journal;
 mod judging;
 mod planner;
 mod procs;
+mod template;
 mod view;
 
 use std::path::PathBuf;

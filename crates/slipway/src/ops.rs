@@ -141,12 +141,15 @@ pub async fn deploy(
     detach: bool,
 ) -> anyhow::Result<bool> {
     let api = control_client(cfg)?;
+    // The template ships with the deploy, its env resolved here (`env_file`, `${NAME}` from this shell).
+    let template = cfg.instance_template_here()?;
     let d: DeployInfo = api
         .post(
             "/v1/deploys",
             &DeployRequest {
                 release: release.to_string(),
                 strategy,
+                template: Some(template),
             },
         )
         .await?;
@@ -157,6 +160,17 @@ pub async fn deploy(
         d.release,
         d.from.as_deref().unwrap_or("nothing")
     );
+    if d.from.is_some() {
+        match d.changes.as_slice() {
+            [] => println!("instance template: unchanged"),
+            changes => {
+                println!("instance template changes:");
+                for c in changes {
+                    println!("  {c}");
+                }
+            }
+        }
+    }
     if detach {
         println!("follow it with `slipway status`");
         return Ok(true);

@@ -339,6 +339,10 @@ pub struct StartRequest {
     /// Label for the new instances (see `InstanceInfo::group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// How these instances start, probe, drain and restart, for their whole life (restarts included); None:
+    /// the agent's own template. The control plane sends the one recorded with the release's deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<InstanceTemplate>,
 }
 
 impl InstanceInfo {

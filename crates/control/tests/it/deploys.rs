@@ -75,6 +75,7 @@ async fn a_bad_canary_is_aborted_within_seconds_and_the_baseline_keeps_serving()
             &wire::service::DeployRequest {
                 release: "v4".into(),
                 strategy: None,
+                template: None,
             },
         )
         .await

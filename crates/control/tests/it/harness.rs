@@ -108,6 +108,7 @@ impl Fixture {
                 &DeployRequest {
                     release: release.into(),
                     strategy,
+                    template: None,
                 },
             )
             .await
