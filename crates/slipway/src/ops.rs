@@ -106,14 +106,14 @@ pub async fn down(cfg: &ServiceConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// No control plane runs for this service (exit code 69).
+#[derive(Debug, thiserror::Error)]
+#[error("no control plane runs for {0} (start it with `slipway up`)")]
+pub struct NotRunning(String);
+
 /// A client of the running control plane.
 pub fn control_client(cfg: &ServiceConfig) -> anyhow::Result<ApiClient> {
-    let running = control::control_running(cfg).with_context(|| {
-        format!(
-            "no control plane runs for {} (start it with `slipway up`)",
-            cfg.path.display()
-        )
-    })?;
+    let running = control::control_running(cfg).ok_or_else(|| NotRunning(cfg.path.display().to_string()))?;
     let token = std::fs::read_to_string(cfg.layout.control_token()).context("cannot read the control plane's token")?;
     Ok(ApiClient::new(&running.addr, Some(token.trim().to_string()))?)
 }

@@ -86,6 +86,10 @@ steps = [{{ weight = 10, hold = "30s" }}]
         err.contains("only one deploy") || err.contains("already the current"),
         "{err}"
     );
+    assert!(
+        !err.contains("409") && !err.contains("Conflict"),
+        "plain words, no HTTP status: {err}"
+    );
     let (code, out, err) = run(&dir, &["abort", "--reason", "changed my mind"]);
     assert_eq!(code, 0, "{out}{err}");
     let status = follower.wait().unwrap();
@@ -100,6 +104,8 @@ steps = [{{ weight = 10, hold = "30s" }}]
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("router stopped") && out.contains("agent stopped"), "{out}");
     let (code, _, err) = run(&dir, &["status"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 69, "the control plane is not running: {err}");
     assert!(err.contains("slipway up"), "{err}");
+    let (code, _, err) = run(&dir, &["abort"]);
+    assert_eq!(code, 69, "{err}");
 }

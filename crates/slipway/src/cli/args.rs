@@ -7,9 +7,13 @@ use clap::{Parser, Subcommand};
 /// The crate version and the git commit the binary was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SLIPWAY_COMMIT"), ")");
 
+/// The exit codes, as `--help` lists them.
+pub const EXIT_CODES: &str = "Exit codes: 0 done; 1 the deploy was aborted or failed; 2 a runtime error; \
+64 a bad command line or config; 69 the control plane (or the part asked) is not running.";
+
 /// slipway releases new versions of live services with zero downtime.
 #[derive(Debug, Parser)]
-#[command(name = "slipway", version = VERSION, propagate_version = true)]
+#[command(name = "slipway", version = VERSION, propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -17,6 +17,8 @@ pub const EX_FAILED: u8 = 1;
 pub const EX_RUNTIME: u8 = 2;
 /// Exit code of a bad command line or config (sysexits EX_USAGE).
 pub const EX_USAGE: u8 = 64;
+/// Exit code when the control plane (or the part asked) is not running (sysexits EX_UNAVAILABLE).
+pub const EX_UNAVAILABLE: u8 = 69;
 
 /// How a command that ran to its end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,9 @@ pub enum CliError {
     /// Something failed while running.
     #[error("{0:#}")]
     Runtime(anyhow::Error),
+    /// What it needs to talk to is not running (`slipway up` starts it).
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
 }
 
 impl CliError {
@@ -43,6 +48,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => EX_USAGE,
             CliError::Runtime(_) => EX_RUNTIME,
+            CliError::Unavailable(_) => EX_UNAVAILABLE,
         }
     }
 
@@ -58,7 +64,18 @@ impl CliError {
 
 impl From<anyhow::Error> for CliError {
     fn from(e: anyhow::Error) -> Self {
-        CliError::Runtime(e)
+        let unreachable = e.chain().any(|c| {
+            c.is::<crate::ops::NotRunning>()
+                || matches!(
+                    c.downcast_ref::<plumbing::client::ClientError>(),
+                    Some(plumbing::client::ClientError::Connect { .. })
+                )
+        });
+        if unreachable {
+            CliError::Unavailable(e)
+        } else {
+            CliError::Runtime(e)
+        }
     }
 }
 
