@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use control::ServiceConfig;
+
+use crate::watch::{Followed, group_line};
 use plumbing::client::ApiClient;
 use wire::service::{DeployInfo, DeployList, DeployRequest, ServiceStatus, Strategy};
 
@@ -118,28 +120,13 @@ pub fn control_client(cfg: &ServiceConfig) -> anyhow::Result<ApiClient> {
     Ok(ApiClient::new(&running.addr, Some(token.trim().to_string()))?)
 }
 
-fn verdict_line(d: &DeployInfo) -> Option<String> {
-    d.last_verdict
-        .as_ref()
-        .map(|v| format!("verdict {}: {}", v.outcome.as_str(), v.reason))
-}
-
-fn group_line(d: &DeployInfo) -> String {
-    d.groups
-        .iter()
-        .map(|g| format!("{} {}/{} ready {}% {}", g.group, g.ready, g.wanted, g.weight, g.state))
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
-
-/// Starts a deploy and, unless `detach`, follows it to the end. Returns
-/// whether it ended promoted.
+/// Starts a deploy and, unless `detach`, follows it to the end (or Ctrl-C).
 pub async fn deploy(
     cfg: &ServiceConfig,
     release: &str,
     strategy: Option<Strategy>,
     detach: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Followed> {
     let api = control_client(cfg)?;
     // The template ships with the deploy, its env resolved here (`env_file`, `${NAME}` from this shell).
     let template = cfg.instance_template_here()?;
@@ -172,59 +159,10 @@ pub async fn deploy(
         }
     }
     if detach {
-        println!("follow it with `slipway status`");
-        return Ok(true);
+        println!("follow it with `slipway watch`");
+        return Ok(Followed::Done);
     }
-    follow(&api, d.id).await
-}
-
-/// Shows a deploy's progress until it ends.
-pub async fn follow(api: &ApiClient, id: i64) -> anyhow::Result<bool> {
-    let bar = crate::progress_bar(1000, "[{bar:30}] {msg}");
-    let mut seen_events = 0;
-    let mut last_line = String::new();
-    loop {
-        let d: DeployInfo = api.get(&format!("/v1/deploys/{id}")).await?;
-        for e in d.events.iter().skip(seen_events) {
-            match &bar {
-                Some(b) => b.println(format!("  {e}")),
-                None => println!("  {e}"),
-            }
-        }
-        seen_events = d.events.len();
-        let line = format!("{} | {}", d.detail, group_line(&d));
-        match &bar {
-            Some(b) => {
-                b.set_position((d.progress * 1000.0) as u64);
-                let v = verdict_line(&d).map(|v| format!(" | {v}")).unwrap_or_default();
-                b.set_message(format!("{line}{v}"));
-            }
-            None => {
-                if line != last_line {
-                    println!("{line}");
-                    if let Some(v) = verdict_line(&d) {
-                        println!("  {v}");
-                    }
-                }
-            }
-        }
-        last_line = line;
-        if d.finished() {
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
-            if d.aborted() {
-                println!("deploy {id} ABORTED: {}", d.outcome.unwrap_or_default());
-                for v in &d.verdicts {
-                    println!("  verdict {}: {}", v.outcome.as_str(), v.reason);
-                }
-                return Ok(false);
-            }
-            println!("deploy {id} done: {} is the current release", d.release);
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    crate::watch::follow(&api, d.id, false, crate::watch::GOES_ON).await
 }
 
 pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
@@ -337,18 +275,20 @@ pub async fn command(cfg: &ServiceConfig, what: &str, reason: Option<String>) ->
     Ok(())
 }
 
-pub async fn rollback(cfg: &ServiceConfig) -> anyhow::Result<()> {
+pub async fn rollback(cfg: &ServiceConfig) -> anyhow::Result<Followed> {
     let api = control_client(cfg)?;
     let s: ServiceStatus = api.post("/v1/rollback", &serde_json::json!({})).await?;
     match &s.deploy {
         Some(d) if !d.finished() => {
             println!("{} is no longer warm: redeploying it (deploy {})", d.release, d.id);
-            follow(&api, d.id).await?;
+            crate::watch::follow(&api, d.id, false, crate::watch::GOES_ON).await
         }
-        _ => println!(
-            "rolled back: current {} (route swap)",
-            s.current.as_deref().unwrap_or("none")
-        ),
+        _ => {
+            println!(
+                "rolled back: current {} (route swap)",
+                s.current.as_deref().unwrap_or("none")
+            );
+            Ok(Followed::Done)
+        }
     }
-    Ok(())
 }

@@ -109,3 +109,100 @@ steps = [{{ weight = 10, hold = "30s" }}]
     let (code, _, err) = run(&dir, &["abort"]);
     assert_eq!(code, 69, "{err}");
 }
+
+#[test]
+fn ctrl_c_during_a_deploy_leaves_it_running_and_watch_follows_it_to_its_end_from_another_terminal() {
+    let dir = TempDir::new("ops-watch");
+    let demo = testkit::workspace_bin("demo-app");
+    std::fs::write(
+        dir.join("slipway.toml"),
+        format!(
+            r#"
+[service]
+name = "shop"
+
+[[listener]]
+name = "web"
+kind = "http"
+addr = "127.0.0.1:0"
+
+[instance]
+count = 2
+command = "{}"
+
+[deploy]
+strategy = "rolling"
+drain_deadline = "1s"
+
+[deploy.rolling]
+max_surge = 1
+bake = "3s"
+"#,
+            demo.display()
+        ),
+    )
+    .unwrap();
+    for id in ["v1", "v2"] {
+        std::fs::create_dir_all(dir.join(id)).unwrap();
+        let (code, _, err) = run(&dir, &["release", "add", id, "--id", id]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&dir, &["up"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&dir, &["deploy", "v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(&dir, &["watch"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no deploy is running; the last was deploy 1"), "{out}");
+
+    let follower = slipway(&dir)
+        .args(["deploy", "v2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = run(&dir, &["status", "--json"]);
+        if out.contains("\"phase\": \"rolling\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the deploy never rolled: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &follower.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = follower.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("the deploy goes on; `slipway watch` to follow it, `slipway abort` to stop it"),
+        "{err}"
+    );
+    let (_, status, _) = run(&dir, &["status"]);
+    assert!(status.contains("deploy 2 rolling of v2"), "it goes on: {status}");
+
+    let (code, out, err) = run(&dir, &["watch", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["event"].is_string()), "{out}");
+    assert!(
+        lines.iter().any(|l| l["phase"] == "rolling" && l["groups"].is_array()),
+        "{out}"
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(
+        (last["deploy"].as_i64(), last["finished"].as_bool()),
+        (Some(2), Some(true)),
+        "{out}"
+    );
+    assert_eq!(last["phase"], "done", "{out}");
+    let (code, out, err) = run(&dir, &["down"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

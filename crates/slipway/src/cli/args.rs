@@ -9,7 +9,8 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SLIPWAY
 
 /// The exit codes, as `--help` lists them.
 pub const EXIT_CODES: &str = "Exit codes: 0 done; 1 the deploy was aborted or failed; 2 a runtime error; \
-64 a bad command line or config; 69 the control plane (or the part asked) is not running.";
+64 a bad command line or config; 69 the control plane (or the part asked) is not running; \
+130 Ctrl-C stopped following a deploy (the deploy goes on).";
 
 /// slipway releases new versions of live services with zero downtime.
 #[derive(Debug, Parser)]
@@ -91,6 +92,15 @@ pub enum Command {
         /// Start it and return at once.
         #[arg(long)]
         detach: bool,
+        #[command(flatten)]
+        service: ServiceFile,
+    },
+    /// Follow the running deploy live, from any terminal (as `slipway deploy` shows it); Ctrl-C stops watching,
+    /// not the deploy.
+    Watch {
+        /// Stream JSON lines: one per event, one per change of state, and a last one when it ends.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         service: ServiceFile,
     },

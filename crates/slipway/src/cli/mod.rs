@@ -19,6 +19,8 @@ pub const EX_RUNTIME: u8 = 2;
 pub const EX_USAGE: u8 = 64;
 /// Exit code when the control plane (or the part asked) is not running (sysexits EX_UNAVAILABLE).
 pub const EX_UNAVAILABLE: u8 = 69;
+/// Exit code after Ctrl-C stopped following a deploy (128 + SIGINT, as shells say).
+pub const EX_INTERRUPTED: u8 = 130;
 
 /// How a command that ran to its end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub enum Outcome {
     Done,
     /// It ran, and what it watched did not succeed (an aborted deploy).
     Failed,
+    /// Ctrl-C stopped it following a deploy; the deploy goes on.
+    Interrupted,
 }
 
 /// Why a command did not run to its end; each kind has its exit code.
@@ -158,9 +162,9 @@ fn service(command: Command) -> Result<Outcome, CliError> {
             service,
         } => {
             let cfg = load(&service)?;
-            let promoted = block_on(ops::deploy(&cfg, &release, strategy, detach))?;
-            Ok(if promoted { Outcome::Done } else { Outcome::Failed })
+            followed(block_on(ops::deploy(&cfg, &release, strategy, detach))?)
         }
+        Command::Watch { json, service } => followed(block_on(crate::watch::watch(&load(&service)?, json))?),
         Command::Status { json, service } => done_if(block_on(ops::status(&load(&service)?, json))),
         Command::History { json, limit, service } => done_if(block_on(ops::history(&load(&service)?, json, limit))),
         Command::Promote { service } => done_if(block_on(ops::command(&load(&service)?, "promote", None))),
@@ -170,7 +174,7 @@ fn service(command: Command) -> Result<Outcome, CliError> {
         }
         Command::Pause { service } => done_if(block_on(ops::command(&load(&service)?, "pause", None))),
         Command::Resume { service } => done_if(block_on(ops::command(&load(&service)?, "resume", None))),
-        Command::Rollback { service } => done_if(block_on(ops::rollback(&load(&service)?))),
+        Command::Rollback { service } => followed(block_on(ops::rollback(&load(&service)?))?),
         other => unreachable!("{} is dispatched by try_main", other.name()),
     }
 }
@@ -298,6 +302,7 @@ impl Command {
             Command::Down { .. } => "down",
             Command::Control { .. } => "control",
             Command::Deploy { .. } => "deploy",
+            Command::Watch { .. } => "watch",
             Command::Status { .. } => "status",
             Command::History { .. } => "history",
             Command::Promote { .. } => "promote",
@@ -324,6 +329,15 @@ fn load(service: &ServiceFile) -> Result<control::ServiceConfig, CliError> {
 
 fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     plumbing::lifecycle::block_on(f)?
+}
+
+fn followed(f: crate::watch::Followed) -> Result<Outcome, CliError> {
+    use crate::watch::Followed;
+    Ok(match f {
+        Followed::Done => Outcome::Done,
+        Followed::Aborted => Outcome::Failed,
+        Followed::Interrupted => Outcome::Interrupted,
+    })
 }
 
 fn done() -> Result<Outcome, CliError> {
