@@ -18,6 +18,7 @@ mod envfile;
 mod executor;
 mod journal;
 mod judging;
+mod metrics;
 mod planner;
 mod procs;
 mod template;
