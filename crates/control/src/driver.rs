@@ -184,8 +184,14 @@ impl Control {
 
     /// An event of the loop's own: the verdict behind a move it caused is kept in the deploy's history.
     fn record(&self, ev: Event, now: u64, lp: &LoopState) {
+        // A step that ends in an abort (still inconclusive, or failed at its hold's end) keeps its verdict too.
+        let in_step = lock(&self.book)
+            .state()
+            .active()
+            .is_some_and(|d| matches!(d.phase, rollout::Phase::Step { .. }));
+        let moved = |t: &Transition| t.judged() || (in_step && matches!(t, Transition::Aborting { .. }));
         match self.apply(ev, now) {
-            Ok(u) if u.transitions.iter().any(Transition::judged) => {
+            Ok(u) if u.transitions.iter().any(moved) => {
                 let id = lock(&self.book).state().deploy.as_ref().map(|d| d.id);
                 if let (Some(v), Some(id)) = (lp.judging.last(), id) {
                     lock(&self.verdicts).by_deploy.entry(id).or_default().push(v);

@@ -181,6 +181,23 @@ fn secret_mode(path: &Path) {
     }
 }
 
+/// The deploy history saved in the journal at `path`, newest first, read without changing the file (for when
+/// no control plane runs). None when there is no journal.
+pub fn saved_history(path: &Path, limit: usize) -> Result<Option<Vec<DeployInfo>>, JournalError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let found: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > FORMAT {
+        return Err(JournalError::Newer {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    Journal { db }.deploys(limit).map(Some)
+}
+
 fn has_events(db: &Connection) -> Result<bool, JournalError> {
     Ok(db.query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))?)
 }

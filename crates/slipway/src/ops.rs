@@ -165,8 +165,13 @@ pub async fn deploy(
     crate::watch::follow(&api, d.id, false, crate::watch::GOES_ON).await
 }
 
-pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
-    let s: ServiceStatus = control_client(cfg)?.get("/v1/status").await?;
+pub async fn status(cfg: &ServiceConfig, json: bool, all: bool) -> anyhow::Result<()> {
+    let mut s: ServiceStatus = control_client(cfg)?.get("/v1/status").await?;
+    let before = s.instances.len();
+    if !all {
+        s.instances.retain(|i| i.state != wire::agent::InstanceState::Stopped);
+    }
+    let hidden = before - s.instances.len();
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -220,6 +225,9 @@ pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
         }
     }
     writeln!(out, "instances:")?;
+    if s.instances.is_empty() {
+        writeln!(out, "  none")?;
+    }
     for i in &s.instances {
         writeln!(
             out,
@@ -232,11 +240,27 @@ pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
             i.restarts
         )?;
     }
+    if hidden > 0 {
+        writeln!(out, "  ({hidden} stopped, hidden; `slipway status --all` lists them)")?;
+    }
+    writeln!(out, "next: {}", next_step(&s))?;
     Ok(())
 }
 
 pub async fn history(cfg: &ServiceConfig, json: bool, limit: usize) -> anyhow::Result<()> {
-    let l: DeployList = control_client(cfg)?.get(&format!("/v1/deploys?limit={limit}")).await?;
+    let l: DeployList = match control_client(cfg) {
+        Ok(api) => api.get(&format!("/v1/deploys?limit={limit}")).await?,
+        // No control plane: the journal on disk has the same history.
+        Err(e) => match control::saved_history(cfg, limit)? {
+            Some(deploys) => {
+                if !json {
+                    eprintln!("(no control plane runs: the history as the journal has it)");
+                }
+                DeployList { deploys }
+            }
+            None => return Err(e),
+        },
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&l)?);
         return Ok(());
@@ -289,6 +313,37 @@ pub async fn rollback(cfg: &ServiceConfig) -> anyhow::Result<Followed> {
                 s.current.as_deref().unwrap_or("none")
             );
             Ok(Followed::Done)
+        }
+    }
+}
+
+/// What to do next, for the state the service is in.
+fn next_step(s: &ServiceStatus) -> String {
+    use wire::service::DeployPhase;
+    match &s.deploy {
+        Some(d) if !d.finished() && d.paused => {
+            "the deploy is paused: `slipway resume` goes on, `slipway abort` stops it".into()
+        }
+        Some(d) if !d.finished() => {
+            let skip = if d.phase == DeployPhase::Step {
+                ", `slipway promote` skips the steps"
+            } else {
+                ""
+            };
+            format!("`slipway watch` follows the deploy, `slipway abort` stops it{skip}")
+        }
+        Some(d) if d.aborted() => format!(
+            "deploy {} of {} was aborted; `slipway history` shows why, `slipway deploy <release>` tries again",
+            d.id, d.release
+        ),
+        _ if s.current.is_none() => "`slipway release add <dir> --id v1`, then `slipway deploy v1`".into(),
+        _ => {
+            let back = s
+                .previous
+                .as_deref()
+                .map(|p| format!("; `slipway rollback` goes back to {p}"))
+                .unwrap_or_default();
+            format!("`slipway release add <dir> --id <new>`, then `slipway deploy <new>`{back}")
         }
     }
 }

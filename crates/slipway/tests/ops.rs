@@ -206,3 +206,107 @@ bake = "3s"
     let (code, out, err) = run(&dir, &["down"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconclusive_abort_keeps_its_verdict_in_a_history_read_from_the_journal_with_the_control_plane_down() {
+    let dir = TempDir::new("ops-history");
+    let demo = testkit::workspace_bin("demo-app");
+    std::fs::write(
+        dir.join("slipway.toml"),
+        format!(
+            r#"
+[service]
+name = "shop"
+
+[[listener]]
+name = "web"
+kind = "http"
+addr = "127.0.0.1:0"
+
+[instance]
+count = 2
+command = "{}"
+
+[deploy]
+drain_deadline = "1s"
+
+[deploy.canary]
+instances = 1
+steps = [{{ weight = 50, hold = "2s" }}]
+max_extensions = 0
+on_inconclusive = "abort"
+
+[deploy.canary.analysis]
+min_requests = 1000000
+"#,
+            demo.display()
+        ),
+    )
+    .unwrap();
+    for id in ["v1", "v2"] {
+        std::fs::create_dir_all(dir.join(id)).unwrap();
+        let (code, _, err) = run(&dir, &["release", "add", id, "--id", id]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&dir, &["up"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let listener: std::net::SocketAddr = out
+        .lines()
+        .find(|l| l.starts_with("listener web"))
+        .and_then(|l| l.rsplit("://").next())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_, out, _) = run(&dir, &["status"]);
+    assert!(out.contains("next: `slipway release add <dir> --id v1`"), "{out}");
+    let (code, out, err) = run(&dir, &["deploy", "v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let load = loadgen::Load::start(loadgen::LoadConfig::new(listener, 50.0));
+    let (code, out, err) = run(&dir, &["deploy", "v2"]);
+    let _ = load.stop().await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("still inconclusive"), "{out}");
+    let (_, status, _) = run(&dir, &["status"]);
+    assert!(
+        status.contains("next: deploy 2 of v2 was aborted; `slipway history` shows why"),
+        "{status}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let all = loop {
+        let (_, all, _) = run(&dir, &["status", "--all"]);
+        if all.contains(" stopped ") {
+            break all;
+        }
+        assert!(std::time::Instant::now() < deadline, "the canary never stopped: {all}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, status, _) = run(&dir, &["status"]);
+    assert!(!status.contains(" stopped "), "{status}");
+    assert!(
+        status.contains("stopped, hidden; `slipway status --all` lists them"),
+        "{status}\n{all}"
+    );
+
+    let (code, out, err) = run(&dir, &["down"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&dir, &["history"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("no control plane runs: the history as the journal has it"),
+        "{err}"
+    );
+    let deploy_2 = out
+        .lines()
+        .skip_while(|l| !l.starts_with("#2"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        deploy_2.contains("aborted") && deploy_2.contains("still inconclusive"),
+        "{out}"
+    );
+    assert!(
+        deploy_2.contains("verdict inconclusive"),
+        "the verdict behind the abort is kept: {out}"
+    );
+}

@@ -193,7 +193,10 @@ async fn the_api_is_described_by_its_openapi_document_and_wants_the_token() {
         matches!(&err, plumbing::client::ClientError::Api { status, .. } if status.as_u16() == 401),
         "{err}"
     );
-    assert!(!err.to_string().contains("401"), "the message is words, no status line: {err}");
+    assert!(
+        !err.to_string().contains("401"),
+        "the message is words, no status line: {err}"
+    );
     let err = f
         .api()
         .post::<_, DeployInfo>("/v1/deploys", &serde_json::json!({"release": "nope"}))

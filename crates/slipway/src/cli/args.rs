@@ -109,6 +109,9 @@ pub enum Command {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+        /// Also list stopped instances (hidden by default, in --json too).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         service: ServiceFile,
     },

@@ -165,7 +165,7 @@ fn service(command: Command) -> Result<Outcome, CliError> {
             followed(block_on(ops::deploy(&cfg, &release, strategy, detach))?)
         }
         Command::Watch { json, service } => followed(block_on(crate::watch::watch(&load(&service)?, json))?),
-        Command::Status { json, service } => done_if(block_on(ops::status(&load(&service)?, json))),
+        Command::Status { json, all, service } => done_if(block_on(ops::status(&load(&service)?, json, all))),
         Command::History { json, limit, service } => done_if(block_on(ops::history(&load(&service)?, json, limit))),
         Command::Promote { service } => done_if(block_on(ops::command(&load(&service)?, "promote", None))),
         Command::Abort { reason, service } => {
