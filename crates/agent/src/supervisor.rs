@@ -378,16 +378,17 @@ impl Agent {
                     .ok_or_else(|| AgentError::NoInstance(id.clone()))?;
                 if is_live(slot.info.state) && !slot.info.drain_notified {
                     slot.info.drain_notified = true;
-                    if let Some(path) = slot.spec.template.drain.path.clone() {
-                        todo.push((id.clone(), slot.info.addr.clone(), path));
+                    let drain = &slot.spec.template.drain;
+                    if let Some(path) = drain.path.clone() {
+                        todo.push((id.clone(), slot.info.addr.clone(), drain.method, path));
                     }
                 }
             }
         }
         {
-            let calls = todo.iter().map(|(id, addr, path)| async move {
+            let calls = todo.iter().map(|(id, addr, method, path)| async move {
                 let Ok(addr) = addr.parse::<SocketAddr>() else { return };
-                match crate::probe::notify_drain(addr, path).await {
+                match crate::probe::notify_drain(addr, *method, path).await {
                     Ok(code) => tracing::info!(instance = %id, status = code, "drain hook called at drain start"),
                     Err(e) => tracing::warn!(instance = %id, error = %e, "drain hook failed"),
                 }
@@ -526,11 +527,12 @@ impl Agent {
                 Action::NotifyDrain => {
                     // Delivered before the stop signal, which may make the app
                     // stop accepting connections.
-                    if let (Some(path), Some(info)) = (self.spec(id).template.drain.path.clone(), self.get(id))
+                    let drain = self.spec(id).template.drain.clone();
+                    if let (Some(path), Some(info)) = (drain.path, self.get(id))
                         && !info.drain_notified
                         && let Ok(addr) = info.addr.parse::<SocketAddr>()
                     {
-                        match crate::probe::notify_drain(addr, &path).await {
+                        match crate::probe::notify_drain(addr, drain.method, &path).await {
                             Ok(code) => tracing::info!(instance = %id, status = code, "drain hook called"),
                             Err(e) => tracing::warn!(instance = %id, error = %e, "drain hook failed"),
                         }
