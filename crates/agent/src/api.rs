@@ -86,8 +86,15 @@ async fn start(_: Authorized, State(a): State<Arc<Agent>>, body: Bytes) -> Resul
     {
         return Err(ApiError::bad_request(format!("group: {e}")));
     }
+    let spec = match &req.template {
+        None => None,
+        Some(t) => Some(Arc::new(crate::config::Spec::new(t).map_err(|p| {
+            let words: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+            ApiError::bad_request(format!("template: {}", words.join("; ")))
+        })?)),
+    };
     let instances = a
-        .start(&req.release, req.count, req.group.as_deref())
+        .start(&req.release, req.count, req.group.as_deref(), spec)
         .map_err(agent_error)?;
     Ok(axum::Json(InstanceList { instances }))
 }

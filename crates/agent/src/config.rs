@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use plumbing::api::Listen;
 use wire::agent::{AgentConfigFile, InstanceTemplate, LogSettings};
@@ -15,10 +16,9 @@ pub struct Config {
     pub root: PathBuf,
     pub api: Listen,
     pub token_file: PathBuf,
-    pub template: InstanceTemplate,
+    /// The template instances started without one of their own get.
+    pub spec: Arc<Spec>,
     pub bind: IpAddr,
-    pub policy: Policy,
-    pub stop_signal: Option<nix::sys::signal::Signal>,
     pub logs: LogSettings,
 }
 
@@ -57,6 +57,34 @@ impl Config {
                 format!("{:?} is not an IP address", t.bind),
             ));
         });
+        let spec = Spec::new(t).map_err(|p| out.extend(p)).ok();
+        if raw.logs.max_bytes < 1024 {
+            out.push(Problem::new("logs.max_bytes", "must be at least 1024"));
+        }
+        Problems::check(out)?;
+        Ok(Config {
+            root,
+            api: api.unwrap_or(Listen::Tcp(([127, 0, 0, 1], 0).into())),
+            token_file,
+            spec: Arc::new(spec.expect("no problems, so the template is valid")),
+            bind: bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            logs: raw.logs.clone(),
+        })
+    }
+}
+
+/// What instances run with for their whole life (restarts included): a template and what follows from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub template: InstanceTemplate,
+    pub policy: Policy,
+    pub stop_signal: Option<nix::sys::signal::Signal>,
+}
+
+impl Spec {
+    /// A template checked whole: every problem, named `instance.<key>` as in the agent's config.
+    pub fn new(t: &InstanceTemplate) -> Result<Spec, Vec<Problem>> {
+        let mut out = Vec::new();
         if t.readiness.kind == wire::agent::ProbeKind::Http && !t.readiness.path.starts_with('/') {
             out.push(Problem::new("instance.readiness.path", "must start with '/'"));
         }
@@ -91,16 +119,11 @@ impl Config {
                 ));
             }
         }
-        if raw.logs.max_bytes < 1024 {
-            out.push(Problem::new("logs.max_bytes", "must be at least 1024"));
+        if !out.is_empty() {
+            return Err(out);
         }
-        Problems::check(out)?;
-        Ok(Config {
-            root,
-            api: api.unwrap_or(Listen::Tcp(([127, 0, 0, 1], 0).into())),
-            token_file,
+        Ok(Spec {
             template: t.clone(),
-            bind: bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             policy: Policy {
                 start_deadline_ms: t.readiness.start_deadline.as_millis(),
                 stop_deadline_ms: t.drain.stop_deadline.as_millis(),
@@ -110,7 +133,6 @@ impl Config {
                 crash_window_ms: r.crash_loop_window.as_millis(),
             },
             stop_signal: stop_signal.unwrap_or(None),
-            logs: raw.logs.clone(),
         })
     }
 }

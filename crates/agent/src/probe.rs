@@ -1,11 +1,11 @@
-//! Readiness probes (HTTP GET or TCP connect) and the drain hook's POST, over a minimal HTTP/1.1 exchange.
+//! Readiness probes (HTTP GET or TCP connect) and the drain hook's request (POST unless configured), over a minimal HTTP/1.1 exchange.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wire::agent::{ProbeKind, Readiness};
+use wire::agent::{HookMethod, ProbeKind, Readiness};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -22,9 +22,9 @@ pub async fn ready(addr: SocketAddr, r: &Readiness) -> bool {
     }
 }
 
-/// Tells an instance it is draining: `POST path`. Returns the status.
-pub async fn notify_drain(addr: SocketAddr, path: &str) -> Result<u16, String> {
-    exchange(addr, "POST", path, Duration::from_secs(5)).await
+/// Tells an instance it is draining: `METHOD path` (POST unless configured). Returns the status.
+pub async fn notify_drain(addr: SocketAddr, method: HookMethod, path: &str) -> Result<u16, String> {
+    exchange(addr, method.as_str(), path, Duration::from_secs(5)).await
 }
 
 /// Sends a bodyless request and returns the response status code.
@@ -61,4 +61,30 @@ async fn exchange(addr: SocketAddr, method: &str, path: &str, limit: Duration) -
     tokio::time::timeout(limit, work)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_drain_hook_uses_the_configured_method_on_a_real_socket() {
+        for method in [HookMethod::Post, HookMethod::Put, HookMethod::Delete] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = vec![0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+                String::from_utf8_lossy(&buf[..n]).to_string()
+            });
+            assert_eq!(notify_drain(addr, method, "/drain").await, Ok(204));
+            let head = server.await.unwrap();
+            assert!(
+                head.starts_with(&format!("{} /drain HTTP/1.1\r\n", method.as_str())),
+                "{head}"
+            );
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use wire::agent::{InstanceInfo, InstanceState, ReleaseManifest};
 
-use crate::config::Config;
+use crate::config::{Config, Spec};
 use crate::machine::{Action, Event, Machine, Phase};
 use crate::process::{self, Launch, Proc};
 use crate::releases::ReleaseStore;
@@ -42,6 +42,9 @@ struct Slot {
     start_time: Option<u64>,
     ended_at_ms: Option<u64>,
     ctl: Option<mpsc::UnboundedSender<Ctl>>,
+    /// What it runs with; `own` when it was started with a template of its own (saved with it).
+    spec: Arc<Spec>,
+    own: bool,
 }
 
 struct Inner {
@@ -148,7 +151,8 @@ impl Agent {
         let now = agent.now_ms();
         for s in saved.instances {
             let id = s.info.id.clone();
-            let (machine, proc) = adopt(agent.config.policy, &s, now);
+            let spec = agent.saved_spec(&id, s.template.as_ref());
+            let (machine, proc) = adopt(spec.policy, &s, now);
             let alive = proc.is_some();
             let was = s.info.state;
             let mut info = s.info;
@@ -166,6 +170,8 @@ impl Agent {
                 start_time: if alive { s.start_time } else { None },
                 ended_at_ms: s.ended_at_ms,
                 ctl: None,
+                own: s.template.is_some(),
+                spec,
             };
             if !machine.phase.is_final() {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -176,6 +182,27 @@ impl Agent {
         }
         agent.save();
         Ok(agent)
+    }
+
+    /// The spec a saved instance runs with: its own template, or the agent's.
+    fn saved_spec(&self, id: &str, own: Option<&wire::agent::InstanceTemplate>) -> Arc<Spec> {
+        match own.map(Spec::new) {
+            None => self.config.spec.clone(),
+            Some(Ok(spec)) => Arc::new(spec),
+            Some(Err(p)) => {
+                let why = p.first().map(|p| p.to_string()).unwrap_or_default();
+                tracing::warn!(instance = %id, problem = %why, "saved template is invalid; using the agent's");
+                self.config.spec.clone()
+            }
+        }
+    }
+
+    /// What an instance runs with (the agent's template if it is gone).
+    fn spec(&self, id: &str) -> Arc<Spec> {
+        self.lock()
+            .slots
+            .get(id)
+            .map_or_else(|| self.config.spec.clone(), |s| s.spec.clone())
     }
 
     /// Stops supervising: instance tasks end and leave their processes
@@ -212,6 +239,7 @@ impl Agent {
                     info: s.info.clone(),
                     start_time: s.start_time,
                     ended_at_ms: s.ended_at_ms,
+                    template: s.own.then(|| s.spec.template.clone()),
                 })
                 .collect(),
         };
@@ -245,13 +273,17 @@ impl Agent {
         self.save();
     }
 
-    /// Starts `count` new instances of `release`, each on its own free port.
+    /// Starts `count` new instances of `release`, each on its own free port, with `own` as their spec (the
+    /// agent's when None).
     pub(crate) fn start(
         self: &Arc<Self>,
         release: &str,
         count: u32,
         group: Option<&str>,
+        own: Option<Arc<Spec>>,
     ) -> Result<Vec<InstanceInfo>, AgentError> {
+        let is_own = own.is_some();
+        let spec = own.unwrap_or_else(|| self.config.spec.clone());
         if !self.store.exists(release) {
             return Err(AgentError::NoRelease(release.to_string()));
         }
@@ -300,15 +332,17 @@ impl Agent {
                     start_time: None,
                     ended_at_ms: None,
                     ctl: Some(tx),
+                    spec: spec.clone(),
+                    own: is_own,
                 },
             );
             // The port stays reserved until the instance binds it (or gets it as fd 3).
-            if !self.config.template.listen_fds {
+            if !spec.template.listen_fds {
                 drop(listener);
             } else {
                 self.reserve(&id, listener);
             }
-            let machine = Machine::new(self.config.policy, self.now_ms());
+            let machine = Machine::new(spec.policy, self.now_ms());
             let agent = self.clone();
             tokio::spawn(async move {
                 let mut machine = machine;
@@ -336,6 +370,7 @@ impl Agent {
         let mut todo = Vec::new();
         {
             let mut inner = self.lock();
+            let inner = &mut *inner;
             for id in ids {
                 let slot = inner
                     .slots
@@ -343,19 +378,19 @@ impl Agent {
                     .ok_or_else(|| AgentError::NoInstance(id.clone()))?;
                 if is_live(slot.info.state) && !slot.info.drain_notified {
                     slot.info.drain_notified = true;
-                    todo.push((id.clone(), slot.info.addr.clone()));
+                    let drain = &slot.spec.template.drain;
+                    if let Some(path) = drain.path.clone() {
+                        todo.push((id.clone(), slot.info.addr.clone(), drain.method, path));
+                    }
                 }
             }
         }
-        if let Some(path) = self.config.template.drain.path.clone() {
-            let calls = todo.iter().map(|(id, addr)| {
-                let path = path.clone();
-                async move {
-                    let Ok(addr) = addr.parse::<SocketAddr>() else { return };
-                    match crate::probe::notify_drain(addr, &path).await {
-                        Ok(code) => tracing::info!(instance = %id, status = code, "drain hook called at drain start"),
-                        Err(e) => tracing::warn!(instance = %id, error = %e, "drain hook failed"),
-                    }
+        {
+            let calls = todo.iter().map(|(id, addr, method, path)| async move {
+                let Ok(addr) = addr.parse::<SocketAddr>() else { return };
+                match crate::probe::notify_drain(addr, *method, path).await {
+                    Ok(code) => tracing::info!(instance = %id, status = code, "drain hook called at drain start"),
+                    Err(e) => tracing::warn!(instance = %id, error = %e, "drain hook failed"),
                 }
             });
             futures_util::future::join_all(calls).await;
@@ -419,7 +454,8 @@ impl Agent {
             return Err(format!("release folder {} is missing", dir.display()));
         }
         let manifest: ReleaseManifest = self.store.manifest(&release).map_err(|e| e.to_string())?;
-        let t = &self.config.template;
+        let spec = self.spec(id);
+        let t = &spec.template;
         let start = manifest.start.unwrap_or_default();
         let command = start.command.unwrap_or_else(|| t.command.clone());
         if command.is_empty() {
@@ -491,18 +527,19 @@ impl Agent {
                 Action::NotifyDrain => {
                     // Delivered before the stop signal, which may make the app
                     // stop accepting connections.
-                    if let (Some(path), Some(info)) = (self.config.template.drain.path.clone(), self.get(id))
+                    let drain = self.spec(id).template.drain.clone();
+                    if let (Some(path), Some(info)) = (drain.path, self.get(id))
                         && !info.drain_notified
                         && let Ok(addr) = info.addr.parse::<SocketAddr>()
                     {
-                        match crate::probe::notify_drain(addr, &path).await {
+                        match crate::probe::notify_drain(addr, drain.method, &path).await {
                             Ok(code) => tracing::info!(instance = %id, status = code, "drain hook called"),
                             Err(e) => tracing::warn!(instance = %id, error = %e, "drain hook failed"),
                         }
                     }
                 }
                 Action::SignalStop => {
-                    if let (Some(sig), Some(pid)) = (self.config.stop_signal, pid) {
+                    if let (Some(sig), Some(pid)) = (self.spec(id).stop_signal, pid) {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
                     }
                 }
@@ -562,7 +599,7 @@ async fn run_instance(
     mut rx: mpsc::UnboundedReceiver<Ctl>,
 ) {
     let mut last_health = Instant::now();
-    let readiness = agent.config.template.readiness.clone();
+    let readiness = agent.spec(&id).template.readiness.clone();
     let mut leaving = agent.leaving.subscribe();
     loop {
         if m.phase.is_final() && proc.is_none() {

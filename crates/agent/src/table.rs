@@ -28,6 +28,9 @@ pub(crate) struct SavedInstance {
     /// Kernel start time of the process, to tell it from a reused pid.
     pub start_time: Option<u64>,
     pub ended_at_ms: Option<u64>,
+    /// The template it was started with, if not the agent's (it holds env values: the file is mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<wire::agent::InstanceTemplate>,
 }
 
 /// Where the table lives under the agent's root.
@@ -70,7 +73,7 @@ pub(crate) fn read(path: &Path) -> Result<Saved, FsError> {
 /// Writes the table atomically, in this code's format.
 pub(crate) fn write(path: &Path, saved: &Saved) -> Result<(), FsError> {
     debug_assert_eq!(saved.format, FORMAT);
-    plumbing::fs::write_json(path, saved)
+    plumbing::fs::write_secret_json(path, saved)
 }
 
 /// The instance table as last saved under `root` (readable without a running agent).

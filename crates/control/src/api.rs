@@ -27,6 +27,7 @@ fn command_error(e: CommandError) -> ApiError {
         CommandError::NotFound(m) => ApiError::not_found(m),
         CommandError::Journal(j) => ApiError::internal(j.to_string()),
         CommandError::Data(m) => ApiError::new(StatusCode::CONFLICT, "data", m),
+        CommandError::Config(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", m),
     }
 }
 
@@ -74,6 +75,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/config/reload",
         "Read slipway.toml again; route-only changes apply live.",
     ),
+    (
+        "get",
+        "/metrics",
+        "Prometheus text: the deploy's phase and progress, weights, the judge's verdict per metric and odds.",
+    ),
     ("get", "/v1/openapi.json", "This description."),
 ];
 
@@ -97,6 +103,7 @@ pub(crate) fn router(c: Arc<Control>) -> Router {
         .route("/v1/deploy/abort", post(abort))
         .route("/v1/rollback", post(rollback))
         .route("/v1/config/reload", post(reload))
+        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .with_state(c)
@@ -134,7 +141,10 @@ async fn deploy(
 ) -> Result<(StatusCode, axum::Json<DeployInfo>), ApiError> {
     let req: DeployRequest = parse_json(&body, "deploy request")?;
     wire::routes::valid_id(&req.release).map_err(|e| ApiError::bad_request(format!("release: {e}")))?;
-    let info = c.deploy(&req.release, req.strategy).await.map_err(command_error)?;
+    let info = c
+        .deploy(&req.release, req.strategy, req.template)
+        .await
+        .map_err(command_error)?;
     Ok((StatusCode::CREATED, axum::Json(info)))
 }
 
@@ -172,6 +182,13 @@ async fn reload(_: Authorized, State(c): State<Arc<Control>>) -> Result<axum::Js
     Ok(axum::Json(
         serde_json::json!({ "applied": r.applied, "needs_restart": r.needs_restart }),
     ))
+}
+
+async fn metrics(_: Authorized, State(c): State<Arc<Control>>) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, plumbing::prom::CONTENT_TYPE)],
+        crate::metrics::render(&c.status()),
+    )
 }
 
 async fn openapi(_: Authorized) -> axum::Json<serde_json::Value> {

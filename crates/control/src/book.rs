@@ -1,9 +1,11 @@
 //! The rollout machine with its journal: every change is journaled before anything acts on it.
 //! Beside the state, the state the world has caught up with (what the API shows).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rollout::{Event, Refused, Service, Update};
+use wire::agent::InstanceTemplate;
 
 use crate::journal::{Journal, JournalError};
 
@@ -18,6 +20,8 @@ pub enum CommandError {
     Journal(#[from] JournalError),
     #[error("the data is not ready for this release, nothing started: {0}")]
     Data(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The machine, its journal, and what is published.
@@ -30,6 +34,36 @@ pub(crate) struct Book {
     journal: Journal,
     /// Sequence number of the last journaled event.
     seq: i64,
+    /// What the journal's deploys recorded of their templates.
+    templates: Templates,
+}
+
+/// Per release, the instance template its last deploy recorded; per deploy, what it changed (in words). Built
+/// from the journaled `Deploy` events, so a restarted control plane has the same.
+#[derive(Debug, Default)]
+pub(crate) struct Templates {
+    pub by_release: BTreeMap<String, InstanceTemplate>,
+    pub changes: BTreeMap<i64, Vec<String>>,
+}
+
+impl Templates {
+    /// Notes an accepted event (`st` is the state after it).
+    fn note(&mut self, ev: &Event, st: &Service) {
+        let Event::Deploy {
+            release,
+            template: Some(t),
+            ..
+        } = ev
+        else {
+            return;
+        };
+        if let Some(d) = st.deploy.as_ref().filter(|d| &d.release == release) {
+            let old = d.from.as_ref().and_then(|f| self.by_release.get(f));
+            let changes = old.map(|o| crate::template::changes(o, t)).unwrap_or_default();
+            self.changes.insert(d.id, changes);
+        }
+        self.by_release.insert(release.clone(), (**t).clone());
+    }
 }
 
 impl Book {
@@ -41,12 +75,15 @@ impl Book {
         let mut state = Service::default();
         let mut published = None;
         let mut seq = 0;
+        let mut templates = Templates::default();
         for (s, ev, at) in &events {
             if *s > mark && published.is_none() {
                 published = Some(state.clone());
             }
             // Replay goes through the same function; a journaled event was accepted once.
-            let _ = state.on(ev, *at);
+            if state.on(ev, *at).is_ok() {
+                templates.note(ev, &state);
+            }
             seq = *s;
         }
         if !events.is_empty() {
@@ -58,7 +95,12 @@ impl Book {
             state,
             journal,
             seq,
+            templates,
         })
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.templates
     }
 
     pub fn state(&self) -> &Service {
@@ -90,6 +132,7 @@ impl Book {
                     return Err(e.into());
                 }
             }
+            self.templates.note(ev, &self.state);
         }
         Ok(update)
     }
@@ -197,6 +240,70 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
+    #[test]
+    fn a_format_2_journal_is_upgraded_replays_the_same_and_its_releases_have_no_recorded_template() {
+        let path = temp("v2");
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(include_str!("../tests/fixtures/journal-v2.sql"))
+            .unwrap();
+        drop(db);
+        assert_eq!(user_version(&path), 2);
+        let v0 = Book::open(&format_0("v0-for-v2")).unwrap();
+        let book = Book::open(&path).unwrap();
+        assert_eq!(user_version(&path), crate::journal::FORMAT);
+        assert_eq!(book.state(), v0.state(), "the same events, the same state");
+        assert!(
+            book.templates().by_release.is_empty(),
+            "the agent's template serves them"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_deploy_records_its_template_and_its_changes_and_a_reopened_journal_has_both() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp("templates");
+        let mut book = Book::open(&path).unwrap();
+        let with_token = |token: &str| {
+            let mut t = InstanceTemplate::default();
+            t.env.insert("TOKEN".into(), token.into());
+            t.env.insert("MODE".into(), "a".into());
+            Some(Box::new(t))
+        };
+        let deploy = |release: &str, template| Event::Deploy {
+            release: release.into(),
+            strategy: Strategy::Canary,
+            plan: plan(),
+            template,
+        };
+        book.apply(&deploy("v1", with_token("first-secret")), 1_000).unwrap();
+        let ready = Event::Groups {
+            groups: vec![GroupObs {
+                release: "v1".into(),
+                group: "v1".into(),
+                live: 1,
+                ready: 1,
+                failed: None,
+            }],
+        };
+        book.apply(&ready, 2_000).unwrap();
+        assert_eq!(book.state().current.as_deref(), Some("v1"));
+        book.apply(&deploy("v2", with_token("second-secret")), 3_000).unwrap();
+        let check = |b: &Book| {
+            let t = &b.templates();
+            assert_eq!(t.by_release["v1"].env["TOKEN"], "first-secret");
+            assert_eq!(t.by_release["v2"].env["TOKEN"], "second-secret");
+            assert_eq!(t.changes[&1], Vec::<String>::new(), "nothing to compare the first with");
+            assert_eq!(t.changes[&2], ["env TOKEN changed"]);
+        };
+        check(&book);
+        drop(book);
+        check(&Book::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the journal holds env values");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
     fn plan() -> Plan {
         Plan {
             count: 1,
@@ -225,6 +332,7 @@ mod tests {
             release: release.into(),
             strategy: Strategy::Canary,
             plan: plan(),
+            template: None,
         };
         book.apply(&deploy("v1"), 1_000).unwrap();
         let ready = Event::Groups {

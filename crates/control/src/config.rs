@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use rollout::Plan;
-use wire::agent::AgentConfigFile;
+use wire::agent::{AgentConfigFile, InstanceTemplate};
 use wire::router_config::{AdminConfig, RouterConfigFile, UpstreamConfig};
 use wire::service::{ServiceFile, Strategy};
 use wire::{Problem, Problems};
@@ -108,6 +108,7 @@ impl ServiceConfig {
                 "is needed (releases may override it in slipway.release.toml)",
             ));
         }
+        out.extend(env_problems(&file.instance, base));
         out.extend(deploy_problems(&file.deploy));
         if file.listeners.is_empty() {
             out.push(Problem::new("listener", "at least one [[listener]] is needed"));
@@ -259,6 +260,52 @@ impl ServiceConfig {
         }
     }
 
+    /// The instance template a deploy starts its release with: `[instance]` with `env_file` read (`env` wins)
+    /// and every `${NAME}` replaced from `vars` (the environment of the command that deploys). Problems are
+    /// named as in the file and never show a value.
+    pub fn instance_template(&self, vars: &dyn Fn(&str) -> Option<String>) -> Result<InstanceTemplate, Problems> {
+        let mut t = self.agent_file().instance;
+        let inst = &self.file.instance;
+        let mut out = Vec::new();
+        let mut env = std::collections::BTreeMap::new();
+        if let Some(p) = &inst.env_file {
+            match crate::envfile::read(&resolve(&self.base, p)) {
+                Ok(file) => {
+                    for (k, v) in file {
+                        let value = if v.expand {
+                            crate::envfile::expand(&v.text, vars)
+                        } else {
+                            Ok(v.text)
+                        };
+                        match value {
+                            Ok(value) => {
+                                env.insert(k, value);
+                            }
+                            Err(e) => out.push(Problem::new("instance.env_file", format!("{k}: {e}"))),
+                        }
+                    }
+                }
+                Err(e) => out.push(Problem::new("instance.env_file", e.to_string())),
+            }
+        }
+        for (k, v) in &inst.env {
+            match crate::envfile::expand(v, vars) {
+                Ok(value) => {
+                    env.insert(k.clone(), value);
+                }
+                Err(e) => out.push(Problem::new(format!("instance.env.{k}"), e.to_string())),
+            }
+        }
+        Problems::check(out)?;
+        t.env = env;
+        Ok(t)
+    }
+
+    /// The same, from the environment of this process.
+    pub fn instance_template_here(&self) -> Result<InstanceTemplate, Problems> {
+        self.instance_template(&|k| std::env::var(k).ok())
+    }
+
     /// The agent's config (written to run/agent.toml).
     pub(crate) fn agent_file(&self) -> AgentConfigFile {
         let mut template = self.file.instance.template();
@@ -280,6 +327,31 @@ impl ServiceConfig {
             logs: self.file.logs.clone(),
         }
     }
+}
+
+/// What is wrong with `[instance] env` and `env_file` (a `${NAME}` that is not set is found when a deploy
+/// resolves it).
+fn env_problems(inst: &wire::service::InstanceSection, base: &Path) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let any = |_: &str| Some(String::new());
+    for (k, v) in &inst.env {
+        if let Err(e) = crate::envfile::expand(v, &any) {
+            out.push(Problem::new(format!("instance.env.{k}"), e.to_string()));
+        }
+    }
+    if let Some(p) = &inst.env_file {
+        match crate::envfile::read(&resolve(base, p)) {
+            Ok(vars) => {
+                for (k, v) in vars.iter().filter(|(_, v)| v.expand) {
+                    if let Err(e) = crate::envfile::expand(&v.text, &any) {
+                        out.push(Problem::new("instance.env_file", format!("{k}: {e}")));
+                    }
+                }
+            }
+            Err(e) => out.push(Problem::new("instance.env_file", e.to_string())),
+        }
+    }
+    out
 }
 
 /// What is wrong with `[deploy]`.

@@ -104,9 +104,8 @@ fn summary(lines: &[String]) -> String {
 }
 
 impl Control {
-    /// Reads slipway.toml again. Cohorts and deploy settings apply at once (the
-    /// next deploy, the next route table); listener, affinity, health and
-    /// instance changes need `slipway down` and `up`.
+    /// Reads slipway.toml again. Cohorts, deploy and instance settings apply at once (the next deploy, the next
+    /// route table); listener, affinity, health and log changes need `slipway down` and `up`.
     pub(crate) fn reload(&self) -> Result<Reloaded, ConfigError> {
         let path = self.cfg.lock().map(|g| g.path.clone()).unwrap_or_default();
         let new = ServiceConfig::load(&path)?;
@@ -132,10 +131,11 @@ impl Control {
             r.needs_restart
                 .push("routing (affinity, client_version_header, health)".into());
         }
-        let mut a_inst = a.instance.clone();
-        a_inst.count = b.instance.count;
-        if a_inst != b.instance || a.logs != b.logs {
-            r.needs_restart.push("instance".into());
+        if a.instance != b.instance {
+            r.applied.push("instance (from the next deploy on)".into());
+        }
+        if a.logs != b.logs {
+            r.needs_restart.push("logs".into());
         }
         if a.service != b.service {
             r.needs_restart.push("service".into());
@@ -144,7 +144,7 @@ impl Control {
         let mut merged = cur.file.clone();
         merged.routing.cohorts = b.routing.cohorts.clone();
         merged.deploy = b.deploy.clone();
-        merged.instance.count = b.instance.count;
+        merged.instance = b.instance.clone();
         cur.file = merged;
         Ok(r)
     }
@@ -215,8 +215,14 @@ impl Control {
 
     /// An event of the loop's own: the verdict behind a move it caused is kept in the deploy's history.
     fn record(&self, ev: Event, now: u64, lp: &LoopState) {
+        // A step that ends in an abort (still inconclusive, or failed at its hold's end) keeps its verdict too.
+        let in_step = lock(&self.book)
+            .state()
+            .active()
+            .is_some_and(|d| matches!(d.phase, rollout::Phase::Step { .. }));
+        let moved = |t: &Transition| t.judged() || (in_step && matches!(t, Transition::Aborting { .. }));
         match self.apply(ev, now) {
-            Ok(u) if u.transitions.iter().any(Transition::judged) => {
+            Ok(u) if u.transitions.iter().any(moved) => {
                 let id = lock(&self.book).state().deploy.as_ref().map(|d| d.id);
                 if let (Some(v), Some(id)) = (lp.judging.last(), id) {
                     lock(&self.verdicts).by_deploy.entry(id).or_default().push(v);
@@ -232,6 +238,7 @@ impl Control {
         &self,
         release: &str,
         strategy: Option<wire::service::Strategy>,
+        template: Option<wire::agent::InstanceTemplate>,
     ) -> Result<DeployInfo, CommandError> {
         let rels = self
             .parts
@@ -243,6 +250,7 @@ impl Control {
                 "no release {release} on the host; add it first with `slipway release add <dir|archive> --id {release}`"
             )));
         }
+        let template = self.take_config(template)?;
         let (plan, default) = {
             let c = lock(&self.cfg);
             (c.plan(), c.default_strategy())
@@ -253,6 +261,7 @@ impl Control {
             release: release.to_string(),
             strategy: strategy.unwrap_or(default),
             plan,
+            template: Some(Box::new(template)),
         };
         self.apply(ev, unix_ms())?;
         let st = self.state();
@@ -261,6 +270,40 @@ impl Control {
             .as_ref()
             .ok_or_else(|| CommandError::NotFound("deploy vanished".into()))?;
         Ok(self.info(&st, d))
+    }
+
+    /// slipway.toml as it is now, for a deploy: its instance, deploy and cohort settings are taken; a change that
+    /// cannot apply live (listeners, affinity, ...) refuses the deploy with the reason. The template is `given`
+    /// (resolved by `slipway deploy`) or the file's, resolved in this process's environment.
+    fn take_config(
+        &self,
+        given: Option<wire::agent::InstanceTemplate>,
+    ) -> Result<wire::agent::InstanceTemplate, CommandError> {
+        let path = lock(&self.cfg).path.clone();
+        let new = ServiceConfig::load(&path).map_err(|e| CommandError::Config(e.to_string()))?;
+        let mut cur = lock(&self.cfg);
+        let fixed = crate::template::not_live(&cur.file, &new.file);
+        if !fixed.is_empty() {
+            return Err(CommandError::Config(format!(
+                "{} changed what a deploy cannot apply live: {}; undo the change, or apply it with `slipway down`                  and `slipway up`",
+                path.display(),
+                fixed.join(", ")
+            )));
+        }
+        let template = match given {
+            Some(t) => t,
+            None => new
+                .instance_template_here()
+                .map_err(|p| CommandError::Config(p.to_string()))?,
+        };
+        agent::Spec::new(&template).map_err(|p| {
+            let words: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+            CommandError::Config(words.join("; "))
+        })?;
+        cur.file.instance = new.file.instance.clone();
+        cur.file.deploy = new.file.deploy.clone();
+        cur.file.routing.cohorts = new.file.routing.cohorts.clone();
+        Ok(template)
     }
 
     pub(crate) async fn rollback(&self) -> Result<(), CommandError> {
@@ -503,10 +546,15 @@ impl Control {
     /// Brings the host's instances and routes to what the machine wants; publishes the state once the router
     /// confirmed the table for it.
     async fn reconcile(&self, instances: Vec<InstanceInfo>, lp: &mut LoopState, now: u64) {
-        let (st, seq) = lock(&self.book).snapshot();
+        let (st, seq, templates) = {
+            let b = lock(&self.book);
+            let (st, seq) = b.snapshot();
+            (st, seq, b.templates().by_release.clone())
+        };
         let want = {
             let c = lock(&self.cfg);
             HostDesired::whole(&st.desired(), &c.file.routing.cohorts, c.file.deploy.drain_deadline)
+                .with_templates(&templates)
         };
         let seen = HostObserved { instances, drain: None };
         let turn = executor::turn(&self.parts, &want, seen, &mut lp.memory, now).await;
@@ -559,6 +607,12 @@ impl Control {
         {
             info.detail = format!("{}; {}", Held::new(h.reason, h.since).message, info.detail);
         }
+        info.changes = lock(&self.book)
+            .templates()
+            .changes
+            .get(&d.id)
+            .cloned()
+            .unwrap_or_default();
         info
     }
 

@@ -132,11 +132,17 @@ impl Parts {
     async fn to_agent(&self, call: &AgentCall) -> Result<Answer, ClientError> {
         let listed = |l: InstanceList| Answer::Instances(l.instances);
         match call {
-            AgentCall::Start { release, group, count } => {
+            AgentCall::Start {
+                release,
+                group,
+                count,
+                template,
+            } => {
                 let req = StartRequest {
                     release: release.clone(),
                     count: *count,
                     group: group.clone(),
+                    template: template.as_deref().cloned(),
                 };
                 let l: InstanceList = self.agent.post("/v1/instances", &req).await?;
                 for i in &l.instances {

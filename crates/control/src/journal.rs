@@ -13,7 +13,9 @@ use wire::service::DeployInfo;
 /// - 0: `events` (seq, at_ms, JSON `rollout::Event`) and `deploys` (id, JSON `DeployInfo`); no version.
 /// - 1: adds `published`, the last event whose state the router confirmed (what the API shows).
 /// - 2: adds `analysis`, the running canary analysis's evidence (JSON `analysis::SavedAnalysis`).
-pub(crate) const FORMAT: i64 = 2;
+/// - 3: a `deploy` event may carry the instance template its release starts with (`template`, env values
+///   included: the file is mode 0600). Older events have none; their releases start with the agent's template.
+pub(crate) const FORMAT: i64 = 3;
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,7 @@ impl Journal {
     /// Opens (or creates) the journal, upgrading an older format.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let mut db = Connection::open(path)?;
+        secret_mode(path);
         // WAL + full sync: an acknowledged append survives a crash of the process or the host.
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
@@ -165,6 +168,34 @@ impl Journal {
             .optional()?;
         body.map(|b| serde_json::from_str(&b).map_err(record(id))).transpose()
     }
+}
+
+/// The journal holds env values: it and its `-wal` and `-shm` files are mode 0600 (SQLite gives the latter the
+/// main file's mode when it creates them).
+fn secret_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+/// The deploy history saved in the journal at `path`, newest first, read without changing the file (for when
+/// no control plane runs). None when there is no journal.
+pub fn saved_history(path: &Path, limit: usize) -> Result<Option<Vec<DeployInfo>>, JournalError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let found: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > FORMAT {
+        return Err(JournalError::Newer {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    Journal { db }.deploys(limit).map(Some)
 }
 
 fn has_events(db: &Connection) -> Result<bool, JournalError> {

@@ -15,13 +15,16 @@ mod book;
 mod config;
 mod data;
 mod driver;
+mod envfile;
 mod executor;
 mod journal;
 mod judging;
+mod metrics;
 mod planner;
 mod procs;
 mod reach;
 mod supervise;
+mod template;
 mod view;
 
 use std::path::PathBuf;
@@ -34,6 +37,14 @@ pub use api::ROUTES;
 pub use config::{ConfigError, Layout, ServiceConfig};
 pub use driver::Control;
 pub use journal::JournalError;
+
+/// The deploy history in the service's journal, read from disk (no control plane needed); None without a journal.
+pub fn saved_history(
+    cfg: &ServiceConfig,
+    limit: usize,
+) -> Result<Option<Vec<wire::service::DeployInfo>>, JournalError> {
+    journal::saved_history(&cfg.layout.journal(), limit)
+}
 pub use procs::{
     ProcError, Running, agent_running, control_running, dashboard_running, ensure_agent, ensure_control, ensure_router,
     router_running, stop_process,

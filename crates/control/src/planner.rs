@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rollout::{Desired, GroupObs, GroupSpec, RouteSpec};
-use wire::agent::{InstanceInfo, InstanceState};
+use wire::agent::{InstanceInfo, InstanceState, InstanceTemplate};
 use wire::{CohortRule, HumanDuration, Instance, Release, RouteState, RouteTable, UpstreamProtocol};
 
 #[cfg(test)]
@@ -26,6 +26,8 @@ pub(crate) struct HostDesired {
     pub current: Option<String>,
     pub cohorts: Vec<CohortRule>,
     pub drain_deadline: HumanDuration,
+    /// The template each release's deploy recorded (a release without one starts with the agent's).
+    pub templates: BTreeMap<String, InstanceTemplate>,
 }
 
 impl HostDesired {
@@ -37,7 +39,19 @@ impl HostDesired {
             current: desired.current.clone(),
             cohorts: cohorts.to_vec(),
             drain_deadline,
+            templates: BTreeMap::new(),
         }
+    }
+
+    /// The same, with the templates new instances start with.
+    pub fn with_templates(self, templates: &BTreeMap<String, InstanceTemplate>) -> HostDesired {
+        let releases: BTreeSet<&str> = self.groups.iter().map(|g| g.release.as_str()).collect();
+        let templates = templates
+            .iter()
+            .filter(|(r, _)| releases.contains(r.as_str()))
+            .map(|(r, t)| (r.clone(), t.clone()))
+            .collect();
+        HostDesired { templates, ..self }
     }
 }
 
@@ -91,6 +105,7 @@ pub(crate) enum AgentCall {
         release: String,
         group: Option<String>,
         count: u32,
+        template: Option<Box<InstanceTemplate>>,
     },
     /// Tell instances through their drain hook that they take no new sessions from now on.
     NotifyDrain { ids: Vec<String> },
@@ -180,6 +195,7 @@ pub(crate) fn plan(want: &HostDesired, seen: &HostObserved, memory: &Memory, now
                 release: g.release.clone(),
                 group: (g.group != g.release).then(|| g.group.clone()),
                 count: g.count - have,
+                template: want.templates.get(&g.release).cloned().map(Box::new),
             }));
         }
     }

@@ -60,7 +60,8 @@ pub fn dashboard_running(cfg: &ServiceConfig) -> Option<Running> {
     read_status(&cfg.layout.control_status(), "dashboard")
 }
 
-fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ProcError> {
+/// Writes a generated config; `mode` 0600 for one that holds env values.
+fn write_toml<T: serde::Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), ProcError> {
     let text = toml::to_string_pretty(value).map_err(|e| ProcError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -68,7 +69,7 @@ fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ProcErr
     if let Some(d) = path.parent() {
         let _ = std::fs::create_dir_all(d);
     }
-    plumbing::fs::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| ProcError::Write {
+    plumbing::fs::write_atomic(path, text.as_bytes(), mode).map_err(|e| ProcError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
@@ -132,7 +133,13 @@ pub fn ensure_agent(cfg: &ServiceConfig, exe: &Path) -> Result<Running, ProcErro
         return Ok(r);
     }
     let conf = cfg.layout.run_dir.join("agent.toml");
-    write_toml(&conf, &cfg.agent_file())?;
+    // The template instances without one of their own start with: resolved here, for `slipway up`'s caller.
+    let mut file = cfg.agent_file();
+    file.instance = cfg.instance_template_here().map_err(|p| ProcError::Write {
+        path: conf.clone(),
+        message: p.to_string(),
+    })?;
+    write_toml(&conf, &file, 0o600)?;
     let args = vec!["agent".into(), "--config".into(), conf.into_os_string()];
     start(
         "the agent",
@@ -160,7 +167,7 @@ pub(crate) fn start_router_with(
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<Running, ProcError> {
     let conf = cfg.layout.run_dir.join("router.toml");
-    write_toml(&conf, &cfg.router_file())?;
+    write_toml(&conf, &cfg.router_file(), 0o644)?;
     let args = vec!["router".into(), "--config".into(), conf.into_os_string()];
     let log = cfg.layout.run_dir.join("router.log");
     start("the router", exe, args, log, Extra { env, fds }, || router_running(cfg))

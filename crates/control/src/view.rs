@@ -43,6 +43,7 @@ pub(crate) fn deploy_info(st: &Service, d: &Deploy, verdicts: &Verdicts, now: u6
             .iter()
             .map(|(at, t)| format!("+{}s {t}", at.saturating_sub(d.started_ms) / 1000))
             .collect(),
+        changes: Vec::new(),
     }
 }
 

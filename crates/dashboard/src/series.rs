@@ -238,6 +238,7 @@ mod tests {
             last_verdict: last,
             verdicts,
             events: vec![],
+            changes: vec![],
         }
     }
 
@@ -275,6 +276,7 @@ mod tests {
             routes: None,
             data: None,
             held: None,
+            restarts: Default::default(),
         }
     }
 

@@ -42,6 +42,7 @@ fn deploy() -> DeployInfo {
         last_verdict: None,
         verdicts: vec![],
         events: vec!["+0s deploy 7 started".into()],
+        changes: vec![],
     }
 }
 
@@ -60,6 +61,7 @@ impl Backend for Fake {
             routes: None,
             data: None,
             held: None,
+            restarts: Default::default(),
         }
     }
     fn history(&self, _: usize) -> Vec<DeployInfo> {

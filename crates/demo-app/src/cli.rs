@@ -47,6 +47,9 @@ struct Args {
     #[arg(long, env = "DEMO_EXIT_ON_SIGTERM", value_parser = BoolishValueParser::new(), num_args = 0..=1,
           default_value = "false", default_missing_value = "true")]
     exit_on_sigterm: bool,
+    /// Answered in an `x-greeting` header on every request (shows which environment an instance got).
+    #[arg(long, env = "DEMO_GREETING")]
+    greeting: Option<String>,
     /// Worker threads.
     #[arg(long, env = "DEMO_THREADS", default_value_t = 2)]
     threads: usize,
@@ -242,6 +245,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.error_rate = args.error_rate;
     config.latency = args.latency.0;
     config.shutdown_delay = args.shutdown_delay.0;
+    config.greeting = args.greeting;
     let app = crate::App::new(config);
     println!(
         "demo-app release={} instance={instance} listening on {addr}",

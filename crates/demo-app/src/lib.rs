@@ -5,7 +5,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/` | the release id (`v1\n`), headers `x-release` and `x-instance` |
+//! | `/` | the release id (`v1\n`), headers `x-release` and `x-instance` (and `x-greeting`, `DEMO_GREETING`) |
 //! | `/healthz` | `ok` (never delayed nor failed by the knobs) |
 //! | `/ws` | WebSocket echo; the text message `release?` is answered with the release id |
 //! | `/sleep?ms=N` | waits N ms, then answers like `/` |
@@ -50,6 +50,8 @@ pub struct Config {
     pub latency: Duration,
     /// After a shutdown signal: keep serving this long before closing.
     pub shutdown_delay: Duration,
+    /// Sent back in an `x-greeting` header on every answer (to see which environment an instance got).
+    pub greeting: Option<String>,
 }
 
 impl Config {
@@ -61,6 +63,7 @@ impl Config {
             error_rate: 0.0,
             latency: Duration::ZERO,
             shutdown_delay: Duration::ZERO,
+            greeting: None,
         }
     }
 }
@@ -79,6 +82,7 @@ pub struct App {
     config: Config,
     release_header: HeaderValue,
     instance_header: HeaderValue,
+    greeting_header: Option<HeaderValue>,
     draining: AtomicBool,
     /// Turns true on `POST /drain`; open WebSockets are told.
     drain_signal: tokio::sync::watch::Sender<bool>,
@@ -93,6 +97,7 @@ impl App {
         Arc::new(App {
             release_header: header(&config.release),
             instance_header: header(&config.instance),
+            greeting_header: config.greeting.as_deref().map(header),
             error_ppm: (config.error_rate.clamp(0.0, 1.0) * 1e6) as u64,
             config,
             draining: AtomicBool::new(false),
@@ -221,6 +226,9 @@ impl App {
         let h = resp.headers_mut();
         h.insert("x-release", self.release_header.clone());
         h.insert("x-instance", self.instance_header.clone());
+        if let Some(g) = &self.greeting_header {
+            h.insert("x-greeting", g.clone());
+        }
         resp
     }
 

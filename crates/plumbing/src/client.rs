@@ -19,8 +19,8 @@ pub enum ClientError {
     Http { addr: String, source: hyper::Error },
     #[error("{addr} did not answer within {after:?}")]
     Timeout { addr: String, after: Duration },
-    /// The API answered with an error.
-    #[error("{status}: {}{}", body.message, problems(body))]
+    /// The API answered with an error: its message in plain words (the status stays in `status`).
+    #[error("{}{}", body.message, problems(body))]
     Api { status: StatusCode, body: ErrorBody },
     #[error("{addr}: unexpected answer: {message}")]
     Decode { addr: String, message: String },

@@ -39,6 +39,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError>
         .mode(mode)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
+    // A temp file left behind by a crash keeps its old mode through `open`; a secret must not.
+    if mode & 0o077 == 0 {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(&tmp))?;
+    }
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
@@ -56,6 +62,15 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), FsE
         message: e.to_string(),
     })?;
     write_atomic(path, &json, 0o644)
+}
+
+/// Like `write_json`, for a file that holds secrets (env values): mode 0600.
+pub fn write_secret_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), FsError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| FsError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &json, 0o600)
 }
 
 /// Reads a JSON file; `Ok(None)` if it does not exist.

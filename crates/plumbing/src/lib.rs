@@ -6,4 +6,5 @@ pub mod config;
 pub mod fds;
 pub mod fs;
 pub mod lifecycle;
+pub mod prom;
 pub mod sched;

@@ -48,6 +48,11 @@ pub enum Event {
         release: String,
         strategy: Strategy,
         plan: Plan,
+        /// The instance template the release starts with (its env values included), recorded so a rollback to
+        /// it starts it the same way; None in journals before format 3 (the agent's template is used). The
+        /// machine does not read it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template: Option<Box<wire::agent::InstanceTemplate>>,
     },
     Rollback {
         plan: Plan,

@@ -83,6 +83,7 @@ impl Service {
                 release,
                 strategy,
                 plan,
+                ..
             } => self.start_deploy(release, *strategy, plan, now, false, &mut out)?,
             Event::Rollback { plan } => self.rollback(plan, now, &mut out)?,
             Event::Pause | Event::Resume | Event::Promote | Event::Abort { .. } => {
@@ -253,9 +254,11 @@ impl Service {
             return Err(Refused(format!("{release} is already the current release")));
         }
         if self.retiring.iter().any(|r| r.release == release) {
-            return Err(Refused(format!(
-                "{release} is still retiring; use rollback, or deploy it once it is gone"
-            )));
+            return Err(Refused(if rollback {
+                format!("{release} is still shutting down; roll back again once its instances are gone")
+            } else {
+                format!("{release} is still retiring; use rollback, or deploy it once it is gone")
+            }));
         }
         if plan.count == 0 || (strategy == Strategy::Canary && plan.steps.is_empty()) {
             return Err(Refused("the plan needs instances and, for a canary, steps".into()));

@@ -98,6 +98,7 @@ fn deploy(s: &mut Service, release: &str, strategy: Strategy, now: u64) {
             release: release.into(),
             strategy,
             plan: plan(),
+            template: None,
         },
         now,
     )
@@ -289,6 +290,7 @@ fn only_one_deploy_at_a_time_and_commands_need_one() {
                 release: "v3".into(),
                 strategy: Strategy::Canary,
                 plan: plan(),
+                template: None,
             },
             now,
         )
@@ -451,6 +453,7 @@ fn operator(rng: &mut fastrand::Rng, next_release: &mut u32) -> Option<Event> {
                 release: r,
                 strategy: strategies[rng.usize(0..3)],
                 plan: plan(),
+                template: None,
             }
         }
         4 => Event::Abort {

@@ -1,6 +1,5 @@
 //! The admin API (loopback or Unix socket, bearer token): routes, metrics, drain status, upgrades.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use plumbing::api::{ApiError, Authorized, HasToken, parse_json};
+use plumbing::prom::{Exposition, Kind};
 use serde::Deserialize;
 use wire::api::RouterStatus;
 use wire::metrics::{BUCKETS, Counters, bucket_upper_us};
@@ -161,20 +161,70 @@ async fn metrics_prometheus(_: Authorized, State(s): State<AppState>) -> impl In
     let mut headers = HeaderMap::new();
     headers.insert(
         axum::http::header::CONTENT_TYPE,
-        "text/plain; version=0.0.4"
+        plumbing::prom::CONTENT_TYPE
             .parse()
             .unwrap_or_else(|_| axum::http::HeaderValue::from_static("text/plain")),
     );
     (headers, prometheus_text(&s))
 }
 
-/// Escapes a Prometheus label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
+/// The families the router exports, with their help.
+const FAMILIES: &[(&str, Kind, &str)] = &[
+    (
+        "slipway_route_generation",
+        Kind::Gauge,
+        "Generation of the route table the router serves.",
+    ),
+    (
+        "slipway_open_websockets",
+        Kind::Gauge,
+        "WebSocket connections open through the router.",
+    ),
+    (
+        "slipway_open_tcp_connections",
+        Kind::Gauge,
+        "Raw TCP connections open through the router.",
+    ),
+    (
+        "slipway_requests_total",
+        Kind::Counter,
+        "Requests routed to an instance (unrouted: empty labels).",
+    ),
+    ("slipway_responses_total", Kind::Counter, "Responses by status class."),
+    (
+        "slipway_upstream_failures_total",
+        Kind::Counter,
+        "Requests an instance failed to answer.",
+    ),
+    ("slipway_open_requests", Kind::Gauge, "Requests in flight."),
+    (
+        "slipway_upstream_connections",
+        Kind::Gauge,
+        "Connections open to the instance.",
+    ),
+    (
+        "slipway_long_lived_connections",
+        Kind::Gauge,
+        "WebSocket and TCP connections held on the instance.",
+    ),
+    ("slipway_bytes_total", Kind::Counter, "Body bytes by direction."),
+    (
+        "slipway_request_duration_seconds",
+        Kind::Histogram,
+        "Time to the response head.",
+    ),
+    (
+        "slipway_instance_healthy",
+        Kind::Gauge,
+        "1 if the instance passes its health checks.",
+    ),
+];
 
-fn write_counters(out: &mut String, labels: &str, c: &Counters) {
-    let _ = writeln!(out, "slipway_requests_total{{{labels}}} {}", c.requests);
+fn write_counters(out: &mut Exposition, labels: &[(&str, &str)], c: &Counters) {
+    let with = |extra: (&'static str, &'static str)| -> Vec<(&str, &str)> {
+        labels.iter().copied().chain(std::iter::once(extra)).collect()
+    };
+    out.sample("slipway_requests_total", "", labels, c.requests);
     for (class, n) in [
         ("1xx", c.responses.c1xx),
         ("2xx", c.responses.c2xx),
@@ -182,76 +232,55 @@ fn write_counters(out: &mut String, labels: &str, c: &Counters) {
         ("4xx", c.responses.c4xx),
         ("5xx", c.responses.c5xx),
     ] {
-        let _ = writeln!(out, "slipway_responses_total{{{labels},class=\"{class}\"}} {n}");
+        out.sample("slipway_responses_total", "", &with(("class", class)), n);
     }
-    let _ = writeln!(
-        out,
-        "slipway_upstream_failures_total{{{labels}}} {}",
-        c.upstream_failures
-    );
-    let _ = writeln!(out, "slipway_open_requests{{{labels}}} {}", c.open_requests);
-    let _ = writeln!(
-        out,
-        "slipway_upstream_connections{{{labels}}} {}",
-        c.open_upstream_connections
-    );
-    let _ = writeln!(out, "slipway_long_lived_connections{{{labels}}} {}", c.open_long_lived);
-    let _ = writeln!(out, "slipway_bytes_total{{{labels},direction=\"in\"}} {}", c.bytes_in);
-    let _ = writeln!(out, "slipway_bytes_total{{{labels},direction=\"out\"}} {}", c.bytes_out);
+    out.sample("slipway_upstream_failures_total", "", labels, c.upstream_failures);
+    out.sample("slipway_open_requests", "", labels, c.open_requests);
+    out.sample("slipway_upstream_connections", "", labels, c.open_upstream_connections);
+    out.sample("slipway_long_lived_connections", "", labels, c.open_long_lived);
+    out.sample("slipway_bytes_total", "", &with(("direction", "in")), c.bytes_in);
+    out.sample("slipway_bytes_total", "", &with(("direction", "out")), c.bytes_out);
     // Prometheus gets the powers of two only (exact: our buckets split at them).
     let dense = c.latency_us.to_dense();
     let mut cumulative = 0u64;
+    let h = "slipway_request_duration_seconds";
     for (i, n) in dense.iter().enumerate().take(BUCKETS - 1) {
         cumulative += n;
         let upper = bucket_upper_us(i) + 1;
         if upper.is_power_of_two() && upper >= 64 {
-            let _ = writeln!(
-                out,
-                "slipway_request_duration_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}",
-                upper as f64 / 1e6
-            );
+            let le = (upper as f64 / 1e6).to_string();
+            let l: Vec<(&str, &str)> = labels.iter().copied().chain([("le", le.as_str())]).collect();
+            out.sample(h, "_bucket", &l, cumulative);
         }
     }
-    let _ = writeln!(
-        out,
-        "slipway_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-        c.latency_us.count
+    out.sample(h, "_bucket", &with(("le", "+Inf")), c.latency_us.count);
+    out.sample(
+        h,
+        "_sum",
+        labels,
+        plumbing::prom::float(c.latency_us.sum_us as f64 / 1e6),
     );
-    let _ = writeln!(
-        out,
-        "slipway_request_duration_seconds_sum{{{labels}}} {}",
-        c.latency_us.sum_us as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "slipway_request_duration_seconds_count{{{labels}}} {}",
-        c.latency_us.count
-    );
+    out.sample(h, "_count", labels, c.latency_us.count);
 }
 
-/// The metrics in Prometheus text exposition format, per instance.
+/// The metrics in Prometheus text exposition format, per instance, each family's HELP and TYPE with its samples.
 pub fn prometheus_text(s: &Shared) -> String {
     let snap = s.metrics();
-    let mut out = String::new();
-    out.push_str(
-        "# TYPE slipway_requests_total counter\n# TYPE slipway_responses_total counter\n\
-        # TYPE slipway_upstream_failures_total counter\n# TYPE slipway_open_requests gauge\n\
-        # TYPE slipway_upstream_connections gauge\n# TYPE slipway_long_lived_connections gauge\n\
-        # TYPE slipway_bytes_total counter\n# TYPE slipway_request_duration_seconds histogram\n\
-        # TYPE slipway_instance_healthy gauge\n# TYPE slipway_route_generation gauge\n\
-        # TYPE slipway_open_websockets gauge\n# TYPE slipway_open_tcp_connections gauge\n",
-    );
-    let _ = writeln!(out, "slipway_route_generation {}", snap.generation);
+    let mut out = Exposition::default();
+    for (name, kind, help) in FAMILIES {
+        out.family(name, *kind, help);
+    }
+    out.sample("slipway_route_generation", "", &[], snap.generation);
     let (ws, tcp) = s.long_lived.counts();
-    let _ = writeln!(out, "slipway_open_websockets {ws}");
-    let _ = writeln!(out, "slipway_open_tcp_connections {tcp}");
+    out.sample("slipway_open_websockets", "", &[], ws);
+    out.sample("slipway_open_tcp_connections", "", &[], tcp);
     for r in &snap.releases {
         for i in &r.instances {
-            let labels = format!("release=\"{}\",instance=\"{}\"", label(&r.release), label(&i.instance));
+            let labels = [("release", r.release.as_str()), ("instance", i.instance.as_str())];
             write_counters(&mut out, &labels, &i.counters);
-            let _ = writeln!(out, "slipway_instance_healthy{{{labels}}} {}", i.healthy as u8);
+            out.sample("slipway_instance_healthy", "", &labels, i.healthy as u8);
         }
     }
-    write_counters(&mut out, "release=\"\",instance=\"\"", &snap.unrouted);
-    out
+    write_counters(&mut out, &[("release", ""), ("instance", "")], &snap.unrouted);
+    out.render()
 }

@@ -137,6 +137,7 @@ async fn main() {
     let req = wire::service::DeployRequest {
         release: "v2".into(),
         strategy: None,
+        template: None,
     };
     let d: wire::service::DeployInfo = api.post("/v1/deploys", &req).await.unwrap();
     let b = Browser::start().await;

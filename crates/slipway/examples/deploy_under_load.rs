@@ -37,6 +37,7 @@ async fn run_deploy(api: &plumbing::client::ApiClient, release: &str, strategy: 
             &DeployRequest {
                 release: release.into(),
                 strategy: Some(strategy),
+                template: None,
             },
         )
         .await

@@ -100,6 +100,7 @@ async fn deploy_and_wait(
             &DeployRequest {
                 release: release.into(),
                 strategy: None,
+                template: None,
             },
         )
         .await?;

@@ -10,6 +10,7 @@ pub mod records;
 pub mod releases;
 pub mod routerctl;
 pub mod validate;
+pub mod watch;
 
 /// How log lines are written (`SLIPWAY_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use slipway::cli::{Cli, EX_FAILED, EX_USAGE, Outcome, try_main};
+use slipway::cli::{Cli, EX_FAILED, EX_INTERRUPTED, EX_USAGE, Outcome, try_main};
 
 /// The data plane allocates and frees small buffers per request; mimalloc
 /// does that with less CPU than the system allocator.
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     match try_main(cli) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(EX_FAILED),
+        Ok(Outcome::Interrupted) => ExitCode::from(EX_INTERRUPTED),
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("slipway {name}: {e}");

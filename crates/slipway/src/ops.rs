@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use control::ServiceConfig;
+
+use crate::watch::{Followed, group_line};
 use plumbing::client::ApiClient;
 use wire::service::{DeployInfo, DeployList, DeployRequest, ServiceStatus, Strategy};
 
@@ -126,47 +128,35 @@ pub async fn down(cfg: &ServiceConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// No control plane runs for this service (exit code 69).
+#[derive(Debug, thiserror::Error)]
+#[error("no control plane runs for {0} (start it with `slipway up`)")]
+pub struct NotRunning(String);
+
 /// A client of the running control plane.
 pub fn control_client(cfg: &ServiceConfig) -> anyhow::Result<ApiClient> {
-    let running = control::control_running(cfg).with_context(|| {
-        format!(
-            "no control plane runs for {} (start it with `slipway up`)",
-            cfg.path.display()
-        )
-    })?;
+    let running = control::control_running(cfg).ok_or_else(|| NotRunning(cfg.path.display().to_string()))?;
     let token = std::fs::read_to_string(cfg.layout.control_token()).context("cannot read the control plane's token")?;
     Ok(ApiClient::new(&running.addr, Some(token.trim().to_string()))?)
 }
 
-fn verdict_line(d: &DeployInfo) -> Option<String> {
-    d.last_verdict
-        .as_ref()
-        .map(|v| format!("verdict {}: {}", v.outcome.as_str(), v.reason))
-}
-
-fn group_line(d: &DeployInfo) -> String {
-    d.groups
-        .iter()
-        .map(|g| format!("{} {}/{} ready {}% {}", g.group, g.ready, g.wanted, g.weight, g.state))
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
-
-/// Starts a deploy and, unless `detach`, follows it to the end. Returns
-/// whether it ended promoted.
+/// Starts a deploy and, unless `detach`, follows it to the end (or Ctrl-C).
 pub async fn deploy(
     cfg: &ServiceConfig,
     release: &str,
     strategy: Option<Strategy>,
     detach: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Followed> {
     let api = control_client(cfg)?;
+    // The template ships with the deploy, its env resolved here (`env_file`, `${NAME}` from this shell).
+    let template = cfg.instance_template_here()?;
     let d: DeployInfo = api
         .post(
             "/v1/deploys",
             &DeployRequest {
                 release: release.to_string(),
                 strategy,
+                template: Some(template),
             },
         )
         .await?;
@@ -177,64 +167,31 @@ pub async fn deploy(
         d.release,
         d.from.as_deref().unwrap_or("nothing")
     );
+    if d.from.is_some() {
+        match d.changes.as_slice() {
+            [] => println!("instance template: unchanged"),
+            changes => {
+                println!("instance template changes:");
+                for c in changes {
+                    println!("  {c}");
+                }
+            }
+        }
+    }
     if detach {
-        println!("follow it with `slipway status`");
-        return Ok(true);
+        println!("follow it with `slipway watch`");
+        return Ok(Followed::Done);
     }
-    follow(&api, d.id).await
+    crate::watch::follow(&api, d.id, false, crate::watch::GOES_ON).await
 }
 
-/// Shows a deploy's progress until it ends.
-pub async fn follow(api: &ApiClient, id: i64) -> anyhow::Result<bool> {
-    let bar = crate::progress_bar(1000, "[{bar:30}] {msg}");
-    let mut seen_events = 0;
-    let mut last_line = String::new();
-    loop {
-        let d: DeployInfo = api.get(&format!("/v1/deploys/{id}")).await?;
-        for e in d.events.iter().skip(seen_events) {
-            match &bar {
-                Some(b) => b.println(format!("  {e}")),
-                None => println!("  {e}"),
-            }
-        }
-        seen_events = d.events.len();
-        let line = format!("{} | {}", d.detail, group_line(&d));
-        match &bar {
-            Some(b) => {
-                b.set_position((d.progress * 1000.0) as u64);
-                let v = verdict_line(&d).map(|v| format!(" | {v}")).unwrap_or_default();
-                b.set_message(format!("{line}{v}"));
-            }
-            None => {
-                if line != last_line {
-                    println!("{line}");
-                    if let Some(v) = verdict_line(&d) {
-                        println!("  {v}");
-                    }
-                }
-            }
-        }
-        last_line = line;
-        if d.finished() {
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
-            if d.aborted() {
-                println!("deploy {id} ABORTED: {}", d.outcome.unwrap_or_default());
-                for v in &d.verdicts {
-                    println!("  verdict {}: {}", v.outcome.as_str(), v.reason);
-                }
-                return Ok(false);
-            }
-            println!("deploy {id} done: {} is the current release", d.release);
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+pub async fn status(cfg: &ServiceConfig, json: bool, all: bool) -> anyhow::Result<()> {
+    let mut s: ServiceStatus = control_client(cfg)?.get("/v1/status").await?;
+    let before = s.instances.len();
+    if !all {
+        s.instances.retain(|i| i.state != wire::agent::InstanceState::Stopped);
     }
-}
-
-pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
-    let s: ServiceStatus = control_client(cfg)?.get("/v1/status").await?;
+    let hidden = before - s.instances.len();
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -291,6 +248,9 @@ pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
         }
     }
     writeln!(out, "instances:")?;
+    if s.instances.is_empty() {
+        writeln!(out, "  none")?;
+    }
     for i in &s.instances {
         writeln!(
             out,
@@ -303,11 +263,27 @@ pub async fn status(cfg: &ServiceConfig, json: bool) -> anyhow::Result<()> {
             i.restarts
         )?;
     }
+    if hidden > 0 {
+        writeln!(out, "  ({hidden} stopped, hidden; `slipway status --all` lists them)")?;
+    }
+    writeln!(out, "next: {}", next_step(&s))?;
     Ok(())
 }
 
 pub async fn history(cfg: &ServiceConfig, json: bool, limit: usize) -> anyhow::Result<()> {
-    let l: DeployList = control_client(cfg)?.get(&format!("/v1/deploys?limit={limit}")).await?;
+    let l: DeployList = match control_client(cfg) {
+        Ok(api) => api.get(&format!("/v1/deploys?limit={limit}")).await?,
+        // No control plane: the journal on disk has the same history.
+        Err(e) => match control::saved_history(cfg, limit)? {
+            Some(deploys) => {
+                if !json {
+                    eprintln!("(no control plane runs: the history as the journal has it)");
+                }
+                DeployList { deploys }
+            }
+            None => return Err(e),
+        },
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&l)?);
         return Ok(());
@@ -346,18 +322,51 @@ pub async fn command(cfg: &ServiceConfig, what: &str, reason: Option<String>) ->
     Ok(())
 }
 
-pub async fn rollback(cfg: &ServiceConfig) -> anyhow::Result<()> {
+pub async fn rollback(cfg: &ServiceConfig) -> anyhow::Result<Followed> {
     let api = control_client(cfg)?;
     let s: ServiceStatus = api.post("/v1/rollback", &serde_json::json!({})).await?;
     match &s.deploy {
         Some(d) if !d.finished() => {
             println!("{} is no longer warm: redeploying it (deploy {})", d.release, d.id);
-            follow(&api, d.id).await?;
+            crate::watch::follow(&api, d.id, false, crate::watch::GOES_ON).await
         }
-        _ => println!(
-            "rolled back: current {} (route swap)",
-            s.current.as_deref().unwrap_or("none")
-        ),
+        _ => {
+            println!(
+                "rolled back: current {} (route swap)",
+                s.current.as_deref().unwrap_or("none")
+            );
+            Ok(Followed::Done)
+        }
     }
-    Ok(())
+}
+
+/// What to do next, for the state the service is in.
+fn next_step(s: &ServiceStatus) -> String {
+    use wire::service::DeployPhase;
+    match &s.deploy {
+        Some(d) if !d.finished() && d.paused => {
+            "the deploy is paused: `slipway resume` goes on, `slipway abort` stops it".into()
+        }
+        Some(d) if !d.finished() => {
+            let skip = if d.phase == DeployPhase::Step {
+                ", `slipway promote` skips the steps"
+            } else {
+                ""
+            };
+            format!("`slipway watch` follows the deploy, `slipway abort` stops it{skip}")
+        }
+        Some(d) if d.aborted() => format!(
+            "deploy {} of {} was aborted; `slipway history` shows why, `slipway deploy <release>` tries again",
+            d.id, d.release
+        ),
+        _ if s.current.is_none() => "`slipway release add <dir> --id v1`, then `slipway deploy v1`".into(),
+        _ => {
+            let back = s
+                .previous
+                .as_deref()
+                .map(|p| format!("; `slipway rollback` goes back to {p}"))
+                .unwrap_or_default();
+            format!("`slipway release add <dir> --id <new>`, then `slipway deploy <new>`{back}")
+        }
+    }
 }

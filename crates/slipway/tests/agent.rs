@@ -88,6 +88,7 @@ async fn a_killed_agent_leaves_instances_serving_and_its_successor_adopts_them_a
                 release: "v1".into(),
                 count: 4,
                 group: None,
+                template: None,
             },
         )
         .await

@@ -102,6 +102,7 @@ impl Service {
         let req = wire::service::DeployRequest {
             release: release.into(),
             strategy: None,
+            template: None,
         };
         let d: DeployInfo = self.api.post("/v1/deploys", &req).await.unwrap();
         d.id

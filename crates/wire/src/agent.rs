@@ -124,10 +124,13 @@ impl Default for Readiness {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainSettings {
-    /// POSTed to on the instance when it starts draining (a game server
+    /// Requested (with `method`, POST by default) on the instance when it starts draining (a game server
     /// announces the restart and saves state). None: no HTTP hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The drain hook's HTTP method: `POST` (the default), `PUT`, `PATCH`, `GET` or `DELETE`; sent without a body.
+    #[serde(default, skip_serializing_if = "HookMethod::is_post")]
+    pub method: HookMethod,
     /// Signal sent when draining starts: `SIGTERM` (default), `SIGINT`,
     /// `SIGQUIT`, `SIGHUP`, `SIGUSR1`, `SIGUSR2`, or `none`.
     #[serde(default = "default_signal")]
@@ -135,6 +138,34 @@ pub struct DrainSettings {
     /// After this the whole process group gets SIGKILL.
     #[serde(default = "default_stop_deadline")]
     pub stop_deadline: HumanDuration,
+}
+
+/// The HTTP method of a hook the agent calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HookMethod {
+    #[default]
+    Post,
+    Put,
+    Patch,
+    Get,
+    Delete,
+}
+
+impl HookMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookMethod::Post => "POST",
+            HookMethod::Put => "PUT",
+            HookMethod::Patch => "PATCH",
+            HookMethod::Get => "GET",
+            HookMethod::Delete => "DELETE",
+        }
+    }
+
+    fn is_post(&self) -> bool {
+        *self == HookMethod::Post
+    }
 }
 
 fn default_signal() -> String {
@@ -148,6 +179,7 @@ impl Default for DrainSettings {
     fn default() -> Self {
         DrainSettings {
             path: None,
+            method: HookMethod::Post,
             signal: default_signal(),
             stop_deadline: default_stop_deadline(),
         }
@@ -339,6 +371,10 @@ pub struct StartRequest {
     /// Label for the new instances (see `InstanceInfo::group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// How these instances start, probe, drain and restart, for their whole life (restarts included); None:
+    /// the agent's own template. The control plane sends the one recorded with the release's deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<InstanceTemplate>,
 }
 
 impl InstanceInfo {

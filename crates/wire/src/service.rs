@@ -98,9 +98,17 @@ pub struct InstanceSection {
     /// Arguments to `command`.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Environment variables for every instance, added to what the agent was started with.
+    /// Environment variables for every instance, added to what the agent was started with (and overriding
+    /// `env_file`). A value may name variables of the environment `slipway up` / `slipway deploy` runs in:
+    /// `${NAME}` is replaced by its value (an unset one is an error), `$$` is a `$`. A change ships with the
+    /// next deploy; the values are never shown or logged.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// A dotenv file (`NAME=value` lines, `#` comments, `export ` allowed, values optionally in quotes;
+    /// `${NAME}` as in `env`, not inside single quotes) whose variables every instance gets; relative to
+    /// slipway.toml. Like ssh with its keys, slipway refuses it if group or others may read it (`chmod 600`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<std::path::PathBuf>,
     /// Hand the instance its listening socket as fd 3 (systemd style, `LISTEN_FDS=1`) instead of a port to bind.
     #[serde(default)]
     pub listen_fds: bool,
@@ -123,6 +131,7 @@ impl Default for InstanceSection {
             command: String::new(),
             args: Vec::new(),
             env: Default::default(),
+            env_file: None,
             listen_fds: false,
             readiness: Readiness::default(),
             drain: DrainSettings::default(),
@@ -432,6 +441,10 @@ pub struct DeployRequest {
     pub release: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    /// The instance template the release starts with, as `slipway deploy` resolved it in its environment
+    /// (`env_file`, `${NAME}`). None: the control plane reads slipway.toml and resolves it in its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::agent::InstanceTemplate>,
 }
 
 /// A release's instances as a deploy sees them.
@@ -548,6 +561,10 @@ pub struct DeployInfo {
     /// Verdicts that moved the deploy (step passed, extended, failed).
     pub verdicts: Vec<Verdict>,
     pub events: Vec<String>,
+    /// What changed in the instance template since the release it replaces ("env API_KEY changed"; env values
+    /// are never shown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 impl DeployInfo {

@@ -90,6 +90,7 @@ impl Harness {
                     release: release.into(),
                     count,
                     group: None,
+                    template: None,
                 },
             )
             .await

@@ -56,6 +56,7 @@ fn want(groups: &[(&str, u32)], routes: &[(&str, u32, RouteState)]) -> HostDesir
         current: groups.first().map(|g| g.0.to_string()),
         cohorts: Vec::new(),
         drain_deadline: HumanDuration::from_millis(DEADLINE_MS),
+        templates: BTreeMap::new(),
     }
 }
 
@@ -215,7 +216,9 @@ impl Fake {
 
     fn perform(&mut self, a: &Action) -> Answer {
         match a {
-            Action::Agent(AgentCall::Start { release, group, count }) => self.start(release, group.as_deref(), *count),
+            Action::Agent(AgentCall::Start {
+                release, group, count, ..
+            }) => self.start(release, group.as_deref(), *count),
             Action::Agent(AgentCall::NotifyDrain { ids }) => {
                 let mut out = Vec::new();
                 for id in ids {
@@ -423,6 +426,7 @@ fn command(rng: &mut fastrand::Rng, next_release: &mut u32) -> Option<Event> {
                 release: format!("v{next_release}"),
                 strategy: strategies[rng.usize(0..3)],
                 plan,
+                template: None,
             }
         }
         3 => Event::Abort {
@@ -508,6 +512,7 @@ impl Sim {
             release: "v1".into(),
             strategy: Strategy::Canary,
             plan: deploy_plan(),
+            template: None,
         });
         sim
     }

@@ -121,6 +121,7 @@ async fn a_deploy_expands_before_the_new_release_and_contracts_after_the_old_one
             &wire::service::DeployRequest {
                 release: "v3".into(),
                 strategy: None,
+                template: None,
             },
         )
         .await

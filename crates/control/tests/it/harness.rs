@@ -109,6 +109,7 @@ impl Fixture {
                 &DeployRequest {
                     release: release.into(),
                     strategy,
+                    template: None,
                 },
             )
             .await

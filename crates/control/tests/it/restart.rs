@@ -40,6 +40,7 @@ async fn a_control_plane_killed_at_several_points_finishes_the_deploy() {
             &DeployRequest {
                 release: "v1".into(),
                 strategy: None,
+                template: None,
             },
         )
         .await
@@ -57,6 +58,7 @@ async fn a_control_plane_killed_at_several_points_finishes_the_deploy() {
             &DeployRequest {
                 release: "v2".into(),
                 strategy: None,
+                template: None,
             },
         )
         .await

@@ -7,9 +7,14 @@ use clap::{Parser, Subcommand};
 /// The crate version and the git commit the binary was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SLIPWAY_COMMIT"), ")");
 
+/// The exit codes, as `--help` lists them.
+pub const EXIT_CODES: &str = "Exit codes: 0 done; 1 the deploy was aborted or failed; 2 a runtime error; \
+64 a bad command line or config; 69 the control plane (or the part asked) is not running; \
+130 Ctrl-C stopped following a deploy (the deploy goes on).";
+
 /// slipway releases new versions of live services with zero downtime.
 #[derive(Debug, Parser)]
-#[command(name = "slipway", version = VERSION, propagate_version = true)]
+#[command(name = "slipway", version = VERSION, propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -94,11 +99,23 @@ pub enum Command {
         #[command(flatten)]
         service: ServiceFile,
     },
+    /// Follow the running deploy live, from any terminal (as `slipway deploy` shows it); Ctrl-C stops watching,
+    /// not the deploy.
+    Watch {
+        /// Stream JSON lines: one per event, one per change of state, and a last one when it ends.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        service: ServiceFile,
+    },
     /// The current release, the running deploy with its verdict, routes and instances.
     Status {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+        /// Also list stopped instances (hidden by default, in --json too).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         service: ServiceFile,
     },

@@ -17,6 +17,10 @@ pub const EX_FAILED: u8 = 1;
 pub const EX_RUNTIME: u8 = 2;
 /// Exit code of a bad command line or config (sysexits EX_USAGE).
 pub const EX_USAGE: u8 = 64;
+/// Exit code when the control plane (or the part asked) is not running (sysexits EX_UNAVAILABLE).
+pub const EX_UNAVAILABLE: u8 = 69;
+/// Exit code after Ctrl-C stopped following a deploy (128 + SIGINT, as shells say).
+pub const EX_INTERRUPTED: u8 = 130;
 
 /// How a command that ran to its end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +29,8 @@ pub enum Outcome {
     Done,
     /// It ran, and what it watched did not succeed (an aborted deploy).
     Failed,
+    /// Ctrl-C stopped it following a deploy; the deploy goes on.
+    Interrupted,
 }
 
 /// Why a command did not run to its end; each kind has its exit code.
@@ -36,6 +42,9 @@ pub enum CliError {
     /// Something failed while running.
     #[error("{0:#}")]
     Runtime(anyhow::Error),
+    /// What it needs to talk to is not running (`slipway up` starts it).
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
 }
 
 impl CliError {
@@ -43,6 +52,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => EX_USAGE,
             CliError::Runtime(_) => EX_RUNTIME,
+            CliError::Unavailable(_) => EX_UNAVAILABLE,
         }
     }
 
@@ -58,7 +68,18 @@ impl CliError {
 
 impl From<anyhow::Error> for CliError {
     fn from(e: anyhow::Error) -> Self {
-        CliError::Runtime(e)
+        let unreachable = e.chain().any(|c| {
+            c.is::<crate::ops::NotRunning>()
+                || matches!(
+                    c.downcast_ref::<plumbing::client::ClientError>(),
+                    Some(plumbing::client::ClientError::Connect { .. })
+                )
+        });
+        if unreachable {
+            CliError::Unavailable(e)
+        } else {
+            CliError::Runtime(e)
+        }
     }
 }
 
@@ -142,10 +163,10 @@ fn service(command: Command) -> Result<Outcome, CliError> {
             service,
         } => {
             let cfg = load(&service)?;
-            let promoted = block_on(ops::deploy(&cfg, &release, strategy, detach))?;
-            Ok(if promoted { Outcome::Done } else { Outcome::Failed })
+            followed(block_on(ops::deploy(&cfg, &release, strategy, detach))?)
         }
-        Command::Status { json, service } => done_if(block_on(ops::status(&load(&service)?, json))),
+        Command::Watch { json, service } => followed(block_on(crate::watch::watch(&load(&service)?, json))?),
+        Command::Status { json, all, service } => done_if(block_on(ops::status(&load(&service)?, json, all))),
         Command::History { json, limit, service } => done_if(block_on(ops::history(&load(&service)?, json, limit))),
         Command::Promote { service } => done_if(block_on(ops::command(&load(&service)?, "promote", None))),
         Command::Abort { reason, service } => {
@@ -154,7 +175,7 @@ fn service(command: Command) -> Result<Outcome, CliError> {
         }
         Command::Pause { service } => done_if(block_on(ops::command(&load(&service)?, "pause", None))),
         Command::Resume { service } => done_if(block_on(ops::command(&load(&service)?, "resume", None))),
-        Command::Rollback { service } => done_if(block_on(ops::rollback(&load(&service)?))),
+        Command::Rollback { service } => followed(block_on(ops::rollback(&load(&service)?))?),
         Command::Dashboard { no_open, service } => {
             done_if(block_on(crate::dashboard::login_link(&load(&service)?, no_open)))
         }
@@ -285,6 +306,7 @@ impl Command {
             Command::Down { .. } => "down",
             Command::Control { .. } => "control",
             Command::Deploy { .. } => "deploy",
+            Command::Watch { .. } => "watch",
             Command::Status { .. } => "status",
             Command::History { .. } => "history",
             Command::Promote { .. } => "promote",
@@ -312,6 +334,15 @@ fn load(service: &ServiceFile) -> Result<control::ServiceConfig, CliError> {
 
 fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     plumbing::lifecycle::block_on(f)?
+}
+
+fn followed(f: crate::watch::Followed) -> Result<Outcome, CliError> {
+    use crate::watch::Followed;
+    Ok(match f {
+        Followed::Done => Outcome::Done,
+        Followed::Aborted => Outcome::Failed,
+        Followed::Interrupted => Outcome::Interrupted,
+    })
 }
 
 fn done() -> Result<Outcome, CliError> {
