@@ -95,10 +95,8 @@ fn routes(st: &ServiceStatus) -> String {
     let Some(t) = &st.routes else {
         return "<h2>Traffic split</h2><p class=\"none\">the router has not confirmed a table yet</p>".into();
     };
-    let mut out = format!(
-        "<h2>Traffic split <small>generation {}</small></h2><div class=\"split\">",
-        t.generation
-    );
+    // The table's own generation is the control plane's; the router's (in the head) is the one it serves.
+    let mut out = String::from("<h2>Traffic split</h2><div class=\"split\">");
     for r in t.releases.iter().filter(|r| r.weight > 0) {
         let _ = write!(
             out,
