@@ -28,6 +28,7 @@ fn command_error(e: CommandError) -> ApiError {
         CommandError::Journal(j) => ApiError::internal(j.to_string()),
         CommandError::Data(m) => ApiError::new(StatusCode::CONFLICT, "data", m),
         CommandError::Config(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", m),
+        CommandError::Hook(m) => ApiError::new(StatusCode::CONFLICT, "hook", m),
     }
 }
 

@@ -22,6 +22,8 @@ pub enum CommandError {
     Data(String),
     #[error("{0}")]
     Config(String),
+    #[error("{0}; nothing started")]
+    Hook(String),
 }
 
 /// The machine, its journal, and what is published.

@@ -200,7 +200,8 @@ impl Control {
         if transitions.is_empty() {
             return;
         }
-        let deploy = lock(&self.book).state().deploy.as_ref().map(|d| d.id);
+        let d = lock(&self.book).state().deploy.clone();
+        let deploy = d.as_ref().map(|d| d.id);
         for t in transitions {
             match t {
                 // Every new table waits for the router's answer a moment: said only when it is more than that.
@@ -210,6 +211,48 @@ impl Control {
                 Transition::Unheld { held_ms } if *held_ms < 2_000 => tracing::debug!(?deploy, "{t}"),
                 _ => tracing::info!(?deploy, "{t}"),
             }
+            let Some(d) = &d else { continue };
+            let from = d.from.clone().unwrap_or_default();
+            match t {
+                Transition::Promoted { .. } => {
+                    crate::hooks::spawn(self.hook("post_deploy", |h| &h.post_deploy, &d.release, &from, "done", ""))
+                }
+                Transition::Aborted { .. } => {
+                    let why = d.outcome.clone().unwrap_or_default();
+                    crate::hooks::spawn(self.hook("on_abort", |h| &h.on_abort, &d.release, &from, "aborted", &why))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A `[deploy.hooks]` command with the deploy in its environment (its id: the running or next one).
+    fn hook(
+        &self,
+        name: &'static str,
+        pick: impl Fn(&wire::service::DeployHooks) -> &Vec<String>,
+        release: &str,
+        from: &str,
+        outcome: &str,
+        reason: &str,
+    ) -> crate::hooks::Hook {
+        let st = self.state();
+        let id = match &st.deploy {
+            Some(d) if outcome != "starting" => d.id,
+            _ => st.next_id + 1,
+        };
+        let c = lock(&self.cfg);
+        crate::hooks::Hook {
+            name,
+            argv: pick(&c.file.deploy.hooks).clone(),
+            dir: c.base.clone(),
+            env: vec![
+                ("SLIPWAY_DEPLOY", id.to_string()),
+                ("SLIPWAY_RELEASE", release.to_string()),
+                ("SLIPWAY_FROM", from.to_string()),
+                ("SLIPWAY_OUTCOME", outcome.to_string()),
+                ("SLIPWAY_REASON", reason.to_string()),
+            ],
         }
     }
 
@@ -255,6 +298,13 @@ impl Control {
             let c = lock(&self.cfg);
             (c.plan(), c.default_strategy())
         };
+        let st = self.state();
+        // The hook runs only for a deploy the machine would accept (one at a time, not the current release).
+        if st.active().is_none() && st.current.as_deref() != Some(release) {
+            let from = st.current.clone().unwrap_or_default();
+            let pre = self.hook("pre_deploy", |h| &h.pre_deploy, release, &from, "starting", "");
+            crate::hooks::run(&pre).await.map_err(CommandError::Hook)?;
+        }
         let _turn = self.data_turn.lock().await;
         self.prepare_data(release).await?;
         let ev = Event::Deploy {

@@ -17,6 +17,7 @@ mod data;
 mod driver;
 mod envfile;
 mod executor;
+mod hooks;
 mod journal;
 mod judging;
 mod metrics;

@@ -310,3 +310,86 @@ min_requests = 1000000
         "the verdict behind the abort is kept: {out}"
     );
 }
+
+#[test]
+fn deploy_hooks_run_with_the_deploy_in_their_environment_and_a_failing_pre_deploy_refuses_it() {
+    let dir = TempDir::new("ops-hooks");
+    let demo = testkit::workspace_bin("demo-app");
+    let note = r#"["sh", "-c", "echo \"$SLIPWAY_OUTCOME $SLIPWAY_DEPLOY $SLIPWAY_RELEASE from=$SLIPWAY_FROM $SLIPWAY_REASON\" >> hooks.log"]"#;
+    std::fs::write(
+        dir.join("slipway.toml"),
+        format!(
+            r#"
+[service]
+name = "shop"
+
+[[listener]]
+name = "web"
+kind = "http"
+addr = "127.0.0.1:0"
+
+[instance]
+count = 1
+command = "{}"
+
+[deploy]
+strategy = "rolling"
+drain_deadline = "1s"
+
+[deploy.rolling]
+bake = "30s"
+
+[deploy.hooks]
+pre_deploy = ["sh", "-c", "if [ -e block ]; then echo blocked by the block file; exit 3; fi"]
+post_deploy = {note}
+on_abort = {note}
+"#,
+            demo.display()
+        ),
+    )
+    .unwrap();
+    for id in ["v1", "v2"] {
+        std::fs::create_dir_all(dir.join(id)).unwrap();
+        let (code, _, err) = run(&dir, &["release", "add", id, "--id", id]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&dir, &["up"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&dir, &["deploy", "v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let log = || std::fs::read_to_string(dir.join("hooks.log")).unwrap_or_default();
+    let wait_log = |line: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !log().contains(line) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {line:?} in hooks.log: {}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_log("done 1 v1 from= ");
+
+    std::fs::write(dir.join("block"), "").unwrap();
+    let (code, out, err) = run(&dir, &["deploy", "v2"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("pre_deploy hook failed") && err.contains("blocked by the block file"),
+        "{err}"
+    );
+    let (_, status, _) = run(&dir, &["status"]);
+    assert!(
+        status.contains("current v1") && !status.contains("v2"),
+        "nothing started: {status}"
+    );
+
+    std::fs::remove_file(dir.join("block")).unwrap();
+    let (code, out, err) = run(&dir, &["deploy", "v2", "--detach"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&dir, &["abort", "--reason", "not today"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_log("aborted 2 v2 from=v1 not today");
+    let (code, out, err) = run(&dir, &["down"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -409,6 +409,26 @@ pub struct DeploySection {
     pub rolling: RollingSettings,
     #[serde(default)]
     pub blue_green: BlueGreenSettings,
+    #[serde(default)]
+    pub hooks: DeployHooks,
+}
+
+/// Commands the control plane runs around each deploy, each a program and its arguments (`["sh", "-c", "..."]`),
+/// in slipway.toml's folder, with `SLIPWAY_DEPLOY`, `SLIPWAY_RELEASE`, `SLIPWAY_FROM` and `SLIPWAY_OUTCOME`
+/// (`starting`, `done`, `aborted`; `SLIPWAY_REASON` says why) in their environment, for at most 60 s each.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployHooks {
+    /// Run before a deploy starts; if it fails (or takes over 60 s) the deploy is refused with its output and
+    /// nothing starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_deploy: Vec<String>,
+    /// Run once a deploy's release is the current release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_deploy: Vec<String>,
+    /// Run once a deploy was aborted (by hand, by the judge, or by a failed start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_abort: Vec<String>,
 }
 
 fn default_drain_deadline() -> HumanDuration {
@@ -431,6 +451,7 @@ impl Default for DeploySection {
             canary: CanarySettings::default(),
             rolling: RollingSettings::default(),
             blue_green: BlueGreenSettings::default(),
+            hooks: DeployHooks::default(),
         }
     }
 }
