@@ -653,9 +653,9 @@ impl Control {
     pub(crate) fn info(&self, st: &Service, d: &Deploy) -> DeployInfo {
         let mut info = view::deploy_info(st, d, &lock(&self.verdicts), unix_ms());
         if !d.phase.finished()
-            && let Some(h) = lock(&self.book).state().held
+            && let Some(h) = self.shown_hold()
         {
-            info.detail = format!("{}; {}", Held::new(h.reason, h.since).message, info.detail);
+            info.detail = format!("{}; {}", h.message, info.detail);
         }
         info.changes = lock(&self.book)
             .templates()
@@ -664,6 +664,13 @@ impl Control {
             .cloned()
             .unwrap_or_default();
         info
+    }
+
+    /// The hold as the API shows it: every new table waits a moment for the router's answer, which is not shown.
+    fn shown_hold(&self) -> Option<Held> {
+        let h = lock(&self.book).state().held?;
+        let quick = h.reason == HoldReason::RoutesUnconfirmed && unix_ms().saturating_sub(h.since) < 2_000;
+        (!quick).then(|| Held::new(h.reason, h.since))
     }
 
     pub(crate) fn status(&self) -> ServiceStatus {
@@ -680,7 +687,7 @@ impl Control {
             let s = lock(&self.seen);
             (s.instances.clone(), s.router.clone(), s.routes.clone(), s.data.clone())
         };
-        let held = lock(&self.book).state().held.map(|h| Held::new(h.reason, h.since));
+        let held = self.shown_hold();
         ServiceStatus {
             service: lock(&self.cfg).file.service.name.clone(),
             current: st.current.clone(),

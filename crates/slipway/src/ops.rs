@@ -207,6 +207,15 @@ pub async fn status(cfg: &ServiceConfig, json: bool, all: bool) -> anyhow::Resul
     if let Some(held) = &s.held {
         writeln!(out, "HELD: {}", held.message)?;
     }
+    for p in &s.restarts {
+        let t = p.last_ms / 1000 % 86_400;
+        let at = format!("{:02}:{:02}:{:02} UTC", t / 3600, t / 60 % 60, t % 60);
+        match (&p.error, p.pid) {
+            (Some(e), _) => writeln!(out, "{} restarted {}x, last at {at}, failed: {e}", p.part, p.restarts)?,
+            (None, Some(pid)) => writeln!(out, "{} restarted {}x, last at {at} (pid {pid})", p.part, p.restarts)?,
+            (None, None) => writeln!(out, "{} restarted {}x, last at {at}", p.part, p.restarts)?,
+        }
+    }
     if let Some(data) = &s.data {
         writeln!(out, "data: {data}")?;
     }

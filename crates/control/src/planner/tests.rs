@@ -691,10 +691,10 @@ impl Sim {
 /// traffic, agent and router calls refused or answered into the void), a control plane that dies between any
 /// two calls and starts again without its memory, a router down now and then and refusing tables at a rate of
 /// its own in each world, and a busy operator; then a calm spell. No step, promotion or retirement is recorded
-/// from a state whose routes the router did not confirm (the driver's hold, checked at every event). Throughout, nothing
-/// starts twice and no instance stops with connections open inside its drain deadline (both checked by the
-/// host at each call), and the state is published only when the router really runs its routes. In the calm,
-/// the host converges to what the machine wants.
+/// from a state whose routes the router did not confirm (the driver's hold, checked at every event).
+/// Throughout, nothing starts twice and no instance stops with connections open inside its drain deadline (both
+/// checked by the host at each call), and the state is published only when the router really runs its routes.
+/// In the calm, the host converges to what the machine wants.
 #[test]
 fn random_hosts_with_failing_calls_and_crashes_between_any_two_calls_converge_safely() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

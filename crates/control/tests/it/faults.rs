@@ -195,6 +195,14 @@ async fn a_killed_router_refused_every_connection_until_someone_ran_slipway_up()
     let restarts: Vec<(String, u32, Option<u32>)> =
         s.restarts.iter().map(|p| (p.part.clone(), p.restarts, p.pid)).collect();
     assert_eq!(restarts, vec![("router".to_string(), 1, Some(new.pid))]);
+    let out = std::process::Command::new(testkit::workspace_bin("slipway"))
+        .args(["status", "-c"])
+        .arg(&f.cfg.path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("router restarted 1x, last at "), "{text}");
+    assert!(text.contains(&format!("(pid {})", new.pid)), "{text}");
     // The agent too; the instances it runs are adopted, not started again.
     let before: Vec<Option<u32>> = s.instances.iter().map(|i| i.pid).collect();
     let agent = control::agent_running(&f.cfg).unwrap();
