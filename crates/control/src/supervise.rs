@@ -22,21 +22,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE: Duration = Duration::from_secs(30);
 
-/// One supervised part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
-    Agent,
-    Router,
-}
-
-impl Part {
-    fn name(self) -> &'static str {
-        match self {
-            Part::Agent => "agent",
-            Part::Router => "router",
-        }
-    }
-}
+use wire::service::SupervisedPart as Part;
 
 /// When a part may be started again: the pure backoff rule.
 #[derive(Debug, Clone, Default)]
@@ -155,7 +141,11 @@ pub(crate) async fn run(
             }
             let now = Instant::now();
             let at = *due[i].get_or_insert_with(|| {
-                tracing::warn!(part = part.name(), "the {} is not running; starting it", part.name());
+                tracing::warn!(
+                    part = part.as_str(),
+                    "the {} is not running; starting it",
+                    part.as_str()
+                );
                 backoff[i].next_start(now)
             });
             if now < at {
@@ -185,11 +175,11 @@ pub(crate) async fn run(
 /// Logs a restart and keeps it for `status`.
 fn note(shown: &Shown, part: Part, outcome: &Result<Running, String>, took: Duration) {
     let mut list = shown.lock().unwrap_or_else(|e| e.into_inner());
-    let entry = match list.iter().position(|p| p.part == part.name()) {
+    let entry = match list.iter().position(|p| p.part == part) {
         Some(i) => &mut list[i],
         None => {
             list.push(PartRestarts {
-                part: part.name().into(),
+                part,
                 ..Default::default()
             });
             list.last_mut().expect("just pushed")
@@ -200,18 +190,18 @@ fn note(shown: &Shown, part: Part, outcome: &Result<Running, String>, took: Dura
     match outcome {
         Ok(r) => {
             tracing::warn!(
-                part = part.name(),
+                part = part.as_str(),
                 pid = r.pid,
                 restarts = entry.restarts,
                 took_ms = took.as_millis() as u64,
                 "restarted the {}",
-                part.name()
+                part.as_str()
             );
             entry.pid = Some(r.pid);
             entry.error = None;
         }
         Err(e) => {
-            tracing::error!(part = part.name(), error = %e, "cannot restart the {}; trying again", part.name());
+            tracing::error!(part = part.as_str(), error = %e, "cannot restart the {}; trying again", part.as_str());
             entry.error = Some(e.clone());
         }
     }

@@ -207,55 +207,12 @@ pub async fn status(cfg: &ServiceConfig, json: bool, all: bool) -> anyhow::Resul
     if let Some(held) = &s.held {
         writeln!(out, "HELD: {}", held.message)?;
     }
-    for p in &s.restarts {
-        let t = p.last_ms / 1000 % 86_400;
-        let at = format!("{:02}:{:02}:{:02} UTC", t / 3600, t / 60 % 60, t % 60);
-        match (&p.error, p.pid) {
-            (Some(e), _) => writeln!(out, "{} restarted {}x, last at {at}, failed: {e}", p.part, p.restarts)?,
-            (None, Some(pid)) => writeln!(out, "{} restarted {}x, last at {at} (pid {pid})", p.part, p.restarts)?,
-            (None, None) => writeln!(out, "{} restarted {}x, last at {at}", p.part, p.restarts)?,
-        }
-    }
+    write_restarts(&mut out, &s)?;
     if let Some(data) = &s.data {
         writeln!(out, "data: {data}")?;
     }
-    if let Some(d) = &s.deploy {
-        writeln!(
-            out,
-            "deploy {} {} of {} ({}): {}",
-            d.id,
-            d.strategy.as_str(),
-            d.release,
-            d.phase,
-            d.detail
-        )?;
-        if !d.groups.is_empty() {
-            writeln!(out, "  groups: {}", group_line(d))?;
-        }
-        if let Some(v) = &d.last_verdict {
-            writeln!(out, "  verdict {}: {}", v.outcome.as_str(), v.reason)?;
-            for m in &v.metrics {
-                writeln!(out, "    {:<12} {:<12} {}", m.name, m.outcome.as_str(), m.reason)?;
-            }
-        }
-    }
-    if let Some(r) = &s.routes {
-        writeln!(
-            out,
-            "routes (generation {}):",
-            s.router.as_ref().map_or(0, |r| r.generation)
-        )?;
-        for rel in &r.releases {
-            writeln!(
-                out,
-                "  {:<12} {:>3}% {:<9} {} instances",
-                rel.id,
-                rel.weight,
-                rel.state.as_str(),
-                rel.instances.len()
-            )?;
-        }
-    }
+    write_deploy(&mut out, &s)?;
+    write_routes(&mut out, &s)?;
     writeln!(out, "instances:")?;
     if s.instances.is_empty() {
         writeln!(out, "  none")?;
@@ -276,6 +233,64 @@ pub async fn status(cfg: &ServiceConfig, json: bool, all: bool) -> anyhow::Resul
         writeln!(out, "  ({hidden} stopped, hidden; `slipway status --all` lists them)")?;
     }
     writeln!(out, "next: {}", next_step(&s))?;
+    Ok(())
+}
+
+fn write_restarts(out: &mut impl Write, s: &ServiceStatus) -> std::io::Result<()> {
+    for p in &s.restarts {
+        let t = p.last_ms / 1000 % 86_400;
+        let at = format!("{:02}:{:02}:{:02} UTC", t / 3600, t / 60 % 60, t % 60);
+        match (&p.error, p.pid) {
+            (Some(e), _) => writeln!(out, "{} restarted {}x, last at {at}, failed: {e}", p.part, p.restarts)?,
+            (None, Some(pid)) => writeln!(out, "{} restarted {}x, last at {at} (pid {pid})", p.part, p.restarts)?,
+            (None, None) => writeln!(out, "{} restarted {}x, last at {at}", p.part, p.restarts)?,
+        }
+    }
+    Ok(())
+}
+
+fn write_deploy(out: &mut impl Write, s: &ServiceStatus) -> std::io::Result<()> {
+    if let Some(d) = &s.deploy {
+        writeln!(
+            out,
+            "deploy {} {} of {} ({}): {}",
+            d.id,
+            d.strategy.as_str(),
+            d.release,
+            d.phase,
+            d.detail
+        )?;
+        if !d.groups.is_empty() {
+            writeln!(out, "  groups: {}", group_line(d))?;
+        }
+        if let Some(v) = &d.last_verdict {
+            writeln!(out, "  verdict {}: {}", v.outcome.as_str(), v.reason)?;
+            for m in &v.metrics {
+                writeln!(out, "    {:<12} {:<12} {}", m.name, m.outcome.as_str(), m.reason)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_routes(out: &mut impl Write, s: &ServiceStatus) -> std::io::Result<()> {
+    if let Some(r) = &s.routes {
+        writeln!(
+            out,
+            "routes (generation {}):",
+            s.router.as_ref().map_or(0, |r| r.generation)
+        )?;
+        for rel in &r.releases {
+            writeln!(
+                out,
+                "  {:<12} {:>3}% {:<9} {} instances",
+                rel.id,
+                rel.weight,
+                rel.state.as_str(),
+                rel.instances.len()
+            )?;
+        }
+    }
     Ok(())
 }
 

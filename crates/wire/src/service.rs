@@ -654,11 +654,34 @@ impl Held {
     }
 }
 
+/// A process `slipway up`'s supervision restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisedPart {
+    #[default]
+    Agent,
+    Router,
+}
+
+impl SupervisedPart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SupervisedPart::Agent => "agent",
+            SupervisedPart::Router => "router",
+        }
+    }
+}
+
+impl std::fmt::Display for SupervisedPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How often `slipway up`'s supervision restarted one part (the agent or the router).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartRestarts {
-    /// `agent` or `router`.
-    pub part: String,
+    pub part: SupervisedPart,
     pub restarts: u32,
     /// When it was last started again (ms since the Unix epoch).
     pub last_ms: u64,

@@ -192,9 +192,11 @@ async fn a_killed_router_refused_every_connection_until_someone_ran_slipway_up()
     assert!(r.failed <= 20, "{} failed: {:?} {:?}", r.failed, r.errors, r.statuses);
     assert!(r.ok > 300, "{r:?}");
     let s = f.status().await;
-    let restarts: Vec<(String, u32, Option<u32>)> =
-        s.restarts.iter().map(|p| (p.part.clone(), p.restarts, p.pid)).collect();
-    assert_eq!(restarts, vec![("router".to_string(), 1, Some(new.pid))]);
+    let restarts: Vec<_> = s.restarts.iter().map(|p| (p.part, p.restarts, p.pid)).collect();
+    assert_eq!(
+        restarts,
+        vec![(wire::service::SupervisedPart::Router, 1, Some(new.pid))]
+    );
     let out = std::process::Command::new(testkit::workspace_bin("slipway"))
         .args(["status", "-c"])
         .arg(&f.cfg.path)
@@ -215,7 +217,7 @@ async fn a_killed_router_refused_every_connection_until_someone_ran_slipway_up()
         let s = f.status().await;
         s.restarts
             .iter()
-            .any(|p| p.part == "agent" && p.pid == Some(new_agent.pid))
+            .any(|p| p.part == wire::service::SupervisedPart::Agent && p.pid == Some(new_agent.pid))
             .then_some(s)
     })
     .await;
