@@ -74,7 +74,7 @@ fn next_backoff(prev: Duration) -> Duration {
 
 /// Accepts on one listener until `stop` turns true. At `max_connections`
 /// (or when the process is out of descriptors) the connection idle longest,
-/// else the slowest head, is told to close; with none to close, the new one
+/// else the slowest head, else the slowest body, is told to close; with none to close, the new one
 /// is closed at once. Failures back `accept` off and are logged at most every
 /// 10 s.
 pub async fn accept_loop(
@@ -447,4 +447,38 @@ async fn connect(up: &crate::upstream::Upstream) -> Option<TcpStream> {
         .ok()?;
     let _ = s.set_nodelay(true);
     Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClientSettings;
+
+    #[test]
+    fn an_http2_connection_is_due_at_its_handshake_then_idle_deadline_and_never_with_open_streams() {
+        let c = ClientSettings {
+            h2_handshake_timeout: Duration::from_secs(10),
+            h2_idle_timeout: Duration::from_secs(75),
+            ..ClientSettings::default()
+        };
+        // No request yet: due 10 s after it opened.
+        assert_eq!(h2_due(0, u64::MAX, 1_000, 4_000, &c), Some(7_000));
+        assert_eq!(h2_due(0, u64::MAX, 1_000, 12_000, &c), Some(0));
+        // The last stream ended at 20 s: due 75 s later.
+        assert_eq!(h2_due(0, 20_000, 1_000, 30_000, &c), Some(65_000));
+        assert_eq!(h2_due(0, 20_000, 1_000, 96_000, &c), Some(0));
+        // A stream is open: never idle.
+        assert_eq!(h2_due(1, u64::MAX, 0, 1_000_000, &c), None);
+    }
+
+    #[test]
+    fn accept_backs_off_from_5_ms_doubling_to_1_s() {
+        let mut b = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            b = next_backoff(b);
+            seen.push(b.as_millis());
+        }
+        assert_eq!(seen, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+    }
 }
