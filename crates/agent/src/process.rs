@@ -60,14 +60,22 @@ pub fn resolve_program(command: &str, release_dir: &Path) -> PathBuf {
     PathBuf::from(command)
 }
 
+/// Opens a process's log for appending, mode 0600 (a log can hold what the process prints: tokens,
+/// env values, player data); an existing log that others could read is tightened.
+pub(crate) fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
+}
+
 /// Starts the process in a new session (so it outlives the agent and gets
 /// none of the agent's terminal signals), with stdout and stderr appended to
 /// its log file.
 pub fn spawn_instance(launch: Launch) -> std::io::Result<tokio::process::Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&launch.log_file)?;
+    let log = open_log(&launch.log_file)?;
     let log_err = log.try_clone()?;
     let mut cmd = if launch.listen_fd.is_some() {
         // LISTEN_PID must be the app's own pid: let a shell set it, then exec.
@@ -190,7 +198,7 @@ pub fn spawn_detached_with(
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = open_log(log)?;
     let err = out.try_clone()?;
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
@@ -244,5 +252,28 @@ fn detach(cmd: &mut std::process::Command, fds: Vec<i32>) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::open_log;
+
+    #[test]
+    fn process_logs_were_readable_by_everyone_and_are_0600_now() {
+        let dir = testkit::TempDir::new("open-log");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let new = dir.join("router.log");
+        open_log(&new).unwrap();
+        assert_eq!(mode(&new), 0o600);
+        let old = dir.join("agent.log");
+        std::fs::write(&old, "an old line\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        use std::io::Write;
+        writeln!(open_log(&old).unwrap(), "a new line").unwrap();
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "an old line\na new line\n");
     }
 }
