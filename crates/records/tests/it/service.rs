@@ -661,7 +661,7 @@ async fn a_crawl_whose_worker_panics_ends_and_a_new_crawl_can_start() {
     let (status, body, _) = start().await;
     assert_eq!(status, 202, "{body}");
     // The failed crawl leaves the service's running set: a new one is accepted, not 409 for ever.
-    testkit::wait_for("the failed crawl to end", Duration::from_secs(10), || async {
+    testkit::wait_for("the failed crawl to end", Duration::from_secs(30), || async {
         let (status, _, _) = start().await;
         (status == 202).then_some(())
     })
