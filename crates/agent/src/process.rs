@@ -64,7 +64,11 @@ pub fn resolve_program(command: &str, release_dir: &Path) -> PathBuf {
 /// env values, player data); an existing log that others could read is tightened.
 pub(crate) fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
     if f.metadata()?.permissions().mode() & 0o077 != 0 {
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }

@@ -161,123 +161,11 @@ impl Config {
             .map(resolve)
             .unwrap_or_else(|| state_dir.join("admin.token"));
 
-        let mut names = std::collections::HashSet::new();
-        let mut addrs = std::collections::HashMap::new();
-        let mut listeners = Vec::new();
-        for (i, l) in raw.listeners.iter().enumerate() {
-            let at = format!("listener[{i}]");
-            if l.name.is_empty()
-                || !l
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                out.push(Problem::new(
-                    format!("{at}.name"),
-                    "must be letters, digits, '-' or '_'",
-                ));
-            } else if !names.insert(l.name.clone()) {
-                out.push(Problem::new(
-                    format!("{at}.name"),
-                    format!("duplicate listener name {:?}", l.name),
-                ));
-            }
-            let addr = match l.addr.parse::<SocketAddr>() {
-                Ok(a) if a.port() != 0 && addrs.contains_key(&a) => {
-                    out.push(Problem::new(
-                        format!("{at}.addr"),
-                        format!("{a} is already the address of listener[{}]", addrs[&a]),
-                    ));
-                    None
-                }
-                Ok(a) => {
-                    addrs.insert(a, i);
-                    Some(a)
-                }
-                Err(_) => {
-                    out.push(Problem::new(
-                        format!("{at}.addr"),
-                        format!("{:?} is not an ip:port address", l.addr),
-                    ));
-                    None
-                }
-            };
-            let affinity = l.affinity.unwrap_or(match l.kind {
-                ListenerKind::Http => raw.affinity.mode,
-                ListenerKind::Tcp => AffinityMode::ClientIp,
-            });
-            if l.kind == ListenerKind::Tcp && matches!(affinity, AffinityMode::Cookie | AffinityMode::Header) {
-                out.push(Problem::new(
-                    format!("{at}.affinity"),
-                    "a tcp listener can only use client_ip or none affinity",
-                ));
-            }
-            if affinity == AffinityMode::Header && raw.affinity.header.is_none() {
-                out.push(Problem::new(
-                    "affinity.header",
-                    "header affinity needs the header to hash, e.g. \"x-user-id\"",
-                ));
-            }
-            let tls = match (&l.tls, l.kind) {
-                (None, _) => None,
-                (Some(_), ListenerKind::Tcp) => {
-                    out.push(Problem::new(
-                        format!("{at}.tls"),
-                        "tls is only supported on http listeners",
-                    ));
-                    None
-                }
-                (Some(t), ListenerKind::Http) => match load_tls(&resolve(&t.cert), &resolve(&t.key)) {
-                    Ok(c) => Some(c),
-                    Err(msg) => {
-                        out.push(Problem::new(format!("{at}.tls"), msg));
-                        None
-                    }
-                },
-            };
-            if l.max_connections == Some(0) {
-                out.push(Problem::new(format!("{at}.max_connections"), "must be at least 1"));
-            }
-            if let Some(addr) = addr {
-                listeners.push(Listener {
-                    name: l.name.clone(),
-                    kind: l.kind,
-                    addr,
-                    tls,
-                    affinity,
-                    drain_deadline: l.drain_deadline,
-                    max_connections: l.max_connections,
-                });
-            }
-        }
+        let listeners = listeners(raw, &resolve, &mut out);
         if raw.listeners.is_empty() {
             out.push(Problem::new("listener", "at least one [[listener]] is needed"));
         }
-        let c = &raw.affinity.cookie;
-        if c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            out.push(Problem::new(
-                "affinity.cookie",
-                format!("{c:?} is not a valid cookie name"),
-            ));
-        }
-        let key_header = raw
-            .affinity
-            .header
-            .as_deref()
-            .and_then(|h| match HeaderName::try_from(h) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    out.push(Problem::new("affinity.header", format!("{h:?} is not a header name")));
-                    None
-                }
-            });
-        let version_header = HeaderName::try_from(raw.client_version_header.as_str()).unwrap_or_else(|_| {
-            out.push(Problem::new(
-                "client_version_header",
-                format!("{:?} is not a header name", raw.client_version_header),
-            ));
-            HeaderName::from_static("x-client-version")
-        });
+        let (key_header, version_header) = headers(raw, &mut out);
         wire::routes::health_problems(&mut out, "health", &raw.health);
         let u = &raw.upstream;
         for (name, d) in [
@@ -290,24 +178,7 @@ impl Config {
             }
         }
         ClientSettings::problems(&raw.client, &mut out);
-        let initial_routes = raw.initial_routes.as_deref().and_then(|p| {
-            let path = resolve(p);
-            match crate::state::read_table(&path) {
-                Ok(t) => {
-                    for p in t.problems() {
-                        out.push(Problem::new(
-                            format!("initial_routes ({}): {}", path.display(), p.path),
-                            p.message,
-                        ));
-                    }
-                    Some(t)
-                }
-                Err(e) => {
-                    out.push(Problem::new("initial_routes", e.to_string()));
-                    None
-                }
-            }
-        });
+        let initial_routes = initial_routes(raw, &resolve, &mut out);
         Problems::check(out)?;
         Ok(Config {
             config_path: None,
@@ -333,6 +204,178 @@ impl Config {
             initial_routes,
         })
     }
+}
+
+type Resolve<'a> = &'a dyn Fn(&Path) -> PathBuf;
+
+/// The `[[listener]]`s, each problem named as in the file.
+fn listeners(raw: &RouterConfigFile, resolve: Resolve<'_>, out: &mut Vec<Problem>) -> Vec<Listener> {
+    let mut names = std::collections::HashSet::new();
+    let mut addrs = std::collections::HashMap::new();
+    let mut found = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        found.extend(listener(raw, (i, l), resolve, (&mut names, &mut addrs), out));
+    }
+    found
+}
+
+type Seen<'a> = (
+    &'a mut std::collections::HashSet<String>,
+    &'a mut std::collections::HashMap<SocketAddr, usize>,
+);
+
+/// `listener[i]`, checked against the names and addresses before it.
+fn listener(
+    raw: &RouterConfigFile,
+    (i, l): (usize, &wire::router_config::ListenerConfig),
+    resolve: Resolve<'_>,
+    (names, addrs): Seen<'_>,
+    out: &mut Vec<Problem>,
+) -> Option<Listener> {
+    let at = format!("listener[{i}]");
+    if l.name.is_empty()
+        || !l
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        out.push(Problem::new(
+            format!("{at}.name"),
+            "must be letters, digits, '-' or '_'",
+        ));
+    } else if !names.insert(l.name.clone()) {
+        out.push(Problem::new(
+            format!("{at}.name"),
+            format!("duplicate listener name {:?}", l.name),
+        ));
+    }
+    let addr = match l.addr.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 && addrs.contains_key(&a) => {
+            out.push(Problem::new(
+                format!("{at}.addr"),
+                format!("{a} is already the address of listener[{}]", addrs[&a]),
+            ));
+            None
+        }
+        Ok(a) => {
+            addrs.insert(a, i);
+            Some(a)
+        }
+        Err(_) => {
+            out.push(Problem::new(
+                format!("{at}.addr"),
+                format!("{:?} is not an ip:port address", l.addr),
+            ));
+            None
+        }
+    };
+    let affinity = l.affinity.unwrap_or(match l.kind {
+        ListenerKind::Http => raw.affinity.mode,
+        ListenerKind::Tcp => AffinityMode::ClientIp,
+    });
+    if l.kind == ListenerKind::Tcp && matches!(affinity, AffinityMode::Cookie | AffinityMode::Header) {
+        out.push(Problem::new(
+            format!("{at}.affinity"),
+            "a tcp listener can only use client_ip or none affinity",
+        ));
+    }
+    if affinity == AffinityMode::Header && raw.affinity.header.is_none() {
+        out.push(Problem::new(
+            "affinity.header",
+            "header affinity needs the header to hash, e.g. \"x-user-id\"",
+        ));
+    }
+    let tls = listener_tls(l, &at, resolve, out);
+    if l.max_connections == Some(0) {
+        out.push(Problem::new(format!("{at}.max_connections"), "must be at least 1"));
+    }
+    Some(Listener {
+        name: l.name.clone(),
+        kind: l.kind,
+        addr: addr?,
+        tls,
+        affinity,
+        drain_deadline: l.drain_deadline,
+        max_connections: l.max_connections,
+    })
+}
+
+/// `listener[i].tls`: the certificate and key loaded, on an http listener only.
+fn listener_tls(
+    l: &wire::router_config::ListenerConfig,
+    at: &str,
+    resolve: Resolve<'_>,
+    out: &mut Vec<Problem>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    match (&l.tls, l.kind) {
+        (None, _) => None,
+        (Some(_), ListenerKind::Tcp) => {
+            out.push(Problem::new(
+                format!("{at}.tls"),
+                "tls is only supported on http listeners",
+            ));
+            None
+        }
+        (Some(t), ListenerKind::Http) => match load_tls(&resolve(&t.cert), &resolve(&t.key)) {
+            Ok(c) => Some(c),
+            Err(msg) => {
+                out.push(Problem::new(format!("{at}.tls"), msg));
+                None
+            }
+        },
+    }
+}
+
+/// The affinity cookie's name is checked; the affinity and client-version header names parsed.
+fn headers(raw: &RouterConfigFile, out: &mut Vec<Problem>) -> (Option<HeaderName>, HeaderName) {
+    let c = &raw.affinity.cookie;
+    if c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        out.push(Problem::new(
+            "affinity.cookie",
+            format!("{c:?} is not a valid cookie name"),
+        ));
+    }
+    let key_header = raw
+        .affinity
+        .header
+        .as_deref()
+        .and_then(|h| match HeaderName::try_from(h) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                out.push(Problem::new("affinity.header", format!("{h:?} is not a header name")));
+                None
+            }
+        });
+    let version_header = HeaderName::try_from(raw.client_version_header.as_str()).unwrap_or_else(|_| {
+        out.push(Problem::new(
+            "client_version_header",
+            format!("{:?} is not a header name", raw.client_version_header),
+        ));
+        HeaderName::from_static("x-client-version")
+    });
+    (key_header, version_header)
+}
+
+/// The table served until the control plane sends one, checked whole.
+fn initial_routes(raw: &RouterConfigFile, resolve: Resolve<'_>, out: &mut Vec<Problem>) -> Option<RouteTable> {
+    raw.initial_routes.as_deref().and_then(|p| {
+        let path = resolve(p);
+        match crate::state::read_table(&path) {
+            Ok(t) => {
+                for p in t.problems() {
+                    out.push(Problem::new(
+                        format!("initial_routes ({}): {}", path.display(), p.path),
+                        p.message,
+                    ));
+                }
+                Some(t)
+            }
+            Err(e) => {
+                out.push(Problem::new("initial_routes", e.to_string()));
+                None
+            }
+        }
+    })
 }
 
 /// Loads a PEM certificate chain and key into a rustls server config with

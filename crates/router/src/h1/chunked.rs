@@ -70,6 +70,69 @@ impl ChunkScanner {
         Ok(())
     }
 
+    /// The next state after byte `b` in a state that takes one byte at a time
+    /// (size-line tail, extensions, delimiters, trailers).
+    fn step(&mut self, state: State, b: u8) -> Result<State, ChunkError> {
+        Ok(match state {
+            State::SizeAfter { value } => match b {
+                b' ' | b'\t' => {
+                    self.line_byte()?;
+                    State::SizeAfter { value }
+                }
+                b';' => State::Ext { value },
+                b'\r' => State::SizeLf { value },
+                _ => return Err(ChunkError::BadSize),
+            },
+            State::Ext { value } => match b {
+                b'\r' => State::SizeLf { value },
+                b'\n' => return Err(ChunkError::BadDelimiter),
+                _ => {
+                    self.line_byte()?;
+                    State::Ext { value }
+                }
+            },
+            State::SizeLf { value } => match b {
+                b'\n' if value == 0 => State::TrailerLineStart,
+                b'\n' => State::Data { remaining: value },
+                _ => return Err(ChunkError::BadDelimiter),
+            },
+            State::DataCr => match b {
+                b'\r' => State::DataLf,
+                _ => return Err(ChunkError::BadDelimiter),
+            },
+            State::DataLf => match b {
+                b'\n' => State::Size { value: 0, digits: 0 },
+                _ => return Err(ChunkError::BadDelimiter),
+            },
+            State::TrailerLineStart => match b {
+                b'\r' => State::FinalLf,
+                b'\n' => return Err(ChunkError::BadDelimiter),
+                _ => {
+                    self.line_len = 1;
+                    State::TrailerLine
+                }
+            },
+            State::TrailerLine => match b {
+                b'\r' => State::TrailerLf,
+                b'\n' => return Err(ChunkError::BadDelimiter),
+                _ => {
+                    self.line_byte()?;
+                    State::TrailerLine
+                }
+            },
+            State::TrailerLf => match b {
+                b'\n' => State::TrailerLineStart,
+                _ => return Err(ChunkError::BadDelimiter),
+            },
+            State::FinalLf => match b {
+                b'\n' => State::Done,
+                _ => return Err(ChunkError::BadDelimiter),
+            },
+            // `scan` handles these itself and never passes them here.
+            State::Done | State::Data { .. } | State::Size { .. } => state,
+        })
+    }
+
     /// Scans `input`; returns how many bytes of it belong to the body (all of
     /// it unless the body ends inside). `payload` gets the ranges of `input`
     /// that are chunk data (for decoding).
@@ -111,60 +174,7 @@ impl ChunkScanner {
                         continue;
                     }
                 },
-                State::SizeAfter { value } => match b {
-                    b' ' | b'\t' => {
-                        self.line_byte()?;
-                        State::SizeAfter { value }
-                    }
-                    b';' => State::Ext { value },
-                    b'\r' => State::SizeLf { value },
-                    _ => return Err(ChunkError::BadSize),
-                },
-                State::Ext { value } => match b {
-                    b'\r' => State::SizeLf { value },
-                    b'\n' => return Err(ChunkError::BadDelimiter),
-                    _ => {
-                        self.line_byte()?;
-                        State::Ext { value }
-                    }
-                },
-                State::SizeLf { value } => match b {
-                    b'\n' if value == 0 => State::TrailerLineStart,
-                    b'\n' => State::Data { remaining: value },
-                    _ => return Err(ChunkError::BadDelimiter),
-                },
-                State::DataCr => match b {
-                    b'\r' => State::DataLf,
-                    _ => return Err(ChunkError::BadDelimiter),
-                },
-                State::DataLf => match b {
-                    b'\n' => State::Size { value: 0, digits: 0 },
-                    _ => return Err(ChunkError::BadDelimiter),
-                },
-                State::TrailerLineStart => match b {
-                    b'\r' => State::FinalLf,
-                    b'\n' => return Err(ChunkError::BadDelimiter),
-                    _ => {
-                        self.line_len = 1;
-                        State::TrailerLine
-                    }
-                },
-                State::TrailerLine => match b {
-                    b'\r' => State::TrailerLf,
-                    b'\n' => return Err(ChunkError::BadDelimiter),
-                    _ => {
-                        self.line_byte()?;
-                        State::TrailerLine
-                    }
-                },
-                State::TrailerLf => match b {
-                    b'\n' => State::TrailerLineStart,
-                    _ => return Err(ChunkError::BadDelimiter),
-                },
-                State::FinalLf => match b {
-                    b'\n' => State::Done,
-                    _ => return Err(ChunkError::BadDelimiter),
-                },
+                other => self.step(other, b)?,
             };
             i += 1;
         }
