@@ -1,9 +1,10 @@
 //! The control plane as the dashboard's backend: read accessors over `Control`, and the commands.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use dashboard::{Action, Backend, CommandFuture};
+use dashboard::{Action, Backend, CommandFuture, DataStatus};
 use rollout::Event;
 use tokio::sync::watch;
 use wire::judge::JudgeConfig;
@@ -15,7 +16,13 @@ use crate::driver::{Control, unix_ms};
 pub(crate) struct Board {
     pub control: Arc<Control>,
     pub turns: watch::Receiver<u64>,
+    /// The Data page's last read and when: every open page asks after every loop turn, the databases are read
+    /// at most once per [`DATA_FRESH`].
+    pub data: Mutex<Option<(Instant, DataStatus)>>,
 }
+
+/// How long a read of the records and migration databases is shown before it is read again.
+const DATA_FRESH: Duration = Duration::from_secs(1);
 
 impl Backend for Board {
     fn token(&self) -> String {
@@ -44,6 +51,21 @@ impl Backend for Board {
 
     fn data_settings(&self) -> DataSection {
         self.control.cfg.lock().map(|c| c.file.data.clone()).unwrap_or_default()
+    }
+
+    fn data(&self) -> DataStatus {
+        let mut cache = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, d)) = cache.as_ref()
+            && at.elapsed() < DATA_FRESH
+        {
+            return d.clone();
+        }
+        let Ok((plan, root)) = self.control.cfg.lock().map(|c| (c.data(), c.layout.root.clone())) else {
+            return DataStatus::default();
+        };
+        let d = crate::data::read_status(&plan, &root, &self.control.live_releases());
+        *cache = Some((Instant::now(), d.clone()));
+        d
     }
 
     fn log_file(&self, instance: &str) -> Option<PathBuf> {

@@ -143,6 +143,133 @@ pub fn after_change(plan: &DataPlan, root: &Path, live: &BTreeSet<String>) -> Re
     Ok(lines)
 }
 
+fn entry<'a>(kinds: &'a mut BTreeMap<String, dashboard::KindCounts>, kind: &str) -> &'a mut dashboard::KindCounts {
+    kinds.entry(kind.to_string()).or_insert_with(|| dashboard::KindCounts {
+        kind: kind.to_string(),
+        ..Default::default()
+    })
+}
+
+fn kind_counts(url: &str, ms: &[(String, ReleaseManifest)]) -> Result<Vec<dashboard::KindCounts>, DataError> {
+    let backend = records::open(url)?;
+    let mut kinds: BTreeMap<String, dashboard::KindCounts> = BTreeMap::new();
+    for c in backend.counts()? {
+        entry(&mut kinds, &c.kind).versions.push((c.version, c.records));
+    }
+    for (kind, g) in backend.gates()? {
+        entry(&mut kinds, &kind).gate = Some(g);
+    }
+    for (release, m) in ms {
+        for (kind, &v) in &m.records {
+            entry(&mut kinds, kind).readers.push((release.clone(), v));
+        }
+    }
+    let mut out: Vec<_> = kinds.into_values().collect();
+    for k in &mut out {
+        k.versions.sort_unstable();
+    }
+    Ok(out)
+}
+
+fn crawl_views(url: &str) -> Result<Vec<dashboard::CrawlView>, DataError> {
+    let backend = records::open(url)?;
+    Ok(backend
+        .crawls()?
+        .into_iter()
+        .map(|c| dashboard::CrawlView {
+            phase: match c.status {
+                records::CrawlStatus::Running => dashboard::CrawlPhase::Running,
+                records::CrawlStatus::Paused => dashboard::CrawlPhase::Paused,
+                records::CrawlStatus::Done => dashboard::CrawlPhase::Done,
+            },
+            kind: c.kind,
+            target: c.target,
+            pause_requested: c.pause_requested,
+            total: c.total,
+            scanned: c.scanned,
+            upgraded: c.upgraded,
+            skipped_leased: c.skipped_leased,
+            conflicts: c.conflicts,
+            failed: c.failed,
+            started_ms: c.started_at,
+            updated_ms: c.updated_at,
+            finished_ms: c.finished_at,
+        })
+        .collect())
+}
+
+/// The ledger's state strings as the dashboard's states; `None` for one this code does not know.
+fn step_state(s: &str) -> Option<dashboard::StepState> {
+    Some(match s {
+        "pending" => dashboard::StepState::Pending,
+        "running" => dashboard::StepState::Running,
+        "done" => dashboard::StepState::Done,
+        "failed" => dashboard::StepState::Failed,
+        _ => return None,
+    })
+}
+
+fn ledger(
+    db: &str,
+    dir: &Path,
+    live: &[LiveUse],
+    problems: &mut Vec<String>,
+) -> Result<Vec<dashboard::LedgerStep>, DataError> {
+    let all = migrate::load_dir(dir)?;
+    let mut conn = migrate::Conn::open(db)?;
+    let mut out = Vec::new();
+    for p in migrate::plan(&mut conn, &all, live)? {
+        let Some(state) = step_state(&p.status) else {
+            problems.push(format!(
+                "{} step {}: unknown ledger status '{}'",
+                p.migration, p.step, p.status
+            ));
+            continue;
+        };
+        out.push(dashboard::LedgerStep {
+            phase: match p.phase {
+                Phase::Expand => dashboard::StepPhase::Expand,
+                Phase::Backfill => dashboard::StepPhase::Backfill,
+                Phase::Contract => dashboard::StepPhase::Contract,
+            },
+            migration: p.migration,
+            step: p.step,
+            state,
+            blocked_by: p.blocked_by,
+        });
+    }
+    Ok(out)
+}
+
+/// What the Data page shows: records per kind and version, crawls, gates with the live releases' readers, and the
+/// migration ledger. Every part that cannot be read becomes a problem line; the others are still shown.
+pub fn read_status(plan: &DataPlan, root: &Path, live: &BTreeSet<String>) -> dashboard::DataStatus {
+    let mut out = dashboard::DataStatus::default();
+    let ms = manifests(root, live).unwrap_or_else(|e| {
+        out.problems.push(e.to_string());
+        Vec::new()
+    });
+    if let Some(url) = &plan.records {
+        match kind_counts(url, &ms) {
+            Ok(k) => out.kinds = k,
+            Err(e) => out.problems.push(e.to_string()),
+        }
+        match crawl_views(url) {
+            Ok(c) => out.crawls = c,
+            Err(e) => out.problems.push(e.to_string()),
+        }
+    }
+    if let (Some(db), Some(dir)) = (&plan.database, &plan.migrations) {
+        let mut problems = Vec::new();
+        match ledger(db, dir, &uses(&ms), &mut problems) {
+            Ok(l) => out.ledger = l,
+            Err(e) => out.problems.push(e.to_string()),
+        }
+        out.problems.extend(problems);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +291,114 @@ mod tests {
         assert_eq!(g.get("player"), Some(&1));
         assert_eq!(g.get("guild"), Some(&2), "v1 does not read guilds");
         assert_eq!(gates(&ms[1..]).get("player"), Some(&3));
+    }
+
+    fn crawl(url: &str) {
+        let backend = records::open(url).unwrap();
+        backend
+            .put_crawl(&records::CrawlState {
+                kind: "player".into(),
+                target: 2,
+                status: records::CrawlStatus::Running,
+                pause_requested: false,
+                started_at: 1_000,
+                max_id: 3,
+                cursor_active: 0,
+                cursor_key: String::new(),
+                total: 2,
+                scanned: 1,
+                upgraded: 1,
+                skipped_leased: 0,
+                conflicts: 0,
+                failed: 0,
+                batch_size: 10,
+                updated_at: 2_000,
+                finished_at: None,
+            })
+            .unwrap();
+        backend.set_gate("player", Some(1)).unwrap();
+    }
+
+    #[test]
+    fn the_data_page_reads_counts_gates_crawls_and_the_ledger_from_real_sqlite_databases() {
+        let dir = testkit::TempDir::new("board-data");
+        let url = format!("sqlite:{}", dir.join("records.db").display());
+        let schema = records::Schema::new()
+            .with(records::KindSchema::new("player", 1).up(1, |_| Ok(())))
+            .unwrap();
+        let store = records::Store::new(records::open(&url).unwrap(), schema, "test");
+        for (key, v) in [("a", 1), ("b", 1), ("c", 2)] {
+            store.create_value("player", key, serde_json::json!({}), v).unwrap();
+        }
+        crawl(&url);
+        let migrations = dir.join("migrations");
+        std::fs::create_dir(&migrations).unwrap();
+        let m = "[[step]]\nphase = \"expand\"\n\
+                 sql = \"CREATE TABLE IF NOT EXISTS users (id INTEGER, mail TEXT)\"\n\
+                 [[step]]\nphase = \"contract\"\n\
+                 sql = \"ALTER TABLE users DROP COLUMN mail\"\ndrops = [\"users.mail\"]\n";
+        std::fs::write(migrations.join("001_users.toml"), m).unwrap();
+        let plan = DataPlan {
+            database: Some(format!("sqlite:{}", dir.join("app.db").display())),
+            migrations: Some(migrations),
+            records: Some(url),
+            lock_timeout: Duration::from_millis(500),
+        };
+        run_migrations(&plan, &[Phase::Expand], &[]).unwrap();
+
+        let d = read_status(&plan, dir.path(), &BTreeSet::new());
+        assert_eq!(d.problems, Vec::<String>::new());
+        assert_eq!(d.kinds.len(), 1);
+        assert_eq!(d.kinds[0].kind, "player");
+        assert_eq!(d.kinds[0].versions, vec![(1, 2), (2, 1)]);
+        assert_eq!(d.kinds[0].gate, Some(1));
+        assert_eq!(d.crawls.len(), 1);
+        assert_eq!(
+            (d.crawls[0].phase, d.crawls[0].scanned, d.crawls[0].total),
+            (dashboard::CrawlPhase::Running, 1, 2)
+        );
+        assert_eq!(d.crawls[0].eta(), Some(Duration::from_secs(1)), "1 left at 1/s");
+        let steps: Vec<_> = d
+            .ledger
+            .iter()
+            .map(|s| (s.migration.as_str(), s.step, s.phase, s.state))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("001_users", 1, dashboard::StepPhase::Expand, dashboard::StepState::Done),
+                (
+                    "001_users",
+                    2,
+                    dashboard::StepPhase::Contract,
+                    dashboard::StepState::Pending
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_records_database_that_does_not_open_is_a_problem_line_and_the_ledger_is_still_read() {
+        let dir = testkit::TempDir::new("board-data-bad");
+        let migrations = dir.join("migrations");
+        std::fs::create_dir(&migrations).unwrap();
+        std::fs::write(dir.join("001_t.toml"), "").unwrap();
+        std::fs::write(
+            migrations.join("001_t.toml"),
+            "[[step]]\nphase = \"expand\"\nsql = \"CREATE TABLE IF NOT EXISTS t (id INTEGER)\"\n",
+        )
+        .unwrap();
+        let plan = DataPlan {
+            database: Some(format!("sqlite:{}", dir.join("app.db").display())),
+            migrations: Some(migrations),
+            // A plain file where the database's folder would be.
+            records: Some(format!("sqlite:{}", dir.join("001_t.toml/records.db").display())),
+            lock_timeout: Duration::from_millis(500),
+        };
+        let d = read_status(&plan, dir.path(), &BTreeSet::new());
+        assert_eq!(d.problems.len(), 2, "counts and crawls: {:?}", d.problems);
+        assert!(d.kinds.is_empty() && d.crawls.is_empty());
+        assert_eq!(d.ledger.len(), 1);
+        assert_eq!(d.ledger[0].state, dashboard::StepState::Pending);
     }
 }

@@ -368,7 +368,7 @@ impl Control {
     }
 
     /// Releases that may read and write the data: those with live instances, and those the machine wants running.
-    fn live_releases(&self) -> BTreeSet<String> {
+    pub(crate) fn live_releases(&self) -> BTreeSet<String> {
         let mut out: BTreeSet<String> = self.state().desired().groups.into_iter().map(|g| g.release).collect();
         out.extend(
             lock(&self.seen)

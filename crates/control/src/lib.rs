@@ -152,6 +152,7 @@ pub async fn start(cfg: ServiceConfig, exe: PathBuf) -> Result<RunningControl, S
             let board = Arc::new(board::Board {
                 control: control.clone(),
                 turns: turns_rx,
+                data: Default::default(),
             });
             let (bound, t) =
                 dashboard::serve(addr, board, stop_rx.clone())

@@ -59,6 +59,10 @@ pub trait Backend: Send + Sync + 'static {
     fn judge_config(&self) -> JudgeConfig;
     /// `[data]` of slipway.toml.
     fn data_settings(&self) -> DataSection;
+    /// Records per kind and version, crawls, write gates and the migration ledger (read-only; empty by default).
+    fn data(&self) -> crate::DataStatus {
+        crate::DataStatus::default()
+    }
     /// The output log of an instance, if the instance is known.
     fn log_file(&self, instance: &str) -> Option<PathBuf>;
     /// The router's last metrics snapshot (request and error rates per release), if the control plane has one.

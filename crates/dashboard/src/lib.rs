@@ -6,6 +6,7 @@
 
 mod auth;
 mod backend;
+mod data;
 mod html;
 mod logs;
 mod pages;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub use backend::{Action, Backend, CommandFuture};
+pub use data::{CrawlPhase, CrawlView, DataStatus, KindCounts, LedgerStep, StepPhase, StepState};
 
 /// The dashboard's routes (for tests and for serving on a listener of one's own).
 pub fn app(backend: Arc<dyn Backend>, stop: watch::Receiver<bool>) -> (axum::Router, tokio::task::JoinHandle<()>) {

@@ -232,10 +232,21 @@ async fn logout(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     redirect("/login", Some(auth::clear_cookie()))
 }
 
-/// A page behind the login: the login page's redirect without a session.
-async fn page_or_login(s: &Shared, headers: &HeaderMap, view: views::View) -> Response {
+/// A page behind the login: the login page's redirect without a session. The backend's reads (the control
+/// plane's locks, the Data page's databases) run off the async threads.
+async fn page_or_login(s: &Arc<Shared>, headers: &HeaderMap, view: views::View) -> Response {
     match s.session(headers) {
-        Ok((_, csrf)) => html(StatusCode::OK, views::render_page(s, &view, &csrf)),
+        Ok((_, csrf)) => {
+            let s = s.clone();
+            match tokio::task::spawn_blocking(move || views::render_page(&s, &view, &csrf)).await {
+                Ok(body) => html(StatusCode::OK, body),
+                Err(_) => json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the page failed to render",
+                ),
+            }
+        }
         Err(_) => redirect("/login", None),
     }
 }
@@ -305,7 +316,11 @@ async fn events(State(s): S, headers: HeaderMap, Query(q): Query<LiveQuery>) -> 
                 }
             }
             let mut changed = serde_json::Map::new();
-            for (id, h) in views::sections(&s, &view) {
+            let (s2, v2) = (s.clone(), view.clone());
+            let sections = tokio::task::spawn_blocking(move || views::sections(&s2, &v2))
+                .await
+                .ok()?;
+            for (id, h) in sections {
                 if last.get(id) != Some(&h) {
                     changed.insert(id.to_string(), serde_json::Value::String(h.clone()));
                     last.insert(id, h);

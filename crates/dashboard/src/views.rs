@@ -63,7 +63,9 @@ fn data_sections(s: &Shared) -> Sections {
         "<h2>Last data move</h2><p id=\"data-note\">{}</p>",
         esc(st.data.as_deref().unwrap_or("nothing done yet (or [data] is not set)"))
     );
-    vec![("data", out)]
+    let mut sections = vec![("data", out)];
+    sections.extend(crate::data::sections(&s.backend.data()));
+    sections
 }
 
 /// A database URL without its password.

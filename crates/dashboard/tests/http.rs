@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use dashboard::{Action, Backend, CommandFuture};
+use dashboard::{
+    Action, Backend, CommandFuture, CrawlPhase, CrawlView, DataStatus, KindCounts, LedgerStep, StepPhase, StepState,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use wire::judge::JudgeConfig;
@@ -20,6 +22,51 @@ struct Fake {
     commands: Mutex<Vec<(Action, Option<String>)>>,
     ticks: watch::Sender<u64>,
     log: PathBuf,
+    data: Mutex<DataStatus>,
+}
+
+/// Players half way from v1 to v2 (a crawl at 25/s with 30 s to go), a gate at v1, one migration done, one waiting.
+fn data() -> DataStatus {
+    DataStatus {
+        kinds: vec![KindCounts {
+            kind: "player".into(),
+            gate: Some(1),
+            readers: vec![("v1".into(), 1), ("v2".into(), 2)],
+            versions: vec![(1, 750), (2, 250)],
+        }],
+        crawls: vec![CrawlView {
+            kind: "player".into(),
+            target: 2,
+            phase: CrawlPhase::Running,
+            pause_requested: false,
+            total: 1000,
+            scanned: 250,
+            upgraded: 240,
+            skipped_leased: 7,
+            conflicts: 3,
+            failed: 0,
+            started_ms: 1_000,
+            updated_ms: 11_000,
+            finished_ms: None,
+        }],
+        ledger: vec![
+            LedgerStep {
+                migration: "001_email".into(),
+                step: 1,
+                phase: StepPhase::Expand,
+                state: StepState::Done,
+                blocked_by: vec![],
+            },
+            LedgerStep {
+                migration: "001_email".into(),
+                step: 2,
+                phase: StepPhase::Contract,
+                state: StepState::Pending,
+                blocked_by: vec!["v1 uses users.mail".into()],
+            },
+        ],
+        problems: vec![],
+    }
 }
 
 fn deploy() -> DeployInfo {
@@ -76,6 +123,9 @@ impl Backend for Fake {
     fn data_settings(&self) -> DataSection {
         DataSection::default()
     }
+    fn data(&self) -> DataStatus {
+        self.data.lock().unwrap().clone()
+    }
     fn log_file(&self, instance: &str) -> Option<PathBuf> {
         (instance == "v1-0").then(|| self.log.clone())
     }
@@ -110,6 +160,7 @@ async fn up() -> Up {
         commands: Mutex::new(vec![]),
         ticks: watch::channel(0).0,
         log,
+        data: Mutex::new(data()),
     });
     let (stop, rx) = watch::channel(false);
     let (addr, _) = dashboard::serve(([127, 0, 0, 1], 0).into(), fake.clone(), rx)
@@ -328,6 +379,63 @@ async fn a_change_reaches_an_open_deploy_page_with_only_the_sections_that_change
     read_until(&mut s, &mut buf, "data-weight=\\\"25\\\"").await;
     assert!(
         !buf.contains("dep-events"),
+        "unchanged sections are not sent again: {buf}"
+    );
+}
+
+#[tokio::test]
+async fn the_data_page_shows_records_per_version_the_crawl_with_its_eta_the_gates_and_the_ledger() {
+    let u = up().await;
+    let (cookie, _) = login(u.addr).await;
+    let r = send(u.addr, "GET", "/data", &[("cookie", &cookie)], "").await;
+    assert_eq!(r.status, 200);
+    let t = r.text();
+    for want in [
+        concat!(
+            r#"<span data-kind="player" data-version="1">v1</span></td>"#,
+            r#"<td><span data-count="750">750</span></td><td>75.0%"#
+        ),
+        concat!(
+            r#"<span data-kind="player" data-version="2">v2</span></td>"#,
+            r#"<td><span data-count="250">250</span></td><td>25.0%"#
+        ),
+        r#"<progress max="1000" value="250"></progress> 250/1000"#,
+        "240 upgraded, 7 leased, 3 conflicts, 0 failed",
+        "<td>25/s</td>",
+        r#"<span class="eta">30s</span>"#,
+        r#"<span data-gate="1">v1</span></td><td>v1 reads v1, v2 reads v2"#,
+        r#"<td>001_email</td><td>1</td><td>expand</td><td><span class="step-done">done</span></td>"#,
+        concat!(
+            r#"<td>001_email</td><td>2</td><td>contract</td>"#,
+            r#"<td><span class="step-pending">pending</span></td><td>v1 uses users.mail"#
+        ),
+        "[data]",
+    ] {
+        assert!(t.contains(want), "no {want:?} in {t}");
+    }
+}
+
+#[tokio::test]
+async fn a_crawl_step_reaches_an_open_data_page_with_only_the_sections_that_changed() {
+    let u = up().await;
+    let (cookie, _) = login(u.addr).await;
+    let mut s = tokio::net::TcpStream::connect(u.addr).await.unwrap();
+    let req = format!("GET /events?page=data HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    read_until(&mut s, &mut buf, "data-ledger").await;
+    buf.clear();
+    {
+        let mut d = u.fake.data.lock().unwrap();
+        d.crawls[0].phase = CrawlPhase::Done;
+        d.crawls[0].scanned = 1000;
+        d.kinds[0].versions = vec![(2, 1000)];
+    }
+    u.fake.ticks.send_modify(|n| *n += 1);
+    read_until(&mut s, &mut buf, "data-count=\\\"1000\\\"").await;
+    read_until(&mut s, &mut buf, "crawl-done").await;
+    assert!(
+        !buf.contains("data-ledger") && !buf.contains("data-gates"),
         "unchanged sections are not sent again: {buf}"
     );
 }

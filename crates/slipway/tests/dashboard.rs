@@ -289,7 +289,12 @@ async fn the_dashboard_in_chromium_follows_deploys_live_and_its_buttons_work() {
             "/logs",
             "return document.querySelectorAll('.pick a').length >= 1",
         ),
-        ("data", "/data", "return !!document.getElementById('data-note')"),
+        (
+            "data",
+            "/data",
+            "return ['data-note', 'data-kinds', 'data-crawls', 'data-gates', 'data-ledger']\
+                .every(i => document.getElementById(i))",
+        ),
     ] {
         b.go(&format!("{}{path}", s.dashboard)).await;
         b.until(name, Duration::from_secs(3), ready).await;
