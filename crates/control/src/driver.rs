@@ -478,7 +478,8 @@ impl Control {
         if let Some(reason) = planner::hold_reason(reach.0, reach.1, self.routes_confirmed()) {
             self.record(Event::Hold { reason }, now, lp);
         }
-        let instances = self.observe_agent(instances, lp, now);
+        // The verdict first: any event recorded this turn moves the machine on (a step whose hold ends now),
+        // and it must do so on this turn's verdict, not on the last turn's "still watching".
         match metrics {
             Ok(snap) => {
                 // The analysis does not advance while held.
@@ -489,6 +490,7 @@ impl Control {
             }
             Err(e) => warn_once(lp, "metrics", &format!("router metrics unreachable: {e}")),
         }
+        let instances = self.observe_agent(instances, lp, now);
         self.record(Event::Tick, now, lp);
         if let Some(instances) = instances {
             self.reconcile(instances, lp, now).await;

@@ -204,3 +204,31 @@ async fn the_api_is_described_by_its_openapi_document_and_wants_the_token() {
         .unwrap_err();
     assert!(err.to_string().contains("slipway release add"), "{err}");
 }
+
+/// The step whose hold ended was judged on the turn before ("still watching") whenever another event of the
+/// same turn moved the machine first: every healthy step went to its extension, or was aborted without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_step_was_held_longer_on_the_last_turns_verdict_when_its_hold_ended() {
+    let mut f = Fixture::new_with("", |t| {
+        t.replace("on_inconclusive = \"continue\"", "on_inconclusive = \"abort\"")
+            .replace("hold = \"3s\"", "hold = \"4s\"")
+            .replace(
+                "[deploy.canary.analysis]\n",
+                "[deploy.canary.analysis]\nmin_requests = 10\n",
+            )
+    });
+    first(&mut f).await;
+    let load = load(f.web());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let d = f.deploy("v2", Some(Strategy::Canary)).await;
+    let end = f.wait_deploy(d.id, Duration::from_secs(60)).await;
+    let r = load.stop().await;
+    assert_eq!(end.outcome.as_deref(), Some("promoted"), "{end:?}");
+    assert!(
+        !end.events.iter().any(|e| e.contains("inconclusive")),
+        "{:?}",
+        end.events
+    );
+    assert_eq!(r.sent, r.ok + r.failed);
+    assert_eq!(r.failed, 0, "{r:?}");
+}
