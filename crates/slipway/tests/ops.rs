@@ -232,7 +232,7 @@ drain_deadline = "1s"
 
 [deploy.canary]
 instances = 1
-steps = [{{ weight = 50, hold = "2s" }}]
+steps = [{{ weight = 50, hold = "4s" }}]
 max_extensions = 0
 on_inconclusive = "abort"
 
@@ -262,7 +262,10 @@ min_requests = 1000000
     assert!(out.contains("next: `slipway release add <dir> --id v1`"), "{out}");
     let (code, out, err) = run(&dir, &["deploy", "v1"]);
     assert_eq!(code, 0, "{out}{err}");
-    let load = loadgen::Load::start(loadgen::LoadConfig::new(listener, 50.0));
+    // New sessions all along, so the canary gets traffic (a canary with none fails instead).
+    let mut lc = loadgen::LoadConfig::new(listener, 100.0);
+    lc.session_requests = Some(4);
+    let load = loadgen::Load::start(lc);
     let (code, out, err) = run(&dir, &["deploy", "v2"]);
     let _ = load.stop().await;
     assert_eq!(code, 1, "{out}{err}");
