@@ -11,6 +11,15 @@ fn slipway(dir: &TempDir) -> Command {
     c
 }
 
+/// Stops the service when a test ends, failed or not (a failed test used to leave it running).
+struct Down<'a>(&'a TempDir);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = run(self.0, &["down"]);
+    }
+}
+
 fn run(dir: &TempDir, args: &[&str]) -> (i32, String, String) {
     let out = slipway(dir).args(args).output().unwrap();
     (
@@ -57,6 +66,7 @@ steps = [{{ weight = 10, hold = "30s" }}]
         assert_eq!(code, 0, "{err}");
     }
     let (code, out, err) = run(&dir, &["up"]);
+    let _down = Down(&dir);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("control plane") && out.contains("listener web"), "{out}");
     let (code, out, err) = run(&dir, &["deploy", "v1"]);
@@ -148,6 +158,7 @@ bake = "3s"
         assert_eq!(code, 0, "{err}");
     }
     let (code, out, err) = run(&dir, &["up"]);
+    let _down = Down(&dir);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = run(&dir, &["deploy", "v1"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -249,6 +260,7 @@ min_requests = 1000000
         assert_eq!(code, 0, "{err}");
     }
     let (code, out, err) = run(&dir, &["up"]);
+    let _down = Down(&dir);
     assert_eq!(code, 0, "{out}{err}");
     let listener: std::net::SocketAddr = out
         .lines()
@@ -357,6 +369,7 @@ on_abort = {note}
         assert_eq!(code, 0, "{err}");
     }
     let (code, out, err) = run(&dir, &["up"]);
+    let _down = Down(&dir);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = run(&dir, &["deploy", "v1"]);
     assert_eq!(code, 0, "{out}{err}");
