@@ -5,28 +5,15 @@ use std::time::Duration;
 
 use testkit::TempDir;
 
+mod common;
+use common::Down;
+
 fn slipway(dir: &TempDir) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
-    c.current_dir(dir.path()).env("NO_COLOR", "1");
-    c
-}
-
-/// Stops the service when a test ends, failed or not (a failed test used to leave it running).
-struct Down<'a>(&'a TempDir);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = run(self.0, &["down"]);
-    }
+    common::slipway(dir, &[])
 }
 
 fn run(dir: &TempDir, args: &[&str]) -> (i32, String, String) {
-    let out = slipway(dir).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::run(dir, args, &[])
 }
 
 #[test]

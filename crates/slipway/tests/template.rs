@@ -3,34 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use testkit::TempDir;
 
-fn slipway(dir: &TempDir, env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
-    c.current_dir(dir.path()).env("NO_COLOR", "1").envs(env.iter().copied());
-    c
-}
-
-fn run(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = slipway(dir, env).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-/// Runs `slipway down` when the test ends, passed or not.
-struct Down<'a>(&'a TempDir);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = run(self.0, &["down"], &[]);
-    }
-}
+mod common;
+use common::{Down, run};
 
 fn service_toml(dir: &TempDir, instance_extra: &str) {
     let demo = testkit::workspace_bin("demo-app");
