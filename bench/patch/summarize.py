@@ -30,19 +30,22 @@ def main():
                   f"{mib(row['xdelta3'])} | {row['slipway'] / tools[best]:.2f} ({best}) | "
                   f"{row['slipway'] / row['chunks_alone']:.2f} |")
     print()
-    print("| set | runs | publish s (per release, median) | stored MiB per release | fresh apply MB/s (median) | fresh peak RSS MiB (max) | upgrade apply s | upgrade peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| set | runs | publish s (per release, median) | stored MiB per release | fresh apply MB/s (median) | cp -a + sync MB/s (median) | apply / cp per round | fresh peak RSS MiB (max) | upgrade apply s | upgrade peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in sets.items():
         n = len(runs[0]["publishes"])
         pub = [statistics.median(r["publishes"][i]["secs"] for r in runs) for i in range(n)]
         stored = [runs[0]["publishes"][i]["stored"] for i in range(n)]
         mbps = statistics.median(r["apply"]["fresh_mb_per_s"] for r in runs)
+        copies = [r["apply"].get("copy_mb_per_s") for r in runs]
+        cp = f"{statistics.median(copies):.0f}" if None not in copies else "-"
+        ratios = " / ".join(f"{r['apply']['fresh_mb_per_s'] / c:.2f}" for r, c in zip(runs, copies) if c)
         peak = max(r["apply"]["fresh_peak_kib"] for r in runs) / 1024
         ups = [r["apply"]["upgrade"] for r in runs if r["apply"]["upgrade"]]
         up_s = f"{statistics.median(u['secs'] for u in ups):.2f}" if ups else "-"
         up_m = f"{max(u['peak_kib'] for u in ups) / 1024:.0f}" if ups else "-"
         print(f"| {name} | {len(runs)} | {' / '.join(f'{s:.1f}' for s in pub)} | {' / '.join(mib(s) for s in stored)} | "
-              f"{mbps:.0f} | {peak:.0f} | {up_s} | {up_m} |")
+              f"{mbps:.0f} | {cp} | {ratios or '-'} | {peak:.0f} | {up_s} | {up_m} |")
 
 
 if __name__ == "__main__":

@@ -210,6 +210,23 @@ fn timed_update(slipway: &Path, repo: &Path, dir: &Path, release: u64) -> (f64, 
     (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap())
 }
 
+/// The peer for apply speed, in the same run: `cp -a` of the build, then `sync`, in seconds.
+fn timed_copy(build: &Path, to: &Path) -> f64 {
+    let t = Instant::now();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(build)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success()
+        && Command::new("sync").status().unwrap().success();
+    assert!(ok, "cp -a {} failed", build.display());
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(to);
+    secs
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut work, mut slipway, mut level, mut paths, mut json_out, mut dirs) = (
@@ -296,6 +313,7 @@ fn main() {
     let inst = work.join("install");
     let (fresh_secs, fresh_kib) = timed_update(&slipway, &repo_dir, &inst, last);
     let _ = std::fs::remove_dir_all(&inst);
+    let copy_secs = timed_copy(&dirs[dirs.len() - 1], &work.join("copy"));
     let mut upgrade = json!(null);
     if last > 1 {
         timed_update(&slipway, &repo_dir, &inst, last - 1);
@@ -311,6 +329,8 @@ fn main() {
             "fresh_secs": fresh_secs,
             "fresh_mb_per_s": content as f64 / 1e6 / fresh_secs.max(0.001),
             "fresh_peak_kib": fresh_kib,
+            "copy_secs": copy_secs,
+            "copy_mb_per_s": content as f64 / 1e6 / copy_secs.max(0.001),
             "upgrade": upgrade,
         },
     });
