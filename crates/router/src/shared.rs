@@ -89,6 +89,9 @@ pub struct Shared {
     pub took_over_from: OnceLock<u32>,
     /// A self-upgrade is under way.
     pub upgrading: std::sync::atomic::AtomicBool,
+    /// Duplicates of the listening sockets (name, address, socket) for `POST /v1/listeners/share`; emptied when
+    /// the router leaves.
+    pub listening: Mutex<Vec<(String, String, std::os::fd::OwnedFd)>>,
 }
 
 impl Shared {
@@ -111,6 +114,7 @@ impl Shared {
             upgrades: OnceLock::new(),
             took_over_from: OnceLock::new(),
             upgrading: std::sync::atomic::AtomicBool::new(false),
+            listening: Mutex::new(Vec::new()),
         }
     }
 
