@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use wire::judge::{Direction, JudgeConfig, MetricKind, Outcome};
 use wire::metrics::MetricsSnapshot;
 use wire::service::{DeployInfo, DeployPhase, ServiceStatus};
@@ -11,9 +12,11 @@ use wire::service::{DeployInfo, DeployPhase, ServiceStatus};
 const MAX_POINTS: usize = 1200;
 /// Deploys remembered.
 const MAX_TRACKS: usize = 20;
+/// Moves and decisions kept per deploy (a pause and resume are two moves); beyond it the oldest but the first go.
+const MAX_MOVES: usize = 500;
 
 /// The judge's values for one metric at one moment.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Point {
     /// Seconds since the deploy started.
     pub t: f64,
@@ -25,7 +28,7 @@ pub(crate) struct Point {
 }
 
 /// A change of the deploy's weight or phase.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Move {
     pub t: f64,
     pub weight: u32,
@@ -35,22 +38,34 @@ pub(crate) struct Move {
 }
 
 /// A decision: a verdict that moved the deploy, or its end.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Decision {
     pub t: f64,
     pub outcome: Outcome,
     pub reason: String,
 }
 
-/// One deploy as the dashboard saw it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Track {
-    pub moves: Vec<Move>,
-    pub metrics: BTreeMap<String, Vec<Point>>,
-    pub decisions: Vec<Decision>,
+/// One deploy as the dashboard saw it: what its page plots. Serializable so the control plane can keep it with the
+/// deploy (JSON: `moves`, `metrics` — per metric name its points `t`, `baseline`, `canary`, `lo`, `hi` —,
+/// `decisions`, `verdicts_seen`, `ended`); bounded: at most 1,200 points per metric and 500 moves and decisions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Track {
+    pub(crate) moves: Vec<Move>,
+    pub(crate) metrics: BTreeMap<String, Vec<Point>>,
+    pub(crate) decisions: Vec<Decision>,
     verdicts_seen: usize,
     ended: bool,
 }
+
+/// Keeps `list` at `max` entries, dropping the oldest after the first.
+fn cap<T>(list: &mut Vec<T>, max: usize) {
+    if list.len() > max {
+        list.drain(1..1 + list.len() - max);
+    }
+}
+
+/// How much of a track there is, to tell whether it changed: moves, decisions, points, ended.
+pub(crate) type Size = (usize, usize, usize, bool);
 
 /// Rate points kept per release (a minute at the loop's 2 turns a second).
 const MAX_RATES: usize = 120;
@@ -105,6 +120,22 @@ fn secs(d: &DeployInfo, now: u64) -> f64 {
 }
 
 impl Track {
+    pub(crate) fn size(&self) -> Size {
+        let points = self.metrics.values().map(Vec::len).sum();
+        (self.moves.len(), self.decisions.len(), points, self.ended)
+    }
+
+    /// Whether it was bounded as [`Track`] says and its times are numbers (a saved one read back is checked).
+    pub(crate) fn is_sane(&self) -> bool {
+        let finite = |p: &Point| [p.t, p.baseline, p.canary, p.lo, p.hi].iter().all(|v| v.is_finite());
+        self.moves.len() <= MAX_MOVES
+            && self.decisions.len() <= MAX_MOVES
+            && self
+                .metrics
+                .values()
+                .all(|v| v.len() <= MAX_POINTS && v.iter().all(finite))
+    }
+
     fn observe(&mut self, d: &DeployInfo, cfg: &JudgeConfig, now: u64) {
         let t = secs(d, d.finished_ms.unwrap_or(now).min(now));
         let mv = Move {
@@ -120,6 +151,7 @@ impl Track {
             .is_none_or(|m| (m.weight, m.step, m.phase, m.paused) != (mv.weight, mv.step, mv.phase, mv.paused));
         if changed {
             self.moves.push(mv);
+            cap(&mut self.moves, MAX_MOVES);
         }
         for v in d.verdicts.iter().skip(self.verdicts_seen) {
             self.decisions.push(Decision {
@@ -128,6 +160,7 @@ impl Track {
                 reason: v.reason.clone(),
             });
         }
+        cap(&mut self.decisions, MAX_MOVES);
         self.verdicts_seen = self.verdicts_seen.max(d.verdicts.len());
         if d.finished() && !self.ended {
             self.ended = true;
