@@ -83,11 +83,19 @@ pub(crate) struct Rate {
     pub error_rate: f64,
 }
 
+/// WebSockets and raw TCP connections open, per release and per instance, as the last snapshot counted them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Open {
+    pub releases: BTreeMap<String, (u64, u64)>,
+    pub instances: BTreeMap<String, (u64, u64)>,
+}
+
 /// The tracks of the deploys seen, by id, and each release's recent rates.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     pub tracks: BTreeMap<i64, Track>,
     pub rates: BTreeMap<String, Vec<Rate>>,
+    pub open: Open,
     /// The last snapshot's counters per release, with its router and uptime.
     last: Option<Counted>,
 }
@@ -207,6 +215,19 @@ impl Recorder {
     /// Takes in a router metrics snapshot: each release's request and error rate since the last one. A router
     /// restart (another id, or uptime going back) starts over.
     pub(crate) fn observe_metrics(&mut self, snap: &MetricsSnapshot, now: u64) {
+        let both = |c: &wire::metrics::Counters| (c.open_websockets, c.open_tcp);
+        self.open = Open {
+            releases: snap
+                .releases
+                .iter()
+                .map(|r| (r.release.clone(), both(&r.totals)))
+                .collect(),
+            instances: snap
+                .releases
+                .iter()
+                .flat_map(|r| r.instances.iter().map(|i| (i.instance.clone(), both(&i.counters))))
+                .collect(),
+        };
         let counts: BTreeMap<String, (u64, u64)> = snap
             .releases
             .iter()
@@ -404,6 +425,11 @@ mod tests {
         r.observe_metrics(&snap("b", 1_500, &[("v1", 5, 0)]), 40);
         assert_eq!(r.rates["v1"][1].error_rate, 0.0, "no requests: no errors");
         assert!(!r.rates.contains_key("v2"), "a release that left is dropped");
+        let mut s = snap("b", 2_500, &[("v1", 5, 0)]);
+        s.releases[0].totals.open_websockets = 3;
+        s.releases[0].totals.open_tcp = 1;
+        r.observe_metrics(&s, 50);
+        assert_eq!(r.open.releases["v1"], (3, 1), "open connections per release");
     }
 
     #[test]

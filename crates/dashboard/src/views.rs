@@ -112,8 +112,11 @@ pub(crate) fn sections(s: &Shared, view: &View) -> Sections {
     match view {
         View::Service => {
             let st = s.backend.status();
-            let rates = lock(&s.recorder).rates.clone();
-            pages::service(&st, &rates)
+            let (rates, open) = {
+                let rec = lock(&s.recorder);
+                (rec.rates.clone(), rec.open.clone())
+            };
+            pages::service(&st, &rates, &open)
         }
         View::Deploy(id) => deploy_sections(s, *id),
         View::History => pages::history(&s.backend.history(100)),

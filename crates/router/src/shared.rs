@@ -311,6 +311,7 @@ impl Shared {
             upstreams: ups,
             folded,
         } = self.all_upstreams();
+        let long_lived = self.long_lived.counts_by_upstream();
         let mut order: Vec<Arc<str>> = table.releases.iter().map(|r| r.id.clone()).collect();
         for u in &ups {
             if !order.contains(&u.release) {
@@ -325,7 +326,9 @@ impl Shared {
                     .iter()
                     .filter(|u| u.release == rel)
                     .map(|u| {
-                        let counters = u.stats.snapshot();
+                        let mut counters = u.stats.snapshot();
+                        (counters.open_websockets, counters.open_tcp) =
+                            long_lived.get(&(Arc::as_ptr(u) as usize)).copied().unwrap_or_default();
                         totals.add(&counters);
                         InstanceMetrics {
                             instance: u.id.to_string(),
