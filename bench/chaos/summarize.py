@@ -4,9 +4,10 @@ import statistics
 import sys
 
 rows = [json.loads(line.split(" ", 1)[1]) for line in sys.stdin if line.startswith("chaos {")]
-print("| killed | runs | strategies | promoted | requests | failed | why | WebSockets dropped | recovery median / max (ms) |")
-print("|---|---|---|---|---|---|---|---|---|")
-for kind in ["control", "agent", "router", "instance"]:
+print("| killed | runs | strategies | killed at (share of the deploy's span) min / median / max | phases hit | promoted "
+      "| requests | failed | why | WebSockets dropped | recovery median / max (ms) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for kind in ["control", "agent", "router", "router after control", "instance"]:
     rs = [r for r in rows if r["kind"] == kind]
     if not rs:
         continue
@@ -21,11 +22,17 @@ for kind in ["control", "agent", "router", "instance"]:
     for r in rs:
         strategies[r["strategy"]] = strategies.get(r["strategy"], 0) + 1
     rec = [r["recovery_ms"] for r in rs]
+    share = sorted(r["at_ms"] / r["span_ms"] for r in rs)
+    phases = {}
+    for r in rs:
+        phases[r["phase"]] = phases.get(r["phase"], 0) + 1
     promoted = sum(r["outcome"] == "promoted" for r in rs)
     cells = [
         kind,
         len(rs),
         ", ".join(f"{k} {v}" for k, v in sorted(strategies.items())),
+        f"{share[0]:.2f} / {statistics.median(share):.2f} / {share[-1]:.2f}",
+        ", ".join(f"{k} {v}" for k, v in sorted(phases.items())),
         promoted,
         sum(r["sent"] for r in rs),
         sum(r["failed"] for r in rs),

@@ -172,6 +172,42 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Instance processes running from a release under `releases`: session leaders (every instance leads its own
+/// session) whose working folder is in `releases` and whose environment names their instance (`SLIPWAY_INSTANCE`).
+/// Returns each one's instance id, pid and kernel start time. An agent that died between spawning an instance and
+/// saving its pid finds it again this way.
+pub(crate) fn instance_processes(releases: &Path) -> Vec<(String, u32, u64)> {
+    let Ok(releases) = std::fs::canonicalize(releases) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let leads_session = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse::<u32>().ok())
+            == Some(pid);
+        let in_releases = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&releases));
+        if !(leads_session && in_releases) {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let id = environ
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"SLIPWAY_INSTANCE="))
+            .and_then(|v| std::str::from_utf8(v).ok());
+        if let (Some(id), Some(start)) = (id, process_start_time(pid)) {
+            out.push((id.to_string(), pid, start));
+        }
+    }
+    out
+}
+
 /// Whether `pid` still runs and is the process that started at `start`.
 pub fn is_same_process(pid: u32, start: u64) -> bool {
     process_start_time(pid) == Some(start)

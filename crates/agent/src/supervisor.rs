@@ -149,9 +149,21 @@ impl Agent {
             state_path,
         });
         let now = agent.now_ms();
-        for s in saved.instances {
+        let mut running = process::instance_processes(&agent.store.dir());
+        for mut s in saved.instances {
             let id = s.info.id.clone();
             let spec = agent.saved_spec(&id, s.template.as_ref());
+            // Spawned by an agent that died before it saved the pid: the process is this instance's.
+            let saved_runs = matches!((s.info.pid, s.start_time), (Some(p), Some(t)) if process::is_same_process(p, t));
+            if !saved_runs
+                && is_live(s.info.state)
+                && let Some(i) = running.iter().position(|r| r.0 == id)
+            {
+                let (_, pid, start) = running.remove(i);
+                tracing::warn!(instance = %id, pid, "found the instance's process, started before its pid was saved");
+                (s.info.pid, s.start_time) = (Some(pid), Some(start));
+            }
+            running.retain(|r| !(r.0 == id && Some(r.1) == s.info.pid));
             let (machine, proc) = adopt(spec.policy, &s, now);
             let alive = proc.is_some();
             let was = s.info.state;
@@ -179,6 +191,12 @@ impl Agent {
                 tokio::spawn(run_instance(agent.clone(), id.clone(), machine, proc, rx));
             }
             agent.lock().slots.insert(id, slot);
+        }
+        // Left: instance processes no saved instance owns (started before the table named them): never routed to,
+        // and an instance of their id may start again, so they go.
+        for (id, pid, _) in running {
+            tracing::warn!(instance = %id, pid, "stopping an instance process the saved table does not know");
+            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         }
         agent.save();
         Ok(agent)

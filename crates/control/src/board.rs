@@ -24,6 +24,12 @@ pub(crate) struct Board {
 /// How long a read of the records and migration databases is shown before it is read again.
 const DATA_FRESH: Duration = Duration::from_secs(1);
 
+impl Board {
+    fn plots_dir(&self) -> Option<PathBuf> {
+        Some(self.control.cfg.lock().ok()?.layout.control_dir.join("plots"))
+    }
+}
+
 impl Backend for Board {
     fn token(&self) -> String {
         self.control.token.clone()
@@ -76,6 +82,20 @@ impl Backend for Board {
 
     fn metrics(&self) -> Option<wire::metrics::MetricsSnapshot> {
         self.control.metrics()
+    }
+
+    fn save_plot(&self, id: i64, plot: &dashboard::Plot) {
+        let Some(dir) = self.plots_dir() else { return };
+        if let Err(e) = crate::plots::save(&dir, id, plot) {
+            tracing::warn!(deploy = id, error = %e, "cannot save the deploy's plot");
+        }
+    }
+
+    fn saved_plot(&self, id: i64) -> Option<dashboard::Plot> {
+        crate::plots::load(&self.plots_dir()?, id).unwrap_or_else(|e| {
+            tracing::warn!(deploy = id, error = %e, "cannot read the deploy's saved plot");
+            None
+        })
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -22,6 +22,7 @@ mod journal;
 mod judging;
 mod metrics;
 mod planner;
+mod plots;
 mod procs;
 mod reach;
 mod supervise;

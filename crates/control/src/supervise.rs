@@ -1,7 +1,9 @@
 //! `slipway up` mode: the control plane keeps the agent and the router running, restarting a dead one within a
 //! second (with exponential backoff when it keeps dying). It holds the router's listening sockets and hands them
 //! to every router it starts (`LISTEN_FDS`, as systemd socket activation does), so while a router restarts clients
-//! wait in the accept queue instead of being refused.
+//! wait in the accept queue instead of being refused. Started while a router already runs, it asks that router for
+//! duplicates of its listening sockets (`POST /v1/listeners/share`, SCM_RIGHTS over a Unix socket in the router's
+//! state folder), so the first crash of that router is covered too.
 
 use std::net::TcpListener;
 use std::os::fd::AsFd;
@@ -57,6 +59,10 @@ pub(crate) struct Sockets {
 }
 
 impl Sockets {
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// Binds every listener, at the address the last router served it on if it had one (a listener on port 0 keeps
     /// its port across restarts), else as configured. A failure names the listener and the real cause.
     fn bind(&mut self, cfg: &ServiceConfig) -> Result<(), ProcError> {
@@ -95,6 +101,66 @@ impl Sockets {
     }
 }
 
+/// Removes a file when dropped.
+struct Remove(PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Asks the running `router` for duplicates of its listening sockets (`POST /v1/listeners/share`): it connects to a
+/// Unix socket this process listens on in the router's state folder (0700) and sends them with SCM_RIGHTS.
+pub(crate) async fn share_from_router(
+    cfg: &ServiceConfig,
+    router: &Running,
+) -> Result<Vec<(String, TcpListener)>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = cfg.layout.router_dir.join(format!("share-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let at = |e: std::io::Error| format!("{}: {e}", path.display());
+    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(at)?;
+    let _gone = Remove(path.clone());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(at)?;
+    let token = std::fs::read_to_string(cfg.layout.router_token()).map_err(|e| e.to_string())?;
+    let api = plumbing::client::ApiClient::new(&router.addr, Some(token.trim().to_string()))
+        .map_err(|e| e.to_string())?
+        .with_timeout(Duration::from_secs(5));
+    let req = wire::api::ShareRequest { socket: path.clone() };
+    let answer: wire::api::SharedListeners = api.post("/v1/listeners/share", &req).await.map_err(|e| e.to_string())?;
+    // The router sent the sockets before it answered: they wait in the Unix socket's queue.
+    let (msg, fds) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let (stream, _) = listener
+            .accept()
+            .map_err(|e| format!("the router answered but did not connect: {e}"))?;
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        plumbing::fds::recv_msg::<wire::api::SharedListeners>(&stream).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if msg != answer || msg.format != 1 {
+        return Err(format!(
+            "the sockets came with {msg:?}, not what the router answered ({answer:?})"
+        ));
+    }
+    let mut fds: Vec<Option<std::os::fd::OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut out = Vec::new();
+    for l in msg.listeners {
+        let fd = fds.get_mut(l.fd).and_then(Option::take);
+        let sock = fd.map(TcpListener::from).filter(|s| s.local_addr().is_ok());
+        out.push((
+            l.name.clone(),
+            sock.ok_or(format!("listener {}: no TCP socket came with it", l.name))?,
+        ));
+    }
+    Ok(out)
+}
+
 /// Starts the router with the held sockets, binding them first if need be.
 pub(crate) fn start_router(
     cfg: &ServiceConfig,
@@ -129,7 +195,12 @@ pub(crate) async fn run(
     let sockets = Arc::new(Mutex::new(sockets));
     let mut backoff = [Backoff::default(), Backoff::default()];
     let mut due: [Option<Instant>; 2] = [None, None];
+    let mut share = Backoff::default();
+    let mut share_at = Instant::now();
     loop {
+        if Instant::now() >= share_at {
+            share_at = hold_sockets(&cfg, &sockets, &mut share).await;
+        }
         for (i, part) in [Part::Agent, Part::Router].into_iter().enumerate() {
             let running = match part {
                 Part::Agent => procs::agent_running(&cfg),
@@ -168,6 +239,41 @@ pub(crate) async fn run(
         tokio::select! {
             _ = tokio::time::sleep(LOOK_EVERY) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Makes sure the supervisor holds the router's listening sockets: a router that runs while it holds none (it
+/// was started by an earlier control plane) is asked for them. Returns when to look again.
+async fn hold_sockets(cfg: &ServiceConfig, sockets: &Mutex<Sockets>, backoff: &mut Backoff) -> Instant {
+    let now = Instant::now();
+    let held = !sockets.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+    let Some(router) = procs::router_running(cfg).filter(|_| !held) else {
+        return now;
+    };
+    match share_from_router(cfg, &router).await {
+        Ok(list) => {
+            tracing::info!(
+                pid = router.pid,
+                listeners = list.len(),
+                "holding the running router's listening sockets"
+            );
+            let mut s = sockets.lock().unwrap_or_else(|p| p.into_inner());
+            if s.held.is_empty() {
+                s.held = list;
+            }
+            now
+        }
+        Err(e) => {
+            backoff.started(now);
+            let at = backoff.next_start(now);
+            tracing::warn!(
+                pid = router.pid,
+                error = %e,
+                "cannot hold the running router's listening sockets; a crash of it would refuse connections \
+                 while it restarts"
+            );
+            at
         }
     }
 }

@@ -69,6 +69,12 @@ pub trait Backend: Send + Sync + 'static {
     fn metrics(&self) -> Option<wire::metrics::MetricsSnapshot> {
         None
     }
+    /// Keeps deploy `id`'s plot with the deploy, so its page still has it after a restart (nothing by default).
+    fn save_plot(&self, _id: i64, _plot: &crate::Plot) {}
+    /// Deploy `id`'s saved plot, if one was saved.
+    fn saved_plot(&self, _id: i64) -> Option<crate::Plot> {
+        None
+    }
     /// Changes after every turn of the control loop.
     fn changes(&self) -> watch::Receiver<u64>;
     /// Carries out a command; `reason` goes with an abort.

@@ -31,6 +31,19 @@ pub struct KindCounts {
     pub versions: Vec<(u32, u64)>,
 }
 
+impl KindCounts {
+    /// The schema versions of the kind in play: from the oldest to the newest that a live release's code knows (the
+    /// stored versions when no live release declares the kind).
+    pub fn schema_range(&self) -> Option<(u32, u32)> {
+        let known = self.readers.iter().map(|r| r.1);
+        let versions: Vec<u32> = match self.readers.is_empty() {
+            false => known.collect(),
+            true => self.versions.iter().map(|v| v.0).collect(),
+        };
+        Some((*versions.iter().min()?, *versions.iter().max()?))
+    }
+}
+
 /// Where a crawl stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrawlPhase {
@@ -233,10 +246,26 @@ fn gates(d: &DataStatus) -> String {
                 .map(|(r, v)| format!("{} reads v{v}", esc(r)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            vec![esc(&k.kind), gate, readers]
+            let range = match k.schema_range() {
+                Some((lo, hi)) if lo == hi => format!("<span data-range=\"{lo}-{hi}\">v{lo}</span>"),
+                Some((lo, hi)) => format!("<span data-range=\"{lo}-{hi}\">v{lo}–v{hi}</span>"),
+                None => "none".into(),
+            };
+            let newest = k.versions.iter().map(|v| v.0).max();
+            let beyond = match (k.schema_range(), newest) {
+                (Some((_, hi)), Some(n)) if n > hi && !k.readers.is_empty() => {
+                    format!(" <span class=\"fail\">v{n} stored: newer than any live release knows</span>")
+                }
+                _ => String::new(),
+            };
+            vec![esc(&k.kind), format!("{range}{beyond}"), gate, readers]
         })
         .collect();
-    out.push_str(&table("gates", &["kind", "write gate", "live readers"], &rows));
+    out.push_str(&table(
+        "gates",
+        &["kind", "schema versions", "write gate", "live readers"],
+        &rows,
+    ));
     out
 }
 
@@ -323,6 +352,30 @@ mod tests {
             "a clock that went back"
         );
         assert_eq!(eta_text(&crawl(CrawlPhase::Running, 0, 10)), "not yet known");
+    }
+
+    #[test]
+    fn the_data_page_showed_no_schema_version_range_per_kind() {
+        let k = |readers: Vec<(&str, u32)>, versions: Vec<(u32, u64)>| KindCounts {
+            kind: "player".into(),
+            gate: Some(1),
+            readers: readers.into_iter().map(|(r, v)| (r.to_string(), v)).collect(),
+            versions,
+        };
+        assert_eq!(k(vec![("v1", 1), ("v2", 3)], vec![(1, 5)]).schema_range(), Some((1, 3)));
+        assert_eq!(
+            k(vec![], vec![(2, 5), (4, 1)]).schema_range(),
+            Some((2, 4)),
+            "no live reader: what is stored"
+        );
+        assert_eq!(k(vec![], vec![]).schema_range(), None);
+        let d = DataStatus {
+            kinds: vec![k(vec![("v1", 1), ("v2", 3)], vec![(1, 5), (4, 2)])],
+            ..Default::default()
+        };
+        let html: String = sections(&d).into_iter().map(|s| s.1).collect();
+        assert!(html.contains("<span data-range=\"1-3\">v1–v3</span>"), "{html}");
+        assert!(html.contains("v4 stored: newer than any live release knows"), "{html}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 pub use backend::{Action, Backend, CommandFuture};
 pub use data::{CrawlPhase, CrawlView, DataStatus, KindCounts, LedgerStep, StepPhase, StepState};
+pub use series::Track as Plot;
 
 /// The dashboard's routes (for tests and for serving on a listener of one's own).
 pub fn app(backend: Arc<dyn Backend>, stop: watch::Receiver<bool>) -> (axum::Router, tokio::task::JoinHandle<()>) {

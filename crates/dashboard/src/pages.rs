@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use wire::judge::{JudgeConfig, Outcome, Verdict};
-use wire::service::{DeployInfo, ServiceStatus};
+use wire::service::{DeployInfo, DeployPhase, ServiceStatus};
 
 use crate::html::{dur, esc, section, table};
-use crate::series::{Rate, Track};
-use crate::svg::{self, Chart, Mark, Series};
+use crate::series::{Open, Rate, Track};
+use crate::svg::{self, Chart, Mark, Series, Span};
 
 /// A page's live sections.
 pub(crate) type Sections = Vec<(&'static str, String)>;
@@ -28,23 +28,29 @@ fn outcome_class(o: Outcome) -> &'static str {
 }
 
 /// Service: releases, the route table as a traffic split, request and error rates, instances.
-pub(crate) fn service(st: &ServiceStatus, rates: &BTreeMap<String, Vec<Rate>>) -> Sections {
+pub(crate) fn service(st: &ServiceStatus, rates: &BTreeMap<String, Vec<Rate>>, open: &Open) -> Sections {
     vec![
         ("svc-head", service_head(st)),
         ("svc-routes", routes(st)),
-        ("svc-rates", rate_lines(rates)),
-        ("svc-instances", instances(st)),
+        ("svc-rates", rate_lines(rates, open)),
+        ("svc-instances", instances(st, open)),
     ]
 }
 
-fn rate_lines(rates: &BTreeMap<String, Vec<Rate>>) -> String {
+/// "WebSockets / TCP" cells of `key` in `by`.
+fn open_cells(by: &BTreeMap<String, (u64, u64)>, key: &str) -> [String; 2] {
+    let (ws, tcp) = by.get(key).copied().unwrap_or_default();
+    [ws.to_string(), tcp.to_string()]
+}
+
+fn rate_lines(rates: &BTreeMap<String, Vec<Rate>>, open: &Open) -> String {
     let rows: Vec<_> = rates
         .iter()
         .map(|(rel, pts)| {
             let req: Vec<f64> = pts.iter().map(|p| p.requests_per_s).collect();
             let err: Vec<f64> = pts.iter().map(|p| p.error_rate * 100.0).collect();
             let last = pts.last().copied();
-            vec![
+            let mut row = vec![
                 esc(rel),
                 format!(
                     "{} {:.1}/s",
@@ -56,12 +62,24 @@ fn rate_lines(rates: &BTreeMap<String, Vec<Rate>>) -> String {
                     svg::sparkline(&err, "s-canary", "5xx share of requests (%), last minute"),
                     last.map_or(0.0, |p| p.error_rate * 100.0)
                 ),
-            ]
+            ];
+            row.extend(open_cells(&open.releases, rel));
+            row
         })
         .collect();
     format!(
         "<h2>Traffic <small>last minute</small></h2>{}",
-        table("rates", &["release", "requests per second", "error rate (5xx)"], &rows)
+        table(
+            "rates",
+            &[
+                "release",
+                "requests per second",
+                "error rate (5xx)",
+                "open WebSockets",
+                "open TCP"
+            ],
+            &rows
+        )
     )
 }
 
@@ -156,11 +174,12 @@ fn routes(st: &ServiceStatus) -> String {
     out
 }
 
-fn instances(st: &ServiceStatus) -> String {
+fn instances(st: &ServiceStatus, open: &Open) -> String {
     let rows: Vec<_> = st
         .instances
         .iter()
         .map(|i| {
+            let [ws, tcp] = open_cells(&open.instances, &i.id);
             vec![
                 format!("<a href=\"/logs?instance={}\">{}</a>", esc(&i.id), esc(&i.id)),
                 esc(&i.release),
@@ -171,6 +190,8 @@ fn instances(st: &ServiceStatus) -> String {
                     "<span class=\"fail\">unhealthy</span>".into()
                 },
                 i.restarts.to_string(),
+                ws,
+                tcp,
                 esc(&i.addr),
                 esc(i.note.as_deref().unwrap_or("")),
             ]
@@ -180,7 +201,17 @@ fn instances(st: &ServiceStatus) -> String {
         "<h2>Instances</h2>{}",
         table(
             "instances",
-            &["instance", "release", "state", "health", "restarts", "address", "note"],
+            &[
+                "instance",
+                "release",
+                "state",
+                "health",
+                "restarts",
+                "WebSockets",
+                "TCP",
+                "address",
+                "note"
+            ],
             &rows
         )
     )
@@ -188,11 +219,12 @@ fn instances(st: &ServiceStatus) -> String {
 
 /// The deploy page of `d`, with what the dashboard saw of it.
 pub(crate) fn deploy(d: &DeployInfo, track: Option<&Track>, cfg: &JudgeConfig, can_rollback: bool) -> Sections {
+    let spans = track.map(|t| step_spans(t, track_end(d, t))).unwrap_or_default();
     vec![
         ("dep-head", deploy_head(d)),
         ("dep-actions", actions(d, can_rollback)),
-        ("dep-timeline", timeline(d, track)),
-        ("dep-plots", plots(track, cfg)),
+        ("dep-timeline", timeline(d, track, &spans)),
+        ("dep-plots", plots(track, cfg, &spans)),
         ("dep-verdict", verdicts(d, track)),
         ("dep-events", events(d)),
     ]
@@ -276,19 +308,72 @@ fn decision_marks(track: Option<&Track>) -> Vec<Mark> {
         .unwrap_or_default()
 }
 
-fn timeline(d: &DeployInfo, track: Option<&Track>) -> String {
+/// The last moment the track knows of: its last move, or for a running deploy its newest point.
+fn track_end(d: &DeployInfo, t: &Track) -> f64 {
+    let last = t.moves.last().map_or(0.0, |m| m.t);
+    if d.finished() {
+        return last;
+    }
+    t.metrics
+        .values()
+        .filter_map(|v| v.last())
+        .map(|p| p.t)
+        .fold(last, f64::max)
+}
+
+/// Each canary step's hold, then its extension from the first "inconclusive" decision within it, up to `end` for
+/// the step still running.
+fn step_spans(t: &Track, end: f64) -> Vec<Span> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < t.moves.len() {
+        let m = &t.moves[i];
+        let (DeployPhase::Step, Some(step)) = (m.phase, m.step) else {
+            i += 1;
+            continue;
+        };
+        // A pause and resume within the step are moves of the same step.
+        let mut j = i + 1;
+        while t
+            .moves
+            .get(j)
+            .is_some_and(|n| n.phase == DeployPhase::Step && n.step == Some(step))
+        {
+            j += 1;
+        }
+        let (s0, s1) = (m.t, t.moves.get(j).map_or(end, |n| n.t));
+        let ext = t
+            .decisions
+            .iter()
+            .find(|x| x.outcome == Outcome::Inconclusive && x.t > s0 && x.t <= s1)
+            .map(|x| x.t);
+        let label = |what: &str| format!("step {}: {what}", step + 1);
+        out.push(Span {
+            x0: s0,
+            x1: ext.unwrap_or(s1),
+            class: "sp-hold",
+            label: label("hold"),
+        });
+        if let Some(e) = ext {
+            out.push(Span {
+                x0: e,
+                x1: s1,
+                class: "sp-ext",
+                label: label("extended"),
+            });
+        }
+        i = j;
+    }
+    out
+}
+
+fn timeline(d: &DeployInfo, track: Option<&Track>, spans: &[Span]) -> String {
     let Some(t) = track.filter(|t| !t.moves.is_empty()) else {
         return "<h2>Steps</h2><p class=\"none\">this control plane did not watch the deploy run</p>".into();
     };
     let mut pts: Vec<(f64, f64)> = t.moves.iter().map(|m| (m.t, m.weight as f64)).collect();
     if let (Some(last), false) = (pts.last().copied(), d.finished()) {
-        let now = t
-            .metrics
-            .values()
-            .filter_map(|v| v.last())
-            .map(|p| p.t)
-            .fold(last.0, f64::max);
-        pts.push((now, last.1));
+        pts.push((track_end(d, t), last.1));
     }
     let chart = Chart {
         id: "chart-weight".into(),
@@ -301,6 +386,7 @@ fn timeline(d: &DeployInfo, track: Option<&Track>) -> String {
             steps: true,
         }],
         marks: decision_marks(Some(t)),
+        spans: spans.to_vec(),
         y_max: Some(100.0),
         ..Chart::default()
     };
@@ -330,7 +416,7 @@ fn metric_unit(name: &str, cfg: &JudgeConfig) -> (f64, &'static str) {
     }
 }
 
-fn plots(track: Option<&Track>, cfg: &JudgeConfig) -> String {
+fn plots(track: Option<&Track>, cfg: &JudgeConfig, spans: &[Span]) -> String {
     let mut out = String::from("<h2>Canary against baseline</h2><div class=\"charts\">");
     let Some(t) = track.filter(|t| !t.metrics.is_empty()) else {
         out.push_str("<p class=\"none\">no judge samples yet</p></div>");
@@ -359,6 +445,7 @@ fn plots(track: Option<&Track>, cfg: &JudgeConfig) -> String {
             band: pts.iter().map(|p| (p.t, p.lo * k, p.hi * k)).collect(),
             band_name: "tolerance".into(),
             marks: decision_marks(Some(t)),
+            spans: spans.to_vec(),
             y_max: None,
         };
         out.push_str(&svg::chart(&chart));
@@ -500,6 +587,84 @@ pub(crate) fn history(list: &[DeployInfo]) -> Sections {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websockets_and_tcp_were_counted_router_wide_not_per_release_and_instance() {
+        let inst: wire::agent::InstanceInfo = serde_json::from_value(serde_json::json!({
+            "id": "v2-0", "release": "v2", "addr": "127.0.0.1:1", "port": 1, "pid": 9, "state": "ready",
+            "healthy": true, "restarts": 0, "started_at_ms": 0, "client_versions": null, "drain_notified": false
+        }))
+        .unwrap();
+        let st = ServiceStatus {
+            service: "s".into(),
+            current: Some("v1".into()),
+            previous: None,
+            deploy: None,
+            router: None,
+            instances: vec![inst],
+            routes: None,
+            data: None,
+            held: None,
+            restarts: Default::default(),
+        };
+        let rate = Rate {
+            at: 1,
+            requests_per_s: 10.0,
+            error_rate: 0.0,
+        };
+        let rates: BTreeMap<String, Vec<Rate>> = [("v1".into(), vec![rate]), ("v2".into(), vec![rate])].into();
+        let open = Open {
+            releases: [("v1".into(), (5, 0)), ("v2".into(), (3, 1))].into(),
+            instances: [("v2-0".into(), (3, 1))].into(),
+        };
+        let html = join(&service(&st, &rates, &open));
+        let rows: Vec<&str> = html.split("<tr>").collect();
+        let row = |start: &str| rows.iter().find(|r| r.starts_with(start)).copied().unwrap_or_default();
+        assert!(row("<td>v1</td>").contains("<td>5</td><td>0</td></tr>"), "{html}");
+        assert!(row("<td>v2</td>").contains("<td>3</td><td>1</td></tr>"), "{html}");
+        let i = row("<td><a href=\"/logs?instance=v2-0\">");
+        assert!(i.contains("<td>0</td><td>3</td><td>1</td><td>127.0.0.1:1</td>"), "{i}");
+    }
+
+    #[test]
+    fn the_plots_showed_no_hold_or_extension_bands() {
+        use crate::series::{Decision, Move};
+        let mv = |t: f64, weight: u32, step: Option<usize>, phase: DeployPhase, paused: bool| Move {
+            t,
+            weight,
+            step,
+            phase,
+            paused,
+        };
+        let mut t = Track::default();
+        t.moves = vec![
+            mv(0.0, 0, None, DeployPhase::Starting, false),
+            mv(2.0, 10, Some(0), DeployPhase::Step, false),
+            mv(5.0, 10, Some(0), DeployPhase::Step, true),
+            mv(6.0, 10, Some(0), DeployPhase::Step, false),
+            mv(20.0, 50, Some(1), DeployPhase::Step, false),
+        ];
+        let decision = |t: f64, outcome: Outcome| Decision {
+            t,
+            outcome,
+            reason: String::new(),
+        };
+        t.decisions = vec![decision(12.0, Outcome::Inconclusive), decision(20.0, Outcome::Pass)];
+        let got: Vec<_> = step_spans(&t, 30.0)
+            .into_iter()
+            .map(|s| (s.x0, s.x1, s.class, s.label))
+            .collect();
+        let want = [
+            (2.0, 12.0, "sp-hold", "step 1: hold"),
+            (12.0, 20.0, "sp-ext", "step 1: extended"),
+            (20.0, 30.0, "sp-hold", "step 2: hold"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(a, b, c, d)| (a, b, c, d.to_string())),
+            "a pause is within its step; the running step ends at the last moment known"
+        );
+    }
 
     #[test]
     fn verdict_numbers_are_readable_and_missing_ones_a_dash() {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use wire::judge::{Direction, JudgeConfig, MetricKind, Outcome};
 use wire::metrics::MetricsSnapshot;
 use wire::service::{DeployInfo, DeployPhase, ServiceStatus};
@@ -11,9 +12,11 @@ use wire::service::{DeployInfo, DeployPhase, ServiceStatus};
 const MAX_POINTS: usize = 1200;
 /// Deploys remembered.
 const MAX_TRACKS: usize = 20;
+/// Moves and decisions kept per deploy (a pause and resume are two moves); beyond it the oldest but the first go.
+const MAX_MOVES: usize = 500;
 
 /// The judge's values for one metric at one moment.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Point {
     /// Seconds since the deploy started.
     pub t: f64,
@@ -25,7 +28,7 @@ pub(crate) struct Point {
 }
 
 /// A change of the deploy's weight or phase.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Move {
     pub t: f64,
     pub weight: u32,
@@ -35,22 +38,34 @@ pub(crate) struct Move {
 }
 
 /// A decision: a verdict that moved the deploy, or its end.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Decision {
     pub t: f64,
     pub outcome: Outcome,
     pub reason: String,
 }
 
-/// One deploy as the dashboard saw it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Track {
-    pub moves: Vec<Move>,
-    pub metrics: BTreeMap<String, Vec<Point>>,
-    pub decisions: Vec<Decision>,
+/// One deploy as the dashboard saw it: what its page plots. Serializable so the control plane can keep it with the
+/// deploy (JSON: `moves`, `metrics` — per metric name its points `t`, `baseline`, `canary`, `lo`, `hi` —,
+/// `decisions`, `verdicts_seen`, `ended`); bounded: at most 1,200 points per metric and 500 moves and decisions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Track {
+    pub(crate) moves: Vec<Move>,
+    pub(crate) metrics: BTreeMap<String, Vec<Point>>,
+    pub(crate) decisions: Vec<Decision>,
     verdicts_seen: usize,
     ended: bool,
 }
+
+/// Keeps `list` at `max` entries, dropping the oldest after the first.
+fn cap<T>(list: &mut Vec<T>, max: usize) {
+    if list.len() > max {
+        list.drain(1..1 + list.len() - max);
+    }
+}
+
+/// How much of a track there is, to tell whether it changed: moves, decisions, points, ended.
+pub(crate) type Size = (usize, usize, usize, bool);
 
 /// Rate points kept per release (a minute at the loop's 2 turns a second).
 const MAX_RATES: usize = 120;
@@ -68,11 +83,19 @@ pub(crate) struct Rate {
     pub error_rate: f64,
 }
 
+/// WebSockets and raw TCP connections open, per release and per instance, as the last snapshot counted them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Open {
+    pub releases: BTreeMap<String, (u64, u64)>,
+    pub instances: BTreeMap<String, (u64, u64)>,
+}
+
 /// The tracks of the deploys seen, by id, and each release's recent rates.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     pub tracks: BTreeMap<i64, Track>,
     pub rates: BTreeMap<String, Vec<Rate>>,
+    pub open: Open,
     /// The last snapshot's counters per release, with its router and uptime.
     last: Option<Counted>,
 }
@@ -105,6 +128,22 @@ fn secs(d: &DeployInfo, now: u64) -> f64 {
 }
 
 impl Track {
+    pub(crate) fn size(&self) -> Size {
+        let points = self.metrics.values().map(Vec::len).sum();
+        (self.moves.len(), self.decisions.len(), points, self.ended)
+    }
+
+    /// Whether it was bounded as [`Track`] says and its times are numbers (a saved one read back is checked).
+    pub(crate) fn is_sane(&self) -> bool {
+        let finite = |p: &Point| [p.t, p.baseline, p.canary, p.lo, p.hi].iter().all(|v| v.is_finite());
+        self.moves.len() <= MAX_MOVES
+            && self.decisions.len() <= MAX_MOVES
+            && self
+                .metrics
+                .values()
+                .all(|v| v.len() <= MAX_POINTS && v.iter().all(finite))
+    }
+
     fn observe(&mut self, d: &DeployInfo, cfg: &JudgeConfig, now: u64) {
         let t = secs(d, d.finished_ms.unwrap_or(now).min(now));
         let mv = Move {
@@ -120,6 +159,7 @@ impl Track {
             .is_none_or(|m| (m.weight, m.step, m.phase, m.paused) != (mv.weight, mv.step, mv.phase, mv.paused));
         if changed {
             self.moves.push(mv);
+            cap(&mut self.moves, MAX_MOVES);
         }
         for v in d.verdicts.iter().skip(self.verdicts_seen) {
             self.decisions.push(Decision {
@@ -128,6 +168,7 @@ impl Track {
                 reason: v.reason.clone(),
             });
         }
+        cap(&mut self.decisions, MAX_MOVES);
         self.verdicts_seen = self.verdicts_seen.max(d.verdicts.len());
         if d.finished() && !self.ended {
             self.ended = true;
@@ -174,6 +215,19 @@ impl Recorder {
     /// Takes in a router metrics snapshot: each release's request and error rate since the last one. A router
     /// restart (another id, or uptime going back) starts over.
     pub(crate) fn observe_metrics(&mut self, snap: &MetricsSnapshot, now: u64) {
+        let both = |c: &wire::metrics::Counters| (c.open_websockets, c.open_tcp);
+        self.open = Open {
+            releases: snap
+                .releases
+                .iter()
+                .map(|r| (r.release.clone(), both(&r.totals)))
+                .collect(),
+            instances: snap
+                .releases
+                .iter()
+                .flat_map(|r| r.instances.iter().map(|i| (i.instance.clone(), both(&i.counters))))
+                .collect(),
+        };
         let counts: BTreeMap<String, (u64, u64)> = snap
             .releases
             .iter()
@@ -371,6 +425,11 @@ mod tests {
         r.observe_metrics(&snap("b", 1_500, &[("v1", 5, 0)]), 40);
         assert_eq!(r.rates["v1"][1].error_rate, 0.0, "no requests: no errors");
         assert!(!r.rates.contains_key("v2"), "a release that left is dropped");
+        let mut s = snap("b", 2_500, &[("v1", 5, 0)]);
+        s.releases[0].totals.open_websockets = 3;
+        s.releases[0].totals.open_tcp = 1;
+        r.observe_metrics(&s, 50);
+        assert_eq!(r.open.releases["v1"], (3, 1), "open connections per release");
     }
 
     #[test]

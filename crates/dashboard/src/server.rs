@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::auth::{self, Refusal, Sessions};
 use crate::backend::{Action, Backend};
 use crate::html::{Nav, esc, page};
-use crate::series::Recorder;
+use crate::series::{Recorder, Track};
 use crate::{logs, views};
 
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     pub backend: Arc<dyn Backend>,
     sessions: Mutex<Sessions>,
     pub recorder: Mutex<Recorder>,
+    /// The deploy whose plot was last saved, and when (unix ms).
+    saved: Mutex<Option<(i64, u64)>>,
+    /// Saved plots of past deploys read back for their pages, the last few.
+    old_plots: Mutex<Vec<(i64, Arc<Track>)>>,
     /// Bumped once the recorder took in a loop turn: live pages render then.
     pub updated: watch::Sender<u64>,
     pub stop: watch::Receiver<bool>,
@@ -52,23 +56,70 @@ impl Shared {
             backend,
             sessions: Mutex::new(Sessions::default()),
             recorder: Mutex::new(Recorder::default()),
+            saved: Mutex::new(None),
+            old_plots: Mutex::new(Vec::new()),
             updated: watch::channel(0).0,
             stop,
         })
     }
 
-    /// One loop turn seen: the recorder takes in the status, then live pages are told.
+    /// One loop turn seen: the recorder takes in the status, the deploy's plot is saved when it changed, then live
+    /// pages are told.
     pub(crate) fn observe(&self) {
         let st = self.backend.status();
         let cfg = self.backend.judge_config();
         let metrics = self.backend.metrics();
+        let id = st.deploy.as_ref().map(|d| d.id);
+        // A deploy this dashboard has not seen yet may have been watched by a control plane before a restart.
+        let unseen = id.filter(|id| !lock(&self.recorder).tracks.contains_key(id));
+        let saved = unseen.and_then(|id| self.backend.saved_plot(id).filter(Track::is_sane));
         let mut rec = lock(&self.recorder);
-        rec.observe(&st, &cfg, now_ms());
-        if let Some(m) = metrics {
-            rec.observe_metrics(&m, now_ms());
+        if let (Some(id), Some(t)) = (unseen, saved) {
+            rec.tracks.entry(id).or_insert(t);
         }
+        let before = id.and_then(|id| rec.tracks.get(&id)).map(Track::size);
+        let now = now_ms();
+        rec.observe(&st, &cfg, now);
+        if let Some(m) = metrics {
+            rec.observe_metrics(&m, now);
+        }
+        let after = id.and_then(|id| rec.tracks.get(&id).map(|t| (id, t.size(), t)));
+        let save = after.and_then(|(id, size, t)| self.due(id, before, size, now).then(|| (id, t.clone())));
         drop(rec);
+        if let Some((id, t)) = save {
+            self.backend.save_plot(id, &t);
+        }
         self.updated.send_modify(|n| *n += 1);
+    }
+
+    /// Whether deploy `id`'s plot is to be saved now: a move, a decision or its end at once, new points every 5 s.
+    fn due(&self, id: i64, before: Option<crate::series::Size>, after: crate::series::Size, now: u64) -> bool {
+        let mut saved = lock(&self.saved);
+        let b = before.unwrap_or_default();
+        let marks = (b.0, b.1, b.3) != (after.0, after.1, after.3);
+        let points = b.2 != after.2 && saved.is_none_or(|(i, at)| i != id || now.saturating_sub(at) >= 5_000);
+        let due = marks || points;
+        if due {
+            *saved = Some((id, now));
+        }
+        due
+    }
+
+    /// Deploy `id`'s plot: the recorder's, else the one the control plane saved (read once, the last few kept).
+    pub(crate) fn plot(&self, id: i64) -> Option<Arc<Track>> {
+        if let Some(t) = lock(&self.recorder).tracks.get(&id) {
+            return Some(Arc::new(t.clone()));
+        }
+        if let Some((_, t)) = lock(&self.old_plots).iter().find(|(i, _)| *i == id) {
+            return Some(t.clone());
+        }
+        let t = Arc::new(self.backend.saved_plot(id).filter(Track::is_sane)?);
+        let mut old = lock(&self.old_plots);
+        old.push((id, t.clone()));
+        if old.len() > 4 {
+            old.remove(0);
+        }
+        Some(t)
     }
 
     /// The session's `(id, csrf)` from the request's cookie.

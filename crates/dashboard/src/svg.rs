@@ -32,6 +32,24 @@ pub(crate) struct Mark {
     pub class: &'static str,
 }
 
+/// A shaded stretch of time behind the lines: a step's hold, or its extension.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Span {
+    pub x0: f64,
+    pub x1: f64,
+    /// CSS class: `sp-hold`, `sp-ext`.
+    pub class: &'static str,
+    pub label: String,
+}
+
+/// What a span class is called in the legend.
+fn span_name(class: &str) -> &'static str {
+    match class {
+        "sp-ext" => "extension",
+        _ => "hold",
+    }
+}
+
 /// A chart: x in seconds, y in `unit`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Chart {
@@ -43,6 +61,8 @@ pub(crate) struct Chart {
     pub band: Vec<(f64, f64, f64)>,
     pub band_name: String,
     pub marks: Vec<Mark>,
+    /// Holds and extensions, shaded across the chart's height.
+    pub spans: Vec<Span>,
     /// Fixed y range (else from the data, from 0).
     pub y_max: Option<f64>,
 }
@@ -94,6 +114,7 @@ impl Frame {
 fn frame(c: &Chart) -> Frame {
     let xs = c.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let xs = xs.chain(c.marks.iter().map(|m| m.x)).chain(c.band.iter().map(|b| b.0));
+    let xs = xs.chain(c.spans.iter().map(|s| s.x1));
     let x_max = xs.fold(0.0f64, f64::max).max(10.0);
     let ys = c.series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
     let ys = ys.chain(c.band.iter().map(|b| b.2)).filter(|v| v.is_finite());
@@ -192,6 +213,20 @@ fn band(out: &mut String, f: &Frame, c: &Chart) {
     );
 }
 
+fn spans(out: &mut String, f: &Frame, c: &Chart) {
+    for s in &c.spans {
+        let (x0, x1) = (f.x(s.x0), f.x(s.x1));
+        let _ = write!(
+            out,
+            "<rect class=\"span {}\" x=\"{x0:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{:.1}\"><title>{}</title></rect>",
+            s.class,
+            (x1 - x0).max(0.0),
+            H - TOP - BOTTOM,
+            esc(&s.label)
+        );
+    }
+}
+
 fn legend(out: &mut String, c: &Chart) {
     let mut x = LEFT;
     let mut item = |out: &mut String, class: &str, name: &str| {
@@ -210,6 +245,11 @@ fn legend(out: &mut String, c: &Chart) {
     if !c.band.is_empty() {
         item(out, "band", &c.band_name);
     }
+    for class in ["sp-hold", "sp-ext"] {
+        if c.spans.iter().any(|s| s.class == class) {
+            item(out, class, span_name(class));
+        }
+    }
     if let Some(m) = c.marks.first() {
         item(out, m.class, "decision");
     }
@@ -225,6 +265,7 @@ pub(crate) fn chart(c: &Chart) -> String {
         esc(&c.title),
         esc(&c.title)
     );
+    spans(&mut out, &f, c);
     axes(&mut out, &f, c);
     band(&mut out, &f, c);
     for s in &c.series {
@@ -323,9 +364,28 @@ mod tests {
                 label: "fail".into(),
                 class: "m-fail",
             }],
+            spans: vec![
+                Span {
+                    x0: 0.0,
+                    x1: 4.0,
+                    class: "sp-hold",
+                    label: "step 1: hold".into(),
+                },
+                Span {
+                    x0: 4.0,
+                    x1: 8.0,
+                    class: "sp-ext",
+                    label: "step 1: extended".into(),
+                },
+            ],
             y_max: None,
         };
         let s = chart(&c);
+        assert!(s.contains(r#"<rect class="span sp-hold" x="56.0""#), "{s}");
+        assert!(
+            s.contains(">hold</text>") && s.contains(">extension</text>"),
+            "both in the legend"
+        );
         assert!(s.contains(">ms</text>"), "y unit");
         assert!(s.contains("time since the deploy started (s)"), "x unit");
         assert!(s.contains(r#"data-points="4""#) && s.contains(r#"data-points="2""#));

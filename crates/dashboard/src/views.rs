@@ -40,8 +40,8 @@ fn deploy_sections(s: &Shared, id: Option<i64>) -> Sections {
     };
     let can_rollback = st.previous.is_some() && st.deploy.as_ref().is_none_or(|x| x.finished());
     let cfg = s.backend.judge_config();
-    let rec = lock(&s.recorder);
-    pages::deploy(&d, rec.tracks.get(&d.id), &cfg, can_rollback)
+    let plot = s.plot(d.id);
+    pages::deploy(&d, plot.as_deref(), &cfg, can_rollback)
 }
 
 fn data_sections(s: &Shared) -> Sections {
@@ -112,8 +112,11 @@ pub(crate) fn sections(s: &Shared, view: &View) -> Sections {
     match view {
         View::Service => {
             let st = s.backend.status();
-            let rates = lock(&s.recorder).rates.clone();
-            pages::service(&st, &rates)
+            let (rates, open) = {
+                let rec = lock(&s.recorder);
+                (rec.rates.clone(), rec.open.clone())
+            };
+            pages::service(&st, &rates, &open)
         }
         View::Deploy(id) => deploy_sections(s, *id),
         View::History => pages::history(&s.backend.history(100)),

@@ -1,4 +1,4 @@
-//! The admin API (loopback or Unix socket, bearer token): routes, metrics, drain status, upgrades.
+//! The admin API (loopback or Unix socket, bearer token): routes, metrics, drain status, upgrades, listener sharing.
 
 use std::sync::Arc;
 
@@ -50,11 +50,13 @@ pub fn router(shared: AppState) -> Router {
         .route("/metrics", get(metrics_prometheus))
         .route("/v1/drain", get(drain))
         .route("/v1/upgrade", axum::routing::post(upgrade))
+        .route("/v1/listeners/share", axum::routing::post(share_listeners))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such admin endpoint; see /v1/status, /v1/routes, /v1/metrics, /metrics, /v1/drain, /v1/upgrade",
+                "no such admin endpoint; see /v1/status, /v1/routes, /v1/metrics, /metrics, /v1/drain, /v1/upgrade, \
+                 /v1/listeners/share",
             )
         })
         .with_state(shared)
@@ -151,6 +153,81 @@ async fn upgrade(
         Ok(Err(e)) => Err(fail(e)),
         Err(_) => Err(fail(UpgradeError::Unavailable)),
     }
+}
+
+/// Sends duplicates of the listening sockets (SCM_RIGHTS) to the Unix socket the request names, which must sit
+/// directly in the router's state folder (0700: only its owner can listen there); see `wire::api::ShareRequest`.
+async fn share_listeners(
+    _: Authorized,
+    State(s): State<AppState>,
+    body: Bytes,
+) -> Result<axum::Json<wire::api::SharedListeners>, ApiError> {
+    let req: wire::api::ShareRequest = parse_json(&body, "share request")?;
+    let dir = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+    let inside = req
+        .socket
+        .parent()
+        .and_then(dir)
+        .is_some_and(|d| Some(d) == dir(&s.config.state_dir));
+    if !inside {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "socket_outside_state_folder",
+            format!(
+                "{} is not a socket directly in the router's state folder {}",
+                req.socket.display(),
+                s.config.state_dir.display()
+            ),
+        ));
+    }
+    let (msg, fds) = {
+        let list = s.listening.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fds = Vec::new();
+        let mut listeners = Vec::new();
+        for (i, (name, addr, fd)) in list.iter().enumerate() {
+            listeners.push(wire::api::HandoverSocket {
+                name: name.clone(),
+                addr: addr.clone(),
+                fd: i,
+            });
+            fds.push(fd.try_clone());
+        }
+        let fds: Result<Vec<_>, _> = fds.into_iter().collect();
+        let msg = wire::api::SharedListeners {
+            format: 1,
+            pid: std::process::id(),
+            listeners,
+        };
+        (msg, fds)
+    };
+    let failed = |e: String| ApiError::new(StatusCode::BAD_GATEWAY, "share_failed", e);
+    let fds = fds.map_err(|e| failed(format!("cannot duplicate a listening socket: {e}")))?;
+    if fds.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_listening",
+            "this router holds no listening socket (it is leaving)",
+        ));
+    }
+    let sent = msg.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        let stream = std::os::unix::net::UnixStream::connect(&req.socket)
+            .map_err(|e| format!("cannot connect to {}: {e}", req.socket.display()))?;
+        stream
+            .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        plumbing::fds::send_msg(&stream, &sent, &raw).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?
+    .map_err(failed)?;
+    tracing::info!(
+        listeners = msg.listeners.len(),
+        "shared the listening sockets with a supervisor"
+    );
+    Ok(axum::Json(msg))
 }
 
 async fn drain(_: Authorized, State(s): State<AppState>) -> axum::Json<wire::api::DrainStatus> {

@@ -210,6 +210,7 @@ impl RunningRouter {
     /// then get a 1012 close.
     pub async fn leave(mut self, grace: Duration) {
         self.shared.long_lived.start_leaving(self.shared.clock.now_ms());
+        self.shared.listening.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
         drop(std::mem::take(&mut self.sockets));
@@ -264,6 +265,7 @@ async fn start_with(config: Config, mut inherited: Inherited) -> Result<RunningR
     // Bind (or take over) everything before serving anything, so a bad
     // address fails the start.
     let (bound, sockets, mut keep) = bind_listeners(&config, &mut inherited)?;
+    share_listeners(&shared, &keep)?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let admin_err = |source| StartError::Admin {
@@ -379,6 +381,21 @@ fn bind_listeners(config: &Config, inherited: &mut Inherited) -> Result<Listenin
         );
     }
     Ok((bound, sockets, keep))
+}
+
+/// Keeps duplicates of the listening sockets for `POST /v1/listeners/share`.
+fn share_listeners(shared: &Shared, keep: &handover::Sockets) -> Result<(), StartError> {
+    let mut list = Vec::new();
+    for (name, addr, fd) in &keep.listeners {
+        let dup = fd.try_clone().map_err(|source| StartError::Bind {
+            name: name.clone(),
+            addr: addr.parse().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+            source,
+        })?;
+        list.push((name.clone(), addr.clone(), dup));
+    }
+    *shared.listening.lock().unwrap_or_else(|e| e.into_inner()) = list;
+    Ok(())
 }
 
 /// Cuts long-lived connections past their deadlines every 200 ms, until the

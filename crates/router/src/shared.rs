@@ -89,6 +89,9 @@ pub struct Shared {
     pub took_over_from: OnceLock<u32>,
     /// A self-upgrade is under way.
     pub upgrading: std::sync::atomic::AtomicBool,
+    /// Duplicates of the listening sockets (name, address, socket) for `POST /v1/listeners/share`; emptied when
+    /// the router leaves.
+    pub listening: Mutex<Vec<(String, String, std::os::fd::OwnedFd)>>,
 }
 
 impl Shared {
@@ -111,6 +114,7 @@ impl Shared {
             upgrades: OnceLock::new(),
             took_over_from: OnceLock::new(),
             upgrading: std::sync::atomic::AtomicBool::new(false),
+            listening: Mutex::new(Vec::new()),
         }
     }
 
@@ -307,6 +311,7 @@ impl Shared {
             upstreams: ups,
             folded,
         } = self.all_upstreams();
+        let long_lived = self.long_lived.counts_by_upstream();
         let mut order: Vec<Arc<str>> = table.releases.iter().map(|r| r.id.clone()).collect();
         for u in &ups {
             if !order.contains(&u.release) {
@@ -321,7 +326,9 @@ impl Shared {
                     .iter()
                     .filter(|u| u.release == rel)
                     .map(|u| {
-                        let counters = u.stats.snapshot();
+                        let mut counters = u.stats.snapshot();
+                        (counters.open_websockets, counters.open_tcp) =
+                            long_lived.get(&(Arc::as_ptr(u) as usize)).copied().unwrap_or_default();
                         totals.add(&counters);
                         InstanceMetrics {
                             instance: u.id.to_string(),

@@ -131,6 +131,9 @@ impl Stats {
             open_requests: self.open_requests.load(Relaxed),
             open_upstream_connections: self.upstream_connections.load(Relaxed),
             open_long_lived: self.long_lived.load(Relaxed),
+            // Split by the long-lived registry in `Shared::metrics`.
+            open_websockets: 0,
+            open_tcp: 0,
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             latency_us: Histogram::from_dense(&dense, self.latency_sum_us.load(Relaxed)),

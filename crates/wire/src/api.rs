@@ -148,6 +148,26 @@ pub struct Upgraded {
     pub old_connections: u64,
 }
 
+/// `POST /v1/listeners/share`: the router connects to the Unix socket `socket` (a path directly inside its state
+/// folder) and sends it a [`SharedListeners`] message with duplicates of its listening sockets attached
+/// (SCM_RIGHTS). A supervisor started while a router already runs holds the same sockets this way, so it can hand
+/// them to the next router and no connection is refused while that one starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRequest {
+    pub socket: std::path::PathBuf,
+}
+
+/// The listening sockets a router shares, each `fd` indexing the descriptors attached; also the API's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedListeners {
+    /// Format of this message; 1.
+    pub format: u32,
+    /// The sharing router's pid.
+    pub pid: u32,
+    pub listeners: Vec<HandoverSocket>,
+}
+
 /// Health of one instance as the old router saw it at handover.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoverHealth {

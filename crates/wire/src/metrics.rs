@@ -175,6 +175,11 @@ pub struct Counters {
     pub open_upstream_connections: u64,
     /// Upgraded (WebSocket) and raw TCP connections currently open.
     pub open_long_lived: u64,
+    /// Of those: WebSocket tunnels, and raw TCP connections (absent from routers before they were split: 0).
+    #[serde(default)]
+    pub open_websockets: u64,
+    #[serde(default)]
+    pub open_tcp: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Time from receiving the request head to sending the response head.
@@ -198,6 +203,8 @@ impl Counters {
         self.open_requests += o.open_requests;
         self.open_upstream_connections += o.open_upstream_connections;
         self.open_long_lived += o.open_long_lived;
+        self.open_websockets += o.open_websockets;
+        self.open_tcp += o.open_tcp;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
         self.latency_us = self.latency_us.merged(&o.latency_us);
@@ -219,6 +226,8 @@ impl Counters {
             open_requests: self.open_requests,
             open_upstream_connections: self.open_upstream_connections,
             open_long_lived: self.open_long_lived,
+            open_websockets: self.open_websockets,
+            open_tcp: self.open_tcp,
             bytes_in: d(self.bytes_in, earlier.bytes_in),
             bytes_out: d(self.bytes_out, earlier.bytes_out),
             latency_us: self.latency_us.since(&earlier.latency_us),

@@ -233,6 +233,47 @@ async fn instance_output_goes_to_size_rotated_files() {
 }
 
 #[tokio::test]
+async fn an_agent_killed_between_spawning_an_instance_and_saving_its_pid_started_it_twice() {
+    let mut h = Harness::start("").await;
+    h.add_release("v1", "");
+    let started = h.start_instances("v1", 2).await;
+    let mut ready = Vec::new();
+    for i in &started {
+        ready.push(h.wait_state(&i.id, InstanceState::Ready, Duration::from_secs(10)).await);
+    }
+    h.shutdown().await;
+    // As an agent killed at that moment leaves it: instance 0 saved without its pid, instance 1 not saved at all.
+    let state = h.root().join("agent/instances.json");
+    let mut saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let list = saved["instances"].as_array_mut().unwrap();
+    list.retain(|i| i["info"]["id"] != ready[1].id.as_str());
+    list[0]["info"]["pid"] = serde_json::Value::Null;
+    list[0]["info"]["state"] = serde_json::json!("starting");
+    list[0]["start_time"] = serde_json::Value::Null;
+    std::fs::write(&state, serde_json::to_vec(&saved).unwrap()).unwrap();
+
+    let dir = std::mem::replace(&mut h.dir, testkit::TempDir::new("unused"));
+    let h2 = Harness::start_in(dir, "").await;
+    let now = h2
+        .wait_state(&ready[0].id, InstanceState::Ready, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        (now.pid, now.restarts),
+        (ready[0].pid, 0),
+        "its running process adopted, not a second one"
+    );
+    assert_eq!(testkit::get(addr(&now), "/", &[]).await.unwrap().text(), "v1");
+    testkit::wait_for(
+        "the unknown instance process stopped",
+        Duration::from_secs(5),
+        || async { (!alive(ready[1].pid.unwrap())).then_some(()) },
+    )
+    .await;
+    assert_eq!(h2.list().await.len(), 1);
+    kill_group(now.pid);
+}
+
+#[tokio::test]
 async fn a_restarted_agent_re_adopts_running_instances_and_never_a_reused_pid() {
     let mut h = Harness::start("").await;
     h.add_release("v1", "");

@@ -1,6 +1,10 @@
 //! Chaos: under `slipway up` and load, a rolling, canary or blue-green deploy, and at a random moment of it a kill -9
-//! of the control plane, the agent, the router or an app instance. The deploy still promotes, the router serves
-//! what `status` shows, nothing started twice, and no request fails except those in flight on what was killed.
+//! of the control plane, the agent, the router, an app instance, or the router of a supervisor that was itself
+//! killed and started again while the router ran. The deploy still promotes, the router serves what `status` shows,
+//! nothing started twice, and no request fails except those in flight on what was killed.
+//!
+//! The moment is uniform over the whole deploy: the first deploy of each strategy in a test process is a rehearsal
+//! without a kill that measures how long one takes here, and later ones are killed at a random point of that span.
 //!
 //! One run per kind in the suite; `bench/chaos/run.sh` sets `SLIPWAY_CHAOS_RUNS` for more, and every run prints a
 //! `chaos {json}` line that the script sums up.
@@ -18,6 +22,8 @@ enum Kind {
     Agent,
     Router,
     Instance,
+    /// The control plane killed and started again (by `slipway up`) first; then, at the moment, its router.
+    RouterAfterControl,
 }
 
 impl Kind {
@@ -27,6 +33,7 @@ impl Kind {
             Kind::Agent => "agent",
             Kind::Router => "router",
             Kind::Instance => "instance",
+            Kind::RouterAfterControl => "router after control",
         }
     }
 }
@@ -43,7 +50,7 @@ async fn kill(f: &Fixture, kind: Kind, rng: &mut fastrand::Rng) -> (u32, Option<
     let pid = match kind {
         Kind::Control => control::control_running(&f.cfg).map(|r| r.pid),
         Kind::Agent => control::agent_running(&f.cfg).map(|r| r.pid),
-        Kind::Router => control::router_running(&f.cfg).map(|r| r.pid),
+        Kind::Router | Kind::RouterAfterControl => control::router_running(&f.cfg).map(|r| r.pid),
         Kind::Instance => {
             let ready: Vec<(String, u32)> = agent::saved_instances(f.cfg.state_dir())
                 .unwrap()
@@ -72,7 +79,7 @@ async fn recovered(f: &Fixture, kind: Kind, pid: u32, id: Option<&str>) -> Durat
         let back = match kind {
             Kind::Control => control::control_running(&f.cfg).is_some_and(|r| r.pid != pid),
             Kind::Agent => control::agent_running(&f.cfg).is_some_and(|r| r.pid != pid),
-            Kind::Router => control::router_running(&f.cfg).is_some_and(|r| r.pid != pid),
+            Kind::Router | Kind::RouterAfterControl => control::router_running(&f.cfg).is_some_and(|r| r.pid != pid),
             // Ready again under a new pid, or not wanted any more (an old release's instance, retired meanwhile).
             Kind::Instance => agent::saved_instances(f.cfg.state_dir()).unwrap().iter().all(|i| {
                 Some(i.id.as_str()) != id
@@ -86,7 +93,28 @@ async fn recovered(f: &Fixture, kind: Kind, pid: u32, id: Option<&str>) -> Durat
     t.elapsed()
 }
 
-/// One deploy of v2 over v1 with `strategy`, killed once at a random moment.
+/// How long an unkilled deploy of each strategy took in this process (its rehearsal).
+static SPANS: std::sync::Mutex<Vec<(Strategy, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// A deploy of `release` that is let finish; returns how long it took.
+async fn rehearse(f: &Fixture, release: &str, strategy: Strategy) -> u64 {
+    let t = Instant::now();
+    let d: DeployInfo = f.deploy(release, Some(strategy)).await;
+    let end = f.wait_deploy(d.id, Duration::from_secs(60)).await;
+    assert_eq!(end.outcome.as_deref(), Some("promoted"), "rehearsal: {:?}", end.events);
+    let ms = t.elapsed().as_millis() as u64;
+    SPANS.lock().unwrap().push((strategy, ms));
+    ms
+}
+
+/// The control plane killed and started again by `slipway up`, its router left running.
+async fn restart_control(f: &mut Fixture) {
+    kill9(control::control_running(&f.cfg).unwrap().pid).await;
+    slipway_up(f);
+    f.api = Some(control_api(f));
+}
+
+/// One deploy over v1 with `strategy` (v2, or v4 after a rehearsal with v2), killed once at a random moment.
 async fn run(kind: Kind, strategy: Strategy, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut f = Fixture::new_with("", |t| t.replace("hold = \"3s\"", "hold = \"2s\""));
@@ -94,10 +122,18 @@ async fn run(kind: Kind, strategy: Strategy, seed: u64) {
     f.api = Some(control_api(&f));
     let d: DeployInfo = f.deploy("v1", Some(Strategy::Rolling)).await;
     f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    if kind == Kind::RouterAfterControl {
+        restart_control(&mut f).await;
+    }
     let load = crate::harness::load(f.web());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let d: DeployInfo = f.deploy("v2", Some(strategy)).await;
-    let at = rng.u64(0..4_000);
+    let known = SPANS.lock().unwrap().iter().find(|s| s.0 == strategy).map(|s| s.1);
+    let (release, span) = match known {
+        Some(ms) => ("v2", ms),
+        None => ("v4", rehearse(&f, "v2", strategy).await),
+    };
+    let d: DeployInfo = f.deploy(release, Some(strategy)).await;
+    let at = rng.u64(0..span);
     tokio::time::sleep(Duration::from_millis(at)).await;
     let phase = f
         .api()
@@ -115,7 +151,7 @@ async fn run(kind: Kind, strategy: Strategy, seed: u64) {
     .await;
     let r = load.stop().await;
     let line = serde_json::json!({
-        "kind": kind.name(), "strategy": strategy.as_str(), "seed": seed, "at_ms": at,
+        "kind": kind.name(), "strategy": strategy.as_str(), "seed": seed, "at_ms": at, "span_ms": span,
         "phase": phase.unwrap_or("?"), "outcome": end.outcome, "recovery_ms": recovery.as_millis() as u64,
         "sent": r.sent, "failed": r.failed, "errors": r.errors, "statuses": r.statuses,
         "ws_dropped": r.ws_dropped, "ws_1012": r.ws_closed_1012,
@@ -126,7 +162,7 @@ async fn run(kind: Kind, strategy: Strategy, seed: u64) {
     assert_eq!(r.sent, r.ok + r.failed, "{ctx}");
     // Only what was in flight on a killed router (one request per user's connection) or instance may fail.
     let allowed = match kind {
-        Kind::Router => 20,
+        Kind::Router | Kind::RouterAfterControl => 20,
         Kind::Instance => 5,
         Kind::Control | Kind::Agent => 0,
     };
@@ -146,15 +182,16 @@ async fn run(kind: Kind, strategy: Strategy, seed: u64) {
         weights(&router_routes(&f).await),
         "{ctx}"
     );
-    // Nothing started twice: v2's instances are numbered 0..count (a killed one restarts under its id).
-    let mut v2: Vec<String> = s
+    // Nothing started twice: the release's instances are numbered 0..count (a killed one restarts under its id).
+    let mut ids: Vec<String> = s
         .instances
         .iter()
-        .filter(|i| i.release == "v2")
+        .filter(|i| i.release == release)
         .map(|i| i.id.clone())
         .collect();
-    v2.sort();
-    assert_eq!(v2, vec!["v2-0", "v2-1", "v2-2"], "{ctx}");
+    ids.sort();
+    let want: Vec<String> = (0..3).map(|n| format!("{release}-{n}")).collect();
+    assert_eq!(ids, want, "{ctx}");
 }
 
 async fn runs_of(kind: Kind) {
@@ -192,4 +229,9 @@ async fn chaos_kill_the_router_at_a_random_moment_of_a_deploy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kill_an_instance_at_a_random_moment_of_a_deploy() {
     runs_of(Kind::Instance).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kill_the_router_of_a_restarted_control_plane_at_a_random_moment_of_a_deploy() {
+    runs_of(Kind::RouterAfterControl).await;
 }

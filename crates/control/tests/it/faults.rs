@@ -157,40 +157,9 @@ async fn a_killed_router_refused_every_connection_until_someone_ran_slipway_up()
     f.api = Some(control_api(&f));
     let d: DeployInfo = f.deploy("v1", Some(Strategy::Rolling)).await;
     f.wait_deploy(d.id, Duration::from_secs(30)).await;
-    let web = f.web();
-    let mut c = loadgen::LoadConfig::new(web, 150.0);
-    c.users = 20;
-    let load = loadgen::Load::start(c);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let old = control::router_running(&f.cfg).unwrap();
-    kill9(old.pid).await;
-    let killed = std::time::Instant::now();
-    let new = testkit::wait_for("a new router", Duration::from_secs(10), || async {
-        control::router_running(&f.cfg).filter(|r| r.pid != old.pid)
-    })
-    .await;
-    let took = killed.elapsed();
+    let (_, new, took) = kill_router_under_load(&f).await;
     eprintln!("router restarted in {} ms", took.as_millis());
     assert!(took < Duration::from_secs(1), "restarted after {took:?}");
-    assert_eq!(f.web(), web, "the new router serves the same listening socket");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let r = load.stop().await;
-    eprintln!("{} sent, {} failed: {:?}", r.sent, r.failed, r.errors);
-    assert_eq!(r.sent, r.ok + r.failed);
-    let refused: u64 = r
-        .errors
-        .iter()
-        .filter(|(e, _)| e.starts_with("connect: ")) // not "connection: …", a request in flight
-        .map(|(_, n)| n)
-        .sum();
-    assert_eq!(
-        refused, 0,
-        "connections refused while the router restarted: {:?}",
-        r.errors
-    );
-    // Only requests in flight on the killed router's connections fail: one per user's connection at most.
-    assert!(r.failed <= 20, "{} failed: {:?} {:?}", r.failed, r.errors, r.statuses);
-    assert!(r.ok > 300, "{r:?}");
     let s = f.status().await;
     let restarts: Vec<_> = s.restarts.iter().map(|p| (p.part, p.restarts, p.pid)).collect();
     assert_eq!(
@@ -222,6 +191,90 @@ async fn a_killed_router_refused_every_connection_until_someone_ran_slipway_up()
     })
     .await;
     assert_eq!(s.instances.iter().map(|i| i.pid).collect::<Vec<_>>(), before);
+}
+
+/// The kernel sockets (`socket:[inode]`) among the descriptors of process `pid`.
+fn sockets_of(pid: u32) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.display().to_string())
+                .filter(|l| l.starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Load through the router while it is killed: nothing refused, at most what was in flight on it failed.
+/// Returns the load's report, the new router and how long it took to come.
+async fn kill_router_under_load(f: &Fixture) -> (loadgen::Report, control::Running, Duration) {
+    let web = f.web();
+    let mut c = loadgen::LoadConfig::new(web, 150.0);
+    c.users = 20;
+    let load = loadgen::Load::start(c);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old = control::router_running(&f.cfg).unwrap();
+    kill9(old.pid).await;
+    let killed = std::time::Instant::now();
+    let new = testkit::wait_for("a new router", Duration::from_secs(10), || async {
+        control::router_running(&f.cfg).filter(|r| r.pid != old.pid)
+    })
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(f.web(), web, "the new router serves the same listening socket");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = load.stop().await;
+    eprintln!("{} sent, {} failed: {:?}", r.sent, r.failed, r.errors);
+    assert_eq!(r.sent, r.ok + r.failed);
+    let refused: u64 = r
+        .errors
+        .iter()
+        .filter(|(e, _)| e.starts_with("connect: ")) // not "connection: …", a request in flight
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        refused, 0,
+        "connections refused while the router restarted: {:?}",
+        r.errors
+    );
+    assert!(r.failed <= 20, "{} failed: {:?} {:?}", r.failed, r.errors, r.statuses);
+    // Only requests in flight on the killed router's connections fail: one per user's connection at most.
+    assert!(r.ok > 300, "{r:?}");
+    (r, new, took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_killed_after_its_control_plane_restarted_refused_connections_while_it_rebound() {
+    let mut f = Fixture::new("");
+    slipway_up(&f);
+    f.api = Some(control_api(&f));
+    let d: DeployInfo = f.deploy("v1", Some(Strategy::Rolling)).await;
+    f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    // The supervisor dies and comes back while its router keeps running: the router was not started by it.
+    let router = control::router_running(&f.cfg).unwrap();
+    kill9(control::control_running(&f.cfg).unwrap().pid).await;
+    slipway_up(&f);
+    f.api = Some(control_api(&f));
+    assert_eq!(
+        control::router_running(&f.cfg).unwrap().pid,
+        router.pid,
+        "the same router serves"
+    );
+    // It holds the router's very listening socket (the same kernel socket), not one of its own.
+    let control_pid = control::control_running(&f.cfg).unwrap().pid;
+    testkit::wait_for(
+        "the control plane holds the router's socket",
+        Duration::from_secs(10),
+        || async {
+            let shared = sockets_of(router.pid).intersection(&sockets_of(control_pid)).count();
+            (shared > 0).then_some(())
+        },
+    )
+    .await;
+    kill_router_under_load(&f).await;
+    let restarts: Vec<_> = f.status().await.restarts.iter().map(|p| (p.part, p.restarts)).collect();
+    assert_eq!(restarts, vec![(wire::service::SupervisedPart::Router, 1)]);
 }
 
 #[test]

@@ -195,3 +195,64 @@ async fn a_cohort_change_in_slipway_toml_applies_live() {
         .await
         .unwrap();
 }
+
+/// A session on the dashboard at `addr`: logs in with the control plane's token, returns the cookie.
+async fn dashboard_session(addr: std::net::SocketAddr, token: &str) -> String {
+    let mut c = testkit::Client::connect(addr).await.unwrap();
+    let r = c
+        .send(
+            "POST",
+            "/login",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("token={token}").into_bytes().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 303, "{}", r.text());
+    let cookie = r.header("set-cookie").unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// The number of points each plot line of deploy `id`'s page has (`data-points` of every line drawn).
+async fn plotted(addr: std::net::SocketAddr, cookie: &str, id: i64) -> Vec<usize> {
+    let r = testkit::get(addr, &format!("/deploy/{id}"), &[("cookie", cookie)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let page = r.text();
+    let plots = page.split("Canary against baseline").nth(1).unwrap_or_default();
+    plots
+        .split("data-points=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_past_deploys_plots_were_lost_when_the_control_plane_restarted() {
+    let mut f = Fixture::new("");
+    f.start().await;
+    let d: DeployInfo = f.deploy("v1", None).await;
+    f.wait_deploy(d.id, Duration::from_secs(30)).await;
+    let load = load(f.web());
+    let d: DeployInfo = f.deploy("v2", None).await;
+    let end = f.wait_deploy(d.id, Duration::from_secs(60)).await;
+    load.stop().await;
+    assert_eq!(end.outcome.as_deref(), Some("promoted"), "{:?}", end.events);
+    let token = f.control.as_ref().unwrap().control.token.clone();
+    let addr = f.control.as_ref().unwrap().dashboard_addr.unwrap();
+    let before = plotted(addr, &dashboard_session(addr, &token).await, d.id).await;
+    assert!(!before.is_empty() && before.iter().all(|n| *n > 0), "{before:?}");
+    let saved = f.state_dir().join(format!("control/plots/{}.json", d.id));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777, 0o600);
+
+    f.stop_control().await;
+    f.start().await;
+    let addr = f.control.as_ref().unwrap().dashboard_addr.unwrap();
+    let after = plotted(addr, &dashboard_session(addr, &token).await, d.id).await;
+    assert_eq!(
+        after, before,
+        "the restarted control plane's page plots what the first one saw"
+    );
+}

@@ -150,3 +150,48 @@ async fn the_admin_api_can_listen_on_a_unix_socket() {
     assert_eq!(st.listeners[0].name, "web");
     r.leave(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_supervisor_started_beside_a_running_router_could_not_hold_its_listening_sockets() {
+    let mut h = Harness::start("").await;
+    let share = |socket: &std::path::Path| serde_json::json!({ "socket": socket }).to_string();
+    // Only a socket directly in the state folder (0700) gets them; anything else is refused with the reason.
+    let outside = h.dir.join("share.sock");
+    let _listening_outside = std::os::unix::net::UnixListener::bind(&outside).unwrap();
+    for body in [
+        share(&outside),
+        share(&h.dir.join("state/../share.sock")),
+        share(std::path::Path::new("/tmp/nowhere/x.sock")),
+    ] {
+        let r = h.admin_send("POST", "/v1/listeners/share", body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {}", r.text());
+        assert!(r.text().contains("socket_outside_state_folder"), "{}", r.text());
+    }
+    for bad in ["", "{}", "{\"socket\": 3}", "{\"socket\": \"x\", \"more\": 1}"] {
+        let r = h.admin_send("POST", "/v1/listeners/share", bad.to_string()).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let nobody = h.dir.join("state/nobody.sock");
+    let r = h.admin_send("POST", "/v1/listeners/share", share(&nobody)).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("share_failed"), "{}", r.text());
+
+    let path = h.dir.join("state/share.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let r = h.admin_send("POST", "/v1/listeners/share", share(&path)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer: wire::api::SharedListeners = serde_json::from_slice(&r.body).unwrap();
+    let (stream, _) = unix.accept().unwrap();
+    let (msg, fds) = plumbing::fds::recv_msg::<wire::api::SharedListeners>(&stream).unwrap();
+    assert_eq!(msg, answer);
+    assert_eq!((msg.format, msg.pid), (1, std::process::id()));
+    assert_eq!(msg.listeners.len(), 1);
+    assert_eq!((msg.listeners[0].name.as_str(), fds.len()), ("web", 1));
+    let held = std::net::TcpListener::from(fds.into_iter().next().unwrap());
+    assert_eq!(held.local_addr().unwrap(), h.web);
+    // The very socket: with the router gone, a client waits in its queue instead of being refused.
+    h.stop().await;
+    let client = std::net::TcpStream::connect(h.web).expect("queued, not refused");
+    let (accepted, _) = held.accept().unwrap();
+    assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
+}

@@ -71,7 +71,7 @@ impl Harness {
         }
     }
 
-    async fn admin_send(&self, method: &str, path: &str, body: String) -> Reply {
+    pub async fn admin_send(&self, method: &str, path: &str, body: String) -> Reply {
         let auth = format!("Bearer {}", self.token);
         let mut c = Client::connect(self.admin).await.expect("admin connect");
         c.send(

@@ -34,6 +34,11 @@ async fn websockets_stay_until_the_listener_deadline_when_the_router_leaves_then
     let drain = h.drain().await;
     let i = drain.instance("v1", "v1-0").unwrap();
     assert_eq!((i.open_websockets, i.open_tcp, i.open_long_lived), (1, 0, 1));
+    // Per instance and release in the metrics too (the dashboard shows them per release, not router-wide).
+    let m = h.metrics().await;
+    let rel = m.release("v1").unwrap();
+    assert_eq!((rel.totals.open_websockets, rel.totals.open_tcp), (1, 0));
+    assert_eq!(rel.instances[0].counters.open_websockets, 1);
     let prom = h.admin_get("/metrics").await.text();
     assert!(
         prom.contains("slipway_open_websockets 1\n") && prom.contains("slipway_open_tcp_connections 0\n"),
