@@ -1,4 +1,5 @@
-//! Test support: temp folders, deadline waits, a small HTTP client, workspace binaries, service files.
+//! Test support: temp folders, deadline waits, a small HTTP client, workspace binaries, service files,
+//! real etcd clusters.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +14,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+mod etcd;
+pub use etcd::{EtcdCluster, etcd_bin};
+
 /// A folder under the system temp folder, removed on drop.
 #[derive(Debug)]
 pub struct TempDir {
@@ -21,8 +25,23 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A temp folder in memory (`/dev/shm`) where there is one, else as [`TempDir::new`]: for data that
+    /// fsyncs a lot (etcd) and is gone with the test.
+    pub fn in_memory(tag: &str) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            TempDir::new_in(shm, tag)
+        } else {
+            TempDir::new(tag)
+        }
+    }
+
+    fn new_in(base: &Path, tag: &str) -> TempDir {
         static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
+        let path = base.join(format!(
             "slipway-test-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)

@@ -206,6 +206,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::patch::PatchCommand,
     },
+    /// This host in a cluster coordinated through etcd (docs/cluster.md).
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// Run the demo: a sample service, steady load, a canary deploy and an automatic abort.
     Demo,
     /// The config files' reference and JSON Schemas (for editors such as Taplo / Even Better TOML).
@@ -229,6 +234,47 @@ pub enum Command {
     DemoApp {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Join the cluster: register under a heartbeat lease and keep the local router on the cluster's route
+    /// table until SIGTERM or Ctrl-C (then leave). While etcd cannot be heard, nothing local is changed.
+    Join {
+        /// etcd client URLs, comma-separated or repeated (http://host:2379 or https:// with --etcd-ca).
+        #[arg(long, required = true, env = "SLIPWAY_ETCD")]
+        etcd: Vec<String>,
+        /// This host's name in the cluster (a-z, 0-9, '-', '_', '.').
+        #[arg(long)]
+        name: String,
+        /// Labels, key=value, comma-separated or repeated (zone=a,rack=3).
+        #[arg(long)]
+        labels: Vec<String>,
+        /// The cluster's name: its keys live under /slipway/<cluster>/ in etcd.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Heartbeat lease TTL: the host's keys go this long after its last keep-alive.
+        #[arg(long, default_value = "5s")]
+        ttl: wire::HumanDuration,
+        /// The local router's state folder (its router.json names the admin address; admin.token the token).
+        #[arg(long)]
+        router_state: Option<PathBuf>,
+        /// The local router's admin address (ip:port or unix:/path), instead of reading --router-state.
+        #[arg(long)]
+        router_admin: Option<String>,
+        /// File holding the local router's admin token, instead of --router-state's admin.token.
+        #[arg(long)]
+        router_token_file: Option<PathBuf>,
+        /// CA certificate (PEM) that signed etcd's server certificates: turns on TLS to etcd.
+        #[arg(long)]
+        etcd_ca: Option<PathBuf>,
+        /// Client certificate (PEM) for etcd's --client-cert-auth (with --etcd-key).
+        #[arg(long)]
+        etcd_cert: Option<PathBuf>,
+        /// Client key (PEM) for --etcd-cert.
+        #[arg(long)]
+        etcd_key: Option<PathBuf>,
     },
 }
 

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub use args::{
-    Cli, Command, ConfigCommand, ConfigFileArg, CrawlId, GateVersion, MigrateCommand, MigratePhase, RecordsCommand,
-    ReleaseCommand, RouterCommand, ServiceFile,
+    Cli, Command, ConfigCommand, ConfigFileArg, CrawlId, GateVersion, HostCommand, MigrateCommand, MigratePhase,
+    RecordsCommand, ReleaseCommand, RouterCommand, ServiceFile,
 };
 
 /// Exit code of a deploy that was aborted or failed, or a demo that went wrong.
@@ -116,6 +116,7 @@ pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
             }
         }
         Command::Patch { command } => done_if(crate::patch::run(command)),
+        Command::Host { command } => host(command),
         Command::Demo => demo(),
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
@@ -202,6 +203,38 @@ fn router(
     })?;
     router::run(config, takeover).map_err(runtime)?;
     done()
+}
+
+fn host(command: HostCommand) -> Result<Outcome, CliError> {
+    let HostCommand::Join {
+        etcd,
+        name,
+        labels,
+        cluster,
+        ttl,
+        router_state,
+        router_admin,
+        router_token_file,
+        etcd_ca,
+        etcd_cert,
+        etcd_key,
+    } = command;
+    let join = crate::host::Join {
+        etcd,
+        name,
+        labels,
+        cluster,
+        ttl: ttl.0,
+        router_state,
+        router_admin,
+        router_token_file,
+        etcd_ca,
+        etcd_cert,
+        etcd_key,
+    };
+    let cfg = crate::host::config(&join).map_err(usage)?;
+    crate::init_logging("info");
+    done_if(block_on(crate::host::join(cfg)))
 }
 
 fn validate(file: &Path) -> Result<Outcome, CliError> {
@@ -318,6 +351,7 @@ impl Command {
             Command::Records { .. } => "records",
             Command::Migrate { .. } => "migrate",
             Command::Patch { .. } => "patch",
+            Command::Host { .. } => "host join",
             Command::Demo => "demo",
             Command::Completions { .. } => "completions",
             Command::Config { .. } => "config",

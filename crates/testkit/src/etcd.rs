@@ -1,0 +1,211 @@
+//! Real etcd clusters for tests: Debian's `etcd` members on free loopback ports, data in a temp folder,
+//! members stopped and started one by one (quorum loss), everything killed and removed on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{TempDir, free_port, get, wait_for};
+
+/// How long a member (or the whole cluster) gets to become healthy.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
+
+/// One member of an [`EtcdCluster`].
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster of 1 or more members; killed and its data removed when dropped (a panicking test too).
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    // Dropped after the members (fields drop in order): the data goes once the processes are gone.
+    _dir: TempDir,
+}
+
+/// The etcd binary: `SLIPWAY_ETCD` if set, else Debian's `/usr/bin/etcd`. Panics with what to do when missing.
+pub fn etcd_bin() -> PathBuf {
+    let path = std::env::var_os("SLIPWAY_ETCD").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} not found: run the suite with ./scripts/test, which installs Debian's etcd-server \
+         (or `apt-get install etcd-server`, or set SLIPWAY_ETCD)",
+        path.display()
+    );
+    path
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until every one of them reports healthy.
+    pub async fn start(n: usize) -> EtcdCluster {
+        assert!(n >= 1, "an etcd cluster has at least one member");
+        let dir = TempDir::in_memory("etcd");
+        let members: Vec<Member> = (0..n)
+            .map(|i| {
+                let name = format!("m{i}");
+                Member {
+                    client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    data: dir.join(format!("{name}.data")),
+                    log: dir.join(format!("{name}.log")),
+                    name,
+                    child: None,
+                }
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            _dir: dir,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_healthy(i).await;
+        }
+        cluster
+    }
+
+    /// The members' client URLs (`http://127.0.0.1:PORT`), in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// Member `i`'s client URL.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://{}", self.members[i].client)
+    }
+
+    /// Member `i`'s client address.
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        self.members[i].client
+    }
+
+    /// Member `i`'s log file (for a failing test's message).
+    pub fn log(&self, i: usize) -> &Path {
+        &self.members[i].log
+    }
+
+    /// Member `i`'s process id while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// The folder holding every member's data and log (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Always false: a cluster has at least one member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it to be gone; its data stays for [`EtcdCluster::start_member`].
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (after [`EtcdCluster::stop_member`]); does not wait for health,
+    /// since alone it may have no quorum: see [`EtcdCluster::wait_healthy`].
+    pub fn start_member(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.spawn(i);
+    }
+
+    /// Whether member `i` is running (started and not stopped).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// Whether member `i` answers `/health` with true (it has a leader and can read through Raft).
+    pub async fn healthy(&self, i: usize) -> bool {
+        match tokio::time::timeout(Duration::from_secs(3), get(self.members[i].client, "/health", &[])).await {
+            Ok(Ok(reply)) => reply.status.is_success() && reply.text().contains("\"health\":\"true\""),
+            _ => false,
+        }
+    }
+
+    /// Waits until member `i` reports healthy; panics after 30 s with its log's tail.
+    pub async fn wait_healthy(&self, i: usize) {
+        let what = format!("etcd member {i} to be healthy (log {})", self.members[i].log.display());
+        wait_for(&what, HEALTHY_WITHIN, || async { self.healthy(i).await.then_some(()) }).await
+    }
+
+    /// Waits until every running member reports healthy.
+    pub async fn wait_all_healthy(&self) {
+        for i in 0..self.members.len() {
+            if self.is_running(i) {
+                self.wait_healthy(i).await;
+            }
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("open etcd log");
+        let err = log.try_clone().expect("clone etcd log handle");
+        let child = Command::new(etcd_bin())
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&m.data)
+            .arg("--listen-client-urls")
+            .arg(format!("http://{}", m.client))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://{}", m.client))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://{}", m.peer))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://{}", m.peer))
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .arg("--initial-cluster-token")
+            .arg(format!("slipway-test-{}", std::process::id()))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            // Short Raft timings: a lost leader is replaced in well under a second on loopback.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", etcd_bin().display()));
+        self.members[i].child = Some(child);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop_member(i);
+        }
+    }
+}
