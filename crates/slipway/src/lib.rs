@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod dashboard;
 pub mod demo;
+pub mod logs;
 pub mod migrate;
 pub mod ops;
 pub mod patch;
