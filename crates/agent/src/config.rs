@@ -20,6 +20,9 @@ pub struct Config {
     pub spec: Arc<Spec>,
     pub bind: IpAddr,
     pub logs: LogSettings,
+    /// The program that stamps instance output (`slipway`, whose hidden `log-stamp` command runs
+    /// [`crate::stamp_output`]); `slipway agent` names itself. Without one, output goes to the log unstamped.
+    pub stamper: Option<PathBuf>,
 }
 
 pub use plumbing::config::ConfigError;
@@ -69,6 +72,7 @@ impl Config {
             spec: Arc::new(spec.expect("no problems, so the template is valid")),
             bind: bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             logs: raw.logs.clone(),
+            stamper: None,
         })
     }
 }

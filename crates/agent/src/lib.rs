@@ -9,15 +9,18 @@
 //! table is saved on every change; an agent killed and started again
 //! re-adopts the instances still running (same pid *and* kernel start time)
 //! and starts none twice. Instances never depend on the agent: their output
-//! goes straight to files, and they outlive it.
+//! goes to files through a stamper process of their own (`stamp`, records in
+//! the `logline` format), and they outlive it.
 
 mod api;
 mod config;
+mod logline;
 mod logs;
 mod machine;
 mod probe;
 mod process;
 mod releases;
+mod stamp;
 mod supervisor;
 mod table;
 
@@ -27,9 +30,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use config::{Config, ConfigError, Spec};
+pub use logline::{MAX_RECORD, Record, Stream, format_record, parse_record, parse_rfc3339, rfc3339_micros};
 pub use logs::{follow_log, log_dir, log_path, log_tail};
 pub use process::{Launch, process_start_time, signal_group, spawn_detached, spawn_detached_with, spawn_instance};
 pub use releases::{RELEASE_MANIFEST, ReleaseError, ReleaseStore};
+pub use stamp::{IDLE as STAMP_IDLE, stamp_output};
 pub use supervisor::{Agent, is_live};
 pub use table::saved_instances;
 

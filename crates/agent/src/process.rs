@@ -1,7 +1,7 @@
 //! Instance processes in their own session, signals to whole process groups, and live processes told from reused pids.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,6 +19,9 @@ pub struct Launch {
     pub log_file: PathBuf,
     /// A listening socket handed over as fd 3 (`LISTEN_FDS=1`).
     pub listen_fd: Option<std::net::TcpListener>,
+    /// The program whose hidden `log-stamp` command stamps the output (see `stamp`); without one the output
+    /// goes to the log as the process writes it.
+    pub stamper: Option<PathBuf>,
 }
 
 /// A process the supervisor watches: its own child, or one adopted after
@@ -77,10 +80,22 @@ pub(crate) fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Starts the process in a new session (so it outlives the agent and gets
 /// none of the agent's terminal signals), with stdout and stderr appended to
-/// its log file.
+/// its log file: through pipes to a stamper of its own when the launch names one, else directly.
 pub fn spawn_instance(launch: Launch) -> std::io::Result<tokio::process::Child> {
-    let log = open_log(&launch.log_file)?;
-    let log_err = log.try_clone()?;
+    let (log, log_err) = match &launch.stamper {
+        Some(program) => {
+            let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+            let (out_r, out_w) = nix::unistd::pipe2(cloexec)?;
+            let (err_r, err_w) = nix::unistd::pipe2(cloexec)?;
+            spawn_stamper(program, &launch.log_file, [out_r, err_r])?;
+            (Stdio::from(out_w), Stdio::from(err_w))
+        }
+        None => {
+            let log = open_log(&launch.log_file)?;
+            let log_err = log.try_clone()?;
+            (Stdio::from(log), Stdio::from(log_err))
+        }
+    };
     let mut cmd = if launch.listen_fd.is_some() {
         // LISTEN_PID must be the app's own pid: let a shell set it, then exec.
         let mut c = tokio::process::Command::new("/bin/sh");
@@ -98,14 +113,36 @@ pub fn spawn_instance(launch: Launch) -> std::io::Result<tokio::process::Child> 
     cmd.current_dir(&launch.cwd)
         .envs(&launch.env)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err))
+        .stdout(log)
+        .stderr(log_err)
         .kill_on_drop(false);
     let fd = launch.listen_fd.as_ref().map(|l| l.as_raw_fd());
     new_session(&mut cmd, fd);
     let child = cmd.spawn()?;
     drop(launch.listen_fd);
     Ok(child)
+}
+
+/// Starts `program log-stamp` in its own session, reading the pipes `outputs` (as fds 3 and 4, passed the way
+/// systemd passes sockets) and appending to `log`. Not waited for: the runtime reaps it when it ends.
+fn spawn_stamper(program: &Path, log: &Path, outputs: [std::os::fd::OwnedFd; 2]) -> std::io::Result<()> {
+    let fds: Vec<_> = outputs.iter().map(|f| f.as_fd()).collect();
+    let (mut cmd, passed) = detached_command(
+        Path::new("/bin/sh"),
+        &[
+            "-c".into(),
+            "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" log-stamp".into(),
+            program.as_os_str().to_owned(),
+        ],
+        log,
+        &[("LISTEN_FDS".into(), "2".into())],
+        &fds,
+    )?;
+    cmd.current_dir("/"); // holds no folder of the service
+    let child = tokio::process::Command::from(cmd).spawn()?;
+    drop(passed);
+    drop(child);
+    Ok(())
 }
 
 /// Makes the child a session leader and, if given, puts `listen_fd` at fd 3.
@@ -229,6 +266,21 @@ pub fn spawn_detached_with(
     env: &[(String, String)],
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> std::io::Result<u32> {
+    let (mut cmd, passed) = detached_command(program, args, log, env, fds)?;
+    let child = cmd.spawn()?;
+    drop(passed);
+    Ok(child.id())
+}
+
+/// A command set up to start detached (see [`spawn_detached_with`]), and the copies of `fds` it passes on
+/// (to be held until it is spawned).
+fn detached_command(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    log: &Path,
+    env: &[(String, String)],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<(std::process::Command, Vec<std::os::fd::OwnedFd>)> {
     // Copies above the target range first, so that no dup2 in the child overwrites a source it still needs.
     let floor = 3 + fds.len() as i32;
     let high: Vec<std::os::fd::OwnedFd> = fds
@@ -246,11 +298,8 @@ pub fn spawn_detached_with(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    use std::os::fd::AsRawFd;
     detach(&mut cmd, high.iter().map(|f| f.as_raw_fd()).collect());
-    let child = cmd.spawn()?;
-    drop(high);
-    Ok(child.id())
+    Ok((cmd, high))
 }
 
 /// A descriptor duplicated (close-on-exec) to the lowest free number at or above `floor`.

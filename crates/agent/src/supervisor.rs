@@ -507,6 +507,7 @@ impl Agent {
             cwd: dir,
             log_file: crate::logs::log_path(&self.config.root, id),
             listen_fd,
+            stamper: self.config.stamper.clone(),
         })
     }
 

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod dashboard;
 pub mod demo;
 pub mod host;
+pub mod logs;
 pub mod migrate;
 pub mod ops;
 pub mod patch;

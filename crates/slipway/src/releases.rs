@@ -1,9 +1,7 @@
-//! `slipway release ...` and `slipway logs`: release folders and log files under a root, agent running or not.
+//! `slipway release ...`: release folders under a root, agent running or not.
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use agent::ReleaseStore;
 use agent::{is_live, saved_instances};
@@ -94,71 +92,4 @@ pub fn set_current(root: &Path, id: &str) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     Ok(())
-}
-
-/// Log files of an instance, or of every instance of a release.
-fn log_files(root: &Path, target: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let instances = saved_instances(root)?;
-    let mut ids: Vec<String> = instances
-        .iter()
-        .filter(|i| i.id == target || i.release == target)
-        .map(|i| i.id.clone())
-        .collect();
-    if ids.is_empty() && agent::log_dir(root, target).is_dir() {
-        ids.push(target.to_string());
-    }
-    if ids.is_empty() {
-        anyhow::bail!("no instance or release {target:?} under {}", root.display());
-    }
-    Ok(ids
-        .into_iter()
-        .map(|id| {
-            let p = agent::log_path(root, &id);
-            (id, p)
-        })
-        .collect())
-}
-
-/// Prints the last `lines` lines of each log; with `follow`, keeps printing new output.
-pub fn logs(root: &Path, target: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
-    let files = log_files(root, target)?;
-    let many = files.len() > 1;
-    let mut out = std::io::stdout().lock();
-    for (id, path) in &files {
-        let dir = path.parent().unwrap_or(root);
-        for l in agent::log_tail(dir, lines) {
-            if many {
-                writeln!(out, "[{id}] {l}")?;
-            } else {
-                writeln!(out, "{l}")?;
-            }
-        }
-    }
-    out.flush()?;
-    if !follow {
-        return Ok(());
-    }
-    let mut pos: Vec<u64> = files
-        .iter()
-        .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .collect();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        for (i, (id, path)) in files.iter().enumerate() {
-            let (bytes, new_pos) = agent::follow_log(path, pos[i]);
-            pos[i] = new_pos;
-            if bytes.is_empty() {
-                continue;
-            }
-            let text = String::from_utf8_lossy(&bytes);
-            for l in text.lines() {
-                if many {
-                    writeln!(out, "[{id}] {l}")?;
-                } else {
-                    writeln!(out, "{l}")?;
-                }
-            }
-            out.flush()?;
-        }
-    }
 }

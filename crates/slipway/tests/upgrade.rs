@@ -467,6 +467,7 @@ fn start_activated(dir: &TempDir, listener: &std::net::TcpListener) -> tokio::pr
         cwd: dir.path().to_path_buf(),
         log_file: dir.join("router.log"),
         listen_fd: Some(listener.try_clone().unwrap()),
+        stamper: None,
     })
     .unwrap()
 }

@@ -55,14 +55,23 @@ pub enum Command {
     },
     /// Show an instance's output, or every instance of a release.
     Logs {
-        /// Instance id (v2-0) or release id (v2).
-        target: String,
-        /// Keep printing new output.
+        /// Instance id (v2-0) or release id (v2); every instance when left out.
+        target: Option<String>,
+        /// Keep printing new output (and that of instances that start).
         #[arg(long, short)]
         follow: bool,
-        /// Lines of history to show first.
-        #[arg(long, short = 'n', default_value_t = 50)]
-        lines: usize,
+        /// The last this many lines of all the instances together [default: 50, or every line with --since].
+        #[arg(long, short = 'n')]
+        lines: Option<usize>,
+        /// Only lines from then on: a duration back from now (10m, 1h) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON object per line: time, instance, release, stream, cut, text.
+        #[arg(long)]
+        json: bool,
+        /// Include stopped instances of the release.
+        #[arg(long)]
+        all: bool,
         /// Root folder (the agent's root).
         #[arg(long, env = "SLIPWAY_ROOT", default_value = ".slipway")]
         root: PathBuf,
@@ -229,6 +238,10 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Stamp an instance's output: read its stdout and stderr from fds 3 and 4 (passed with `LISTEN_FDS=2`),
+    /// append records to stdout (the agent starts one beside each instance).
+    #[command(hide = true)]
+    LogStamp,
     /// Run the demo app (what the demo's instances are).
     #[command(hide = true)]
     DemoApp {

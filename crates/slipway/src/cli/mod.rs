@@ -94,7 +94,8 @@ pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
         Command::Validate { file } => validate(&file),
         Command::Agent { config } => {
             crate::init_logging("info");
-            let config = agent::Config::load(&config).map_err(usage)?;
+            let mut config = agent::Config::load(&config).map_err(usage)?;
+            config.stamper = Some(crate::ops::exe()?);
             agent::run(config).map_err(runtime)?;
             done()
         }
@@ -103,10 +104,31 @@ pub fn try_main(cli: Cli) -> Result<Outcome, CliError> {
             target,
             follow,
             lines,
+            since,
+            json,
+            all,
             root,
-        } => done_if(crate::releases::logs(&root, &target, lines, follow)),
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            let since = since
+                .map(|s| crate::logs::parse_since(&s, now))
+                .transpose()
+                .map_err(|e| usage(anyhow::anyhow!("--since: {e}")))?;
+            let args = crate::logs::LogsArgs {
+                target,
+                follow,
+                lines,
+                since,
+                json,
+                all,
+            };
+            done_if(crate::logs::logs(&root, &args))
+        }
         Command::Migrate { command, db, dir, root } => migrate(command, &db, &dir, &root),
         Command::Records { command, db, steps } => records(command, crate::records::Target { db, steps }),
+        Command::LogStamp => done_if(log_stamp()),
         Command::DemoApp { args } => {
             let code = demo_app::cli::main(std::iter::once("demo-app".into()).chain(args));
             if code == ExitCode::SUCCESS {
@@ -298,6 +320,16 @@ fn records(command: RecordsCommand, t: crate::records::Target) -> Result<Outcome
     })
 }
 
+/// The stamper beside an instance: the two outputs passed as fds 3 and 4, records to stdout (the log file).
+fn log_stamp() -> anyhow::Result<()> {
+    let mut fds = plumbing::fds::listen_fds().into_iter().map(|(_, fd)| fd);
+    let (Some(out), Some(err), None) = (fds.next(), fds.next(), fds.next()) else {
+        anyhow::bail!("log-stamp wants the instance's stdout and stderr as fds 3 and 4 (LISTEN_FDS=2)");
+    };
+    agent::stamp_output(out, err, &mut std::io::stdout().lock(), agent::STAMP_IDLE);
+    Ok(())
+}
+
 /// The manual: slipway.1 on stdout, or every page into `out`.
 fn man(out: Option<&Path>) -> anyhow::Result<()> {
     let cmd = <Cli as clap::CommandFactory>::command();
@@ -356,6 +388,7 @@ impl Command {
             Command::Completions { .. } => "completions",
             Command::Config { .. } => "config",
             Command::Man { .. } => "man",
+            Command::LogStamp => "log-stamp",
             Command::DemoApp { .. } => "demo-app",
         }
     }
