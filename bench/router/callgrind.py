@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Router user-space instructions per proxied request, counted by callgrind (deterministic, unlike CPU time).
 
-Usage: python3 bench/router/callgrind.py [--binary target/release/slipway ...] [--requests 20000] [--base 2000]
+Usage: python3 bench/router/callgrind.py [--binary target/release/slipway ...] [--requests 20000] [--base 2000] [--h2c]
 
 Runs each binary as `slipway router` (one worker, the bench/router setup) under
 `valgrind --tool=callgrind`, sends --base requests in one run and --requests in
 another (oha, 16 connections, a valid session cookie), and prints
 (Ir(requests) - Ir(base)) / (requests - base): the start-up and shutdown cost
-cancels out. Installs valgrind from Debian and oha from crates.io if missing;
+cancels out. --h2c sends the requests with h2load over HTTP/2 prior knowledge
+instead (16 connections x 10 streams, the bench/router/protocols.py load).
+Installs valgrind from Debian and oha from crates.io if missing;
 builds slipway and demo-app in release mode when no --binary is given.
 """
 import argparse, glob, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
@@ -16,16 +18,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 from run import ROOT, free_port, sh, spawn, wait_port  # noqa: E402
 
 
-def ensure_tools(build):
+def ensure_tools(build, h2c):
     if not shutil.which("valgrind"):
         sh("apt-get", "install", "-y", "-q", "valgrind", env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if not shutil.which("oha"):
+    if h2c and not shutil.which("h2load"):
+        sh("apt-get", "install", "-y", "-q", "nghttp2-client", env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not h2c and not shutil.which("oha"):
         sh("cargo", "install", "oha", "--locked")
     if build:
         sh("cargo", "build", "--release", "-q", "-p", "slipway", "-p", "demo-app", cwd=ROOT)
 
 
-def instructions(binary, up, requests, tmp):
+def instructions(binary, up, requests, tmp, h2c=False):
     """Total Ir of one router run that serves `requests` requests."""
     sp = free_port()
     with open(f"{tmp}/routes.toml", "w") as f:
@@ -40,8 +44,12 @@ def instructions(binary, up, requests, tmp):
     try:
         wait_port(sp, limit=60)
         cookie = urllib.request.urlopen(f"http://127.0.0.1:{sp}/").headers["set-cookie"].split(";")[0]
-        sh("taskset", "-c", "1", "oha", "-n", str(requests - 1), "-c", "16", "--no-tui", "-H", f"Cookie: {cookie}",
-           f"http://127.0.0.1:{sp}/", stdout=subprocess.DEVNULL)
+        if h2c:
+            sh("taskset", "-c", "1", "h2load", "-n", str(requests - 1), "-c", "16", "-m", "10", "-H",
+               f"Cookie: {cookie}", f"http://127.0.0.1:{sp}/", stdout=subprocess.DEVNULL)
+        else:
+            sh("taskset", "-c", "1", "oha", "-n", str(requests - 1), "-c", "16", "--no-tui", "-H", f"Cookie: {cookie}",
+               f"http://127.0.0.1:{sp}/", stdout=subprocess.DEVNULL)
     finally:
         os.killpg(router.pid, signal.SIGTERM)
         router.wait(timeout=120)
@@ -57,8 +65,9 @@ def main():
     ap.add_argument("--binary", action="append", help="slipway binaries to compare (default: the release build)")
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--base", type=int, default=2000)
+    ap.add_argument("--h2c", action="store_true", help="HTTP/2 prior knowledge with h2load instead of HTTP/1.1 with oha")
     a = ap.parse_args()
-    ensure_tools(build=not a.binary)
+    ensure_tools(build=not a.binary, h2c=a.h2c)
     binaries = a.binary or [os.path.join(ROOT, "target/release/slipway")]
     tmp = tempfile.mkdtemp(prefix="slipway-callgrind-")
     up = free_port()
@@ -69,7 +78,7 @@ def main():
         print("| binary | instructions / request |")
         print("|---|---|")
         for b in binaries:
-            big, small = instructions(b, up, a.requests, tmp), instructions(b, up, a.base, tmp)
+            big, small = instructions(b, up, a.requests, tmp, a.h2c), instructions(b, up, a.base, tmp, a.h2c)
             print(f"| {b} | {(big - small) / (a.requests - a.base):,.0f} |", flush=True)
     finally:
         os.killpg(demo.pid, signal.SIGTERM)

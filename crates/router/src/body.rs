@@ -1,13 +1,14 @@
 //! The request body sent to an upstream through hyper, with its bytes counted.
 //!
-//! It is streamed from an HTTP/2 client, or read whole by the HTTP/1 bridge to h2c.
+//! It is streamed from an HTTP/2 client (the `h2` crate's stream, with its flow control), or read whole by the
+//! HTTP/1 bridge to h2c.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::stats::Stats;
 
@@ -22,16 +23,17 @@ pub struct ReqBody {
 }
 
 enum ReqInner {
-    /// Streamed from an HTTP/2 client.
-    Incoming(Incoming),
+    /// Streamed from an HTTP/2 client of the `h2path` fast path; `true` once its data is over (trailers may follow).
+    H2(h2::RecvStream, bool),
     /// Read whole by the HTTP/1 path before going to an h2c upstream.
     Full(Option<Bytes>),
 }
 
 impl ReqBody {
-    pub fn new(inner: Incoming) -> ReqBody {
+    /// A body streamed from an HTTP/2 stream; capacity is given back as its data is sent on.
+    pub fn h2(inner: h2::RecvStream) -> ReqBody {
         ReqBody {
-            inner: ReqInner::Incoming(inner),
+            inner: ReqInner::H2(inner, false),
             stats: None,
             ended: None,
         }
@@ -65,20 +67,50 @@ impl ReqBody {
 impl ReqBody {
     fn inner_ended(&self) -> bool {
         match &self.inner {
-            ReqInner::Incoming(i) => i.is_end_stream(),
+            ReqInner::H2(rx, _) => rx.is_end_stream(),
             ReqInner::Full(b) => b.is_none(),
         }
     }
 }
 
+/// The next frame of an `h2` stream: data (its window released at once, as hyper does), then trailers.
+fn poll_h2(
+    rx: &mut h2::RecvStream,
+    done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    if !*done {
+        match std::task::ready!(rx.poll_data(cx)) {
+            Some(Ok(data)) => {
+                let _ = rx.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::H2(e)))),
+            None => *done = true,
+        }
+    }
+    match std::task::ready!(rx.poll_trailers(cx)) {
+        Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+        Ok(None) => Poll::Ready(None),
+        Err(e) => Poll::Ready(Some(Err(BodyError::H2(e)))),
+    }
+}
+
+/// Why reading a client's request body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("client stream: {0}")]
+    H2(h2::Error),
+}
+
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            ReqInner::Incoming(i) => Pin::new(i).poll_frame(cx),
+            ReqInner::H2(rx, done) => poll_h2(rx, done, cx),
             ReqInner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         };
         if let (Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, &this.stats)
@@ -100,7 +132,7 @@ impl Body for ReqBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            ReqInner::Incoming(i) => i.size_hint(),
+            ReqInner::H2(..) => SizeHint::default(),
             ReqInner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -152,7 +151,7 @@ pub async fn accept_loop(
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one HTTP connection: HTTP/2 (prior knowledge, or ALPN "h2" on
-/// TLS) through hyper, everything else through the HTTP/1 fast path.
+/// TLS) through `h2path`, everything else through the HTTP/1 fast path.
 async fn serve_http(
     shared: Arc<Shared>,
     conn: Arc<ConnCtx>,
@@ -175,7 +174,7 @@ async fn serve_http(
                 }
                 if buf.len() >= H2_PREFACE.len() {
                     let io = Prefixed::new(buf.freeze(), stream);
-                    return serve_h2(shared, conn, io, stop).await;
+                    return crate::h2path::serve(shared, conn, io, stop).await;
                 }
                 tokio::select! {
                     r = tokio::time::timeout_at(head_by, stream.read_buf(&mut buf)) => match r {
@@ -201,104 +200,11 @@ async fn serve_http(
                 _ = conn.slot.evicted() => return,
             };
             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_h2(shared, conn, tls_stream, stop).await;
+                crate::h2path::serve(shared, conn, tls_stream, stop).await;
             } else {
                 crate::h1::serve(shared, conn, tls_stream, bytes::BytesMut::new(), stop).await;
             }
         }
-    }
-}
-
-/// Open streams of one HTTP/2 connection and when the last one ended, for its idle timeout.
-#[derive(Debug, Default)]
-struct H2Streams {
-    open: std::sync::atomic::AtomicUsize,
-    /// Router clock (ms) when the last stream ended; `u64::MAX` before the first request.
-    last_ms: std::sync::atomic::AtomicU64,
-}
-
-/// What an HTTP/2 connection's timer decides, given its streams and the time (a pure core).
-fn h2_due(open: usize, last_ms: u64, opened_ms: u64, now_ms: u64, c: &crate::config::ClientSettings) -> Option<u64> {
-    if open > 0 {
-        return None;
-    }
-    let due = if last_ms == u64::MAX {
-        opened_ms + c.h2_handshake_timeout.as_millis() as u64
-    } else {
-        last_ms + c.h2_idle_timeout.as_millis() as u64
-    };
-    Some(due.saturating_sub(now_ms))
-}
-
-/// HTTP/2 through hyper with the `[client]` limits (streams, header list,
-/// PINGs). GOAWAY (open streams finish) on `stop`, when evicted, when no first
-/// request comes within `h2_handshake_timeout`, or after `h2_idle_timeout`
-/// without an open stream.
-async fn serve_h2<S>(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: S, mut stop: watch::Receiver<bool>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = shared.config.client.clone();
-    let streams = Arc::new(H2Streams {
-        open: Default::default(),
-        last_ms: u64::MAX.into(),
-    });
-    let (svc_shared, svc_conn, svc_streams) = (shared.clone(), conn.clone(), streams.clone());
-    let svc = hyper::service::service_fn(move |req| {
-        let (shared, conn, streams) = (svc_shared.clone(), svc_conn.clone(), svc_streams.clone());
-        async move {
-            streams.open.fetch_add(1, Relaxed);
-            conn.slot.set(Phase::Busy);
-            let r = crate::proxy::handle(shared.clone(), conn.clone(), req).await;
-            streams.last_ms.store(shared.clock.now_ms(), Relaxed);
-            if streams.open.fetch_sub(1, Relaxed) == 1 {
-                conn.slot.set(Phase::Idle);
-            }
-            r
-        }
-    });
-    let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(c.h2_max_concurrent_streams)
-        .max_header_list_size(c.h2_max_header_list_size)
-        .keep_alive_interval(Some(c.h2_ping_interval))
-        .keep_alive_timeout(c.h2_ping_timeout)
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(h2);
-    let opened_ms = shared.clock.now_ms();
-    let mut leaving = false;
-    loop {
-        let now = shared.clock.now_ms();
-        let due = h2_due(
-            streams.open.load(Relaxed),
-            streams.last_ms.load(Relaxed),
-            opened_ms,
-            now,
-            &c,
-        );
-        let wait = Duration::from_millis(due.unwrap_or(1000).max(1));
-        tokio::select! {
-            _ = h2.as_mut() => return,
-            _ = stopped(&mut stop) => {
-                leaving = true;
-                break;
-            }
-            _ = conn.slot.evicted() => break,
-            _ = tokio::time::sleep(wait) => {
-                if due == Some(0) {
-                    break;
-                }
-            }
-        }
-    }
-    h2.as_mut().graceful_shutdown();
-    if leaving {
-        // The router's leave deadline bounds this.
-        let _ = h2.await;
-    } else {
-        // Open streams finish, within one more idle timeout.
-        let _ = tokio::time::timeout(c.h2_idle_timeout, h2).await;
     }
 }
 
@@ -452,24 +358,6 @@ async fn connect(up: &crate::upstream::Upstream) -> Option<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ClientSettings;
-
-    #[test]
-    fn an_http2_connection_is_due_at_its_handshake_then_idle_deadline_and_never_with_open_streams() {
-        let c = ClientSettings {
-            h2_handshake_timeout: Duration::from_secs(10),
-            h2_idle_timeout: Duration::from_secs(75),
-            ..ClientSettings::default()
-        };
-        // No request yet: due 10 s after it opened.
-        assert_eq!(h2_due(0, u64::MAX, 1_000, 4_000, &c), Some(7_000));
-        assert_eq!(h2_due(0, u64::MAX, 1_000, 12_000, &c), Some(0));
-        // The last stream ended at 20 s: due 75 s later.
-        assert_eq!(h2_due(0, 20_000, 1_000, 30_000, &c), Some(65_000));
-        assert_eq!(h2_due(0, 20_000, 1_000, 96_000, &c), Some(0));
-        // A stream is open: never idle.
-        assert_eq!(h2_due(1, u64::MAX, 0, 1_000_000, &c), None);
-    }
 
     #[test]
     fn accept_backs_off_from_5_ms_doubling_to_1_s() {

@@ -4,8 +4,9 @@
 //! instructions of user time per proxied request (callgrind), against about
 //! 20,000 for nginx; this loop parses with httparse, rewrites only the header
 //! lines it must, and keeps the upstream connection in the same task (no
-//! channel, no second task wake-up per request). HTTP/2 clients still go
-//! through hyper (`proxy`).
+//! channel, no second task wake-up per request). HTTP/2 clients have their own
+//! path (`h2path`), which forwards to HTTP/1.1 upstreams with this one's
+//! `head`, `chunked` and `write`.
 //!
 //! The jobs live in their own files: `read` (client heads and bodies),
 //! `forward` (an HTTP/1.1 upstream, 100-continue, WebSocket tunnels),
@@ -24,11 +25,11 @@
 //! fully sent.
 
 mod bridge;
-mod chunked;
+pub(crate) mod chunked;
 mod forward;
-mod head;
+pub(crate) mod head;
 mod read;
-mod write;
+pub(crate) mod write;
 
 use std::pin::Pin;
 use std::sync::Arc;

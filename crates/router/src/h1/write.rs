@@ -12,7 +12,7 @@ use crate::reply::Reply;
 
 /// Appends one header line.
 #[inline(always)]
-pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -22,7 +22,7 @@ pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Appends `x-forwarded-for` (the list so far, if any, plus `peer`) and
 /// `x-forwarded-proto`; written in few pieces, as it goes out on every request.
 #[inline(always)]
-pub(super) fn forwarded(out: &mut Vec<u8>, prev: Option<&[u8]>, peer: &[u8], https: bool) {
+pub(crate) fn forwarded(out: &mut Vec<u8>, prev: Option<&[u8]>, peer: &[u8], https: bool) {
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(p) = prev {
         out.extend_from_slice(p);
@@ -38,13 +38,13 @@ pub(super) fn forwarded(out: &mut Vec<u8>, prev: Option<&[u8]>, peer: &[u8], htt
 
 /// Ends a head: the blank line.
 #[inline(always)]
-pub(super) fn end_head(out: &mut Vec<u8>) {
+pub(crate) fn end_head(out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
 /// Appends an `HTTP/1.1` request line.
 #[inline(always)]
-pub(super) fn request_line(out: &mut Vec<u8>, method: &[u8], target: &[u8]) {
+pub(crate) fn request_line(out: &mut Vec<u8>, method: &[u8], target: &[u8]) {
     out.extend_from_slice(method);
     out.push(b' ');
     // A target like `http://h?q` becomes `?q` in origin form; it needs its `/`.
@@ -84,7 +84,7 @@ impl<'a> ResponseHead<'a> {
     }
 
     #[inline(always)]
-    pub(super) fn header(&mut self, name: &[u8], value: &[u8]) {
+    pub(crate) fn header(&mut self, name: &[u8], value: &[u8]) {
         header(self.0, name, value);
     }
 
@@ -120,12 +120,12 @@ pub(super) fn reply(out: &mut Vec<u8>, reply: &Reply, close: bool) {
 /// Writes all of `buf` to `io`, like tokio's `write_all`, but inlined where
 /// it is awaited: the forwarding path writes twice per request.
 #[inline(always)]
-pub(super) fn all<'a, S: AsyncWrite + Unpin>(io: &'a mut S, buf: &'a [u8]) -> WriteAll<'a, S> {
+pub(crate) fn all<'a, S: AsyncWrite + Unpin>(io: &'a mut S, buf: &'a [u8]) -> WriteAll<'a, S> {
     WriteAll { io, buf }
 }
 
 /// The future of [`all`].
-pub(super) struct WriteAll<'a, S> {
+pub(crate) struct WriteAll<'a, S> {
     io: &'a mut S,
     buf: &'a [u8],
 }
@@ -148,7 +148,7 @@ impl<S: AsyncWrite + Unpin> Future for WriteAll<'_, S> {
 }
 
 /// The size line of one chunk of a body the router frames.
-pub(super) fn chunk_size(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn chunk_size(out: &mut Vec<u8>, len: usize) {
     out.clear();
     let _ = write!(out, "{len:x}\r\n");
 }
@@ -156,7 +156,7 @@ pub(super) fn chunk_size(out: &mut Vec<u8>, len: usize) {
 /// The end of a body the router frames.
 pub(super) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// The end of one chunk's data.
-pub(super) const CHUNK_END: &[u8] = b"\r\n";
+pub(crate) const CHUNK_END: &[u8] = b"\r\n";
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ mod drain_health;
 mod errors;
 mod exhaustion;
 mod http1;
+mod http2;
 mod leave;
 mod protocols;
 mod recorder;
