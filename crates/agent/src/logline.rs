@@ -176,6 +176,16 @@ impl Splitter {
             if self.buf.is_empty() {
                 self.since = Some(now_us);
             }
+            if self.buf.len() == MAX_RECORD {
+                // Full: cut only once the next byte shows the line goes on.
+                if rest[0] == b'\n' {
+                    rest = &rest[1..];
+                    out.push(self.take(false));
+                } else {
+                    out.push(self.cut_at_char_boundary());
+                }
+                continue;
+            }
             let room = MAX_RECORD - self.buf.len();
             let take = rest.len().min(room);
             match rest[..take].iter().position(|b| *b == b'\n') {
@@ -187,9 +197,6 @@ impl Splitter {
                 None => {
                     self.buf.extend_from_slice(&rest[..take]);
                     rest = &rest[take..];
-                    if self.buf.len() == MAX_RECORD {
-                        out.push(self.cut_at_char_boundary());
-                    }
                 }
             }
         }
@@ -441,6 +448,19 @@ mod tests {
             }
         );
         assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn output_ending_in_a_line_of_exactly_max_record_bytes_is_not_marked_as_going_on() {
+        // Found by the proptest: such a line was cut, then the stream ended, so
+        // its last record said "continued" of a line that never went on.
+        let mut s = Splitter::default();
+        assert!(s.push(&vec![b'x'; MAX_RECORD], 1).is_empty(), "full, but the line may still end");
+        let p = s.finish().unwrap();
+        assert_eq!((p.cut, p.bytes.len()), (false, MAX_RECORD));
+        let p = s.push(&[vec![b'y'; MAX_RECORD], b"\n".to_vec()].concat(), 2);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].cut, p[0].bytes.len()), (false, MAX_RECORD));
     }
 
     #[test]

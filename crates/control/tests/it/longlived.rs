@@ -34,7 +34,8 @@ async fn players_stay_on_v1_until_they_leave_or_the_30s_deadline_then_reconnect_
     );
     let web = f.web();
 
-    // 200 players on v1, and web traffic whose sessions last 10 requests.
+    // 200 players on v1, and web traffic whose sessions last 3 requests (~30 new
+    // sessions a second, so the canary's 3 s step surely gets some).
     let (stop_all, stop_rx) = tokio::sync::watch::channel(false);
     let mut players: Vec<Player> = Vec::new();
     for _ in 0..200 {
@@ -62,7 +63,7 @@ async fn players_stay_on_v1_until_they_leave_or_the_30s_deadline_then_reconnect_
     .await;
     let mut web_load = loadgen::LoadConfig::new(web, 100.0);
     web_load.users = 20;
-    web_load.session_requests = Some(10);
+    web_load.session_requests = Some(3);
     let load = loadgen::Load::start(web_load);
 
     let d = f.deploy("v2", Some(Strategy::Canary)).await;
