@@ -455,7 +455,10 @@ mod tests {
         // Found by the proptest: such a line was cut, then the stream ended, so
         // its last record said "continued" of a line that never went on.
         let mut s = Splitter::default();
-        assert!(s.push(&vec![b'x'; MAX_RECORD], 1).is_empty(), "full, but the line may still end");
+        assert!(
+            s.push(&vec![b'x'; MAX_RECORD], 1).is_empty(),
+            "full, but the line may still end"
+        );
         let p = s.finish().unwrap();
         assert_eq!((p.cut, p.bytes.len()), (false, MAX_RECORD));
         let p = s.push(&[vec![b'y'; MAX_RECORD], b"\n".to_vec()].concat(), 2);

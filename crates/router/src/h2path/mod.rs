@@ -118,6 +118,8 @@ where
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .max_concurrent_streams(c.h2_max_concurrent_streams)
         .max_header_list_size(c.h2_max_header_list_size);
+    // A stop during the handshake does not drop the connection: its client may
+    // have sent a request already. The handshake ends, then a graceful GOAWAY.
     let handshake = tokio::time::timeout(c.h2_handshake_timeout, b.handshake::<S, Bytes>(io));
     let mut h2 = tokio::select! {
         r = handshake => match r {
@@ -125,7 +127,6 @@ where
             _ => return,
         },
         _ = conn.slot.evicted() => return,
-        _ = stopped(&mut stop) => return,
     };
     let mut keepalive = Keepalive {
         pp: h2.ping_pong(),
