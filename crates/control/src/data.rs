@@ -151,7 +151,7 @@ fn entry<'a>(kinds: &'a mut BTreeMap<String, dashboard::KindCounts>, kind: &str)
 }
 
 fn kind_counts(url: &str, ms: &[(String, ReleaseManifest)]) -> Result<Vec<dashboard::KindCounts>, DataError> {
-    let backend = records::open(url)?;
+    let backend = records::open_read_only(url)?;
     let mut kinds: BTreeMap<String, dashboard::KindCounts> = BTreeMap::new();
     for c in backend.counts()? {
         entry(&mut kinds, &c.kind).versions.push((c.version, c.records));
@@ -172,7 +172,7 @@ fn kind_counts(url: &str, ms: &[(String, ReleaseManifest)]) -> Result<Vec<dashbo
 }
 
 fn crawl_views(url: &str) -> Result<Vec<dashboard::CrawlView>, DataError> {
-    let backend = records::open(url)?;
+    let backend = records::open_read_only(url)?;
     Ok(backend
         .crawls()?
         .into_iter()
@@ -216,7 +216,7 @@ fn ledger(
     problems: &mut Vec<String>,
 ) -> Result<Vec<dashboard::LedgerStep>, DataError> {
     let all = migrate::load_dir(dir)?;
-    let mut conn = migrate::Conn::open(db)?;
+    let mut conn = migrate::Conn::open_read_only(db)?;
     let mut out = Vec::new();
     for p in migrate::plan(&mut conn, &all, live)? {
         let Some(state) = step_state(&p.status) else {
@@ -375,6 +375,60 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// The tables of a SQLite file (none if it does not exist).
+    fn tables(path: &Path) -> Vec<String> {
+        let Ok(c) = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+            return Vec::new();
+        };
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn the_data_page_created_tables_in_the_records_and_app_databases_it_only_reads() {
+        let dir = testkit::TempDir::new("board-data-ro");
+        let migrations = dir.join("migrations");
+        std::fs::create_dir(&migrations).unwrap();
+        std::fs::write(
+            migrations.join("001_t.toml"),
+            "[[step]]\nphase = \"expand\"\nsql = \"CREATE TABLE IF NOT EXISTS t (id INTEGER)\"\n",
+        )
+        .unwrap();
+        let (records_db, app_db) = (dir.join("records.db"), dir.join("app.db"));
+        let plan = |records: &Path, app: &Path| DataPlan {
+            database: Some(format!("sqlite:{}", app.display())),
+            migrations: Some(migrations.clone()),
+            records: Some(format!("sqlite:{}", records.display())),
+            lock_timeout: Duration::from_millis(500),
+        };
+        // Neither database exists yet: none is created.
+        let d = read_status(&plan(&records_db, &app_db), dir.path(), &BTreeSet::new());
+        assert!(
+            !records_db.exists() && !app_db.exists(),
+            "a read created a database file"
+        );
+        assert_eq!(d.ledger.len(), 1, "every step pending: {:?}", d.problems);
+        assert!(
+            d.problems.iter().all(|p| p.contains("no records database yet")),
+            "{:?}",
+            d.problems
+        );
+        // Both exist and hold nothing: no table is created in either.
+        for p in [&records_db, &app_db] {
+            rusqlite::Connection::open(p)
+                .unwrap()
+                .execute_batch("CREATE TABLE other (x)")
+                .unwrap();
+        }
+        let d = read_status(&plan(&records_db, &app_db), dir.path(), &BTreeSet::new());
+        assert_eq!(tables(&records_db), ["other"]);
+        assert_eq!(tables(&app_db), ["other"]);
+        assert_eq!(d.ledger.len(), 1);
+        assert!(d.kinds.is_empty());
     }
 
     #[test]

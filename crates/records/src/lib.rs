@@ -29,7 +29,9 @@ mod values;
 #[cfg(test)]
 mod testing;
 
-pub use backend::{AnyBackend, BACKGROUND_APP, Backend, DbUrl, ScanQuery, StorageError, VersionCount, open};
+pub use backend::{
+    AnyBackend, BACKGROUND_APP, Backend, DbUrl, ScanQuery, StorageError, VersionCount, open, open_read_only,
+};
 pub use crawl::{CrawlOptions, CrawlState, CrawlStatus, Progress as CrawlProgress, request_pause, run as run_crawl};
 pub use envelope::{Expect, Format, Stored, Write};
 pub use limits::{

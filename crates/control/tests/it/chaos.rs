@@ -52,12 +52,17 @@ async fn kill(f: &Fixture, kind: Kind, rng: &mut fastrand::Rng) -> (u32, Option<
         Kind::Agent => control::agent_running(&f.cfg).map(|r| r.pid),
         Kind::Router | Kind::RouterAfterControl => control::router_running(&f.cfg).map(|r| r.pid),
         Kind::Instance => {
-            let ready: Vec<(String, u32)> = agent::saved_instances(f.cfg.state_dir())
-                .unwrap()
-                .into_iter()
-                .filter(|i| i.state == wire::agent::InstanceState::Ready)
-                .filter_map(|i| Some((i.id, i.pid?)))
-                .collect();
+            // At some moments none is ready (a blue-green switch's last instants): the first one that is.
+            let ready = testkit::wait_for("a ready instance", Duration::from_secs(30), || async {
+                let ready: Vec<(String, u32)> = agent::saved_instances(f.cfg.state_dir())
+                    .unwrap()
+                    .into_iter()
+                    .filter(|i| i.state == wire::agent::InstanceState::Ready)
+                    .filter_map(|i| Some((i.id, i.pid?)))
+                    .collect();
+                (!ready.is_empty()).then_some(ready)
+            })
+            .await;
             let (id, pid) = ready[rng.usize(0..ready.len())].clone();
             kill9(pid).await;
             return (pid, Some(id));

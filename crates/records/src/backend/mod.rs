@@ -139,6 +139,15 @@ pub fn open(url: &str) -> Result<AnyBackend, StorageError> {
     })
 }
 
+/// Opens an existing database to read it only: no table is created and every write fails (`sqlite:PATH`, a bare
+/// path, or `postgres://...`).
+pub fn open_read_only(url: &str) -> Result<AnyBackend, StorageError> {
+    Ok(match cols::DbUrl::parse(url)? {
+        cols::DbUrl::Postgres(u) => AnyBackend::Postgres(PgBackend::open_read_only(&u)?),
+        cols::DbUrl::Sqlite(p) => AnyBackend::Sqlite(SqliteBackend::open_read_only(&p)?),
+    })
+}
+
 macro_rules! delegate {
     ($self:ident, $b:ident => $e:expr) => {
         match $self {

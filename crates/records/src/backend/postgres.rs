@@ -39,6 +39,8 @@ pub struct PgBackend {
     /// The ids of the records the last crawl batch replaced, whose pages the
     /// next crawl batch prunes ([`PRUNE`]).
     replaced: Mutex<Vec<i64>>,
+    /// Opened to look only (`open_read_only`).
+    read_only: bool,
 }
 
 /// Reads back, first thing in a crawl batch's transaction, the records the
@@ -88,6 +90,7 @@ impl PgBackend {
             pool: Mutex::new(Vec::new()),
             background: None,
             replaced: Mutex::default(),
+            read_only: false,
         };
         let mut c = backend.connect()?;
         c.client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
@@ -100,8 +103,26 @@ impl PgBackend {
         Ok(backend)
     }
 
+    /// Connects to look only: no table is made, and every session is read-only
+    /// (`default_transaction_read_only`), so any write fails.
+    pub fn open_read_only(url: &str) -> Result<PgBackend, StorageError> {
+        let backend = PgBackend {
+            url: url.to_string(),
+            pool: Mutex::new(Vec::new()),
+            background: None,
+            replaced: Mutex::default(),
+            read_only: true,
+        };
+        let c = backend.connect()?;
+        backend.pool.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        Ok(backend)
+    }
+
     fn connect(&self) -> Result<Conn, StorageError> {
         let mut client = Client::connect(&self.url, NoTls)?;
+        if self.read_only {
+            client.batch_execute("SET default_transaction_read_only = on")?;
+        }
         if let Some(l) = &self.background {
             // Named, so an operator sees it in pg_stat_activity; and no
             // parallel query, whose worker processes would run unlowered.
@@ -454,6 +475,7 @@ impl Backend for PgBackend {
                 told: std::sync::atomic::AtomicBool::new(false),
             }),
             replaced: Mutex::default(),
+            read_only: false,
         }))
     }
 }

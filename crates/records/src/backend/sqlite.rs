@@ -17,6 +17,19 @@ use crate::envelope::{Expect, Stored, Write};
 pub struct SqliteBackend {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
+    /// Opened to look only: read-only connections, no tables made.
+    read_only: bool,
+}
+
+/// A read-only connection: it cannot create the file, a table or anything else.
+fn connect_read_only(path: &Path) -> Result<Connection, StorageError> {
+    use rusqlite::OpenFlags;
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    Ok(c)
 }
 
 fn connect(path: &Path) -> Result<Connection, StorageError> {
@@ -38,6 +51,24 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             pool: Mutex::new(vec![c]),
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing database file to read it only: nothing is created (not the file, not a table), and every
+    /// write fails. For views such as the dashboard's Data page.
+    pub fn open_read_only(path: &Path) -> Result<SqliteBackend, StorageError> {
+        if !path.is_file() {
+            return Err(StorageError::Other(format!(
+                "{}: no records database yet",
+                path.display()
+            )));
+        }
+        let c = connect_read_only(path)?;
+        Ok(SqliteBackend {
+            path: path.to_path_buf(),
+            pool: Mutex::new(vec![c]),
+            read_only: true,
         })
     }
 
@@ -45,6 +76,7 @@ impl SqliteBackend {
         let taken = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut c = match taken {
             Some(c) => c,
+            None if self.read_only => connect_read_only(&self.path)?,
             None => connect(&self.path)?,
         };
         let out = f(&mut c);

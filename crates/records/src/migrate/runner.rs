@@ -62,7 +62,43 @@ impl Conn {
         Ok(c)
     }
 
+    /// Opens the database to read the ledger only: nothing is created, and every write fails.
+    pub fn open_read_only(url: &str) -> Result<Conn, StorageError> {
+        Ok(match crate::backend::cols::DbUrl::parse(url)? {
+            crate::backend::cols::DbUrl::Postgres(u) => {
+                let mut c = postgres::Client::connect(&u, postgres::NoTls)?;
+                c.batch_execute("SET default_transaction_read_only = on")?;
+                Conn::Postgres(c)
+            }
+            crate::backend::cols::DbUrl::Sqlite(path) => {
+                use rusqlite::OpenFlags;
+                if !path.is_file() {
+                    // No database yet, so no ledger: an empty one in memory reads the same, and creates no file.
+                    return Ok(Conn::Sqlite(rusqlite::Connection::open_in_memory()?));
+                }
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                Conn::Sqlite(rusqlite::Connection::open_with_flags(path, flags)?)
+            }
+        })
+    }
+
+    /// Whether the ledger table exists (a database no migration ran on has none).
+    fn has_ledger(&mut self) -> Result<bool, StorageError> {
+        Ok(match self {
+            Conn::Sqlite(c) => {
+                let q = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'slipway_migrations'";
+                c.query_row(q, [], |r| r.get::<_, i64>(0))? > 0
+            }
+            Conn::Postgres(c) => c
+                .query_one("SELECT to_regclass('slipway_migrations') IS NOT NULL", &[])?
+                .get::<_, bool>(0),
+        })
+    }
+
     fn ledger(&mut self) -> Result<Ledger, StorageError> {
+        if !self.has_ledger()? {
+            return Ok(Ledger::new());
+        }
         let q = "SELECT migration, step, checksum, status FROM slipway_migrations";
         Ok(match self {
             Conn::Sqlite(c) => {

@@ -306,3 +306,30 @@ fn the_sqlite_database_and_its_wal_and_shm_files_are_private_to_their_user() {
     assert_eq!(mode(&db), 0o600);
     assert_eq!(mode(&dir.join("state/records.db-wal")), 0o600);
 }
+
+#[test]
+fn a_read_only_view_created_the_tables_and_could_write() {
+    for db in both("read_only") {
+        if let Db::Sqlite(d) = &db {
+            let e = records::open_read_only(&db.url()).unwrap_err().to_string();
+            assert!(e.contains("no records database yet"), "{e}");
+            assert!(!d.join("records.db").exists(), "opening to look created the file");
+        } else {
+            // A fresh database: looking finds no table, and makes none.
+            for _ in 0..2 {
+                let view = records::open_read_only(&db.url()).unwrap();
+                assert!(view.counts().is_err(), "no records table was made");
+            }
+        }
+        db.store("v1").create("p1", ann()).unwrap();
+        let view = Store::new(records::open_read_only(&db.url()).unwrap(), schema(), "dashboard");
+        assert_eq!(view.get::<PlayerV1>("p1").unwrap().unwrap().value, ann(), "it reads");
+        let counts = records::open_read_only(&db.url()).unwrap().counts().unwrap();
+        assert_eq!(counts.iter().map(|c| c.records).sum::<u64>(), 1);
+        assert!(
+            view.create("p2", ann()).is_err(),
+            "a write through a read-only view fails"
+        );
+        assert!(db.store("v1").get::<PlayerV1>("p2").unwrap().is_none());
+    }
+}
