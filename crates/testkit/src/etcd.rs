@@ -16,6 +16,8 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
 struct Member {
     name: String,
     client: SocketAddr,
+    /// Plain-http `/health` and `/metrics` (also when clients must use TLS).
+    metrics: SocketAddr,
     peer: SocketAddr,
     data: PathBuf,
     log: PathBuf,
@@ -27,8 +29,19 @@ struct Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
+    tls: Option<ServerTls>,
     // Dropped after the members (fields drop in order): the data goes once the processes are gone.
     _dir: TempDir,
+}
+
+/// Client-side TLS of the members (PEM files): clients must use https and trust `ca`; with
+/// `client_cert_auth` they must also show a certificate `ca` signed.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub client_cert_auth: bool,
 }
 
 /// The etcd binary: `SLIPWAY_ETCD` if set, else Debian's `/usr/bin/etcd`. Panics with what to do when missing.
@@ -46,6 +59,15 @@ pub fn etcd_bin() -> PathBuf {
 impl EtcdCluster {
     /// Starts `n` members and waits until every one of them reports healthy.
     pub async fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None).await
+    }
+
+    /// Like [`EtcdCluster::start`], with clients served over TLS (peers stay plain on loopback).
+    pub async fn start_tls(n: usize, tls: ServerTls) -> EtcdCluster {
+        EtcdCluster::start_with(n, Some(tls)).await
+    }
+
+    async fn start_with(n: usize, tls: Option<ServerTls>) -> EtcdCluster {
         assert!(n >= 1, "an etcd cluster has at least one member");
         let dir = TempDir::in_memory("etcd");
         let members: Vec<Member> = (0..n)
@@ -53,6 +75,7 @@ impl EtcdCluster {
                 let name = format!("m{i}");
                 Member {
                     client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     data: dir.join(format!("{name}.data")),
                     log: dir.join(format!("{name}.log")),
@@ -69,6 +92,7 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members,
             initial_cluster,
+            tls,
             _dir: dir,
         };
         for i in 0..n {
@@ -85,9 +109,10 @@ impl EtcdCluster {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// Member `i`'s client URL.
+    /// Member `i`'s client URL (`https://` when started with TLS).
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://{}", self.members[i].client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.members[i].client)
     }
 
     /// Member `i`'s client address.
@@ -142,7 +167,7 @@ impl EtcdCluster {
 
     /// Whether member `i` answers `/health` with true (it has a leader and can read through Raft).
     pub async fn healthy(&self, i: usize) -> bool {
-        match tokio::time::timeout(Duration::from_secs(3), get(self.members[i].client, "/health", &[])).await {
+        match tokio::time::timeout(Duration::from_secs(3), get(self.members[i].metrics, "/health", &[])).await {
             Ok(Ok(reply)) => reply.status.is_success() && reply.text().contains("\"health\":\"true\""),
             _ => false,
         }
@@ -171,15 +196,24 @@ impl EtcdCluster {
             .open(&m.log)
             .expect("open etcd log");
         let err = log.try_clone().expect("clone etcd log handle");
-        let child = Command::new(etcd_bin())
+        let client_url = format!("{}://{}", if self.tls.is_some() { "https" } else { "http" }, m.client);
+        let mut cmd = Command::new(etcd_bin());
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            cmd.arg("--trusted-ca-file").arg(&tls.ca);
+            cmd.arg(format!("--client-cert-auth={}", tls.client_cert_auth));
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data)
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(&client_url)
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(&client_url)
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{}", m.metrics))
             .arg("--listen-peer-urls")
             .arg(format!("http://{}", m.peer))
             .arg("--initial-advertise-peer-urls")
