@@ -3,7 +3,13 @@
 //! changes nothing locally; it converges again on its own when etcd is back.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use cluster::{
     Client, ClientConfig, Host, HostConfig, HostRecord, Layout, LeaveReason, ObservedRecord, RoutesRecord, decode,
@@ -48,7 +54,11 @@ fn etcd_client(etcd: &EtcdCluster) -> Client {
 }
 
 fn join(etcd: &EtcdCluster, router: &Router, name: &str) -> Host {
-    let mut client = ClientConfig::new(etcd.endpoints());
+    join_via(etcd.endpoints(), router, name)
+}
+
+fn join_via(endpoints: Vec<String>, router: &Router, name: &str) -> Host {
+    let mut client = ClientConfig::new(endpoints);
     client.request_timeout = Duration::from_millis(1000);
     Host::join(HostConfig {
         etcd: client,
@@ -257,4 +267,95 @@ fn a_bad_host_config_lists_every_problem() {
     ] {
         assert!(err.contains(what), "{what} missing from: {err}");
     }
+}
+
+/// A loopback TCP proxy to one etcd member that cuts the link the way a partition can: while cut, every byte is
+/// dropped and nothing is closed; a connection that lost a byte stays dead after the link heals (as one whose
+/// server side went away meanwhile), new ones work again.
+struct Partition {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, cut: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut dead = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                if !dead {
+                    let _ = to.shutdown().await;
+                }
+                // A dead link never says it closed either.
+                std::future::pending::<()>().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        dead |= cut.load(Ordering::SeqCst);
+        if !dead && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Partition {
+    async fn to(upstream: SocketAddr) -> Partition {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, c.clone()));
+                tokio::spawn(pipe(sr, cw, c.clone()));
+            }
+        });
+        Partition { addr, cut, _task: task }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_partitioned_host_serves_its_last_table_and_converges_after_the_partition_though_its_watch_died() {
+    let etcd = EtcdCluster::start(1).await;
+    let link = Partition::to(etcd.client_addr(0)).await;
+    let router = start_router().await;
+    let c = etcd_client(&etcd);
+    let layout = Layout::new("t").unwrap();
+    let host = join_via(vec![link.endpoint()], &router, "h1");
+    c.put(&layout.routes(), &routes(1, "v1"), None).await.unwrap();
+    wait_releases(&router, &["v1"], Duration::from_secs(10)).await;
+
+    link.set_cut(true);
+    wait_for("the host to lose etcd", Duration::from_secs(10), || async {
+        (host.status().left == Some(LeaveReason::EtcdUnavailable)).then_some(())
+    })
+    .await;
+    // The cluster moves on without it; it must keep serving what it had.
+    c.put(&layout.routes(), &routes(2, "v2"), None).await.unwrap();
+    let seen = host.status().turns;
+    wait_for("three more host turns", Duration::from_secs(10), || async {
+        (host.status().turns >= seen + 3).then_some(())
+    })
+    .await;
+    assert_eq!(router.releases().await, ["v1"], "a partitioned host changed its router");
+
+    // Healed: the old watch connection stays silent; the host still converges.
+    link.set_cut(false);
+    wait_releases(&router, &["v2"], Duration::from_secs(15)).await;
+    assert_eq!(host.status().etcd, None);
 }
