@@ -359,3 +359,25 @@ async fn a_partitioned_host_serves_its_last_table_and_converges_after_the_partit
     wait_releases(&router, &["v2"], Duration::from_secs(15)).await;
     assert_eq!(host.status().etcd, None);
 }
+
+#[tokio::test]
+async fn a_host_follows_the_table_through_the_loss_of_the_etcd_member_it_watched() {
+    let mut etcd = EtcdCluster::start(3).await;
+    let router = start_router().await;
+    let c = Client::new(&ClientConfig::new([etcd.endpoint(2)])).unwrap();
+    let layout = Layout::new("t").unwrap();
+    let host = join(&etcd, &router, "h1"); // tries member 0 first: its watch and heartbeat start there
+    c.put(&layout.routes(), &routes(1, "v1"), None).await.unwrap();
+    wait_releases(&router, &["v1"], Duration::from_secs(10)).await;
+    etcd.stop_member(0);
+    c.put(&layout.routes(), &routes(2, "v2"), None).await.unwrap();
+    wait_releases(&router, &["v2"], Duration::from_secs(10)).await;
+    wait_for("the host to hear etcd again", Duration::from_secs(10), || async {
+        host.status().etcd.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        c.get(&layout.host("h1")).await.unwrap().is_some(),
+        "its heartbeat moved to another member"
+    );
+}
