@@ -105,7 +105,11 @@ async fn a_host_registers_with_its_labels_and_its_router_follows_the_cluster_tab
     let rec: HostRecord = decode(&layout.host("h1"), &kv.value).unwrap();
     assert_eq!(rec.labels.get("zone").map(String::as_str), Some("a"));
     assert!(kv.lease != 0, "the host record is under the heartbeat lease");
-    assert_eq!(host.status().lease, Some(kv.lease));
+    // The record is written before the turn's status is published: wait for that turn to end.
+    wait_for("the status to name the lease", Duration::from_secs(5), || async {
+        (host.status().lease == Some(kv.lease)).then_some(())
+    })
+    .await;
 
     c.put(&layout.routes(), &routes(1, "v1"), None).await.unwrap();
     wait_releases(&router, &["v1"], Duration::from_secs(5)).await;
@@ -220,7 +224,10 @@ async fn without_quorum_the_host_changes_nothing_and_converges_again_when_etcd_i
     wait_releases(&router, &["v1"], Duration::from_secs(15)).await;
     c.put(&layout.routes(), &routes(2, "v2"), None).await.unwrap();
     wait_releases(&router, &["v2"], Duration::from_secs(10)).await;
-    assert_eq!(host.status().etcd, None);
+    wait_for("the host to hear etcd again", Duration::from_secs(5), || async {
+        host.status().etcd.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -357,7 +364,11 @@ async fn a_partitioned_host_serves_its_last_table_and_converges_after_the_partit
     // Healed: the old watch connection stays silent; the host still converges.
     link.set_cut(false);
     wait_releases(&router, &["v2"], Duration::from_secs(15)).await;
-    assert_eq!(host.status().etcd, None);
+    // The router is put to before the turn's status is published: wait for that turn to end.
+    wait_for("the host to hear etcd again", Duration::from_secs(5), || async {
+        host.status().etcd.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -370,7 +381,11 @@ async fn a_host_follows_the_table_through_the_loss_of_the_etcd_member_it_watched
     c.put(&layout.routes(), &routes(1, "v1"), None).await.unwrap();
     wait_releases(&router, &["v1"], Duration::from_secs(10)).await;
     etcd.stop_member(0);
-    c.put(&layout.routes(), &routes(2, "v2"), None).await.unwrap();
+    // Member 0 may have been etcd's Raft leader: a write during the election that follows can time out.
+    wait_for("the write of v2", Duration::from_secs(15), || async {
+        c.put(&layout.routes(), &routes(2, "v2"), None).await.ok()
+    })
+    .await;
     wait_releases(&router, &["v2"], Duration::from_secs(10)).await;
     wait_for("the host to hear etcd again", Duration::from_secs(10), || async {
         host.status().etcd.is_none().then_some(())

@@ -69,6 +69,20 @@ impl EtcdCluster {
 
     async fn start_with(n: usize, tls: Option<ServerTls>) -> EtcdCluster {
         assert!(n >= 1, "an etcd cluster has at least one member");
+        // A port free_port found can be taken by another test before etcd binds it; etcd then exits at once.
+        // Such a start is tried again on new ports (in a new folder), a few times.
+        let mut last = String::new();
+        for _ in 0..4 {
+            let mut cluster = EtcdCluster::on_fresh_ports(n, tls.clone());
+            match cluster.wait_started().await {
+                Ok(()) => return cluster,
+                Err(why) => last = why,
+            }
+        }
+        panic!("etcd did not start: {last}")
+    }
+
+    fn on_fresh_ports(n: usize, tls: Option<ServerTls>) -> EtcdCluster {
         let dir = TempDir::in_memory("etcd");
         let members: Vec<Member> = (0..n)
             .map(|i| {
@@ -98,10 +112,30 @@ impl EtcdCluster {
         for i in 0..n {
             cluster.spawn(i);
         }
-        for i in 0..n {
-            cluster.wait_healthy(i).await;
-        }
         cluster
+    }
+
+    /// Waits until every member is healthy; Err (with the exited member's log) as soon as one exits.
+    async fn wait_started(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + HEALTHY_WITHIN;
+        for i in 0..self.members.len() {
+            loop {
+                if self.healthy(i).await {
+                    break;
+                }
+                let exited = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    let log = std::fs::read_to_string(&self.members[i].log).unwrap_or_default();
+                    let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                    return Err(format!("member {i} exited ({status}): {tail}"));
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("member {i} not healthy within {HEALTHY_WITHIN:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     /// The members' client URLs (`http://127.0.0.1:PORT`), in member order.
