@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::{TempDir, free_port, get, wait_for};
 
+/// What etcd 3.4 logs (at info) once it has bound its peer, client and metrics ports.
+const SERVING: &str = "now serving peer/client/metrics";
+
 /// How long a member (or the whole cluster) gets to become healthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -22,6 +25,8 @@ struct Member {
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Times started: its log says "now serving" once per start that bound all its ports.
+    starts: usize,
 }
 
 /// A running etcd cluster of 1 or more members; killed and its data removed when dropped (a panicking test too).
@@ -95,6 +100,7 @@ impl EtcdCluster {
                     log: dir.join(format!("{name}.log")),
                     name,
                     child: None,
+                    starts: 0,
                 }
             })
             .collect();
@@ -199,8 +205,19 @@ impl EtcdCluster {
         self.members[i].child.is_some()
     }
 
-    /// Whether member `i` answers `/health` with true (it has a leader and can read through Raft).
+    /// Whether member `i`'s latest start bound its ports: then its ports answer for it, not for another
+    /// test's etcd that took a port free_port handed to both.
+    fn serving(&self, i: usize) -> bool {
+        let log = std::fs::read_to_string(&self.members[i].log).unwrap_or_default();
+        log.matches(SERVING).count() >= self.members[i].starts
+    }
+
+    /// Whether member `i` runs, bound its ports and answers `/health` with true (it has a leader and can
+    /// read through Raft).
     pub async fn healthy(&self, i: usize) -> bool {
+        if !self.is_running(i) || !self.serving(i) {
+            return false;
+        }
         match tokio::time::timeout(Duration::from_secs(3), get(self.members[i].metrics, "/health", &[])).await {
             Ok(Ok(reply)) => reply.status.is_success() && reply.text().contains("\"health\":\"true\""),
             _ => false,
@@ -260,13 +277,14 @@ impl EtcdCluster {
             .arg("new")
             // Short Raft timings: a lost leader is replaced in well under a second on loopback.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "warn"])
+            .args(["--logger", "zap", "--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", etcd_bin().display()));
         self.members[i].child = Some(child);
+        self.members[i].starts += 1;
     }
 }
 
