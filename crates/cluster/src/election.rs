@@ -170,81 +170,50 @@ impl Election {
     /// Feeds what came of the action in flight (or a fenced write's refusal, at any time).
     pub fn on(&mut self, outcome: Outcome, now: Duration) {
         if let Outcome::WriteRefused { term } = outcome {
-            match self.state {
-                State::Leader {
-                    lease,
-                    term: t,
-                    valid_until,
-                    next_renew,
-                } if t == term => {
-                    self.state = State::Candidate {
-                        lease,
-                        valid_until,
-                        next_try: now + self.retry,
-                        next_renew,
-                    };
-                }
-                _ => {}
-            }
+            self.refused(term, now);
             return;
         }
         let Some((action, sent)) = self.pending.take() else {
             return;
         };
         self.expire(now);
+        self.state = self.answered(action, outcome, sent, now);
+    }
+
+    /// A fenced write of `term` was refused: if that is the term it leads, it leads no more.
+    fn refused(&mut self, term: i64, now: Duration) {
+        if let State::Leader {
+            lease,
+            term: t,
+            valid_until,
+            next_renew,
+        } = self.state
+            && t == term
+        {
+            self.state = State::Candidate {
+                lease,
+                valid_until,
+                next_try: now + self.retry,
+                next_renew,
+            };
+        }
+    }
+
+    /// The state after `action`, sent at `sent`, came out as `outcome`.
+    fn answered(&mut self, action: Action, outcome: Outcome, sent: Duration, now: Duration) -> State {
         let renew_at = sent + self.ttl / 3;
-        self.state = match (action, outcome, self.state) {
+        match (action, outcome, self.state) {
             (Action::Grant, Outcome::Granted { lease, ttl }, _) => {
                 self.ttl = ttl.max(Duration::from_secs(1));
-                let valid_until = sent + self.ttl;
                 State::Candidate {
                     lease,
-                    valid_until,
+                    valid_until: sent + self.ttl,
                     next_try: now,
                     next_renew: sent + self.ttl / 3,
                 }
             }
-            (
-                Action::Campaign { lease },
-                Outcome::Won { term },
-                State::Candidate {
-                    lease: l,
-                    valid_until,
-                    next_renew,
-                    ..
-                },
-            ) if l == lease => State::Leader {
-                lease,
-                term,
-                valid_until,
-                next_renew,
-            },
-            (
-                Action::Campaign { lease },
-                Outcome::Lost { holder_lease, term },
-                State::Candidate {
-                    lease: l,
-                    valid_until,
-                    next_renew,
-                    ..
-                },
-            ) if l == lease => {
-                if holder_lease == lease {
-                    // An earlier campaign of ours created the key and its answer was lost.
-                    State::Leader {
-                        lease,
-                        term,
-                        valid_until,
-                        next_renew,
-                    }
-                } else {
-                    State::Candidate {
-                        lease,
-                        valid_until,
-                        next_try: now + self.retry,
-                        next_renew,
-                    }
-                }
+            (Action::Campaign { lease }, Outcome::Won { .. } | Outcome::Lost { .. }, State::Candidate { .. }) => {
+                self.campaigned(lease, outcome, now)
             }
             (Action::Renew { lease }, Outcome::Renewed, State::Candidate { lease: l, next_try, .. }) if l == lease => {
                 State::Candidate {
@@ -266,7 +235,44 @@ impl Election {
             (_, Outcome::Unavailable, state) => self.retry_later(action, state, now),
             // Anything else answers a state that is gone (expired meanwhile): keep the current one.
             (_, _, state) => state,
+        }
+    }
+
+    /// A campaign under `lease` came out as `outcome` (won or lost) while a candidate.
+    fn campaigned(&self, lease: LeaseId, outcome: Outcome, now: Duration) -> State {
+        let State::Candidate {
+            lease: l,
+            valid_until,
+            next_renew,
+            ..
+        } = self.state
+        else {
+            return self.state;
         };
+        if l != lease {
+            return self.state; // answers a lease that is gone
+        }
+        match outcome {
+            Outcome::Won { term } => State::Leader {
+                lease,
+                term,
+                valid_until,
+                next_renew,
+            },
+            // An earlier campaign of ours created the key and its answer was lost.
+            Outcome::Lost { holder_lease, term } if holder_lease == lease => State::Leader {
+                lease,
+                term,
+                valid_until,
+                next_renew,
+            },
+            _ => State::Candidate {
+                lease,
+                valid_until,
+                next_try: now + self.retry,
+                next_renew,
+            },
+        }
     }
 
     /// The failed `action` is tried again after `retry`; the rest of the schedule stays.

@@ -156,7 +156,13 @@ struct Looper {
     routes: LastGood<RoutesRecord>,
     observed_written: Option<ObservedRecord>,
     status: HostStatus,
+    /// When the routes key is read again directly, watch or not.
+    resync_at: Instant,
 }
+
+/// How often a host reads the routes key directly besides its watch: a watch whose connection died
+/// silently (a partition that outlived the server side) would otherwise never deliver again.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 impl Looper {
     fn host_record(&self) -> Vec<u8> {
@@ -211,6 +217,23 @@ impl Looper {
                 self.registration_err = Some(e.to_string());
             }
         }
+    }
+
+    /// Reads the routes key directly, after etcd was unheard and every [`RESYNC_EVERY`].
+    async fn resync(&mut self, etcd_was_unheard: bool) {
+        let now = Instant::now();
+        if self.registration_err.is_some() || !(etcd_was_unheard || now >= self.resync_at) {
+            return;
+        }
+        match self.client.get(&self.layout.routes()).await {
+            Ok(Some(kv)) => self.feed(Feed::Value(kv)),
+            Ok(None) => {}
+            Err(e) => {
+                self.registration_err = Some(e.to_string());
+                return;
+            }
+        }
+        self.resync_at = now + RESYNC_EVERY;
     }
 
     fn feed(&mut self, feed: Feed) {
@@ -298,7 +321,9 @@ impl Looper {
 
     async fn run(mut self, mut feeds: mpsc::Receiver<Feed>, status: watch::Sender<HostStatus>) {
         loop {
+            let unheard = self.registration_err.is_some();
             self.heartbeat().await;
+            self.resync(unheard).await;
             self.converge_router().await;
             self.write_observed().await;
             self.status.lease = self.lease.map(|(l, _)| l);
@@ -365,6 +390,7 @@ impl Host {
             routes: LastGood::default(),
             observed_written: None,
             status: HostStatus::default(),
+            resync_at: Instant::now() + RESYNC_EVERY,
             cfg,
         };
         let main = tokio::spawn(looper.run(rx, status_tx));

@@ -3,7 +3,13 @@
 //! changes nothing locally; it converges again on its own when etcd is back.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use cluster::{
     Client, ClientConfig, Host, HostConfig, HostRecord, Layout, LeaveReason, ObservedRecord, RoutesRecord, decode,
@@ -48,7 +54,11 @@ fn etcd_client(etcd: &EtcdCluster) -> Client {
 }
 
 fn join(etcd: &EtcdCluster, router: &Router, name: &str) -> Host {
-    let mut client = ClientConfig::new(etcd.endpoints());
+    join_via(etcd.endpoints(), router, name)
+}
+
+fn join_via(endpoints: Vec<String>, router: &Router, name: &str) -> Host {
+    let mut client = ClientConfig::new(endpoints);
     client.request_timeout = Duration::from_millis(1000);
     Host::join(HostConfig {
         etcd: client,
@@ -95,7 +105,11 @@ async fn a_host_registers_with_its_labels_and_its_router_follows_the_cluster_tab
     let rec: HostRecord = decode(&layout.host("h1"), &kv.value).unwrap();
     assert_eq!(rec.labels.get("zone").map(String::as_str), Some("a"));
     assert!(kv.lease != 0, "the host record is under the heartbeat lease");
-    assert_eq!(host.status().lease, Some(kv.lease));
+    // The record is written before the turn's status is published: wait for that turn to end.
+    wait_for("the status to name the lease", Duration::from_secs(5), || async {
+        (host.status().lease == Some(kv.lease)).then_some(())
+    })
+    .await;
 
     c.put(&layout.routes(), &routes(1, "v1"), None).await.unwrap();
     wait_releases(&router, &["v1"], Duration::from_secs(5)).await;
@@ -210,7 +224,10 @@ async fn without_quorum_the_host_changes_nothing_and_converges_again_when_etcd_i
     wait_releases(&router, &["v1"], Duration::from_secs(15)).await;
     c.put(&layout.routes(), &routes(2, "v2"), None).await.unwrap();
     wait_releases(&router, &["v2"], Duration::from_secs(10)).await;
-    assert_eq!(host.status().etcd, None);
+    wait_for("the host to hear etcd again", Duration::from_secs(5), || async {
+        host.status().etcd.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -257,4 +274,125 @@ fn a_bad_host_config_lists_every_problem() {
     ] {
         assert!(err.contains(what), "{what} missing from: {err}");
     }
+}
+
+/// A loopback TCP proxy to one etcd member that cuts the link the way a partition can: while cut, every byte is
+/// dropped and nothing is closed; a connection that lost a byte stays dead after the link heals (as one whose
+/// server side went away meanwhile), new ones work again.
+struct Partition {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, cut: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut dead = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                if !dead {
+                    let _ = to.shutdown().await;
+                }
+                // A dead link never says it closed either.
+                std::future::pending::<()>().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        dead |= cut.load(Ordering::SeqCst);
+        if !dead && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Partition {
+    async fn to(upstream: SocketAddr) -> Partition {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, c.clone()));
+                tokio::spawn(pipe(sr, cw, c.clone()));
+            }
+        });
+        Partition { addr, cut, _task: task }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_partitioned_host_serves_its_last_table_and_converges_after_the_partition_though_its_watch_died() {
+    let etcd = EtcdCluster::start(1).await;
+    let link = Partition::to(etcd.client_addr(0)).await;
+    let router = start_router().await;
+    let c = etcd_client(&etcd);
+    let layout = Layout::new("t").unwrap();
+    let host = join_via(vec![link.endpoint()], &router, "h1");
+    c.put(&layout.routes(), &routes(1, "v1"), None).await.unwrap();
+    wait_releases(&router, &["v1"], Duration::from_secs(10)).await;
+
+    link.set_cut(true);
+    wait_for("the host to lose etcd", Duration::from_secs(10), || async {
+        (host.status().left == Some(LeaveReason::EtcdUnavailable)).then_some(())
+    })
+    .await;
+    // The cluster moves on without it; it must keep serving what it had.
+    c.put(&layout.routes(), &routes(2, "v2"), None).await.unwrap();
+    let seen = host.status().turns;
+    wait_for("three more host turns", Duration::from_secs(10), || async {
+        (host.status().turns >= seen + 3).then_some(())
+    })
+    .await;
+    assert_eq!(router.releases().await, ["v1"], "a partitioned host changed its router");
+
+    // Healed: the old watch connection stays silent; the host still converges.
+    link.set_cut(false);
+    wait_releases(&router, &["v2"], Duration::from_secs(15)).await;
+    // The router is put to before the turn's status is published: wait for that turn to end.
+    wait_for("the host to hear etcd again", Duration::from_secs(5), || async {
+        host.status().etcd.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_host_follows_the_table_through_the_loss_of_the_etcd_member_it_watched() {
+    let mut etcd = EtcdCluster::start(3).await;
+    let router = start_router().await;
+    let c = Client::new(&ClientConfig::new([etcd.endpoint(2)])).unwrap();
+    let layout = Layout::new("t").unwrap();
+    let host = join(&etcd, &router, "h1"); // tries member 0 first: its watch and heartbeat start there
+    c.put(&layout.routes(), &routes(1, "v1"), None).await.unwrap();
+    wait_releases(&router, &["v1"], Duration::from_secs(10)).await;
+    etcd.stop_member(0);
+    // Member 0 may have been etcd's Raft leader: a write during the election that follows can time out.
+    wait_for("the write of v2", Duration::from_secs(15), || async {
+        c.put(&layout.routes(), &routes(2, "v2"), None).await.ok()
+    })
+    .await;
+    wait_releases(&router, &["v2"], Duration::from_secs(10)).await;
+    wait_for("the host to hear etcd again", Duration::from_secs(10), || async {
+        host.status().etcd.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        c.get(&layout.host("h1")).await.unwrap().is_some(),
+        "its heartbeat moved to another member"
+    );
 }

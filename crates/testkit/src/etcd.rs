@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::{TempDir, free_port, get, wait_for};
 
+/// What etcd 3.4 logs (at info) once it has bound its peer, client and metrics ports.
+const SERVING: &str = "now serving peer/client/metrics";
+
 /// How long a member (or the whole cluster) gets to become healthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -16,10 +19,14 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
 struct Member {
     name: String,
     client: SocketAddr,
+    /// Plain-http `/health` and `/metrics` (also when clients must use TLS).
+    metrics: SocketAddr,
     peer: SocketAddr,
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Times started: its log says "now serving" once per start that bound all its ports.
+    starts: usize,
 }
 
 /// A running etcd cluster of 1 or more members; killed and its data removed when dropped (a panicking test too).
@@ -27,8 +34,19 @@ struct Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
+    tls: Option<ServerTls>,
     // Dropped after the members (fields drop in order): the data goes once the processes are gone.
     _dir: TempDir,
+}
+
+/// Client-side TLS of the members (PEM files): clients must use https and trust `ca`; with
+/// `client_cert_auth` they must also show a certificate `ca` signed.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub client_cert_auth: bool,
 }
 
 /// The etcd binary: `SLIPWAY_ETCD` if set, else Debian's `/usr/bin/etcd`. Panics with what to do when missing.
@@ -46,18 +64,43 @@ pub fn etcd_bin() -> PathBuf {
 impl EtcdCluster {
     /// Starts `n` members and waits until every one of them reports healthy.
     pub async fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None).await
+    }
+
+    /// Like [`EtcdCluster::start`], with clients served over TLS (peers stay plain on loopback).
+    pub async fn start_tls(n: usize, tls: ServerTls) -> EtcdCluster {
+        EtcdCluster::start_with(n, Some(tls)).await
+    }
+
+    async fn start_with(n: usize, tls: Option<ServerTls>) -> EtcdCluster {
         assert!(n >= 1, "an etcd cluster has at least one member");
+        // A port free_port found can be taken by another test before etcd binds it; etcd then exits at once.
+        // Such a start is tried again on new ports (in a new folder), a few times.
+        let mut last = String::new();
+        for _ in 0..4 {
+            let mut cluster = EtcdCluster::on_fresh_ports(n, tls.clone());
+            match cluster.wait_started().await {
+                Ok(()) => return cluster,
+                Err(why) => last = why,
+            }
+        }
+        panic!("etcd did not start: {last}")
+    }
+
+    fn on_fresh_ports(n: usize, tls: Option<ServerTls>) -> EtcdCluster {
         let dir = TempDir::in_memory("etcd");
         let members: Vec<Member> = (0..n)
             .map(|i| {
                 let name = format!("m{i}");
                 Member {
                     client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                    metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     data: dir.join(format!("{name}.data")),
                     log: dir.join(format!("{name}.log")),
                     name,
                     child: None,
+                    starts: 0,
                 }
             })
             .collect();
@@ -69,15 +112,36 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members,
             initial_cluster,
+            tls,
             _dir: dir,
         };
         for i in 0..n {
             cluster.spawn(i);
         }
-        for i in 0..n {
-            cluster.wait_healthy(i).await;
-        }
         cluster
+    }
+
+    /// Waits until every member is healthy; Err (with the exited member's log) as soon as one exits.
+    async fn wait_started(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + HEALTHY_WITHIN;
+        for i in 0..self.members.len() {
+            loop {
+                if self.healthy(i).await {
+                    break;
+                }
+                let exited = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    let log = std::fs::read_to_string(&self.members[i].log).unwrap_or_default();
+                    let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                    return Err(format!("member {i} exited ({status}): {tail}"));
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("member {i} not healthy within {HEALTHY_WITHIN:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     /// The members' client URLs (`http://127.0.0.1:PORT`), in member order.
@@ -85,9 +149,10 @@ impl EtcdCluster {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// Member `i`'s client URL.
+    /// Member `i`'s client URL (`https://` when started with TLS).
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://{}", self.members[i].client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.members[i].client)
     }
 
     /// Member `i`'s client address.
@@ -140,9 +205,20 @@ impl EtcdCluster {
         self.members[i].child.is_some()
     }
 
-    /// Whether member `i` answers `/health` with true (it has a leader and can read through Raft).
+    /// Whether member `i`'s latest start bound its ports: then its ports answer for it, not for another
+    /// test's etcd that took a port free_port handed to both.
+    fn serving(&self, i: usize) -> bool {
+        let log = std::fs::read_to_string(&self.members[i].log).unwrap_or_default();
+        log.matches(SERVING).count() >= self.members[i].starts
+    }
+
+    /// Whether member `i` runs, bound its ports and answers `/health` with true (it has a leader and can
+    /// read through Raft).
     pub async fn healthy(&self, i: usize) -> bool {
-        match tokio::time::timeout(Duration::from_secs(3), get(self.members[i].client, "/health", &[])).await {
+        if !self.is_running(i) || !self.serving(i) {
+            return false;
+        }
+        match tokio::time::timeout(Duration::from_secs(3), get(self.members[i].metrics, "/health", &[])).await {
             Ok(Ok(reply)) => reply.status.is_success() && reply.text().contains("\"health\":\"true\""),
             _ => false,
         }
@@ -171,15 +247,24 @@ impl EtcdCluster {
             .open(&m.log)
             .expect("open etcd log");
         let err = log.try_clone().expect("clone etcd log handle");
-        let child = Command::new(etcd_bin())
+        let client_url = format!("{}://{}", if self.tls.is_some() { "https" } else { "http" }, m.client);
+        let mut cmd = Command::new(etcd_bin());
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            cmd.arg("--trusted-ca-file").arg(&tls.ca);
+            cmd.arg(format!("--client-cert-auth={}", tls.client_cert_auth));
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data)
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(&client_url)
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(&client_url)
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{}", m.metrics))
             .arg("--listen-peer-urls")
             .arg(format!("http://{}", m.peer))
             .arg("--initial-advertise-peer-urls")
@@ -192,13 +277,14 @@ impl EtcdCluster {
             .arg("new")
             // Short Raft timings: a lost leader is replaced in well under a second on loopback.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "warn"])
+            .args(["--logger", "zap", "--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", etcd_bin().display()));
         self.members[i].child = Some(child);
+        self.members[i].starts += 1;
     }
 }
 

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 mod etcd;
-pub use etcd::{EtcdCluster, etcd_bin};
+pub use etcd::{EtcdCluster, ServerTls, etcd_bin};
 
 /// A folder under the system temp folder, removed on drop.
 #[derive(Debug)]
