@@ -60,6 +60,8 @@ pub(crate) struct LoopState {
     data: DataFollow,
     /// The deploy history as last saved, by deploy.
     saved: BTreeMap<i64, String>,
+    /// The pre-traffic check running for a deploy.
+    pre_traffic: Option<(i64, tokio::task::JoinHandle<Result<String, String>>)>,
 }
 
 /// What a reload changed.
@@ -491,6 +493,7 @@ impl Control {
             Err(e) => warn_once(lp, "metrics", &format!("router metrics unreachable: {e}")),
         }
         let instances = self.observe_agent(instances, lp, now);
+        self.pre_traffic(lp, now).await;
         self.record(Event::Tick, now, lp);
         if let Some(instances) = instances {
             self.reconcile(instances, lp, now).await;
@@ -506,6 +509,54 @@ impl Control {
             None => {}
         }
         self.save_history(lp);
+    }
+
+    /// Starts the pre-traffic check of a deploy that waits for one, and records its result once it ended.
+    async fn pre_traffic(&self, lp: &mut LoopState, now: u64) {
+        let st = self.state();
+        let waiting = st
+            .active()
+            .filter(|d| matches!(d.phase, rollout::Phase::PreTraffic { .. }));
+        if let Some((id, job)) = lp.pre_traffic.take() {
+            if !job.is_finished() && waiting.is_some_and(|d| d.id == id) {
+                lp.pre_traffic = Some((id, job));
+                return;
+            }
+            if !job.is_finished() {
+                job.abort(); // its deploy moved on (an abort by hand)
+            } else if waiting.is_some_and(|d| d.id == id) {
+                let (passed, output) = match job.await {
+                    Ok(Ok(out)) => (true, out),
+                    Ok(Err(why)) => (false, why),
+                    Err(e) => (false, format!("the check stopped: {e}")),
+                };
+                self.record(Event::PreTraffic { passed, output }, now, lp);
+                return;
+            }
+        }
+        let Some(d) = waiting else { return };
+        let Some(check) = lock(&self.cfg).file.deploy.pre_traffic.clone() else {
+            let output = "[deploy.pre_traffic] is gone from slipway.toml; nothing to check".to_string();
+            return self.record(Event::PreTraffic { passed: true, output }, now, lp);
+        };
+        let instances: Vec<String> = lock(&self.seen)
+            .instances
+            .iter()
+            .filter(|i| i.release == d.release && i.state == wire::agent::InstanceState::Ready)
+            .map(|i| i.addr.clone())
+            .collect();
+        let job = crate::pretraffic::Job {
+            check,
+            instances,
+            dir: lock(&self.cfg).base.clone(),
+            env: vec![
+                ("SLIPWAY_DEPLOY", d.id.to_string()),
+                ("SLIPWAY_RELEASE", d.release.clone()),
+                ("SLIPWAY_FROM", d.from.clone().unwrap_or_default()),
+            ],
+        };
+        tracing::info!(deploy = d.id, instances = ?job.instances, "pre-traffic check started");
+        lp.pre_traffic = Some((d.id, tokio::spawn(async move { crate::pretraffic::run(&job).await })));
     }
 
     /// A router that reports another generation than the one it answered for the confirmed table was restarted
