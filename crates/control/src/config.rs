@@ -110,6 +110,9 @@ impl ServiceConfig {
         }
         out.extend(env_problems(&file.instance, base));
         out.extend(deploy_problems(&file.deploy));
+        if let Some(w) = &file.deploy.webhook {
+            out.extend(crate::webhook::problems(w, base));
+        }
         if file.listeners.is_empty() {
             out.push(Problem::new("listener", "at least one [[listener]] is needed"));
         }

@@ -84,6 +84,8 @@ pub struct Control {
     data_turn: tokio::sync::Mutex<()>,
     /// The parts the supervision restarted (`slipway up` mode).
     pub(crate) restarts: crate::supervise::Shown,
+    /// `[deploy.webhook]`'s queue.
+    webhooks: crate::webhook::Webhooks,
 }
 
 impl std::fmt::Debug for Control {
@@ -163,6 +165,7 @@ impl Control {
             parts,
             data_turn: tokio::sync::Mutex::new(()),
             restarts: Default::default(),
+            webhooks: Default::default(),
         }))
     }
 
@@ -214,6 +217,7 @@ impl Control {
                 _ => tracing::info!(?deploy, "{t}"),
             }
             let Some(d) = &d else { continue };
+            self.notify(d, t);
             let from = d.from.clone().unwrap_or_default();
             match t {
                 Transition::Promoted { .. } => {
@@ -226,6 +230,49 @@ impl Control {
                 _ => {}
             }
         }
+    }
+
+    /// Queues the webhook's event for a transition that is one (`[deploy.webhook]`).
+    fn notify(&self, d: &Deploy, t: &Transition) {
+        let event = match t {
+            Transition::Started { .. } if d.rollback => "rolled_back",
+            Transition::Started { .. } => "started",
+            Transition::StepEntered { .. } => "step",
+            Transition::Paused => "paused",
+            Transition::Resumed { .. } => "resumed",
+            Transition::Promoted { .. } => "promoted",
+            Transition::Aborted { .. } => "aborted",
+            Transition::RolledBack { .. } => "rolled_back",
+            _ => return,
+        };
+        let (hook, base, service) = {
+            let c = lock(&self.cfg);
+            (
+                c.file.deploy.webhook.clone(),
+                c.base.clone(),
+                c.file.service.name.clone(),
+            )
+        };
+        let Some(hook) = hook else { return };
+        let (step, weight) = match t {
+            Transition::StepEntered { index, weight } => (Some(index + 1), Some(*weight)),
+            _ => (None, None),
+        };
+        let body = serde_json::json!({
+            "event": event,
+            "service": service,
+            "deploy": d.id,
+            "release": d.release,
+            "from": d.from,
+            "strategy": d.strategy.as_str(),
+            "phase": d.phase.kind().as_str(),
+            "step": step,
+            "weight": weight,
+            "message": t.to_string(),
+            "reason": matches!(t, Transition::Aborted { .. }).then(|| d.outcome.clone()).flatten(),
+            "time": agent::rfc3339_micros(unix_ms() as i64 * 1000),
+        });
+        self.webhooks.send(crate::webhook::delivery(&hook, &base, event, body));
     }
 
     /// A `[deploy.hooks]` command with the deploy in its environment (its id: the running or next one).

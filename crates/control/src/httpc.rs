@@ -14,6 +14,31 @@ pub(crate) struct Answer {
     pub body: String,
 }
 
+/// `http://host:port/path` split into the address to connect to and the request target.
+pub(crate) fn split_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL (https is not supported)"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!(
+            "{url:?} needs a host, and no user or password in it (put a secret in secret_file)"
+        ));
+    }
+    let host = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((host, path.to_string()))
+}
+
 /// Sends one request to `addr` (`host:port`) and reads the answer; the caller bounds the time.
 pub(crate) async fn request(
     addr: &str,
@@ -67,6 +92,25 @@ fn parse_answer(got: &[u8]) -> Option<Answer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_plain_http_with_a_host_and_no_credentials() {
+        assert_eq!(
+            split_url("http://127.0.0.1:9000/hooks/deploy").unwrap(),
+            ("127.0.0.1:9000".into(), "/hooks/deploy".into())
+        );
+        assert_eq!(
+            split_url("http://example.com").unwrap(),
+            ("example.com:80".into(), "/".into())
+        );
+        assert!(split_url("https://example.com/").unwrap_err().contains("https"));
+        assert!(
+            split_url("http://user:pw@example.com/")
+                .unwrap_err()
+                .contains("secret_file")
+        );
+        assert!(split_url("http:///x").is_err());
+    }
 
     #[test]
     fn an_answer_is_its_status_and_body() {

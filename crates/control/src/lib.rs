@@ -29,6 +29,7 @@ mod reach;
 mod supervise;
 mod template;
 mod view;
+mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -414,6 +414,44 @@ pub struct DeploySection {
     /// A check of the new release's own instances before they get any traffic (Flagger's acceptance test).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_traffic: Option<PreTrafficCheck>,
+    /// Where deploy events are POSTed as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+}
+
+/// `[deploy.webhook]`: every deploy event (`started`, `step`, `paused`, `resumed`, `promoted`, `aborted`,
+/// `rolled_back`) is POSTed to `url` as one JSON object (`event`, `service`, `deploy`, `release`, `from`,
+/// `strategy`, `phase`, `step`, `weight`, `message`, `reason`, `time`), in order, from a queue of its own: a
+/// webhook that is slow, down or failing never holds up or fails a deploy (an event that still fails after its
+/// `attempts` is dropped with a warning in the control plane's log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://host[:port]/path` (plain HTTP, no user or password in it; a local relay forwards to https).
+    pub url: String,
+    /// A file (relative to slipway.toml's folder) whose content is sent in `secret_header` with every POST;
+    /// refused unless only its owner may read it. The secret never appears in a log, `status` or the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The header that carries the secret.
+    #[serde(default = "default_secret_header")]
+    pub secret_header: String,
+    /// How long one POST may take to be answered.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// Tries per event, the first included; 1 s, 2 s, 4 s... apart. A 2xx answer is a delivery.
+    #[serde(default = "default_webhook_attempts")]
+    pub attempts: u32,
+}
+
+fn default_secret_header() -> String {
+    "X-Slipway-Secret".into()
+}
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_webhook_attempts() -> u32 {
+    3
 }
 
 /// `[deploy.pre_traffic]`: once a canary or blue-green deploy's new instances are ready, and while they are routed
@@ -481,6 +519,7 @@ impl Default for DeploySection {
             blue_green: BlueGreenSettings::default(),
             hooks: DeployHooks::default(),
             pre_traffic: None,
+            webhook: None,
         }
     }
 }
