@@ -179,6 +179,7 @@ pub(crate) mod fixtures {
                 drain_deadline_ms: 0,
                 session_idle_ms: 0,
                 start_timeout_ms: 0,
+                pre_traffic: false,
             },
             phase,
             started_ms: 0,

@@ -323,6 +323,7 @@ mod tests {
             drain_deadline_ms: 0,
             session_idle_ms: 0,
             start_timeout_ms: 60_000,
+            pre_traffic: false,
         }
     }
 

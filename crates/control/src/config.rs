@@ -110,6 +110,9 @@ impl ServiceConfig {
         }
         out.extend(env_problems(&file.instance, base));
         out.extend(deploy_problems(&file.deploy));
+        if let Some(w) = &file.deploy.webhook {
+            out.extend(crate::webhook::problems(w, base));
+        }
         if file.listeners.is_empty() {
             out.push(Problem::new("listener", "at least one [[listener]] is needed"));
         }
@@ -220,6 +223,7 @@ impl ServiceConfig {
             drain_deadline_ms: d.drain_deadline.as_millis(),
             session_idle_ms: d.session_idle.as_millis(),
             start_timeout_ms: d.start_timeout.as_millis(),
+            pre_traffic: d.pre_traffic.is_some(),
         }
     }
 
@@ -392,6 +396,20 @@ fn deploy_problems(d: &wire::service::DeploySection) -> Vec<Problem> {
         out.push(Problem::new("deploy.canary.instances", "must be at least 1"));
     }
     out.extend(c.analysis.problems("deploy.canary.analysis"));
+    if let Some(p) = &d.pre_traffic {
+        if p.path.is_none() && p.command.is_empty() {
+            out.push(Problem::new(
+                "deploy.pre_traffic",
+                "give a path to GET, a command, or both",
+            ));
+        }
+        if p.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+            out.push(Problem::new("deploy.pre_traffic.path", "must start with '/'"));
+        }
+        if p.timeout.0.is_zero() {
+            out.push(Problem::new("deploy.pre_traffic.timeout", "must be more than 0"));
+        }
+    }
     if d.rolling.max_surge == 0 && d.rolling.max_unavailable == 0 {
         out.push(Problem::new(
             "deploy.rolling",

@@ -60,6 +60,8 @@ pub(crate) struct LoopState {
     data: DataFollow,
     /// The deploy history as last saved, by deploy.
     saved: BTreeMap<i64, String>,
+    /// The pre-traffic check running for a deploy.
+    pre_traffic: Option<(i64, tokio::task::JoinHandle<Result<String, String>>)>,
 }
 
 /// What a reload changed.
@@ -82,6 +84,8 @@ pub struct Control {
     data_turn: tokio::sync::Mutex<()>,
     /// The parts the supervision restarted (`slipway up` mode).
     pub(crate) restarts: crate::supervise::Shown,
+    /// `[deploy.webhook]`'s queue.
+    webhooks: crate::webhook::Webhooks,
 }
 
 impl std::fmt::Debug for Control {
@@ -161,6 +165,7 @@ impl Control {
             parts,
             data_turn: tokio::sync::Mutex::new(()),
             restarts: Default::default(),
+            webhooks: Default::default(),
         }))
     }
 
@@ -212,6 +217,7 @@ impl Control {
                 _ => tracing::info!(?deploy, "{t}"),
             }
             let Some(d) = &d else { continue };
+            self.notify(d, t);
             let from = d.from.clone().unwrap_or_default();
             match t {
                 Transition::Promoted { .. } => {
@@ -224,6 +230,49 @@ impl Control {
                 _ => {}
             }
         }
+    }
+
+    /// Queues the webhook's event for a transition that is one (`[deploy.webhook]`).
+    fn notify(&self, d: &Deploy, t: &Transition) {
+        let event = match t {
+            Transition::Started { .. } if d.rollback => "rolled_back",
+            Transition::Started { .. } => "started",
+            Transition::StepEntered { .. } => "step",
+            Transition::Paused => "paused",
+            Transition::Resumed { .. } => "resumed",
+            Transition::Promoted { .. } => "promoted",
+            Transition::Aborted { .. } => "aborted",
+            Transition::RolledBack { .. } => "rolled_back",
+            _ => return,
+        };
+        let (hook, base, service) = {
+            let c = lock(&self.cfg);
+            (
+                c.file.deploy.webhook.clone(),
+                c.base.clone(),
+                c.file.service.name.clone(),
+            )
+        };
+        let Some(hook) = hook else { return };
+        let (step, weight) = match t {
+            Transition::StepEntered { index, weight } => (Some(index + 1), Some(*weight)),
+            _ => (None, None),
+        };
+        let body = serde_json::json!({
+            "event": event,
+            "service": service,
+            "deploy": d.id,
+            "release": d.release,
+            "from": d.from,
+            "strategy": d.strategy.as_str(),
+            "phase": d.phase.kind().as_str(),
+            "step": step,
+            "weight": weight,
+            "message": t.to_string(),
+            "reason": matches!(t, Transition::Aborted { .. }).then(|| d.outcome.clone()).flatten(),
+            "time": agent::rfc3339_micros(unix_ms() as i64 * 1000),
+        });
+        self.webhooks.send(crate::webhook::delivery(&hook, &base, event, body));
     }
 
     /// A `[deploy.hooks]` command with the deploy in its environment (its id: the running or next one).
@@ -491,6 +540,7 @@ impl Control {
             Err(e) => warn_once(lp, "metrics", &format!("router metrics unreachable: {e}")),
         }
         let instances = self.observe_agent(instances, lp, now);
+        self.pre_traffic(lp, now).await;
         self.record(Event::Tick, now, lp);
         if let Some(instances) = instances {
             self.reconcile(instances, lp, now).await;
@@ -506,6 +556,54 @@ impl Control {
             None => {}
         }
         self.save_history(lp);
+    }
+
+    /// Starts the pre-traffic check of a deploy that waits for one, and records its result once it ended.
+    async fn pre_traffic(&self, lp: &mut LoopState, now: u64) {
+        let st = self.state();
+        let waiting = st
+            .active()
+            .filter(|d| matches!(d.phase, rollout::Phase::PreTraffic { .. }));
+        if let Some((id, job)) = lp.pre_traffic.take() {
+            if !job.is_finished() && waiting.is_some_and(|d| d.id == id) {
+                lp.pre_traffic = Some((id, job));
+                return;
+            }
+            if !job.is_finished() {
+                job.abort(); // its deploy moved on (an abort by hand)
+            } else if waiting.is_some_and(|d| d.id == id) {
+                let (passed, output) = match job.await {
+                    Ok(Ok(out)) => (true, out),
+                    Ok(Err(why)) => (false, why),
+                    Err(e) => (false, format!("the check stopped: {e}")),
+                };
+                self.record(Event::PreTraffic { passed, output }, now, lp);
+                return;
+            }
+        }
+        let Some(d) = waiting else { return };
+        let Some(check) = lock(&self.cfg).file.deploy.pre_traffic.clone() else {
+            let output = "[deploy.pre_traffic] is gone from slipway.toml; nothing to check".to_string();
+            return self.record(Event::PreTraffic { passed: true, output }, now, lp);
+        };
+        let instances: Vec<String> = lock(&self.seen)
+            .instances
+            .iter()
+            .filter(|i| i.release == d.release && i.state == wire::agent::InstanceState::Ready)
+            .map(|i| i.addr.clone())
+            .collect();
+        let job = crate::pretraffic::Job {
+            check,
+            instances,
+            dir: lock(&self.cfg).base.clone(),
+            env: vec![
+                ("SLIPWAY_DEPLOY", d.id.to_string()),
+                ("SLIPWAY_RELEASE", d.release.clone()),
+                ("SLIPWAY_FROM", d.from.clone().unwrap_or_default()),
+            ],
+        };
+        tracing::info!(deploy = d.id, instances = ?job.instances, "pre-traffic check started");
+        lp.pre_traffic = Some((d.id, tokio::spawn(async move { crate::pretraffic::run(&job).await })));
     }
 
     /// A router that reports another generation than the one it answered for the confirmed table was restarted

@@ -127,6 +127,15 @@ pub(crate) fn expand(value: &str, vars: &dyn Fn(&str) -> Option<String>) -> Resu
 
 /// Reads a dotenv file, refusing one that group or others may read.
 pub(crate) fn read(path: &Path) -> Result<BTreeMap<String, Raw>, EnvError> {
+    parse(&private_text(path)?)
+}
+
+/// A secret kept in a file of its own (the webhook's), trimmed; refused when group or others may read the file.
+pub(crate) fn read_secret(path: &Path) -> Result<String, EnvError> {
+    Ok(private_text(path)?.trim().to_string())
+}
+
+fn private_text(path: &Path) -> Result<String, EnvError> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display().to_string();
     let read_err = |e: std::io::Error| EnvError::Read {
@@ -138,7 +147,7 @@ pub(crate) fn read(path: &Path) -> Result<BTreeMap<String, Raw>, EnvError> {
     if mode & 0o077 != 0 {
         return Err(EnvError::Readable { path: shown, mode });
     }
-    parse(&std::fs::read_to_string(path).map_err(read_err)?)
+    std::fs::read_to_string(path).map_err(read_err)
 }
 
 #[cfg(test)]

@@ -47,8 +47,9 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ),
 ];
 
-const PHASES: [DeployPhase; 8] = [
+const PHASES: [DeployPhase; 9] = [
     DeployPhase::Starting,
+    DeployPhase::PreTraffic,
     DeployPhase::Step,
     DeployPhase::Promoting,
     DeployPhase::Checking,

@@ -87,6 +87,14 @@ fn describe(st: &Service, d: &Deploy, now: u64) -> (String, f64) {
                 0.05 * r as f64 / want.max(1) as f64,
             )
         }
+        Phase::PreTraffic { since } => (
+            format!(
+                "pre-traffic check against {} running for {}s (no traffic yet){paused}",
+                d.release,
+                now.saturating_sub(*since) / 1000
+            ),
+            0.05,
+        ),
         Phase::Step {
             index,
             since,

@@ -72,6 +72,11 @@ impl Service {
                 None if paused => {}
                 None => self.stepping(&d, (index, since, extensions), now, out),
             },
+            Phase::PreTraffic { .. } => {
+                if let Some(why) = failed("new") {
+                    self.abort(why, now, out)
+                }
+            }
             Phase::Promoting => match failed("new") {
                 Some(why) => self.abort(why, now, out),
                 None if !paused && seen.ready >= d.plan.count => self.finish_promotion(now, out),
@@ -126,17 +131,12 @@ impl Service {
             count: seen.ready,
         };
         dm.say(now, ready, out);
-        dm.phase = match d.strategy {
-            Strategy::Canary => {
-                let weight = plan.steps[0].0;
-                dm.say(now, Transition::StepEntered { index: 0, weight }, out);
-                Phase::Step {
-                    index: 0,
-                    since: now,
-                    extensions: 0,
-                }
-            }
-            _ => Phase::Checking { since: now },
+        dm.phase = if plan.pre_traffic {
+            let release = d.release.clone();
+            dm.say(now, Transition::PreTrafficCheck { release }, out);
+            Phase::PreTraffic { since: now }
+        } else {
+            after_ready(dm, now, out)
         };
         dm.last_verdict = None;
     }
@@ -301,5 +301,22 @@ impl Service {
             !gone
         });
         self.groups = groups;
+    }
+}
+
+/// The phase a canary or blue-green deploy enters once its new instances are ready (and passed their pre-traffic
+/// check): the first step, or the check before the switch.
+pub(crate) fn after_ready(d: &mut Deploy, now: u64, out: &mut Vec<Transition>) -> Phase {
+    match d.strategy {
+        Strategy::Canary => {
+            let weight = d.plan.steps[0].0;
+            d.say(now, Transition::StepEntered { index: 0, weight }, out);
+            Phase::Step {
+                index: 0,
+                since: now,
+                extensions: 0,
+            }
+        }
+        _ => Phase::Checking { since: now },
     }
 }

@@ -43,6 +43,10 @@ pub enum Phase {
         since: u64,
         extensions: u32,
     },
+    /// The new instances are ready at weight 0 and the pre-traffic check runs against them (since `since`).
+    PreTraffic {
+        since: u64,
+    },
     /// Canary passed: scaling to the full count before taking all traffic.
     Promoting,
     /// Blue-green: the new set must stay ready until `since + check`.
@@ -68,6 +72,7 @@ impl Phase {
         match self {
             Phase::Starting => DeployPhase::Starting,
             Phase::Step { .. } => DeployPhase::Step,
+            Phase::PreTraffic { .. } => DeployPhase::PreTraffic,
             Phase::Promoting => DeployPhase::Promoting,
             Phase::Checking { .. } => DeployPhase::Checking,
             Phase::Rolling { .. } => DeployPhase::Rolling,
@@ -117,7 +122,9 @@ impl Deploy {
         match (&self.phase, self.from.is_some(), self.strategy) {
             (_, false, _) => self.plan.count,
             (Phase::Rolling { added, .. }, _, _) => *added,
-            (Phase::Starting | Phase::Step { .. }, _, Strategy::Canary) => self.plan.canary_count,
+            (Phase::Starting | Phase::PreTraffic { .. } | Phase::Step { .. }, _, Strategy::Canary) => {
+                self.plan.canary_count
+            }
             _ => self.plan.count,
         }
     }

@@ -115,7 +115,9 @@ fn deploy_part(out: &mut Desired, d: &Deploy) {
     let to = &d.release;
     let (state, weight, count) = match &d.phase {
         Phase::Aborting { .. } => (RouteState::Down, 0, 0),
-        Phase::Starting | Phase::Checking { .. } if d.from.is_some() => (RouteState::Active, 0, d.target()),
+        Phase::Starting | Phase::PreTraffic { .. } | Phase::Checking { .. } if d.from.is_some() => {
+            (RouteState::Active, 0, d.target())
+        }
         _ if d.from.is_none() => (RouteState::Active, 100, d.plan.count),
         _ => (RouteState::Active, d.canary_weight(), d.target()),
     };

@@ -26,6 +26,10 @@ pub struct Plan {
     pub drain_deadline_ms: u64,
     pub session_idle_ms: u64,
     pub start_timeout_ms: u64,
+    /// Canary and blue-green: once the new instances are ready, a pre-traffic check runs against them (at weight
+    /// 0) and the deploy goes on only when it passed (`Event::PreTraffic`). False in journals from before it.
+    #[serde(default)]
+    pub pre_traffic: bool,
 }
 
 /// What the agent reports about one instance group.
@@ -85,4 +89,9 @@ pub enum Event {
     },
     /// The world is seen and its routes confirmed again.
     Unhold,
+    /// How the pre-traffic check of the running deploy ended, with its output (the abort's reason when it failed).
+    PreTraffic {
+        passed: bool,
+        output: String,
+    },
 }

@@ -106,6 +106,7 @@ impl Service {
             Event::Tick => {}
             Event::Hold { reason } => self.hold(*reason, now, &mut out),
             Event::Unhold => self.unhold(now, &mut out),
+            Event::PreTraffic { passed, output } => self.pre_traffic(*passed, output, now, &mut out)?,
         }
         // Nothing is stepped, promoted or retired on a world that could not be seen or set.
         if self.held.is_none() {
@@ -217,6 +218,31 @@ impl Service {
         }
     }
 
+    /// The pre-traffic check's result: the deploy goes on as it would have once its instances were ready, or aborts
+    /// with the check's output. Refused unless the running deploy is in its check (a late result of an aborted
+    /// or restarted check changes nothing).
+    fn pre_traffic(&mut self, passed: bool, output: &str, now: u64, out: &mut Vec<Transition>) -> Result<(), Refused> {
+        let d = self.active_mut().ok_or_else(no_deploy)?;
+        if !matches!(d.phase, Phase::PreTraffic { .. }) {
+            return Err(Refused(format!("deploy {} runs no pre-traffic check now", d.id)));
+        }
+        if !passed {
+            let reason = format!("the pre-traffic check failed: {output}");
+            d.say(now, Transition::Aborting { reason: reason.clone() }, out);
+            d.phase = Phase::Aborting { reason };
+            return Ok(());
+        }
+        d.say(
+            now,
+            Transition::PreTrafficPassed {
+                output: output.to_string(),
+            },
+            out,
+        );
+        d.phase = crate::advance::after_ready(d, now, out);
+        Ok(())
+    }
+
     /// The judge's verdict: a failure aborts at once, any other waits for the step's end.
     fn verdict(&mut self, outcome: Outcome, reason: &str, now: u64, out: &mut Vec<Transition>) {
         if let Some(d) = self.active_mut()
@@ -324,6 +350,7 @@ impl Service {
             let mut fast = plan.clone();
             fast.check_ms = 0;
             fast.rollback_window_ms = 0;
+            fast.pre_traffic = false;
             return self.start_deploy(&prev, Strategy::BlueGreen, &fast, now, true, out);
         };
         // Atomic swap back: the previous release is still running.

@@ -25,6 +25,7 @@ fn plan() -> Plan {
         drain_deadline_ms: 120_000,
         session_idle_ms: 10_000,
         start_timeout_ms: 60_000,
+        pre_traffic: false,
     }
 }
 
@@ -192,6 +193,65 @@ fn a_failed_verdict_aborts_at_once_and_leaves_the_baseline_untouched() {
     assert_eq!(dep.phase, Phase::Aborted);
     assert!(dep.outcome.as_deref().unwrap().contains("errors"));
     assert_eq!(s.current.as_deref(), Some("v1"));
+}
+
+fn deploy_with(s: &mut Service, release: &str, strategy: Strategy, plan: Plan, now: u64) {
+    let ev = Event::Deploy {
+        release: release.into(),
+        strategy,
+        plan,
+        template: None,
+    };
+    s.on(&ev, now).unwrap();
+}
+
+#[test]
+fn a_pre_traffic_check_holds_the_canary_at_weight_0_until_it_passes_and_a_failed_one_aborts_with_its_output() {
+    for strategy in [Strategy::Canary, Strategy::BlueGreen] {
+        let (mut s, mut w, mut now) = (Service::default(), World::new(), 0);
+        let checked = Plan {
+            pre_traffic: true,
+            ..plan()
+        };
+        deploy_with(&mut s, "v1", strategy, checked.clone(), now);
+        run(&mut s, &mut w, &mut now, 3, None);
+        assert_eq!(
+            s.current.as_deref(),
+            Some("v1"),
+            "a first deploy has nothing to check against"
+        );
+        for (release, passed) in [("v2", false), ("v3", true)] {
+            deploy_with(&mut s, release, strategy, checked.clone(), now);
+            run(&mut s, &mut w, &mut now, 30, Some(Outcome::Pass));
+            let d = s.active().unwrap();
+            assert!(matches!(d.phase, Phase::PreTraffic { .. }), "{:?}", d.phase);
+            assert_eq!(weights(&s.desired())[0], (release.into(), 0, RouteState::Active));
+            assert!(s.desired().analysis.is_none(), "nothing to judge without traffic");
+            assert!(s.on(&Event::Promote, now).is_err());
+            let output = "smoke: GET /cart 500".to_string();
+            let u = s.on(&Event::PreTraffic { passed, output }, now).unwrap();
+            if !passed {
+                let reason = "the pre-traffic check failed: smoke: GET /cart 500".to_string();
+                assert_eq!(u.transitions, vec![Transition::Aborting { reason }]);
+                assert_eq!(weights(&s.desired())[0], (release.into(), 0, RouteState::Down));
+                run(&mut s, &mut w, &mut now, 3, None);
+                assert_eq!(s.deploy.as_ref().unwrap().phase, Phase::Aborted);
+                continue;
+            }
+            let expect_weight = if strategy == Strategy::Canary { 5 } else { 0 };
+            assert_eq!(weights(&s.desired())[0].1, expect_weight);
+            run(&mut s, &mut w, &mut now, 60, Some(Outcome::Pass));
+            assert_eq!(s.current.as_deref(), Some(release));
+        }
+        // A late result is refused and changes nothing.
+        let before = s.clone();
+        let late = Event::PreTraffic {
+            passed: true,
+            output: String::new(),
+        };
+        assert!(s.on(&late, now).is_err());
+        assert_eq!(s, before);
+    }
 }
 
 #[test]

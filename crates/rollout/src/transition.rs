@@ -43,6 +43,14 @@ pub enum Transition {
         release: String,
         count: u32,
     },
+    /// The pre-traffic check runs against the new release's ready instances, which get no traffic until it passed.
+    PreTrafficCheck {
+        release: String,
+    },
+    /// The pre-traffic check passed; `output` is what it printed (its last lines).
+    PreTrafficPassed {
+        output: String,
+    },
     /// Canary step `index` (from 0) began at `weight` percent.
     StepEntered {
         index: usize,
@@ -131,6 +139,11 @@ impl fmt::Display for Transition {
             Transition::PromotedByHand => f.write_str("promoted by hand"),
             Transition::SwitchForced => f.write_str("switch forced by hand"),
             Transition::Ready { release, count } => write!(f, "{count} instances of {release} ready"),
+            Transition::PreTrafficCheck { release } => {
+                write!(f, "pre-traffic check against {release}'s instances (no traffic yet)")
+            }
+            Transition::PreTrafficPassed { output } if output.is_empty() => f.write_str("pre-traffic check passed"),
+            Transition::PreTrafficPassed { output } => write!(f, "pre-traffic check passed: {output}"),
             Transition::StepEntered { index, weight } => write!(f, "step {}: weight {weight}%", index + 1),
             Transition::StepDone {
                 index,

@@ -411,6 +411,72 @@ pub struct DeploySection {
     pub blue_green: BlueGreenSettings,
     #[serde(default)]
     pub hooks: DeployHooks,
+    /// A check of the new release's own instances before they get any traffic (Flagger's acceptance test).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_traffic: Option<PreTrafficCheck>,
+    /// Where deploy events are POSTed as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+}
+
+/// `[deploy.webhook]`: every deploy event (`started`, `step`, `paused`, `resumed`, `promoted`, `aborted`,
+/// `rolled_back`) is POSTed to `url` as one JSON object (`event`, `service`, `deploy`, `release`, `from`,
+/// `strategy`, `phase`, `step`, `weight`, `message`, `reason`, `time`), in order, from a queue of its own: a
+/// webhook that is slow, down or failing never holds up or fails a deploy (an event that still fails after its
+/// `attempts` is dropped with a warning in the control plane's log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://host[:port]/path` (plain HTTP, no user or password in it; a local relay forwards to https).
+    pub url: String,
+    /// A file (relative to slipway.toml's folder) whose content is sent in `secret_header` with every POST;
+    /// refused unless only its owner may read it. The secret never appears in a log, `status` or the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The header that carries the secret.
+    #[serde(default = "default_secret_header")]
+    pub secret_header: String,
+    /// How long one POST may take to be answered.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// Tries per event, the first included; 1 s, 2 s, 4 s... apart. A 2xx answer is a delivery.
+    #[serde(default = "default_webhook_attempts")]
+    pub attempts: u32,
+}
+
+fn default_secret_header() -> String {
+    "X-Slipway-Secret".into()
+}
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_webhook_attempts() -> u32 {
+    3
+}
+
+/// `[deploy.pre_traffic]`: once a canary or blue-green deploy's new instances are ready, and while they are routed
+/// at weight 0 (no session reaches them), the control plane checks them; the deploy goes on only when the check
+/// passed, and a failed one aborts it with the check's output. Rolling deploys and rollbacks do not run it. At
+/// least one of `path` and `command` is given; with both, the HTTP check runs first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreTrafficCheck {
+    /// GET this path (`/smoke`) on every new instance, straight at its own address; an answer other than 2xx, or
+    /// none, fails the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A program and its arguments (`["sh", "-c", "..."]`) run in slipway.toml's folder with `SLIPWAY_DEPLOY`,
+    /// `SLIPWAY_RELEASE`, `SLIPWAY_FROM` and `SLIPWAY_INSTANCES` (the new instances' `host:port` addresses,
+    /// separated by spaces) in its environment; an exit status other than 0 fails the check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The whole check (every HTTP request and the command) must end within this, or it failed.
+    #[serde(default = "default_pre_traffic_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_pre_traffic_timeout() -> HumanDuration {
+    HumanDuration::from_secs(60)
 }
 
 /// Commands the control plane runs around each deploy, each a program and its arguments (`["sh", "-c", "..."]`),
@@ -452,6 +518,8 @@ impl Default for DeploySection {
             rolling: RollingSettings::default(),
             blue_green: BlueGreenSettings::default(),
             hooks: DeployHooks::default(),
+            pre_traffic: None,
+            webhook: None,
         }
     }
 }
@@ -523,6 +591,8 @@ impl std::fmt::Display for GroupRoute {
 pub enum DeployPhase {
     /// New instances are starting.
     Starting,
+    /// The new instances are ready, at weight 0, and the pre-traffic check runs against them.
+    PreTraffic,
     /// A canary step holds its weight until it is judged.
     Step,
     /// The canary passed: scaling up before taking all traffic.
@@ -540,6 +610,7 @@ impl DeployPhase {
     pub fn as_str(self) -> &'static str {
         match self {
             DeployPhase::Starting => "starting",
+            DeployPhase::PreTraffic => "pre_traffic",
             DeployPhase::Step => "step",
             DeployPhase::Promoting => "promoting",
             DeployPhase::Checking => "checking",

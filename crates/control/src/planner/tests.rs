@@ -411,6 +411,7 @@ fn deploy_plan() -> Plan {
         drain_deadline_ms: DEADLINE_MS,
         session_idle_ms: 3_000,
         start_timeout_ms: 30_000,
+        pre_traffic: false,
     }
 }
 
