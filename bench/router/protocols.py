@@ -2,7 +2,7 @@
 """Router over HTTP/2 and other protocols: slipway vs nginx vs HAProxy, same upstream, one core each, interleaved.
 
 Usage: python3 bench/router/protocols.py [--mode h2c ...] [--rounds 5] [--seconds 10] [--conns 16] [--streams 10]
-                                        [--slipway NAME=BINARY ...] [--no-build] [--smoke]
+                                        [--slipway NAME=BINARY ...] [--no-build] [--bin-dir DIR] [--smoke]
 
 Modes:
   h2c   h2load, --conns connections x --streams concurrent streams, HTTP/2 prior knowledge (closed loop).
@@ -44,10 +44,12 @@ def percentile(xs, q):
 def h2load(port, seconds, conns, streams, headers, sid, tmp, warmup=1):
     """One closed-loop h2load run: req/s, p50/p99 (ms), errors, proxy CPU µs per request."""
     log = f"{tmp}/h2load.log"
-    args = ["taskset", "-c", "1", "h2load", "-t1", "-c", str(conns), "-m", str(streams), "-D", str(seconds),
-            f"--warm-up-time={warmup}", "--log-file", log]
+    args = ["taskset", "-c", "1", "h2load", "-t1", "-c", str(conns), "-m", str(streams)]
     for h in headers:
         args += ["-H", h]
+    if warmup:
+        subprocess.run(args + ["-D", str(warmup), f"http://127.0.0.1:{port}/"], capture_output=True)
+    args += ["-D", str(seconds), "--log-file", log]
     cpu0 = session_cpu_seconds(sid)
     t0 = time.time()
     out = subprocess.run(args + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
@@ -68,9 +70,9 @@ def h2load(port, seconds, conns, streams, headers, sid, tmp, warmup=1):
     os.remove(log)
     # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
     req = {w: int(n) for n, w in re.findall(r"(\d+) (total|done|failed|errored|timeout)", _line(out, "requests:"))}
-    # CPU covers the warm-up too, so it is divided by every request done.
     done = req.get("done", ok + bad)
-    return {"rps": ok / seconds, "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99), "ok": ok,
+    rps = float(m.group(1)) if (m := re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)) else ok / seconds
+    return {"rps": rps, "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99), "ok": ok,
             "errors": max(bad, req.get("failed", 0)),
             "cpu_us_per_req": cpu * 1e6 / done if done else 0, "wall_s": wall}
 
@@ -132,20 +134,22 @@ def main():
     ap.add_argument("--slipway", action="append", default=[], metavar="NAME=BINARY",
                     help="another slipway binary to measure as target NAME")
     ap.add_argument("--no-build", action="store_true", help="do not build; serve target/release as it is")
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target/release"),
+                    help="where slipway and demo-app are (implies --no-build unless it is target/release)")
     ap.add_argument("--smoke", action="store_true", help="one short round; fail unless every request got a 2xx")
     ap.add_argument("--out", default=os.path.join(OUT, "router-protocols.json"))
     a = ap.parse_args()
     if a.smoke:
         a.rounds, a.seconds = 1, 1
     modes = a.mode or ["h2c"]
-    ensure_tools(build=not a.no_build)
+    ensure_tools(build=not a.no_build and os.path.abspath(a.bin_dir) == os.path.join(ROOT, "target/release"))
     tmp = tempfile.mkdtemp(prefix="slipway-bench-proto-")
     procs = {}
     try:
         up, sp, ng, ha = free_port(), free_port(), free_port(), free_port()
         extra = [(s.split("=", 1)[0], free_port()) for s in a.slipway]
         write_configs(tmp, up, sp, ng, ha, extra)
-        release = os.path.join(ROOT, "target/release")
+        release = os.path.abspath(a.bin_dir)
         procs["upstream"] = spawn(1, [f"{release}/demo-app"], {"PORT": str(up), "SLIPWAY_RELEASE": "v1",
                                                                "DEMO_THREADS": "1"})
         procs["slipway"] = spawn(0, [f"{release}/slipway", "router", "--config", f"{tmp}/slipway.toml"])
