@@ -110,6 +110,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let c = &shared.config.client;
+    // The first request is due `h2_handshake_timeout` after the connection came, handshake included.
+    let opened_ms = shared.clock.now_ms();
     let mut b = h2::server::Builder::new();
     b.initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -133,8 +135,8 @@ where
         next: Instant::now() + c.h2_ping_interval,
         waiting: false,
     };
+    // Boxed: a stream's future is a few KB, and `FuturesUnordered::push` would move it three times.
     let mut streams = FuturesUnordered::new();
-    let opened_ms = shared.clock.now_ms();
     let mut last_ms = u64::MAX;
     // One timer for the idle deadline and the next PING, moved only when that changes.
     let mut timer = Box::pin(tokio::time::sleep_until(keepalive.next));
@@ -154,7 +156,7 @@ where
                     if streams.is_empty() {
                         conn.slot.set(Phase::Busy);
                     }
-                    streams.push(stream::serve(&shared, &conn, req, respond));
+                    streams.push(Box::pin(stream::serve(&shared, &conn, req, respond)));
                 }
                 _ => break Leave::Closed,
             },
@@ -191,7 +193,7 @@ where
         loop {
             tokio::select! {
                 r = h2.accept() => match r {
-                    Some(Ok((req, respond))) => streams.push(stream::serve(&shared, &conn, req, respond)),
+                    Some(Ok((req, respond))) => streams.push(Box::pin(stream::serve(&shared, &conn, req, respond))),
                     _ => return,
                 },
                 Some(()) = streams.next(), if !streams.is_empty() => {}

@@ -87,7 +87,8 @@ pub(super) async fn serve(
         }
     };
     if routed.upstream.protocol == UpstreamProtocol::H2c {
-        return h2c::forward(routed, conn, parts, body, respond, started).await;
+        // Boxed: hyper's client futures are large, and most streams never go this way.
+        return Box::pin(h2c::forward(routed, conn, parts, body, respond, started)).await;
     }
     if parts.method == Method::CONNECT {
         let reply = Reply::new(ErrorCode::BadRequest, "CONNECT is not proxied");
